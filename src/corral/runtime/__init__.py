@@ -1,0 +1,1 @@
+"""Sandbox runtime: backends, isolation and resource control."""
