@@ -1,0 +1,76 @@
+"""Corral: self-hosted sandboxes for untrusted code, compatible with the E2B SDKs.
+
+    from corral import Sandbox
+
+    with Sandbox.create() as sbx:
+        print(sbx.commands.run("echo hello").stdout)
+
+The SDK names below are imported on first use, so ``import corral.agent`` (which runs inside
+sandboxes, with the standard library only) never pulls in httpx.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.sdk import (
+        AsyncCommandHandle,
+        AsyncSandbox,
+        AuthenticationException,
+        CommandExitException,
+        CommandHandle,
+        CommandResult,
+        ConflictException,
+        EntryInfo,
+        FileType,
+        InvalidArgumentException,
+        NotEnoughSpaceException,
+        NotFoundException,
+        ProcessInfo,
+        RateLimitException,
+        Sandbox,
+        SandboxException,
+        SandboxInfo,
+        SandboxMetrics,
+        ServerException,
+        TimeoutException,
+        WriteEntry,
+    )
+
+__all__ = [
+    "AsyncCommandHandle",
+    "AsyncSandbox",
+    "AuthenticationException",
+    "CommandExitException",
+    "CommandHandle",
+    "CommandResult",
+    "ConflictException",
+    "EntryInfo",
+    "FileType",
+    "InvalidArgumentException",
+    "NotEnoughSpaceException",
+    "NotFoundException",
+    "ProcessInfo",
+    "RateLimitException",
+    "Sandbox",
+    "SandboxException",
+    "SandboxInfo",
+    "SandboxMetrics",
+    "ServerException",
+    "TimeoutException",
+    "WriteEntry",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module("corral.sdk"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'corral' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,53 @@
+"""Corral's Python SDK: one I/O-free core (``_core``, ``_calls``, ``_stream``) and two faces.
+
+``Sandbox`` (blocking, thread-safe) and ``AsyncSandbox`` (asyncio) have the same methods with the
+same signatures, named as in E2B's SDK so code moves over by changing the import.
+Everything public is re-exported here and from ``corral``; the ``_modules`` are private.
+"""
+
+from ._errors import (
+    AuthenticationException,
+    CommandExitException,
+    ConflictException,
+    InvalidArgumentException,
+    NotEnoughSpaceException,
+    NotFoundException,
+    RateLimitException,
+    SandboxException,
+    ServerException,
+    TimeoutException,
+)
+from ._handles import AsyncCommandHandle, CommandHandle
+from ._models import CommandResult, EntryInfo, FileType, ProcessInfo, SandboxInfo, SandboxMetrics, WriteEntry
+from ._sandbox import AsyncSandbox, Sandbox
+
+__all__ = [
+    "AsyncCommandHandle",
+    "AsyncSandbox",
+    "AuthenticationException",
+    "CommandExitException",
+    "CommandHandle",
+    "CommandResult",
+    "ConflictException",
+    "EntryInfo",
+    "FileType",
+    "InvalidArgumentException",
+    "NotEnoughSpaceException",
+    "NotFoundException",
+    "ProcessInfo",
+    "RateLimitException",
+    "Sandbox",
+    "SandboxException",
+    "SandboxInfo",
+    "SandboxMetrics",
+    "ServerException",
+    "TimeoutException",
+    "WriteEntry",
+]
+
+# Tracebacks name exceptions by their public home (``corral.NotFoundException``), as httpx does.
+# Only exceptions: typing.get_type_hints resolves a class's annotations in its __module__.
+for _name in __all__:
+    if issubclass(_value := globals()[_name], BaseException):
+        _value.__module__ = "corral"
+del _name, _value

@@ -1,0 +1,356 @@
+"""Every request the SDK makes, as a ``Call`` built without I/O (see ``_core``).
+
+One function per REST endpoint of ``docs/api.md``; each names the sandbox and the operation so
+errors can say what failed where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from ._core import NDJSON, Call, decode_json
+from ._errors import ServerException, prefix
+from ._models import (
+    EntryInfo,
+    KeyInfo,
+    ProcessInfo,
+    SandboxInfo,
+    SandboxMetrics,
+    parse_entry,
+    parse_key,
+    parse_metrics,
+    parse_process,
+    parse_sandbox,
+)
+
+T = TypeVar("T")
+
+
+def _sbx(sandbox_id: str, *rest: str) -> str:
+    return "/".join(("/v1/sandboxes", quote(sandbox_id, safe=""), *rest))
+
+
+def _json_call(
+    method: str, path: str, operation: str, sandbox_id: str | None, convert: Callable[[Any], T], **kwargs: Any
+) -> Call[T]:
+    def parse(_status: int, body: bytes) -> T:
+        return convert(decode_json(body, sandbox_id, operation))
+
+    return Call(method, path, operation, sandbox_id, parse, **kwargs)
+
+
+def _list_of(item: Callable[[Any], T], what: str, sandbox_id: str | None) -> Callable[[Any], list[T]]:
+    def convert(data: Any) -> list[T]:
+        if not isinstance(data, list):
+            raise ServerException(f"{prefix(sandbox_id)}expected a list of {what}", sandbox_id=sandbox_id)
+        return [item(x) for x in data]
+
+    return convert
+
+
+def _none(_status: int, _body: bytes) -> None:
+    return None
+
+
+def _drop_none(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _params(**fields: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((k, str(v)) for k, v in fields.items() if v is not None)
+
+
+# --- sandboxes -------------------------------------------------------------------------------------
+
+
+def create_sandbox(
+    *,
+    template: str | None,
+    timeout: int | None,
+    envs: Mapping[str, str] | None,
+    metadata: Mapping[str, str] | None,
+    cpu: float | None,
+    memory_mb: int | None,
+    disk_mb: int | None,
+) -> Call[SandboxInfo]:
+    body = _drop_none(
+        template=template,
+        timeout=timeout,
+        envs=dict(envs) if envs else None,
+        metadata=dict(metadata) if metadata else None,
+        cpu=cpu,
+        memory_mb=memory_mb,
+        disk_mb=disk_mb,
+    )
+    return _json_call(
+        "POST",
+        "/v1/sandboxes",
+        f"create a sandbox from template {template!r}",
+        None,
+        parse_sandbox,
+        json=body,
+    )
+
+
+def list_sandboxes(state: str = "running", metadata: Mapping[str, str] | None = None) -> Call[list[SandboxInfo]]:
+    params = [("state", state)] + [("metadata", f"{k}={v}") for k, v in (metadata or {}).items()]
+    return _json_call(
+        "GET",
+        "/v1/sandboxes",
+        "list sandboxes",
+        None,
+        _list_of(parse_sandbox, "sandboxes", None),
+        params=tuple(params),
+    )
+
+
+def get_sandbox(sandbox_id: str) -> Call[SandboxInfo]:
+    return _json_call("GET", _sbx(sandbox_id), "get info", sandbox_id, lambda d: parse_sandbox(d, sandbox_id))
+
+
+def is_running(sandbox_id: str) -> Call[bool]:
+    def parse(status: int, body: bytes) -> bool:
+        if status == 404:
+            return False
+        return parse_sandbox(decode_json(body, sandbox_id, "check state"), sandbox_id).state == "running"
+
+    return Call("GET", _sbx(sandbox_id), "check state", sandbox_id, parse, accept=frozenset({200, 404}))
+
+
+def kill_sandbox(sandbox_id: str) -> Call[bool]:
+    """True if the sandbox was killed (or had already ended); False if it never existed."""
+    return Call(
+        "DELETE",
+        _sbx(sandbox_id),
+        "kill",
+        sandbox_id,
+        lambda status, _b: status != 404,
+        accept=frozenset({200, 204, 404}),
+    )
+
+
+def set_timeout(sandbox_id: str, timeout: int) -> Call[None]:
+    return Call(
+        "POST",
+        _sbx(sandbox_id, "timeout"),
+        f"set timeout to {timeout}s",
+        sandbox_id,
+        _none,
+        json={"timeout": timeout},
+    )
+
+
+def get_metrics(sandbox_id: str) -> Call[SandboxMetrics]:
+    return _json_call(
+        "GET", _sbx(sandbox_id, "metrics"), "get metrics", sandbox_id, lambda d: parse_metrics(d, sandbox_id)
+    )
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def run_command(
+    sandbox_id: str,
+    cmd: str,
+    *,
+    envs: Mapping[str, str] | None = None,
+    user: str | None = None,
+    cwd: str | None = None,
+    timeout: float | None = 60,
+    stdin: bool = False,
+    tag: str | None = None,
+) -> Call[None]:
+    """Start a command; the answer is an NDJSON event stream (read by the faces, not parsed here)."""
+    body = _drop_none(
+        cmd=cmd,
+        envs=dict(envs) if envs else None,
+        user=user,
+        cwd=cwd,
+        timeout=timeout or 0,
+        stdin=stdin,
+        tag=tag,
+    )
+    return Call(
+        "POST",
+        _sbx(sandbox_id, "commands"),
+        f"run command {cmd!r:.120}",
+        sandbox_id,
+        _none,
+        json=body,
+        headers={"Accept": NDJSON},
+        accept=frozenset({200}),
+    )
+
+
+def attach_command(sandbox_id: str, pid: int) -> Call[None]:
+    return Call(
+        "GET",
+        _sbx(sandbox_id, "commands", str(pid), "stream"),
+        f"connect to pid {pid}",
+        sandbox_id,
+        _none,
+        headers={"Accept": NDJSON},
+        accept=frozenset({200}),
+    )
+
+
+def list_commands(sandbox_id: str) -> Call[list[ProcessInfo]]:
+    return _json_call(
+        "GET",
+        _sbx(sandbox_id, "commands"),
+        "list commands",
+        sandbox_id,
+        _list_of(lambda d: parse_process(d, sandbox_id), "processes", sandbox_id),
+    )
+
+
+def send_stdin(sandbox_id: str, pid: int, data: str | bytes, *, eof: bool = False) -> Call[None]:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes | bytearray) else data
+    operation = f"close stdin of pid {pid}" if eof else f"send stdin to pid {pid}"
+    return Call(
+        "POST",
+        _sbx(sandbox_id, "commands", str(pid), "stdin"),
+        operation,
+        sandbox_id,
+        _none,
+        json={"data": text, "eof": eof},
+    )
+
+
+def signal_command(sandbox_id: str, pid: int, signal: str | int = "SIGKILL") -> Call[bool]:
+    """True if the signal was delivered, False if no such process."""
+    return Call(
+        "POST",
+        _sbx(sandbox_id, "commands", str(pid), "signal"),
+        f"send {signal} to pid {pid}",
+        sandbox_id,
+        lambda status, _b: status != 404,
+        json={"signal": signal},
+        accept=frozenset({200, 204, 404}),
+    )
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def _files(sandbox_id: str, *rest: str) -> str:
+    return _sbx(sandbox_id, "files", *rest)
+
+
+def read_file(sandbox_id: str, path: str, user: str | None = None) -> Call[bytes]:
+    return Call(
+        "GET",
+        _files(sandbox_id),
+        f"read {path!r}",
+        sandbox_id,
+        lambda _s, body: body,
+        params=_params(path=path, user=user),
+        accept=frozenset({200}),
+    )
+
+
+def write_file(sandbox_id: str, path: str, user: str | None = None, size: int | None = None) -> Call[EntryInfo]:
+    """The body (bytes or a stream of chunks) is supplied by the face; see ``content``.
+
+    ``size``, when known, is sent as Content-Length so the server can refuse an upload too big for
+    the sandbox's disk before it is sent; otherwise the body goes chunked.
+    """
+    headers = {"Content-Type": "application/octet-stream"}
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return _json_call(
+        "PUT",
+        _files(sandbox_id),
+        f"write {path!r}",
+        sandbox_id,
+        lambda d: parse_entry(d, sandbox_id),
+        params=_params(path=path, user=user),
+        headers=headers,
+    )
+
+
+def remove_file(sandbox_id: str, path: str, user: str | None = None) -> Call[None]:
+    return Call(
+        "DELETE",
+        _files(sandbox_id),
+        f"remove {path!r}",
+        sandbox_id,
+        _none,
+        params=_params(path=path, user=user),
+    )
+
+
+def list_dir(sandbox_id: str, path: str, depth: int = 1, user: str | None = None) -> Call[list[EntryInfo]]:
+    return _json_call(
+        "GET",
+        _files(sandbox_id, "list"),
+        f"list {path!r}",
+        sandbox_id,
+        _list_of(lambda d: parse_entry(d, sandbox_id), "entries", sandbox_id),
+        params=_params(path=path, depth=depth, user=user),
+    )
+
+
+def stat(sandbox_id: str, path: str, user: str | None = None) -> Call[EntryInfo]:
+    return _json_call(
+        "GET",
+        _files(sandbox_id, "stat"),
+        f"stat {path!r}",
+        sandbox_id,
+        lambda d: parse_entry(d, sandbox_id),
+        params=_params(path=path, user=user),
+    )
+
+
+def exists(sandbox_id: str, path: str, user: str | None = None) -> Call[bool]:
+    return Call(
+        "GET",
+        _files(sandbox_id, "stat"),
+        f"check {path!r}",
+        sandbox_id,
+        lambda status, _b: status == 200,
+        params=_params(path=path, user=user),
+        accept=frozenset({200, 404}),
+    )
+
+
+def make_dir(sandbox_id: str, path: str, user: str | None = None) -> Call[bool]:
+    def convert(data: Any) -> bool:
+        return bool(data.get("created")) if isinstance(data, dict) else bool(data)
+
+    return _json_call(
+        "POST",
+        _files(sandbox_id, "mkdir"),
+        f"make directory {path!r}",
+        sandbox_id,
+        convert,
+        json=_drop_none(path=path, user=user),
+    )
+
+
+def rename(sandbox_id: str, old_path: str, new_path: str, user: str | None = None) -> Call[EntryInfo]:
+    return _json_call(
+        "POST",
+        _files(sandbox_id, "move"),
+        f"rename {old_path!r} to {new_path!r}",
+        sandbox_id,
+        lambda d: parse_entry(d, sandbox_id),
+        json=_drop_none(src=old_path, dst=new_path, user=user),
+    )
+
+
+# --- API keys (admin) ------------------------------------------------------------------------------
+
+
+def create_key(name: str) -> Call[KeyInfo]:
+    return _json_call("POST", "/v1/keys", f"create API key {name!r}", None, parse_key, json={"name": name})
+
+
+def list_keys() -> Call[list[KeyInfo]]:
+    return _json_call("GET", "/v1/keys", "list API keys", None, _list_of(parse_key, "API keys", None))
+
+
+def revoke_key(key_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/keys/{quote(key_id, safe='')}", f"revoke API key {key_id!r}", None, _none)
