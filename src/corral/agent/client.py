@@ -1,0 +1,354 @@
+"""Host-side asyncio client for the agent (stdlib only): one connection per operation.
+
+`AgentClient` keeps no connection open, so one instance may be used by many tasks of one event
+loop at once. Streams (`ProcessStream`, `FileReader`, `Watcher`) own their connection and belong to
+one task. Calls have no timeout of their own: wrap them in `asyncio.timeout` where needed.
+
+Replies come from inside a sandbox and are treated as untrusted: frames are size-checked by
+`Channel` and malformed replies raise `AgentError("internal", ...)`. Failures to reach the agent,
+or a connection dropping before an operation completes, raise `AgentUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from typing import Any
+
+from .protocol import (
+    DATA,
+    END,
+    JSON,
+    MAX_PAYLOAD,
+    STDERR,
+    STDOUT,
+    AgentError,
+    AgentUnavailable,
+    Channel,
+    Exit,
+    Output,
+    decode_json,
+)
+
+WRITE_CHUNK = 256 * 1024
+
+
+@contextlib.contextmanager
+def _transport_errors(what: str) -> Iterator[None]:
+    """Turn a dropped or reset connection into AgentUnavailable."""
+    try:
+        yield
+    except (EOFError, ConnectionError) as exc:
+        raise AgentUnavailable(f"connection to agent lost during {what}: {exc!r}") from exc
+
+
+def _check(reply: dict[str, Any]) -> dict[str, Any]:
+    """Raise the AgentError an ok=false reply carries; return an ok reply."""
+    if reply.get("ok") is True:
+        return reply
+    error = reply.get("error")
+    if reply.get("ok") is False and isinstance(error, dict):
+        kind, message = error.get("kind"), error.get("message")
+        if isinstance(kind, str) and isinstance(message, str):
+            raise AgentError(kind, message)
+    raise AgentError("internal", f"malformed reply from agent: {reply!r:.200}")
+
+
+def _field(reply: dict[str, Any], name: str, kind: type) -> Any:
+    value = reply.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise AgentError("internal", f"malformed reply from agent: {name!r} is not {kind.__name__}")
+    return value
+
+
+class AgentClient:
+    """Operations on one sandbox's agent, reached through its listening socket's path."""
+
+    def __init__(self, socket_path: str, connect_timeout: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self.connect_timeout = connect_timeout
+
+    async def _connect(self) -> Channel:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_unix_connection(self.socket_path)
+        except (OSError, TimeoutError) as exc:
+            raise AgentUnavailable(f"cannot reach agent at {self.socket_path}: {exc!r}") from exc
+        return Channel(reader, writer)
+
+    async def _open(self, request: dict[str, Any]) -> tuple[Channel, dict[str, Any]]:
+        """Connect, send `request` and return the channel with the (ok) reply."""
+        chan = await self._connect()
+        try:
+            with _transport_errors(request["op"]):
+                await chan.send_json(request)
+                reply = _check(await chan.recv_json())
+        except BaseException:
+            chan.close()
+            raise
+        return chan, reply
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        chan, reply = await self._open(request)
+        await chan.aclose()
+        return reply
+
+    # -- processes ----------------------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        return await self._call({"op": "ping"})
+
+    async def exec(
+        self,
+        cmd: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        user: str = "user",
+        stdin: bool = False,
+        pty: dict[str, int] | None = None,
+        tag: str | None = None,
+        timeout: float = 0,
+    ) -> ProcessStream:
+        """Start `cmd`; the stream yields its output and exit. Closing the stream leaves it running."""
+        request = {
+            "op": "exec",
+            "cmd": cmd,
+            "env": env or {},
+            "cwd": cwd,
+            "user": user,
+            "stdin": stdin,
+            "pty": pty,
+            "tag": tag,
+            "timeout": timeout,
+        }
+        chan, reply = await self._open(request)
+        return ProcessStream(chan, _field(reply, "pid", int))
+
+    async def attach(self, pid: int) -> ProcessStream:
+        """Follow a process's output from now on; a finished one yields just its exit."""
+        chan, reply = await self._open({"op": "attach", "pid": pid})
+        return ProcessStream(chan, _field(reply, "pid", int))
+
+    async def stdin(self, pid: int, data: bytes, eof: bool = False) -> None:
+        """Write `data` to the process's stdin (returns once written), then close it if `eof`."""
+        step = MAX_PAYLOAD // 2  # base64 grows it by a third
+        for start in range(0, len(data), step):
+            chunk = base64.b64encode(data[start : start + step]).decode()
+            last = start + step >= len(data)
+            await self._call({"op": "stdin", "pid": pid, "data": chunk, "eof": eof and last})
+        if not data:
+            await self._call({"op": "stdin", "pid": pid, "data": "", "eof": eof})
+
+    async def signal(self, pid: int, sig: int) -> None:
+        await self._call({"op": "signal", "pid": pid, "signal": int(sig)})
+
+    async def resize(self, pid: int, cols: int, rows: int) -> None:
+        await self._call({"op": "resize", "pid": pid, "cols": cols, "rows": rows})
+
+    async def processes(self) -> list[dict[str, Any]]:
+        return _field(await self._call({"op": "processes"}), "processes", list)
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def stat(self, path: str, user: str = "user") -> dict[str, Any]:
+        return _field(await self._call({"op": "stat", "path": path, "user": user}), "entry", dict)
+
+    async def list(self, path: str, depth: int = 1, user: str = "user") -> list[dict[str, Any]]:
+        reply = await self._call({"op": "list", "path": path, "depth": depth, "user": user})
+        return _field(reply, "entries", list)
+
+    def read(self, path: str, user: str = "user") -> FileReader:
+        """`async with client.read(p) as r:` then `r.entry` and `async for chunk in r`."""
+        return FileReader(self, {"op": "read", "path": path, "user": user})
+
+    async def write(
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes] | bytes,
+        user: str = "user",
+        mode: int | None = None,
+    ) -> dict[str, Any]:
+        """Replace `path` atomically with the bytes given; returns the new Entry."""
+        chan = await self._connect()
+        reply: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            with _transport_errors("write"):
+                await chan.send_json({"op": "write", "path": path, "user": user, "mode": mode})
+                reply = asyncio.ensure_future(chan.recv_json())  # an error reply may come early
+                with contextlib.suppress(ConnectionError):  # the agent stopped reading: see its reply
+                    await _upload(chan, chunks, reply)
+                return _field(_check(await reply), "entry", dict)
+        finally:
+            if reply is not None and not reply.done():
+                reply.cancel()
+            chan.close()
+
+    async def mkdir(self, path: str, user: str = "user") -> bool:
+        """Create `path` with its parents; False if it already was a directory."""
+        return _field(await self._call({"op": "mkdir", "path": path, "user": user}), "created", bool)
+
+    async def remove(self, path: str) -> None:
+        await self._call({"op": "remove", "path": path})
+
+    async def rename(self, src: str, dst: str, user: str = "user") -> dict[str, Any]:
+        return _field(await self._call({"op": "rename", "src": src, "dst": dst, "user": user}), "entry", dict)
+
+    def watch(self, path: str, recursive: bool = False) -> Watcher:
+        """`async with client.watch(p) as w:` then `async for event in w` (dicts with op and name)."""
+        return Watcher(self, {"op": "watch", "path": path, "recursive": recursive})
+
+
+async def _upload(chan: Channel, chunks: AsyncIterable[bytes] | bytes, reply: asyncio.Future[Any]) -> None:
+    """Send DATA frames then END, stopping early if the agent already replied (with an error)."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        if isinstance(chunks, bytes | bytearray | memoryview):
+            yield bytes(chunks)
+            return
+        async for chunk in chunks:
+            yield chunk
+
+    async for chunk in pieces():
+        for start in range(0, len(chunk), WRITE_CHUNK):
+            if reply.done():
+                return
+            await chan.send(DATA, chunk[start : start + WRITE_CHUNK])
+    if not reply.done():
+        await chan.send(END)
+
+
+class ProcessStream:
+    """A process's events on its own connection: `Output`s as produced, then one `Exit`.
+
+    Iterate it once from one task. `close()` detaches: the process keeps running and can be
+    re-attached with `AgentClient.attach`. If the connection drops before the exit event, iteration
+    raises AgentUnavailable.
+    """
+
+    def __init__(self, chan: Channel, pid: int) -> None:
+        self.pid = pid
+        self._chan = chan
+        self._done = False
+
+    def __aiter__(self) -> ProcessStream:
+        return self
+
+    async def __anext__(self) -> Output | Exit:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            with _transport_errors(f"output of process {self.pid}"):
+                kind, payload = await self._chan.recv()
+        except BaseException:
+            self._done = True
+            self._chan.close()
+            raise
+        if kind == STDOUT:
+            return Output("stdout", payload)
+        if kind == STDERR:
+            return Output("stderr", payload)
+        self._done = True
+        self._chan.close()
+        if kind == JSON:
+            event = decode_json(payload)
+            if event.get("event") == "exit":
+                return Exit.from_event(event)
+        raise AgentError("internal", f"unexpected frame {kind!r} in the stream of process {self.pid}")
+
+    async def wait(self) -> Exit:
+        """Skip the remaining output and return the exit."""
+        async for event in self:
+            if isinstance(event, Exit):
+                return event
+        raise AgentError("internal", f"stream of process {self.pid} already consumed")
+
+    async def close(self) -> None:
+        self._done = True
+        await self._chan.aclose()
+
+    async def __aenter__(self) -> ProcessStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class FileReader:
+    """A file being read: `entry` once entered, then its bytes by iteration (not thread-safe)."""
+
+    def __init__(self, client: AgentClient, request: dict[str, Any]) -> None:
+        self._client = client
+        self._request = request
+        self._chan: Channel | None = None
+        self._done = False
+        self.entry: dict[str, Any] = {}
+
+    async def __aenter__(self) -> FileReader:
+        self._chan, reply = await self._client._open(self._request)
+        self.entry = _field(reply, "entry", dict)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._chan is not None:
+            await self._chan.aclose()
+
+    def __aiter__(self) -> FileReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._chan is None:
+            raise RuntimeError("use `async with client.read(path) as reader` before iterating")
+        if self._done:
+            raise StopAsyncIteration
+        with _transport_errors(f"read of {self._request['path']}"):
+            kind, payload = await self._chan.recv()
+        if kind == DATA:
+            return payload
+        self._done = True
+        if kind == END:
+            raise StopAsyncIteration
+        if kind == JSON:
+            _check(decode_json(payload))  # a mid-stream error reply
+        raise AgentError("internal", f"unexpected frame {kind!r} while reading {self._request['path']}")
+
+    async def read_all(self) -> bytes:
+        return b"".join([chunk async for chunk in self])
+
+
+class Watcher:
+    """Events under a watched directory: dicts `{"event": "fs", "op": ..., "name": ...}`.
+
+    Iteration stops when the agent ends the watch (the directory was removed) or the connection
+    closes; leaving the `async with` block stops the watch.
+    """
+
+    def __init__(self, client: AgentClient, request: dict[str, Any]) -> None:
+        self._client = client
+        self._request = request
+        self._chan: Channel | None = None
+
+    async def __aenter__(self) -> Watcher:
+        self._chan, _ = await self._client._open(self._request)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._chan is not None:
+            await self._chan.aclose()
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._chan is None:
+            raise RuntimeError("use `async with client.watch(path) as watcher` before iterating")
+        try:
+            kind, payload = await self._chan.recv()
+        except (EOFError, ConnectionError):
+            raise StopAsyncIteration from None
+        event = decode_json(payload) if kind == JSON else {}
+        if event.get("event") != "fs":
+            raise AgentError("internal", f"unexpected frame in watch of {self._request['path']}")
+        return event

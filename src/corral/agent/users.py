@@ -1,0 +1,64 @@
+"""Sandbox users: the protocol's user names resolved against the sandbox's own /etc/passwd."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+
+from .protocol import AgentError
+
+DEFAULT_UID = 1000  # the protocol's "user" when no passwd entry is named "user"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """Who a process runs as, or who owns the files an operation creates."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+    groups: tuple[int, ...]
+
+    def resolve(self, path: str) -> str:
+        """A caller's path as the kernel should see it: relative paths start at the home directory."""
+        return path if os.path.isabs(path) else os.path.join(self.home, path)
+
+
+def resolve_user(name: str) -> User:
+    """Look `name` up in passwd: "root" is uid 0, "user" is the entry named user or else uid 1000."""
+    entry = _lookup(name)
+    if entry is not None:
+        groups = _groups(entry.pw_name, entry.pw_gid)
+        home = entry.pw_dir or "/"
+        return User(entry.pw_name, entry.pw_uid, entry.pw_gid, home, entry.pw_shell or "/bin/sh", groups)
+    if name == "root":
+        return User("root", 0, 0, "/root", "/bin/sh", (0,))
+    if name == "user":
+        return User("user", DEFAULT_UID, DEFAULT_UID, "/home/user", "/bin/sh", (DEFAULT_UID,))
+    raise AgentError("not_found", f"unknown user {name!r:.100}")
+
+
+def _lookup(name: str) -> pwd.struct_passwd | None:
+    if not name or "\0" in name:
+        raise AgentError("invalid", "user name must be a non-empty string")
+    candidates: list[str | int] = [name]
+    if name == "user":
+        candidates.append(DEFAULT_UID)
+    elif name.isdigit():
+        candidates = [int(name)]
+    for candidate in candidates:
+        try:
+            return pwd.getpwnam(candidate) if isinstance(candidate, str) else pwd.getpwuid(candidate)
+        except (KeyError, OverflowError):
+            continue
+    return None
+
+
+def _groups(name: str, gid: int) -> tuple[int, ...]:
+    try:
+        return tuple(os.getgrouplist(name, gid))
+    except OSError:
+        return (gid,)

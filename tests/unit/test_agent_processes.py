@@ -1,0 +1,282 @@
+"""The agent's process operations, driven through AgentClient against a real agent subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, wait_until
+
+from corral.agent import AgentError, Exit, Output
+
+__all__ = ["agent"]  # the fixture, imported from the harness
+
+MiB = 1 << 20
+
+
+def other_user() -> pwd.struct_passwd:
+    """The host's uid 1000 (what the agent's "user" means), or nobody if there is none."""
+    try:
+        return pwd.getpwuid(1000)
+    except KeyError:
+        return pwd.getpwnam("nobody")
+
+
+def test_exec_separates_stdout_stderr_and_reports_exit_code(agent: RunningAgent) -> None:
+    async def main() -> None:
+        stream = await agent.client.exec(["sh", "-c", "echo out; echo err >&2; exit 3"], user="root")
+        assert stream.pid > 0
+        assert await collect(stream) == (b"out\n", b"err\n", Exit(3, None, None))
+
+    run(main())
+
+
+def test_output_arrives_while_the_process_still_runs(agent: RunningAgent) -> None:
+    async def main() -> None:
+        stream = await agent.client.exec(["sh", "-c", "echo first; read x; echo second $x"], stdin=True)
+        first = await stream.__anext__()
+        first_at = time.monotonic()
+        assert first == Output("stdout", b"first\n")
+        assert stream.pid in [p["pid"] for p in await agent.client.processes()]
+        await agent.client.stdin(stream.pid, b"go\n")
+        out, _, exit_ = await collect(stream)
+        assert (out, exit_) == (b"second go\n", Exit(0, None, None))
+        assert first_at < time.monotonic()
+
+    run(main())
+
+
+def test_stdin_larger_than_a_pipe_then_eof(agent: RunningAgent) -> None:
+    data = os.urandom(3 * MiB // 2)
+
+    async def main() -> None:
+        stream = await agent.client.exec(["cat"], stdin=True)
+        feed = agent.client.stdin(stream.pid, data, eof=True)
+        (out, err, exit_), _ = await asyncio.gather(collect(stream), feed)
+        assert out == data and err == b"" and exit_ == Exit(0, None, None)
+
+    run(main())
+
+
+def test_signal_kills_process_and_reports_it_like_a_shell(agent: RunningAgent) -> None:
+    async def main() -> None:
+        stream = await agent.client.exec(["sleep", "100"])
+        await agent.client.signal(stream.pid, signal.SIGTERM)
+        assert await collect(stream) == (b"", b"", Exit(128 + 15, 15, None))
+        with pytest.raises(AgentError) as err:
+            await agent.client.signal(stream.pid, signal.SIGTERM)
+        assert err.value.kind == "not_found"
+
+    run(main())
+
+
+def test_signal_reaches_the_whole_process_group(agent: RunningAgent) -> None:
+    script = """
+        trap 'echo parent got TERM' TERM
+        (trap 'echo child got TERM; exit 0' TERM; echo ready; while :; do sleep 5; done)
+        echo parent done
+    """
+
+    async def main() -> None:
+        stream = await agent.client.exec(["sh", "-c", script])
+        await read_until(stream, b"ready\n")
+        await agent.client.signal(stream.pid, signal.SIGTERM)
+        out, _, exit_ = await collect(stream)
+        assert out == b"child got TERM\nparent got TERM\nparent done\n"
+        assert exit_ == Exit(0, None, None)
+
+    run(main())
+
+
+def test_timeout_sigkills_a_group_that_ignores_sigterm(agent: RunningAgent) -> None:
+    async def main() -> None:
+        started = time.monotonic()
+        script = "trap '' TERM; sleep 100 & echo $!; wait"
+        stream = await agent.client.exec(["sh", "-c", script], timeout=0.5)
+        sleeper = int((await read_until(stream, b"\n")).decode())
+        await agent.client.signal(stream.pid, signal.SIGTERM)  # ignored by both
+        _, _, exit_ = await collect(stream)
+        assert exit_.signal == signal.SIGKILL and exit_.exit_code == 137
+        assert exit_.error is not None and "timed out" in exit_.error
+        assert 0.5 <= time.monotonic() - started < 10
+        await wait_until(lambda: not alive(sleeper), "the sleeper in the group is dead too")
+
+    run(main())
+
+
+def test_pty_output_and_resize(agent: RunningAgent) -> None:
+    script = "stty size; : </dev/tty && test -t 1 && echo tty; read x; stty size"  # /dev/tty: ctty
+
+    async def main() -> None:
+        stream = await agent.client.exec(["sh", "-c", script], pty={"cols": 80, "rows": 24})
+        early = await read_until(stream, b"tty\r\n")
+        assert early == b"24 80\r\ntty\r\n"
+        await agent.client.resize(stream.pid, 132, 43)
+        await agent.client.stdin(stream.pid, b"\n")
+        out, err, exit_ = await collect(stream)
+        assert out.endswith(b"43 132\r\n") and err == b"" and exit_ == Exit(0, None, None)
+        info = [p for p in await agent.client.processes() if p["pid"] == stream.pid]
+        assert info == []
+
+    run(main())
+
+
+def test_resize_without_pty_is_invalid(agent: RunningAgent) -> None:
+    async def main() -> None:
+        stream = await agent.client.exec(["cat"], stdin=True)
+        with pytest.raises(AgentError) as err:
+            await agent.client.resize(stream.pid, 100, 30)
+        assert err.value.kind == "invalid"
+        await agent.client.stdin(stream.pid, b"", eof=True)
+        assert (await stream.wait()).exit_code == 0
+
+    run(main())
+
+
+def test_attach_after_detach_streams_from_now_on_and_keeps_exits(agent: RunningAgent) -> None:
+    async def main() -> None:
+        stream = await agent.client.exec(["sh", "-c", "echo early; read a; echo got $a"], stdin=True)
+        assert await read_until(stream, b"early\n") == b"early\n"
+        await stream.close()  # detach: the process keeps running
+        assert stream.pid in [p["pid"] for p in await agent.client.processes()]
+
+        attached = await agent.client.attach(stream.pid)
+        await agent.client.stdin(stream.pid, b"later\n")
+        assert await collect(attached) == (b"got later\n", b"", Exit(0, None, None))
+
+        again = await agent.client.attach(stream.pid)  # finished: its exit comes at once
+        assert [event async for event in again] == [Exit(0, None, None)]
+        with pytest.raises(AgentError) as err:
+            await agent.client.attach(2**22 + 12345)
+        assert err.value.kind == "not_found"
+
+    run(main())
+
+
+def test_detached_output_is_discarded_and_the_process_finishes(agent: RunningAgent) -> None:
+    async def main() -> None:
+        stream = await agent.client.exec(["head", "-c", str(32 * MiB), "/dev/zero"])
+        await stream.close()
+
+        async def finished() -> bool:
+            return stream.pid not in [p["pid"] for p in await agent.client.processes()]
+
+        await wait_until(finished, "the detached process finished")
+        assert [event async for event in await agent.client.attach(stream.pid)] == [Exit(0, None, None)]
+
+    run(main())
+
+
+def test_a_slow_reader_slows_the_process_instead_of_filling_memory(agent: RunningAgent) -> None:
+    total = 32 * MiB
+
+    async def main() -> None:
+        stream = await agent.client.exec(["head", "-c", str(total), "/dev/zero"])
+
+        def blocked_in_pipe_write() -> int | None:
+            with open(f"/proc/{stream.pid}/wchan") as f:
+                if "pipe_write" not in f.read():
+                    return None
+            with open(f"/proc/{stream.pid}/io") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+        async def stuck() -> int | None:
+            before = blocked_in_pipe_write()
+            await agent.client.ping()  # a round trip through the agent's event loop
+            return before if before is not None and blocked_in_pipe_write() == before else None
+
+        written = await wait_until(stuck, "the producer stays blocked on its full pipe")
+        assert written < 8 * MiB  # bounded queues, not the whole output, sit in between
+
+        received = 0
+        async for event in stream:
+            if isinstance(event, Exit):
+                assert event == Exit(0, None, None)
+                break
+            received += len(event.data)
+        assert received == total
+
+    run(main())
+
+
+def test_processes_lists_running_ones_with_their_details(agent: RunningAgent, tmp_path: Path) -> None:
+    async def main() -> None:
+        stream = await agent.client.exec(["sleep", "100"], tag="napper", cwd=str(tmp_path), user="root")
+        listed = [p for p in await agent.client.processes() if p["pid"] == stream.pid]
+        assert listed == [
+            {
+                "pid": stream.pid,
+                "cmd": ["sleep", "100"],
+                "tag": "napper",
+                "cwd": str(tmp_path),
+                "user": "root",
+                "pty": None,
+            }
+        ]
+        await agent.client.signal(stream.pid, signal.SIGKILL)
+        assert (await stream.wait()).signal == signal.SIGKILL
+        assert stream.pid not in [p["pid"] for p in await agent.client.processes()]
+
+    run(main())
+
+
+def test_runs_as_another_user_with_its_identity(agent: RunningAgent) -> None:
+    target = other_user()
+    name = "user" if target.pw_uid == 1000 else target.pw_name
+    home = target.pw_dir if os.path.isdir(target.pw_dir) else "/"
+    script = 'id -u; id -g; id -G; echo "$HOME $USER $LOGNAME"; pwd'
+
+    async def main() -> None:
+        out, _, exit_ = await collect(await agent.client.exec(["sh", "-c", script], user=name))
+        groups = " ".join(str(g) for g in os.getgrouplist(target.pw_name, target.pw_gid))
+        expected = (
+            f"{target.pw_uid}\n{target.pw_gid}\n{groups}\n{target.pw_dir} {target.pw_name} {target.pw_name}\n{home}\n"
+        )
+        assert (out.decode(), exit_.exit_code) == (expected, 0)
+        nobody = await collect(await agent.client.exec(["id", "-un"], user="nobody", cwd="/"))
+        assert nobody[0] == b"nobody\n"
+        with pytest.raises(AgentError) as err:
+            await agent.client.exec(["true"], user="no-such-user-here")
+        assert err.value.kind == "not_found"
+
+    run(main())
+
+
+def test_env_and_cwd(agent: RunningAgent, tmp_path: Path) -> None:
+    script = 'echo "$GREETING"; pwd; echo "$PATH"; echo "$HOME"'
+
+    async def main() -> None:
+        stream = await agent.client.exec(
+            ["sh", "-c", script], env={"GREETING": "hi there"}, cwd=str(tmp_path), user="root"
+        )
+        out, _, _ = await collect(stream)
+        path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        assert out.decode().splitlines() == ["hi there", str(tmp_path), path, pwd.getpwuid(0).pw_dir]
+        custom = await agent.client.exec(["sh", "-c", 'echo "$PATH"'], env={"PATH": "/bin"}, user="root")
+        assert (await collect(custom))[0] == b"/bin\n"
+
+    run(main())
+
+
+def test_exec_failures_are_structured_errors(agent: RunningAgent, tmp_path: Path) -> None:
+    async def main() -> None:
+        cases = [
+            (["definitely-not-a-command"], {}, "not_found"),
+            (["true"], {"cwd": str(tmp_path / "missing")}, "not_found"),
+            ([str(tmp_path)], {}, "permission"),
+            ([], {}, "invalid"),
+            (["true"], {"pty": {"cols": 0, "rows": 10}}, "invalid"),
+            (["true"], {"timeout": -1}, "invalid"),
+        ]
+        for cmd, options, kind in cases:
+            with pytest.raises(AgentError) as err:
+                await agent.client.exec(cmd, user="root", **options)
+            assert err.value.kind == kind, (cmd, options, err.value)
+        assert (await agent.client.ping())["version"] == 1
+
+    run(main())

@@ -1,0 +1,174 @@
+"""The agent's wire protocol: hostile input, the op list, stdlib-only packaging, client failures."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, start_agent, wait_until
+
+import corral.agent
+from corral.agent import AgentClient, AgentError, AgentUnavailable
+from corral.agent.protocol import ERROR_KINDS, OPS
+from corral.agent.server import Agent
+
+__all__ = ["agent"]  # the fixture, imported from the harness
+
+AGENT_DIR = Path(corral.agent.__file__).parent
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">Ic", len(payload), kind) + payload
+
+
+def exchange(path: str, data: bytes) -> tuple[dict[str, Any] | None, bool]:
+    """Send raw bytes on a new connection; return the agent's first JSON reply and whether it closed."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    if len(received) < 5:
+        return None, True
+    length, kind = struct.unpack(">Ic", received[:5])
+    assert kind == b"J"
+    return json.loads(received[5 : 5 + length]), True
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (struct.pack(">Ic", 2**31, b"J"), "too_large"),
+        (struct.pack(">Ic", (1 << 20) + 1, b"J") + b"{" * 64, "too_large"),
+        (frame(b"J", b"{not json"), "invalid"),
+        (frame(b"J", b"[1, 2]"), "invalid"),
+        (frame(b"J", b"[" * 100_000 + b"]" * 100_000), "invalid"),
+        (frame(b"J", b'{"op": "format_disk"}'), "invalid"),
+        (frame(b"J", b'{"no_op": 1}'), "invalid"),
+        (frame(b"X", b"{}"), "invalid"),
+        (frame(b"D", b"data first"), "invalid"),
+        (frame(b"J", b'{"op": "exec", "cmd": 5}'), "invalid"),
+        (frame(b"J", b'{"op": "exec", "cmd": ["true"], "timeout": "1"}'), "invalid"),
+        (frame(b"J", b'{"op": "exec", "cmd": ["true"], "timeout": NaN}'), "invalid"),
+        (frame(b"J", b'{"op": "exec", "cmd": ["a\\u0000b"]}'), "invalid"),
+        (frame(b"J", b'{"op": "exec", "cmd": ["true"], "env": {"A=B": "c"}}'), "invalid"),
+        (frame(b"J", b'{"op": "signal", "pid": true, "signal": 9}'), "invalid"),
+        (frame(b"J", b'{"op": "signal", "pid": 1, "signal": 99999}'), "invalid"),
+        (frame(b"J", b'{"op": "signal", "pid": 1, "signal": 9}'), "not_found"),
+        (frame(b"J", b'{"op": "stat", "path": 123}'), "invalid"),
+        (frame(b"J", b'{"op": "stat", "path": "/", "user": 0}'), "invalid"),
+        (frame(b"J", b'{"op": "stdin", "pid": 1, "data": "!!!"}'), "invalid"),
+        (frame(b"J", b'{"op": "write", "path": "/tmp/x", "mode": 99999}') + frame(b"Z", b""), "invalid"),
+        (frame(b"J", b'{"op": "list", "path": "/", "depth": "deep"}'), "invalid"),
+    ],
+)
+def test_malformed_requests_get_structured_errors(agent: RunningAgent, raw: bytes, kind: str) -> None:
+    reply, closed = exchange(agent.socket_path, raw)
+    assert reply is not None and reply["ok"] is False and closed
+    assert reply["error"]["kind"] == kind, reply
+    assert run(agent.client.ping())["ok"] is True
+
+
+def test_truncated_and_silent_connections_do_not_affect_others(agent: RunningAgent) -> None:
+    for raw in (b"", b"\x00\x00", frame(b"J", b'{"op": "ping"}')[:-3]):
+        assert exchange(agent.socket_path, raw) == (None, True)
+
+    async def main() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+            idle.connect(agent.socket_path)
+            idle.sendall(struct.pack(">Ic", 100, b"J") + b"{")  # and then nothing more
+            stream = await agent.client.exec(["echo", "still serving"])
+            assert (await collect(stream))[0] == b"still serving\n"
+
+    run(main())
+
+
+def test_the_op_list_is_complete_and_documented() -> None:
+    assert set(Agent().handlers) == set(OPS)
+    assert all(doc and "\n" not in doc for doc in OPS.values())
+    documented = (Path(__file__).parents[2] / "docs" / "agent-protocol.md").read_text()
+    assert all(f"| `{op}` |" in documented for op in OPS)
+    assert all(f"`{kind}`" in documented for kind in ERROR_KINDS)
+
+
+def test_agent_sources_import_only_the_stdlib_and_themselves() -> None:
+    for source in AGENT_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top == "__future__" or top in sys.stdlib_module_names, f"{source.name}: {name}"
+
+
+@pytest.mark.parametrize("form", ["directory", "module"])
+def test_agent_runs_isolated_under_another_package_name(tmp_path: Path, form: str) -> None:
+    shutil.copytree(AGENT_DIR, tmp_path / "corral_agent", ignore=shutil.ignore_patterns("__pycache__"))
+    if form == "directory":  # no site-packages, no environment, no cwd on the path
+        command, cwd = [sys.executable, "-I", "-S", str(tmp_path / "corral_agent")], None
+    else:
+        command, cwd = [sys.executable, "-S", "-m", "corral_agent"], str(tmp_path)
+
+    async def main(client: AgentClient) -> None:
+        assert (await client.ping())["version"] == 1
+        assert (await collect(await client.exec(["echo", "hi"], user="root")))[0] == b"hi\n"
+
+    with start_agent(command, cwd=cwd) as running:
+        run(main(running.client))
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=10) == 0, running.log()
+
+
+def test_unreachable_agent_raises_agent_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(AgentUnavailable) as err:
+        run(AgentClient(str(tmp_path / "no.sock"), connect_timeout=1).ping())
+    assert isinstance(err.value, AgentError) and err.value.kind == "unavailable"
+
+
+def test_agent_dying_mid_stream_raises_agent_unavailable() -> None:
+    async def main(running: RunningAgent) -> None:
+        stream = await running.client.exec(["sh", "-c", "echo up; exec cat"], stdin=True)
+        await read_until(stream, b"up\n")
+        cat = stream.pid
+        running.process.send_signal(signal.SIGKILL)
+        with pytest.raises(AgentUnavailable):
+            await collect(stream)
+        with pytest.raises(AgentUnavailable):
+            await running.client.ping()
+        # Its stdin and stdout pipes died with the agent, so cat ends on its own.
+        await wait_until(lambda: not alive(cat), "the orphaned process ended")
+
+    with start_agent() as running:
+        run(main(running))
+
+
+def test_agent_refuses_an_fd_that_is_not_a_listening_socket(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "corral.agent", "--listen-fd", str(read_end)],
+            pass_fds=[read_end],
+            capture_output=True,
+            timeout=10,
+        )
+        assert proc.returncode == 2 and b"not a socket" in proc.stderr
+    finally:
+        os.close(read_end)
+        os.close(write_end)
