@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from corral.sdk import Sandbox, SandboxInfo
 
@@ -61,7 +61,8 @@ def list_(
     infos = Sandbox.list(
         state="all" if all_ else "running", metadata=pairs(metadata, "--metadata"), **server(ctx).kwargs()
     )
-    table = Table("ID", "TEMPLATE", "STATE", "STARTED", "ENDS", "METADATA", box=None)
+    table = Table(Column("ID", no_wrap=True, min_width=20), "TEMPLATE", "STATE", "STARTED", "ENDS", "METADATA",
+                  box=None)
     for info in infos:
         labels = " ".join(f"{k}={v}" for k, v in sorted(info.metadata.items()))
         ends = info.ended_at or info.end_at

@@ -1,0 +1,87 @@
+"""Create → first output latency through the real HTTP API, next to the raw primitive.
+
+Baseline (same run, same machine): mount an overlay over the base template and run
+``bwrap --unshare-all ... /bin/true`` in it, then unmount. Ours: ``POST /v1/sandboxes`` followed by a
+command whose first stdout event ends the measurement (then the sandbox is killed, outside the timing).
+
+    sudo .venv/bin/python bench/create_latency.py [--samples 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import TEMPLATES, make_data_dir, start_server
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def raw_primitive(rootfs: Path, samples: int) -> list[float]:
+    times = []
+    for _ in range(samples):
+        work = Path(tempfile.mkdtemp(dir="/var/tmp"))
+        (work / "upper").mkdir()
+        (work / "work").mkdir()
+        (work / "root").mkdir()
+        started = time.perf_counter()
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={rootfs},upperdir={work}/upper,workdir={work}/work", str(work / "root")], check=True)
+        subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--bind",
+                        str(work / "root"), "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"], check=True)
+        times.append(time.perf_counter() - started)
+        subprocess.run(["umount", str(work / "root")], check=True)
+        shutil.rmtree(work)
+    return times
+
+
+def ours(client: httpx.Client, samples: int) -> list[float]:
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        sid = client.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
+        with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as r:
+            for line in r.iter_lines():
+                if json.loads(line)["type"] == "stdout":
+                    times.append(time.perf_counter() - started)
+                    break
+        client.delete(f"/v1/sandboxes/{sid}")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=40)
+    args = parser.parse_args()
+    data = make_data_dir()
+    server = start_server(data)
+    try:
+        with server.client() as client:
+            ours(client, 3)  # warm up imports and caches
+            measured = ours(client, args.samples)
+        baseline = raw_primitive(TEMPLATES / "base" / "rootfs", args.samples)
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    print(f"{'figure':<34}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, values in (("raw bwrap + overlay + true", baseline), ("corral create -> first output", measured)):
+        print(f"{name:<34}{1000 * statistics.median(values):>10.1f}{1000 * pct(values, 0.99):>10.1f}")
+    print(f"{'ratio (ours / raw), p50':<34}{statistics.median(measured) / statistics.median(baseline):>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP API: native REST under /v1 (E2B-compatible surfaces come later), errors, auth, streaming."""

@@ -1,0 +1,91 @@
+"""The ASGI app: one port for the native API; its lifespan builds and tears down the services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from corral.api import errors, routes_commands, routes_files, routes_keys, routes_sandboxes
+from corral.api.deps import Services
+from corral.config import VERSION, Settings
+from corral.runtime.bwrap import BwrapBackend
+from corral.runtime.cgroups_priv import detect
+from corral.runtime.host import check_host
+from corral.runtime.plan import AgentRuntime
+from corral.service.auth import Auth
+from corral.service.errors import Unavailable
+from corral.service.sandboxes import SandboxService
+from corral.service.templates import BASE, Templates
+from corral.store.repo import Store
+
+log = logging.getLogger("corral")
+
+
+async def build_services(settings: Settings) -> Services:
+    """Check the host, open the store, make sure the admin key exists, reconcile leftovers."""
+    check_host()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await asyncio.to_thread(Store, settings.db_url)
+    auth = Auth(store)
+    key_file = settings.data_dir / "api-key"
+    _, created = await asyncio.to_thread(auth.ensure_admin_key, settings.api_key, key_file)
+    if created:
+        log.warning("generated an admin API key, stored in %s (mode 0600)", key_file)
+    elif not settings.api_key:
+        log.info("admin API key: %s", key_file)
+    templates = Templates(settings.templates_dir)
+    base = templates.rootfs(BASE)
+    if BASE not in templates.names():
+        raise Unavailable(f"the base template is not built ({base}); run `make serve` or `corral template init`")
+    service: SandboxService | None = None
+
+    async def on_exit(sandbox_id: str, reason: str) -> None:
+        if service is not None:
+            await service.on_runtime_exit(sandbox_id, reason)
+
+    backend = BwrapBackend(
+        settings.sandboxes_dir, AgentRuntime.find(base), detect(), settings.subid_base, on_exit
+    )
+    service = SandboxService(settings, store, backend, templates)
+    await service.start()
+    return Services(settings=settings, auth=auth, sandboxes=service)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Store calls and privileged runtime steps run in threads; 2-core hosts get only 6 by default.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64, thread_name_prefix="corral"))
+        services = await build_services(settings)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            app.state.services = None
+            await services.sandboxes.close()
+            services.auth.store.close()
+
+    app = FastAPI(
+        title="Corral", version=VERSION, lifespan=lifespan,
+        description="Self-hosted sandboxes for untrusted code. Errors are JSON {code, message}.",
+    )
+    errors.install(app)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, Any]:
+        ready = getattr(app.state, "services", None) is not None
+        if not ready:
+            raise Unavailable("starting")
+        return {"status": "ok"}
+
+    for module in (routes_sandboxes, routes_commands, routes_files, routes_keys):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,91 @@
+"""``/v1/sandboxes/{id}/commands``: run (streamed), list, attach, stdin, signal."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from corral.agent.protocol import AgentError
+from corral.api.deps import PrincipalDep, ServicesDep
+from corral.api.streaming import event_response
+from corral.service import commands
+from corral.service.agent_errors import translate
+
+router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
+
+
+class RunBody(BaseModel):
+    cmd: str
+    envs: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    user: str = "user"
+    timeout: float = 60
+    stdin: bool = False
+    tag: str | None = None
+
+
+class StdinBody(BaseModel):
+    data: str = ""
+    data_base64: str | None = None
+    eof: bool = False
+
+
+class SignalBody(BaseModel):
+    signal: str | int = "SIGKILL"
+
+
+@router.post("")
+async def run(
+    sandbox_id: str, body: RunBody, request: Request, svc: ServicesDep, who: PrincipalDep
+) -> StreamingResponse:
+    agent = await svc.sandboxes.agent(who, sandbox_id)
+    stream = await commands.start(
+        agent, sandbox_id, commands.CommandRequest(**body.model_dump()), svc.sandboxes.envs(sandbox_id)
+    )
+    return event_response(request, commands.events(sandbox_id, stream, svc.sandboxes.oom_counter(sandbox_id)))
+
+
+@router.get("")
+async def list_(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> list[dict[str, Any]]:
+    agent = await svc.sandboxes.agent(who, sandbox_id)
+    try:
+        procs = await agent.processes()
+    except AgentError as exc:
+        raise translate(exc, sandbox_id) from exc
+    keys = ("pid", "cmd", "tag", "cwd", "user")
+    return [{k: p.get(k) for k in keys} for p in procs]
+
+
+@router.get("/{pid}/stream")
+async def attach(sandbox_id: str, pid: int, request: Request, svc: ServicesDep, who: PrincipalDep) -> StreamingResponse:
+    agent = await svc.sandboxes.agent(who, sandbox_id)
+    try:
+        stream = await agent.attach(pid)
+    except AgentError as exc:
+        raise translate(exc, sandbox_id) from exc
+    return event_response(request, commands.events(sandbox_id, stream, svc.sandboxes.oom_counter(sandbox_id)))
+
+
+@router.post("/{pid}/stdin", status_code=204)
+async def stdin(sandbox_id: str, pid: int, body: StdinBody, svc: ServicesDep, who: PrincipalDep) -> Response:
+    agent = await svc.sandboxes.agent(who, sandbox_id)
+    data = base64.b64decode(body.data_base64) if body.data_base64 is not None else body.data.encode()
+    try:
+        await agent.stdin(pid, data, eof=body.eof)
+    except AgentError as exc:
+        raise translate(exc, sandbox_id) from exc
+    return Response(status_code=204)
+
+
+@router.post("/{pid}/signal", status_code=204)
+async def signal(sandbox_id: str, pid: int, body: SignalBody, svc: ServicesDep, who: PrincipalDep) -> Response:
+    agent = await svc.sandboxes.agent(who, sandbox_id)
+    try:
+        await agent.signal(pid, commands.parse_signal(body.signal))
+    except AgentError as exc:
+        raise translate(exc, sandbox_id) from exc
+    return Response(status_code=204)

@@ -1,0 +1,78 @@
+"""``/v1/sandboxes``: create, list, get, kill, timeout, metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+
+from corral.api.deps import PrincipalDep, ServicesDep
+from corral.service.errors import InvalidRequest
+from corral.service.sandboxes import CreateRequest, describe
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+
+
+class CreateBody(BaseModel):
+    template: str = "base"
+    timeout: int | None = Field(default=None, description="seconds until the sandbox is destroyed")
+    envs: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    cpu: float | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+
+
+class TimeoutBody(BaseModel):
+    timeout: int
+
+
+@router.post("", status_code=201)
+async def create(body: CreateBody, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    row = await svc.sandboxes.create(who, CreateRequest(**body.model_dump()))
+    return describe(row)
+
+
+@router.get("")
+async def list_(
+    svc: ServicesDep, who: PrincipalDep, state: str = "running",
+    metadata: Annotated[list[str] | None, Query()] = None,
+) -> list[dict[str, Any]]:
+    if state not in ("running", "all"):
+        raise InvalidRequest("state: must be 'running' or 'all'")
+    wanted: dict[str, str] = {}
+    for item in metadata or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"metadata: expected key=value, got {item!r}")
+        wanted[key] = value
+    rows = await svc.sandboxes.list(who, live_only=state == "running", metadata=wanted)
+    return [describe(r) for r in rows]
+
+
+@router.get("/{sandbox_id}")
+async def get(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return describe(await svc.sandboxes.get(who, sandbox_id))
+
+
+@router.delete("/{sandbox_id}", status_code=204)
+async def kill(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> Response:
+    await svc.sandboxes.kill(who, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/timeout")
+async def set_timeout(sandbox_id: str, body: TimeoutBody, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return describe(await svc.sandboxes.set_timeout(who, sandbox_id, body.timeout))
+
+
+@router.get("/{sandbox_id}/metrics")
+async def metrics(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    use = await svc.sandboxes.metrics(who, sandbox_id)
+    row = await svc.sandboxes.get(who, sandbox_id)
+    return {
+        "cpu_seconds": use.cpu_seconds, "cpu_count": row.cpu, "memory_bytes": use.memory_bytes,
+        "memory_limit_bytes": use.memory_limit_bytes, "disk_bytes": use.disk_bytes,
+        "disk_limit_bytes": use.disk_limit_bytes, "pids": use.pids, "oom_kills": use.oom_kills,
+    }

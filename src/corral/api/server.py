@@ -1,0 +1,44 @@
+"""``corral serve``: run the API with uvicorn in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from corral.config import Settings
+from corral.runtime.host import HostUnsupported, check_host
+from corral.runtime.rootfs import RootfsError, build_base, host_mirror, is_built
+from corral.service.templates import BASE, Templates
+
+
+def ensure_base_template(settings: Settings) -> None:
+    """Build the ``base`` template once (mmdebstrap); later starts find it cached."""
+    rootfs = Templates(settings.templates_dir).rootfs(BASE)
+    if is_built(rootfs):
+        return
+    mirror = settings.apt_mirror or host_mirror()
+    try:
+        build_base(rootfs, mirror, settings.subid_base, log=lambda m: print(f"corral: {m}", flush=True))
+    except RootfsError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def serve(settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_host()
+    except HostUnsupported as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    ensure_base_template(settings)
+    from corral.api.app import create_app
+
+    print(f"corral: listening on http://{settings.host}:{settings.port} (data: {settings.data_dir})", flush=True)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+        loop="uvloop", http="httptools", timeout_graceful_shutdown=10,
+    )

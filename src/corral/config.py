@@ -1,0 +1,67 @@
+"""Server settings, read once from the environment (``CORRAL_*``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VERSION = "0.1.0"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to know at start. Immutable; pass it down, never read env later."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    data_dir: Path = Path("/var/lib/corral")
+    api_key: str | None = None
+    database_url: str | None = None
+    templates_path: Path | None = None
+    apt_mirror: str | None = None
+    default_timeout: int = 300
+    max_timeout: int = 86400
+    default_cpu: float = 1.0
+    default_memory_mb: int = 512
+    default_disk_mb: int = 2048
+    max_sandboxes: int = 1000
+    subid_base: int = 1_000_000
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            host=os.environ.get("CORRAL_HOST") or "127.0.0.1",
+            port=_int("CORRAL_PORT", 3000),
+            data_dir=Path(os.environ.get("CORRAL_DATA_DIR") or "/var/lib/corral"),
+            api_key=os.environ.get("CORRAL_API_KEY") or None,
+            database_url=os.environ.get("CORRAL_DATABASE_URL") or None,
+            templates_path=Path(os.environ["CORRAL_TEMPLATES_DIR"]) if os.environ.get("CORRAL_TEMPLATES_DIR") else None,
+            apt_mirror=os.environ.get("CORRAL_APT_MIRROR") or None,
+            default_timeout=_int("CORRAL_DEFAULT_TIMEOUT", 300),
+            max_timeout=_int("CORRAL_MAX_TIMEOUT", 86400),
+            max_sandboxes=_int("CORRAL_MAX_SANDBOXES", 1000),
+        )
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'corral.db'}"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.templates_path or self.data_dir / "templates"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.data_dir / "sandboxes"

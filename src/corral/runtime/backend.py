@@ -1,0 +1,66 @@
+"""The backend interface: what the service may ask of a sandbox runtime.
+
+A backend owns sandboxes on one node: it creates them from a spec, hands out an agent client for
+each, reports usage, destroys them and cleans up whatever a crash left behind. The service never
+knows which backend it holds. Implementations: ``BwrapBackend`` (default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from corral.agent.client import AgentClient
+
+
+class RuntimeFailure(RuntimeError):
+    """A sandbox could not be created or has died; the message says why."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a sandbox should be. ``layers`` are template rootfs dirs, topmost first."""
+
+    sandbox_id: str
+    layers: tuple[Path, ...]
+    cpu: float
+    memory_mb: int
+    disk_mb: int
+    pids: int = 1024
+    network: str = "none"  # egress policy arrives with the networking work; only "none" today
+
+
+@dataclass(frozen=True)
+class SandboxUsage:
+    cpu_seconds: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    disk_bytes: int
+    disk_limit_bytes: int
+    pids: int
+    oom_kills: int
+
+
+OnExit = Callable[[str, str], Awaitable[None]]
+"""Called as ``on_exit(sandbox_id, reason)`` when a sandbox dies without being destroyed."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> None: ...
+
+    def agent(self, sandbox_id: str) -> AgentClient: ...
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage: ...
+
+    async def destroy(self, sandbox_id: str) -> None: ...
+
+    async def reconcile(self, keep: set[str]) -> list[str]:
+        """Remove every sandbox this node holds that is not in ``keep``; return their ids."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,165 @@
+"""The default backend: bubblewrap namespaces over an overlay root, cgroup limits, seccomp.
+
+Owns the sandboxes of this node. Safe to use from one asyncio event loop (not thread-safe).
+Privileged steps live in ``launch_priv``/``mounts_priv``/``cgroups_priv``; this module sequences them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import corral.agent
+from corral.agent.client import AgentClient
+from corral.runtime import launch_priv, mounts_priv
+from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
+from corral.runtime.cgroups_priv import Cgroups
+from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
+from corral.runtime.seccomp import build_filter
+
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class _Live:
+    plan: LaunchPlan
+    process: subprocess.Popen[bytes]
+    pidfd: int
+    exited: asyncio.Future[int]  # bwrap's exit code, set when the pidfd says it is gone
+    init_pid: int = 0  # the sandbox's pid 1 (bwrap's child), host view
+    destroying: bool = False
+
+
+class BwrapBackend:
+    """Sandboxes as bubblewrap process trees. See docs/security.md for what each layer stops."""
+
+    name = "bwrap"
+
+    def __init__(
+        self, sandboxes_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int, on_exit: OnExit
+    ) -> None:
+        self.sandboxes_dir = sandboxes_dir
+        self.runtime = runtime
+        self.cgroups = cgroups
+        self.id_offset = id_offset
+        self.on_exit = on_exit
+        self.agent_src = Path(corral.agent.__file__).parent
+        self.seccomp = build_filter()
+        self._live: dict[str, _Live] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(sandboxes_dir, 0o711)
+
+    async def create(self, spec: SandboxSpec) -> None:
+        p = plan(
+            spec, sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, agent_src=self.agent_src,
+            id_offset=self.id_offset,
+        )
+        try:
+            prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
+            # Spawned from the loop's thread: bwrap's --die-with-parent follows the spawning thread.
+            spawned = launch_priv.spawn(p, prepared, self.seccomp)
+            loop = asyncio.get_running_loop()
+            live = _Live(p, spawned.process, os.pidfd_open(spawned.process.pid), loop.create_future())
+            self._live[spec.sandbox_id] = live
+            loop.add_reader(live.pidfd, self._reap, spec.sandbox_id, live)
+            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, self.cgroups)
+            await self._wait_ready(spec.sandbox_id, live)
+        except BaseException as exc:
+            await self.destroy(spec.sandbox_id)
+            if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
+                raise
+            raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
+
+    async def _wait_ready(self, sandbox_id: str, live: _Live) -> None:
+        ping = asyncio.ensure_future(self.agent(sandbox_id).ping())
+        try:
+            finished, _ = await asyncio.wait({ping, live.exited}, timeout=READY_TIMEOUT,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            if ping in finished and ping.exception() is None:
+                return
+            why = _log_tail(live.plan.sandbox_dir)
+            if ping in finished:
+                why = f"{ping.exception()}; {why}"
+            elif not finished:
+                why = f"agent not ready after {READY_TIMEOUT:.0f}s; {why}"
+            raise RuntimeFailure(f"sandbox {sandbox_id} failed to start: {why}")
+        finally:
+            ping.cancel()
+
+    def _reap(self, sandbox_id: str, live: _Live) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(live.pidfd)
+        os.close(live.pidfd)
+        code = live.process.wait()
+        if not live.exited.done():
+            live.exited.set_result(code)
+        if live.destroying or self._live.get(sandbox_id) is not live:
+            return
+        reason = f"sandbox runtime exited with code {code}: {_log_tail(live.plan.sandbox_dir)}"
+        task = loop.create_task(self.on_exit(sandbox_id, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def agent(self, sandbox_id: str) -> AgentClient:
+        return AgentClient(str(self.sandboxes_dir / sandbox_id / "agent.sock"))
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not running on this node")
+        use = await asyncio.to_thread(self.cgroups.usage, sandbox_id)
+        disk_used, disk_total = await asyncio.to_thread(mounts_priv.disk_usage, live.plan.sandbox_dir)
+        return SandboxUsage(
+            cpu_seconds=use.cpu_seconds, memory_bytes=use.memory_bytes,
+            memory_limit_bytes=live.plan.limits.memory_bytes, disk_bytes=disk_used,
+            disk_limit_bytes=disk_total, pids=use.pids, oom_kills=use.oom_kills,
+        )
+
+    async def destroy(self, sandbox_id: str) -> None:
+        live = self._live.pop(sandbox_id, None)
+        if live is not None:
+            live.destroying = True
+            # Killing the namespace's init first lets bwrap reap it and exit, so no orphan zombies;
+            # the cgroup kill in teardown then catches anything that escaped the pid namespace.
+            if live.init_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(live.init_pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(live.exited), 5)
+        await asyncio.to_thread(launch_priv.teardown, self.sandboxes_dir / sandbox_id, sandbox_id, self.cgroups)
+
+    def running(self) -> set[str]:
+        return set(self._live)
+
+    async def reconcile(self, keep: set[str]) -> list[str]:
+        if not keep and not self._live:
+            await asyncio.to_thread(launch_priv.kill_strays, self.id_offset)
+        keep = keep | set(self._live)
+        found = set(await asyncio.to_thread(self.cgroups.existing))
+        if self.sandboxes_dir.is_dir():
+            found |= {p.name for p in self.sandboxes_dir.iterdir() if p.is_dir()}
+        found |= {p.relative_to(self.sandboxes_dir).parts[0] for p in mounts_priv.mounted_under(self.sandboxes_dir)}
+        stale = sorted(found - keep)
+        for sandbox_id in stale:
+            await asyncio.to_thread(
+                launch_priv.teardown, self.sandboxes_dir / sandbox_id, sandbox_id, self.cgroups
+            )
+        return stale
+
+    async def close(self) -> None:
+        for sandbox_id in list(self._live):
+            await self.destroy(sandbox_id)
+
+
+def _log_tail(sandbox_dir: Path, limit: int = 600) -> str:
+    try:
+        text = (sandbox_dir / "runtime.log").read_text(errors="replace").strip()
+    except OSError:
+        return "no runtime log"
+    return text[-limit:] or "no output from the runtime"

@@ -1,0 +1,217 @@
+"""Per-sandbox cgroups (privileged: writes under /sys/fs/cgroup).
+
+Two drivers behind one small interface:
+
+* ``V2Cgroups`` — a unified hierarchy with the memory, pids and cpu controllers (current distros).
+* ``HybridCgroups`` — controllers on v1 hierarchies (memory, pids, cpu, cpuacct) plus the cgroup2
+  mount without controllers, still used for ``cgroup.kill`` (hosts like Debian with systemd hybrid).
+
+Every sandbox gets ``corral/<sandbox id>`` in each hierarchy. ``detect()`` picks the driver and
+raises ``CgroupUnavailable`` naming what is missing. Not thread-safe per sandbox: the caller owns a
+sandbox's cgroup from ``create`` to ``remove``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+GROUP = "corral"
+CPU_PERIOD_US = 100_000
+
+
+class CgroupUnavailable(RuntimeError):
+    """The host lacks a cgroup controller Corral needs."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int
+    pids: int
+    cpu: float  # cores
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    memory_bytes: int
+    pids: int
+    oom_kills: int
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read(path: Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _keyed(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def _kill_and_rmdir(path: Path) -> None:
+    """Kill every process in a cgroup directory, then remove it (children first)."""
+    if not path.is_dir():
+        return
+    for child in [p for p in path.iterdir() if p.is_dir()]:
+        _kill_and_rmdir(child)
+    kill_file = path / "cgroup.kill"
+    if kill_file.exists():
+        with contextlib.suppress(OSError):
+            _write(kill_file, "1")
+    for _ in range(200):
+        try:
+            pids = [int(p) for p in _read(path / "cgroup.procs").split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.005)  # the kernel frees a cgroup only after its last task has exited
+    path.rmdir()
+
+
+class Cgroups:
+    """Interface of a cgroup driver."""
+
+    name = "abstract"
+
+    def hierarchies(self) -> list[Path]:
+        raise NotImplementedError
+
+    def create(self, sandbox_id: str, limits: Limits) -> None:
+        raise NotImplementedError
+
+    def usage(self, sandbox_id: str) -> Usage:
+        raise NotImplementedError
+
+    def attach(self, sandbox_id: str, pid: int) -> None:
+        for base in self.hierarchies():
+            _write(base / GROUP / sandbox_id / "cgroup.procs", str(pid))
+
+    def remove(self, sandbox_id: str) -> None:
+        """Kill everything left in the sandbox's cgroups and delete them. Idempotent."""
+        for base in self.hierarchies():
+            _kill_and_rmdir(base / GROUP / sandbox_id)
+
+    def existing(self) -> set[str]:
+        """Sandbox ids that have a cgroup in any hierarchy (used to find orphans)."""
+        found: set[str] = set()
+        for base in self.hierarchies():
+            group = base / GROUP
+            if group.is_dir():
+                found.update(p.name for p in group.iterdir() if p.is_dir())
+        return found
+
+    def _mkdirs(self, sandbox_id: str) -> None:
+        for base in self.hierarchies():
+            (base / GROUP).mkdir(exist_ok=True)
+            (base / GROUP / sandbox_id).mkdir(exist_ok=True)
+
+
+class HybridCgroups(Cgroups):
+    """cgroup v1 controllers; cgroup2 (no controllers) only for ``cgroup.kill``."""
+
+    name = "v1"
+
+    def __init__(self, root: Path = ROOT) -> None:
+        self.root = root
+        self.unified = root / "unified"
+
+    def hierarchies(self) -> list[Path]:
+        bases = [self.root / c for c in ("memory", "pids", "cpu", "cpuacct")]
+        if (self.unified / "cgroup.procs").exists():
+            bases.append(self.unified)
+        return bases
+
+    def create(self, sandbox_id: str, limits: Limits) -> None:
+        self._mkdirs(sandbox_id)
+        mem = self.root / "memory" / GROUP / sandbox_id
+        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+        if (mem / "memory.memsw.limit_in_bytes").exists():
+            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+        _write(self.root / "pids" / GROUP / sandbox_id / "pids.max", str(limits.pids))
+        cpu = self.root / "cpu" / GROUP / sandbox_id
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu * CPU_PERIOD_US))))
+
+    def usage(self, sandbox_id: str) -> Usage:
+        mem = self.root / "memory" / GROUP / sandbox_id
+        oom = _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
+        return Usage(
+            cpu_seconds=int(_read(self.root / "cpuacct" / GROUP / sandbox_id / "cpuacct.usage")) / 1e9,
+            memory_bytes=int(_read(mem / "memory.usage_in_bytes")),
+            pids=int(_read(self.root / "pids" / GROUP / sandbox_id / "pids.current")),
+            oom_kills=oom,
+        )
+
+
+class V2Cgroups(Cgroups):
+    """A unified cgroup2 hierarchy with memory, pids and cpu controllers."""
+
+    name = "v2"
+
+    def __init__(self, root: Path = ROOT) -> None:
+        self.root = root
+
+    def hierarchies(self) -> list[Path]:
+        return [self.root]
+
+    def create(self, sandbox_id: str, limits: Limits) -> None:
+        group = self.root / GROUP
+        group.mkdir(exist_ok=True)
+        _write(self.root / "cgroup.subtree_control", "+memory +pids +cpu")
+        _write(group / "cgroup.subtree_control", "+memory +pids +cpu")
+        self._mkdirs(sandbox_id)
+        cg = group / sandbox_id
+        _write(cg / "memory.max", str(limits.memory_bytes))
+        if (cg / "memory.swap.max").exists():
+            _write(cg / "memory.swap.max", "0")
+        _write(cg / "pids.max", str(limits.pids))
+        _write(cg / "cpu.max", f"{max(1000, int(limits.cpu * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+
+    def usage(self, sandbox_id: str) -> Usage:
+        cg = self.root / GROUP / sandbox_id
+        return Usage(
+            cpu_seconds=_keyed(_read(cg / "cpu.stat")).get("usage_usec", 0) / 1e6,
+            memory_bytes=int(_read(cg / "memory.current")),
+            pids=int(_read(cg / "pids.current")),
+            oom_kills=_keyed(_read(cg / "memory.events")).get("oom_kill", 0),
+        )
+
+
+def detect(root: Path = ROOT) -> Cgroups:
+    """Pick the driver this host supports, or raise ``CgroupUnavailable`` naming what is missing."""
+    controllers = root / "cgroup.controllers"
+    if controllers.exists():
+        have = set(_read(controllers).split())
+        missing = {"memory", "pids", "cpu"} - have
+        if missing:
+            raise CgroupUnavailable(f"cgroup v2 at {root} lacks controllers: {', '.join(sorted(missing))}")
+        return V2Cgroups(root)
+    missing = [c for c in ("memory", "pids", "cpu", "cpuacct") if not (root / c / "cgroup.procs").exists()]
+    if missing:
+        raise CgroupUnavailable(
+            f"no cgroup v2 controllers and no v1 hierarchy for: {', '.join(missing)} under {root}"
+        )
+    return HybridCgroups(root)

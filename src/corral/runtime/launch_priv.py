@@ -1,0 +1,138 @@
+"""Carry out a ``LaunchPlan`` (privileged: mounts, cgroups, user-namespace maps, root spawns).
+
+The steps, in order (docs/security.md lists them too):
+
+1. ``prepare``: make the sandbox dir (0711, root), its ext4 disk and root overlay; create its
+   cgroups with limits; bind the agent's listening unix socket (host-only path).
+2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset`` with a seccomp fd; it
+   creates all namespaces and then blocks before doing anything inside them.
+3. ``admit``: read bwrap's child pid, move both bwrap processes into the cgroups, write the
+   user-namespace maps (sandbox 0..65535 → host ``id_offset``..+65535), then unblock bwrap.
+
+From then on bwrap mounts the root, drops to the agent's capability set, installs seccomp and
+execs the agent. Nothing in a sandbox ever runs as a host id below ``id_offset``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.runtime import mounts_priv
+from corral.runtime.cgroups_priv import Cgroups
+from corral.runtime.plan import Fds, LaunchPlan
+
+ID_RANGE = 65536
+
+
+@dataclass
+class Prepared:
+    listener: socket.socket
+    socket_path: Path
+
+
+@dataclass
+class Spawned:
+    process: subprocess.Popen[bytes]
+    info_r: int
+    block_w: int
+
+
+def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
+    d = plan.sandbox_dir
+    d.mkdir()
+    os.chmod(d, 0o711)  # bwrap (the id-offset uid) must traverse it to reach root/
+    mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
+    mounts_priv.mount_root(d, list(plan.layers))
+    cgroups.create(plan.sandbox_id, plan.limits)
+    path = d / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(256)
+    return Prepared(listener=listener, socket_path=path)
+
+
+def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes) -> Spawned:
+    """Start bwrap as the unprivileged id-offset uid; it blocks until ``admit`` releases it."""
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    seccomp_fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
+    os.write(seccomp_fd, seccomp_filter)
+    os.lseek(seccomp_fd, 0, os.SEEK_SET)
+    fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=prepared.listener.fileno())
+    log = open(plan.sandbox_dir / "runtime.log", "wb")  # noqa: SIM115 - handed to the child
+    try:
+        process = subprocess.Popen(
+            plan.argv(fds),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            pass_fds=(fds.block, fds.info, fds.seccomp, fds.listen),
+            user=plan.id_offset, group=plan.id_offset, extra_groups=[],
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(info_r)
+        os.close(block_w)
+        raise
+    finally:
+        log.close()
+        for fd in (info_w, block_r, seccomp_fd):
+            os.close(fd)
+        prepared.listener.close()
+    return Spawned(process=process, info_r=info_r, block_w=block_w)
+
+
+def admit(plan: LaunchPlan, spawned: Spawned, cgroups: Cgroups) -> int:
+    """Place bwrap in the cgroups, map ids, release it. Returns the sandbox's init pid (host view)."""
+    try:
+        data = b""
+        while b"}" not in data:
+            chunk = os.read(spawned.info_r, 4096)
+            if not chunk:
+                raise RuntimeError("bubblewrap exited before creating the sandbox namespaces")
+            data += chunk
+        child = int(json.loads(data[: data.index(b"}") + 1])["child-pid"])
+        cgroups.attach(plan.sandbox_id, spawned.process.pid)
+        cgroups.attach(plan.sandbox_id, child)
+        mapping = f"0 {plan.id_offset} {ID_RANGE}\n"
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{child}/{name}", "w") as f:
+                f.write(mapping)
+        os.write(spawned.block_w, b"1")
+        return child
+    finally:
+        for fd in (spawned.info_r, spawned.block_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def teardown(sandbox_dir: Path, sandbox_id: str, cgroups: Cgroups) -> None:
+    """Kill all processes, remove cgroups, unmount and delete the sandbox's files. Idempotent."""
+    cgroups.remove(sandbox_id)
+    mounts_priv.destroy(sandbox_dir)
+
+
+def kill_strays(id_offset: int) -> list[int]:
+    """SIGKILL every host process running as a sandbox id (the id range is Corral's alone).
+
+    Only for start-up, when no sandbox is live: it catches a bwrap child that a crash left
+    between clone and cgroup placement, where no cgroup kill can reach it."""
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            uid = entry.stat().st_uid
+        except FileNotFoundError:
+            continue
+        if id_offset <= uid < id_offset + ID_RANGE:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed

@@ -1,0 +1,118 @@
+"""The launch plan: everything a sandbox will be given, computed without side effects.
+
+``plan(...)`` turns a ``SandboxSpec`` into the bubblewrap argv, the cgroup limits and the paths
+used, so it can be read and unit-tested without root. ``launch_priv`` carries it out.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.runtime.backend import SandboxSpec
+from corral.runtime.cgroups_priv import Limits
+
+# Capabilities the agent keeps inside its user namespace (none of them count on the host):
+# switching to the sandbox user, owning files it writes for callers, signalling any sandbox process.
+AGENT_CAPS = (
+    "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETFCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_MKNOD",
+)
+RT_DIR = "/.corral/rt"
+AGENT_LIB = "/.corral/lib"
+AGENT_PKG = "corral_agent"
+LOADERS = {
+    "x86_64": ("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu"),
+    "aarch64": ("usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "usr/lib/aarch64-linux-gnu"),
+}
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class AgentRuntime:
+    """The interpreter the agent runs on: the base rootfs's python, started through its own loader,
+    so the agent works in any template (no python, other libc) and the template cannot replace it."""
+
+    rootfs: Path
+    python: str  # path inside the rootfs, e.g. usr/bin/python3.11
+    loader: str
+    libdir: str
+
+    @classmethod
+    def find(cls, rootfs: Path, machine: str | None = None) -> AgentRuntime:
+        machine = machine or platform.machine()
+        loader, libdir = LOADERS[machine]
+        pythons = sorted(p.name for p in (rootfs / "usr/bin").glob("python3.[0-9]*") if p.name[-1].isdigit())
+        if not pythons:
+            raise FileNotFoundError(f"no python3.X interpreter in {rootfs}/usr/bin")
+        return cls(rootfs=rootfs, python=f"usr/bin/{pythons[-1]}", loader=loader, libdir=libdir)
+
+    def argv(self, listen_fd: int) -> list[str]:
+        return [
+            f"{RT_DIR}/{self.loader}", "--library-path", f"{RT_DIR}/{self.libdir}",
+            f"{RT_DIR}/{self.python}", "-s", "-B", "-m", AGENT_PKG, "--listen-fd", str(listen_fd),
+        ]
+
+
+@dataclass(frozen=True)
+class Fds:
+    """File descriptor numbers handed to bwrap."""
+
+    block: int  # bwrap waits on it until the user-namespace maps are written
+    info: int  # bwrap reports its child pid here
+    seccomp: int  # the BPF program
+    listen: int  # the agent's listening socket
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    sandbox_id: str
+    sandbox_dir: Path
+    layers: tuple[Path, ...]
+    disk_mb: int
+    limits: Limits
+    id_offset: int
+    runtime: AgentRuntime
+    agent_src: Path
+
+    @property
+    def root(self) -> Path:
+        return self.sandbox_dir / "root"
+
+    def argv(self, fds: Fds) -> list[str]:
+        """The bubblewrap command line: every namespace, the overlay as /, the agent's runtime read-only."""
+        return [
+            "bwrap",
+            "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+            "--unshare-cgroup",
+            "--userns-block-fd", str(fds.block), "--info-fd", str(fds.info),
+            "--uid", "0", "--gid", "0",
+            "--cap-drop", "ALL", *[a for cap in AGENT_CAPS for a in ("--cap-add", cap)],
+            "--hostname", self.sandbox_id[:63],
+            "--die-with-parent",
+            "--bind", str(self.root), "/",
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--ro-bind", str(self.runtime.rootfs), RT_DIR,
+            "--ro-bind", str(self.agent_src), f"{AGENT_LIB}/{AGENT_PKG}",
+            "--seccomp", str(fds.seccomp),
+            "--clearenv",
+            "--setenv", "PATH", SANDBOX_PATH,
+            "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "PYTHONHOME", f"{RT_DIR}/usr",
+            "--setenv", "PYTHONPATH", AGENT_LIB,
+            "--chdir", "/",
+            "--", *self.runtime.argv(fds.listen),
+        ]
+
+
+def plan(
+    spec: SandboxSpec, *, sandboxes_dir: Path, runtime: AgentRuntime, agent_src: Path, id_offset: int
+) -> LaunchPlan:
+    """Compute the launch of one sandbox (no side effects)."""
+    limits = Limits(memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu=spec.cpu)
+    return LaunchPlan(
+        sandbox_id=spec.sandbox_id, sandbox_dir=sandboxes_dir / spec.sandbox_id, layers=spec.layers,
+        disk_mb=spec.disk_mb, limits=limits, id_offset=id_offset, runtime=runtime, agent_src=agent_src,
+    )

@@ -1,0 +1,242 @@
+"""Sandboxes: create, look up, list, time out, kill, metrics; reconcile with the runtime on start.
+
+One ``SandboxService`` per server process, used from its event loop (not thread-safe). The store is
+the record; the backend holds the live sandboxes. Every live record has a timer that kills it at
+its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import string
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from corral.agent.client import AgentClient
+from corral.config import Settings
+from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec, SandboxUsage
+from corral.service.auth import Principal
+from corral.service.errors import InvalidRequest, NotFound, TooMany, Unavailable
+from corral.service.templates import Templates
+from corral.store.models import SandboxRow
+from corral.store.repo import LIVE_STATES, Store, now
+
+log = logging.getLogger("corral.sandboxes")
+ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_sandbox_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(20))
+
+
+def utc(dt: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every time we keep is UTC."""
+    if dt is None or dt.tzinfo is not None:
+        return dt
+    return dt.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    template: str = "base"
+    timeout: int | None = None
+    envs: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    cpu: float | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+
+
+class SandboxService:
+    def __init__(self, settings: Settings, store: Store, backend: Backend, templates: Templates) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+        self.templates = templates
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._envs: dict[str, dict[str, str]] = {}
+        self._creating = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # lifecycle of the service
+    async def start(self) -> list[str]:
+        """Close records of sandboxes a previous run left and remove their runtime leftovers."""
+        stale = await asyncio.to_thread(self.store.sandboxes, True)
+        for row in stale:
+            await asyncio.to_thread(
+                self.store.end_sandbox, row.id, "failed", "server restarted while the sandbox was running"
+            )
+        cleaned = await self.backend.reconcile(keep=set())
+        if stale or cleaned:
+            log.warning("reconciled %d stale records, cleaned %d runtime leftovers", len(stale), len(cleaned))
+        return cleaned
+
+    async def close(self) -> None:
+        for sandbox_id in list(self._timers):
+            await self._end(sandbox_id, "ended", "server shut down")
+        await self.backend.close()
+
+    # the API
+    def validate(self, req: CreateRequest) -> SandboxSpec:
+        s = self.settings
+        timeout = s.default_timeout if req.timeout is None else req.timeout
+        if not 1 <= timeout <= s.max_timeout:
+            raise InvalidRequest(f"timeout: must be between 1 and {s.max_timeout} seconds, got {timeout}")
+        cpu = s.default_cpu if req.cpu is None else req.cpu
+        cores = os.cpu_count() or 1
+        if not 0.1 <= cpu <= cores:
+            raise InvalidRequest(f"cpu: must be between 0.1 and {cores} (this host's cores), got {cpu}")
+        memory = s.default_memory_mb if req.memory_mb is None else req.memory_mb
+        if not 64 <= memory <= 65536:
+            raise InvalidRequest(f"memory_mb: must be between 64 and 65536, got {memory}")
+        disk = s.default_disk_mb if req.disk_mb is None else req.disk_mb
+        if not 64 <= disk <= 1_048_576:
+            raise InvalidRequest(f"disk_mb: must be between 64 and 1048576, got {disk}")
+        for name, mapping in (("envs", req.envs), ("metadata", req.metadata)):
+            for k in mapping:
+                if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]):
+                    raise InvalidRequest(f"{name}: invalid key {k!r}")
+        return SandboxSpec(
+            sandbox_id=new_sandbox_id(), layers=self.templates.layers(req.template), cpu=cpu,
+            memory_mb=memory, disk_mb=disk,
+        )
+
+    async def create(self, principal: Principal, req: CreateRequest) -> SandboxRow:
+        spec = self.validate(req)
+        if len(self._timers) + self._creating >= self.settings.max_sandboxes:
+            raise TooMany(f"this server runs at most {self.settings.max_sandboxes} sandboxes")
+        timeout = self.settings.default_timeout if req.timeout is None else req.timeout
+        created = now()
+        row = SandboxRow(
+            id=spec.sandbox_id, template=req.template, state="starting", owner_key_id=principal.key_id,
+            node="local", created_at=created, expires_at=created + timedelta(seconds=timeout),
+            meta=dict(req.metadata), cpu=spec.cpu, memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
+        )
+        await asyncio.to_thread(self.store.add_sandbox, row)
+        self._creating += 1
+        try:
+            await self.backend.create(spec)
+        except RuntimeFailure as exc:
+            await asyncio.to_thread(self.store.end_sandbox, spec.sandbox_id, "failed", str(exc))
+            raise Unavailable(str(exc)) from exc
+        except BaseException:
+            await asyncio.to_thread(self.store.end_sandbox, spec.sandbox_id, "failed", "creation cancelled")
+            raise
+        finally:
+            self._creating -= 1
+        self._envs[spec.sandbox_id] = dict(req.envs)
+        expires = now() + timedelta(seconds=timeout)
+        self._schedule(spec.sandbox_id, expires)
+        updated = await asyncio.to_thread(
+            self.store.update_sandbox, spec.sandbox_id, state="running", expires_at=expires
+        )
+        assert updated is not None
+        return updated
+
+    async def get(self, principal: Principal, sandbox_id: str, live: bool = True) -> SandboxRow:
+        row = await asyncio.to_thread(self.store.sandbox, sandbox_id)
+        if row is None or (not principal.admin and row.owner_key_id != principal.key_id):
+            raise NotFound(f"sandbox {sandbox_id} not found")
+        if live and row.state not in LIVE_STATES:
+            ended = utc(row.ended_at)
+            when = ended.isoformat(timespec="seconds") if ended else "earlier"
+            raise NotFound(f"sandbox {sandbox_id} is no longer running: {row.state} at {when} ({row.end_reason})")
+        return row
+
+    async def list(
+        self, principal: Principal, live_only: bool = True, metadata: dict[str, str] | None = None
+    ) -> list[SandboxRow]:
+        owner = None if principal.admin else principal.key_id
+        rows = await asyncio.to_thread(self.store.sandboxes, live_only, owner)
+        if metadata:
+            rows = [r for r in rows if all(r.meta.get(k) == v for k, v in metadata.items())]
+        return rows
+
+    async def kill(self, principal: Principal, sandbox_id: str) -> None:
+        row = await self.get(principal, sandbox_id, live=False)
+        if row.state in LIVE_STATES:
+            await self._end(sandbox_id, "ended", "killed by request")
+
+    async def set_timeout(self, principal: Principal, sandbox_id: str, timeout: int) -> SandboxRow:
+        if not 1 <= timeout <= self.settings.max_timeout:
+            raise InvalidRequest(f"timeout: must be between 1 and {self.settings.max_timeout} seconds")
+        await self.get(principal, sandbox_id)
+        expires = now() + timedelta(seconds=timeout)
+        self._schedule(sandbox_id, expires)
+        row = await asyncio.to_thread(self.store.update_sandbox, sandbox_id, expires_at=expires)
+        assert row is not None
+        return row
+
+    async def metrics(self, principal: Principal, sandbox_id: str) -> SandboxUsage:
+        await self.get(principal, sandbox_id)
+        try:
+            return await self.backend.usage(sandbox_id)
+        except (RuntimeFailure, OSError) as exc:
+            raise Unavailable(f"sandbox {sandbox_id}: metrics unavailable: {exc}") from exc
+
+    async def agent(self, principal: Principal, sandbox_id: str) -> AgentClient:
+        await self.get(principal, sandbox_id)
+        return self.backend.agent(sandbox_id)
+
+    def oom_counter(self, sandbox_id: str) -> Callable[[], Awaitable[int]]:
+        async def count() -> int:
+            try:
+                return (await self.backend.usage(sandbox_id)).oom_kills
+            except (RuntimeFailure, OSError):
+                return 0
+
+        return count
+
+    def envs(self, sandbox_id: str) -> dict[str, str]:
+        return dict(self._envs.get(sandbox_id, {}))
+
+    async def on_runtime_exit(self, sandbox_id: str, reason: str) -> None:
+        """The backend saw a sandbox die on its own (agent crash, runtime failure)."""
+        log.warning("sandbox %s died: %s", sandbox_id, reason)
+        await self._end(sandbox_id, "failed", reason)
+
+    # internals
+    def _schedule(self, sandbox_id: str, expires: datetime) -> None:
+        old = self._timers.pop(sandbox_id, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, (expires - now()).total_seconds())
+        loop = asyncio.get_running_loop()
+        self._timers[sandbox_id] = loop.call_later(delay, self._expire, sandbox_id)
+
+    def _expire(self, sandbox_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._end(sandbox_id, "ended", "timeout reached"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _end(self, sandbox_id: str, state: str, reason: str) -> None:
+        timer = self._timers.pop(sandbox_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._envs.pop(sandbox_id, None)
+        await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)
+        try:
+            await self.backend.destroy(sandbox_id)
+        except Exception:
+            log.exception("destroying sandbox %s failed; the next start's reconcile will retry", sandbox_id)
+
+    def live_count(self) -> int:
+        return len(self._timers)
+
+
+def describe(row: SandboxRow) -> dict[str, Any]:
+    """The ``Sandbox`` JSON object of the API."""
+    def iso(dt: datetime | None) -> str | None:
+        dt = utc(dt)
+        return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+    return {
+        "id": row.id, "template": row.template, "state": row.state, "created_at": iso(row.created_at),
+        "expires_at": iso(row.expires_at), "ended_at": iso(row.ended_at), "end_reason": row.end_reason,
+        "metadata": row.meta or {}, "cpu": row.cpu, "memory_mb": row.memory_mb, "disk_mb": row.disk_mb,
+    }

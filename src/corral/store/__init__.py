@@ -1,0 +1,1 @@
+"""Persistent records (SQLAlchemy; SQLite by default, PostgreSQL when configured)."""

@@ -1,0 +1,120 @@
+"""The store: typed reads and writes of the records. Synchronous; the service calls it off the event
+loop (``asyncio.to_thread``). Thread-safe: each call uses its own session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from corral.store.models import ApiKeyRow, Base, SandboxRow, TemplateRow
+
+LIVE_STATES = ("starting", "running")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # API keys
+    def add_key(self, row: ApiKeyRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def key_by_hash(self, key_hash: str) -> ApiKeyRow | None:
+        with self.session() as s:
+            return s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash)).first()
+
+    def keys(self) -> list[ApiKeyRow]:
+        with self.session() as s:
+            return list(s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)))
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                return False
+            if row.revoked_at is None:
+                row.revoked_at = now()
+            return True
+
+    # sandboxes
+    def add_sandbox(self, row: SandboxRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def sandbox(self, sandbox_id: str) -> SandboxRow | None:
+        with self.session() as s:
+            return s.get(SandboxRow, sandbox_id)
+
+    def sandboxes(self, live_only: bool, owner_key_id: str | None = None) -> list[SandboxRow]:
+        with self.session() as s:
+            q = select(SandboxRow).order_by(SandboxRow.created_at)
+            if live_only:
+                q = q.where(SandboxRow.state.in_(LIVE_STATES))
+            if owner_key_id is not None:
+                q = q.where(SandboxRow.owner_key_id == owner_key_id)
+            return list(s.scalars(q))
+
+    def update_sandbox(self, sandbox_id: str, **fields: Any) -> SandboxRow | None:
+        with self.session() as s:
+            row = s.get(SandboxRow, sandbox_id)
+            if row is None:
+                return None
+            for k, v in fields.items():
+                setattr(row, k, v)
+            return row
+
+    def end_sandbox(self, sandbox_id: str, state: str, reason: str) -> SandboxRow | None:
+        """Close a live record; an already closed one is left as it was."""
+        with self.session() as s:
+            row = s.get(SandboxRow, sandbox_id)
+            if row is None or row.state not in LIVE_STATES:
+                return row
+            row.state, row.end_reason, row.ended_at = state, reason, now()
+            return row
+
+    # templates
+    def put_template(self, name: str, path: str) -> None:
+        with self.session() as s:
+            row = s.get(TemplateRow, name)
+            if row is None:
+                s.add(TemplateRow(name=name, path=path, created_at=now()))
+            else:
+                row.path = path
+
+    def template(self, name: str) -> TemplateRow | None:
+        with self.session() as s:
+            return s.get(TemplateRow, name)

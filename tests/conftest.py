@@ -1,0 +1,188 @@
+"""Shared fixtures: a real Corral server (subprocess, real HTTP, real sandboxes) and leak guards.
+
+The base template is built once into ``/var/lib/corral/templates`` (shared with ``make serve``);
+everything else of a test run lives in a fresh data dir that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+TEMPLATES = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates"))
+SUBID_BASE = 1_000_000
+START_TIMEOUT = 900  # the first run builds the base template
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sandbox_processes() -> list[int]:
+    """Host pids running as a sandbox id (uid in the shifted range). Zombies don't count: an
+    orphaned one waits for the host's init to reap it, which may lag, and can no longer run."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            uid = entry.stat().st_uid
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if SUBID_BASE <= uid < SUBID_BASE + 65536 and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def corral_cgroups() -> list[str]:
+    found = []
+    for group in Path("/sys/fs/cgroup").glob("*/corral"):
+        found += [f"{group}/{p.name}" for p in group.iterdir() if p.is_dir()]
+    if Path("/sys/fs/cgroup/corral").is_dir():
+        found += [p.name for p in Path("/sys/fs/cgroup/corral").iterdir() if p.is_dir()]
+    return found
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+@dataclass
+class Server:
+    url: str
+    api_key: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self, key: str | None = None, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key or self.api_key}, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(30)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -> Server:
+    if os.geteuid() != 0:
+        pytest.fail("Corral's integration tests need root (namespaces, cgroups, mounts): run `sudo make test`")
+    api_key = api_key or "e2b_" + secrets.token_hex(20)
+    port = free_port()
+    env = {
+        **os.environ, "CORRAL_DATA_DIR": str(data_dir), "CORRAL_PORT": str(port), "CORRAL_HOST": "127.0.0.1",
+        "CORRAL_API_KEY": api_key, "CORRAL_TEMPLATES_DIR": str(TEMPLATES), **extra_env,
+    }
+    log = data_dir.with_name(data_dir.name + ".log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from corral.api.server import serve; serve()"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", api_key=api_key, data_dir=data_dir, process=proc, log=log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{server.log_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)  # readiness poll of a separate process, not test synchronisation
+    server.stop(signal.SIGKILL)
+    pytest.fail(f"server not healthy after {START_TIMEOUT}s:\n{server.log_text()[-3000:]}")
+
+
+def make_data_dir() -> Path:
+    # Not under pytest's 0700 tmp: the sandbox runtime (an unprivileged uid) must traverse it.
+    path = Path(tempfile.mkdtemp(prefix="corral-test-", dir="/var/tmp"))
+    path.chmod(0o711)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    before_cgroups = set(corral_cgroups())
+    data = make_data_dir()
+    srv = start_server(data)
+    yield srv
+    srv.stop()
+    assert mounts_under(data) == [], "server left mounts behind"
+    assert set(corral_cgroups()) - before_cgroups == set(), "server left cgroups behind"
+    assert sandbox_processes() == [], "sandbox processes survived the server"
+    shutil.rmtree(data, ignore_errors=True)
+    data.with_name(data.name + ".log").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture
+def sandbox(api: httpx.Client, server: Server) -> Iterator[str]:
+    """A fresh sandbox, killed afterwards; asserts its mounts and cgroups are gone."""
+    r = api.post("/v1/sandboxes", json={"timeout": 120})
+    assert r.status_code == 201, r.text
+    sandbox_id = r.json()["id"]
+    yield sandbox_id
+    assert api.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
+    assert mounts_under(server.data_dir / "sandboxes" / sandbox_id) == []
+    assert not any(sandbox_id in c for c in corral_cgroups())
+
+
+@dataclass
+class Ran:
+    stdout: str
+    stderr: str
+    exit_code: int
+    error: str | None
+    events: list[dict[str, object]]
+
+
+def run_command(api: httpx.Client, sandbox_id: str, cmd: str, **fields: object) -> Ran:
+    """Run a command through the REST API and collect its NDJSON event stream."""
+    import json
+
+    events: list[dict[str, object]] = []
+    with api.stream("POST", f"/v1/sandboxes/{sandbox_id}/commands", json={"cmd": cmd, **fields}) as r:
+        assert r.status_code == 200, r.read().decode()
+        for line in r.iter_lines():
+            if line:
+                events.append(json.loads(line))
+    out = "".join(str(e["data"]) for e in events if e["type"] == "stdout")
+    err = "".join(str(e["data"]) for e in events if e["type"] == "stderr")
+    exit_event = events[-1]
+    assert exit_event["type"] == "exit", events
+    return Ran(out, err, int(exit_event["exit_code"]), exit_event.get("error"), events)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def run(api: httpx.Client):  # type: ignore[no-untyped-def]
+    def _run(sandbox_id: str, cmd: str, **fields: object) -> Ran:
+        return run_command(api, sandbox_id, cmd, **fields)
+
+    return _run

@@ -1,0 +1,131 @@
+"""Commands through the REST API: output, exit codes, streaming, env, users, stdin, signals, timeouts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import httpx
+
+from conftest import run_command
+
+
+def test_stdout_stderr_and_exit_code(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    r = run(sandbox, "echo out; echo err >&2; exit 3")
+    assert (r.stdout, r.stderr, r.exit_code, r.error) == ("out\n", "err\n", 3, None)
+    assert r.events[0]["type"] == "start" and isinstance(r.events[0]["pid"], int)
+
+
+def test_envs_cwd_and_user(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
+    sid = api.post("/v1/sandboxes", json={"envs": {"A": "1", "B": "sandbox"}, "timeout": 60}).json()["id"]
+    try:
+        r = run(sid, 'echo "$A $B $C"; pwd; whoami; echo $HOME', envs={"B": "call", "C": "3"})
+        assert r.stdout.splitlines() == ["1 call 3", "/home/user", "user", "/home/user"]
+        r = run(sid, "whoami; pwd", user="root", cwd="/tmp")
+        assert r.stdout.splitlines() == ["root", "/tmp"]
+        r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "pwd", "cwd": "/nonexistent"})
+        assert r.status_code == 400 and "/nonexistent" in r.json()["message"]
+        r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "pwd", "user": "nobody-here"})
+        assert r.status_code == 400 and "nobody-here" in r.json()["message"]
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_output_is_streamed_as_produced(api: httpx.Client, sandbox: str) -> None:
+    arrivals: list[tuple[float, str]] = []
+    cmd = "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"
+    with api.stream("POST", f"/v1/sandboxes/{sandbox}/commands", json={"cmd": cmd}) as r:
+        for line in r.iter_lines():
+            event = json.loads(line)
+            arrivals.append((time.monotonic(), event["type"]))
+    stdout_times = [t for t, kind in arrivals if kind == "stdout"]
+    exit_time = next(t for t, kind in arrivals if kind == "exit")
+    assert len(stdout_times) == 5
+    # each line arrives while the command is still running, ~100 ms apart
+    assert exit_time - stdout_times[0] > 0.3
+    assert all(b - a > 0.05 for a, b in itertools.pairwise(stdout_times))
+
+
+def test_sse_when_asked(api: httpx.Client, sandbox: str) -> None:
+    r = api.post(f"/v1/sandboxes/{sandbox}/commands", json={"cmd": "echo hi"},
+                 headers={"Accept": "text/event-stream"})
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["start", "stdout", "exit"]
+
+
+def test_timeout_kills_a_process_that_ignores_sigterm(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    r = run(sandbox, "trap '' TERM; sleep 30", timeout=1)
+    assert time.monotonic() - started < 10
+    assert r.exit_code == 137 and "timed out" in (r.error or "")
+
+
+def test_background_process_stdin_list_and_signal(api: httpx.Client, sandbox: str) -> None:
+    base = f"/v1/sandboxes/{sandbox}/commands"
+    with api.stream("POST", base, json={"cmd": "cat", "stdin": True, "tag": "cat", "timeout": 0}) as r:
+        lines = r.iter_lines()
+        pid = json.loads(next(lines))["pid"]
+        procs = api.get(base).json()
+        assert any(p["pid"] == pid and p["tag"] == "cat" for p in procs)
+        assert api.post(f"{base}/{pid}/stdin", json={"data": "hello\n"}).status_code == 204
+        assert json.loads(next(lines)) == {"type": "stdout", "data": "hello\n"}
+        assert api.post(f"{base}/{pid}/signal", json={"signal": "SIGTERM"}).status_code == 204
+        exit_event = json.loads(next(lines))
+    assert exit_event["type"] == "exit" and exit_event["exit_code"] == 128 + 15
+    assert api.post(f"{base}/999999/signal", json={"signal": "KILL"}).status_code == 404
+    assert api.post(f"{base}/1/signal", json={"signal": "NOPE"}).status_code == 400
+
+
+def test_detached_process_keeps_running_and_can_be_attached(api: httpx.Client, sandbox: str) -> None:
+    base = f"/v1/sandboxes/{sandbox}/commands"
+    with api.stream("POST", base, json={"cmd": "read x; echo got $x", "stdin": True, "timeout": 0}) as r:
+        pid = json.loads(next(r.iter_lines()))["pid"]
+    # the first connection is gone; the process is still there
+    assert any(p["pid"] == pid for p in api.get(base).json())
+    with api.stream("GET", f"{base}/{pid}/stream") as r:
+        lines = r.iter_lines()
+        assert json.loads(next(lines))["type"] == "start"
+        api.post(f"{base}/{pid}/stdin", json={"data": "42\n"})
+        assert json.loads(next(lines)) == {"type": "stdout", "data": "got 42\n"}
+        assert json.loads(next(lines))["exit_code"] == 0
+
+
+def test_output_flood_is_streamed(api: httpx.Client, sandbox: str) -> None:
+    total = 0
+    cmd = "head -c 67108864 /dev/zero | tr '\\0' 'x'"
+    with api.stream("POST", f"/v1/sandboxes/{sandbox}/commands", json={"cmd": cmd, "timeout": 120}) as r:
+        for line in r.iter_lines():
+            event = json.loads(line)
+            if event["type"] == "stdout":
+                total += len(event["data"])
+            last = event
+    assert total == 64 * 1024 * 1024 and last["exit_code"] == 0
+
+
+def test_utf8_split_across_chunks_arrives_whole(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    r = run(sandbox, "printf '\\xc3'; sleep 0.2; printf '\\xa9\\n'")
+    assert r.stdout == "é\n"
+
+
+def test_commands_on_a_killed_sandbox_are_404(api: httpx.Client) -> None:
+    sid = api.post("/v1/sandboxes", json={"timeout": 30}).json()["id"]
+    api.delete(f"/v1/sandboxes/{sid}")
+    r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "true"})
+    assert r.status_code == 404 and sid in r.json()["message"]
+
+
+def test_many_sandboxes_in_parallel(server) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> str:
+        with server.client() as c:
+            sid = c.post("/v1/sandboxes", json={"timeout": 120}).json()["id"]
+            out = run_command(c, sid, f"echo sandbox-{i}").stdout
+            assert c.delete(f"/v1/sandboxes/{sid}").status_code == 204
+            return out
+
+    with ThreadPoolExecutor(20) as pool:
+        outs = list(pool.map(one, range(20)))
+    assert outs == [f"sandbox-{i}\n" for i in range(20)]

@@ -1,0 +1,51 @@
+"""Crash safety: a server killed with sandboxes running leaves nothing behind after a restart."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+from conftest import corral_cgroups, make_data_dir, mounts_under, run_command, sandbox_processes, start_server
+
+
+def test_restart_after_crash_cleans_up_and_closes_records() -> None:
+    data = make_data_dir()
+    try:
+        first = start_server(data)
+        with first.client() as api:
+            ids = [api.post("/v1/sandboxes", json={"timeout": 300}).json()["id"] for _ in range(2)]
+            assert run_command(api, ids[0], "echo up").stdout == "up\n"
+        first.stop(signal.SIGKILL)  # no cleanup code runs
+        assert mounts_under(data), "expected the crash to leave mounts for the restart to clean"
+
+        second = start_server(data, api_key=first.api_key)
+        try:
+            assert mounts_under(data) == []
+            assert not any(i in c for i in ids for c in corral_cgroups())
+            assert sandbox_processes() == []
+            with second.client() as api:
+                for sid in ids:
+                    r = api.get(f"/v1/sandboxes/{sid}")
+                    assert r.status_code == 404 and "server restarted" in r.json()["message"]
+                assert api.get("/v1/sandboxes").json() == []
+                sid = api.post("/v1/sandboxes", json={"timeout": 30}).json()["id"]
+                assert run_command(api, sid, "echo fresh").stdout == "fresh\n"
+        finally:
+            second.stop()
+        assert mounts_under(data) == []
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+        data.with_name(data.name + ".log").unlink(missing_ok=True)
+
+
+def test_non_root_start_says_what_it_needs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+         "from corral.api.server import serve; serve()"],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "CORRAL_DATA_DIR": str(tmp_path)},
+    )
+    assert proc.returncode == 2
+    assert "must run as root" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,113 @@
+"""The native REST API: auth, sandbox lifecycle, errors, metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+from conftest import Server
+
+
+def test_health_needs_no_key(server: Server) -> None:
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+
+
+def test_every_call_needs_a_valid_key(server: Server) -> None:
+    r = httpx.get(f"{server.url}/v1/sandboxes")
+    assert r.status_code == 401 and r.json()["code"] == 401 and "API key" in r.json()["message"]
+    r = httpx.get(f"{server.url}/v1/sandboxes", headers={"X-API-Key": "e2b_" + "0" * 40})
+    assert r.status_code == 401
+    r = httpx.get(f"{server.url}/v1/sandboxes", headers={"Authorization": f"Bearer {server.api_key}"})
+    assert r.status_code == 200
+
+
+def test_openapi_document_is_served(server: Server) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/sandboxes" in doc["paths"] and "/v1/sandboxes/{sandbox_id}/commands" in doc["paths"]
+
+
+def test_create_get_list_kill(api: httpx.Client) -> None:
+    r = api.post("/v1/sandboxes", json={"metadata": {"suite": "api"}, "timeout": 60, "cpu": 0.5,
+                                         "memory_mb": 256})
+    assert r.status_code == 201, r.text
+    sbx = r.json()
+    assert re.fullmatch(r"[a-z0-9]{20}", sbx["id"])
+    assert sbx["state"] == "running" and sbx["template"] == "base" and sbx["memory_mb"] == 256
+    sid = sbx["id"]
+    assert api.get(f"/v1/sandboxes/{sid}").json()["metadata"] == {"suite": "api"}
+    listed = api.get("/v1/sandboxes", params={"metadata": "suite=api"}).json()
+    assert [s["id"] for s in listed] == [sid]
+    assert api.get("/v1/sandboxes", params={"metadata": "suite=other"}).json() == []
+    assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
+    gone = api.get(f"/v1/sandboxes/{sid}")
+    assert gone.status_code == 404 and "no longer running" in gone.json()["message"]
+    assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204  # idempotent
+    ended = [s for s in api.get("/v1/sandboxes", params={"state": "all"}).json() if s["id"] == sid]
+    assert ended[0]["state"] == "ended" and ended[0]["end_reason"] == "killed by request"
+
+
+def test_unknown_sandbox_is_404(api: httpx.Client) -> None:
+    for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/metrics"), ("POST", "/timeout")):
+        r = api.request(method, f"/v1/sandboxes/nosuchsandbox000000{path}", json={"timeout": 5})
+        assert r.status_code == 404, (method, path, r.text)
+        assert "nosuchsandbox000000" in r.json()["message"]
+
+
+def test_bad_limits_name_the_field(api: httpx.Client) -> None:
+    cases = [({"timeout": 0}, "timeout"), ({"timeout": 10**9}, "timeout"), ({"cpu": 0}, "cpu"),
+             ({"memory_mb": 1}, "memory_mb"), ({"disk_mb": 1}, "disk_mb"), ({"template": "../x"}, "template")]
+    for body, field in cases:
+        r = api.post("/v1/sandboxes", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert field in r.json()["message"]
+    r = api.post("/v1/sandboxes", json={"timeout": "soon"})
+    assert r.status_code == 422 and "timeout" in r.json()["message"]
+    r = api.post("/v1/sandboxes", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["code"] == 422
+    r = api.post("/v1/sandboxes", json={"template": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["message"]
+
+
+def test_timeout_destroys_the_sandbox(api: httpx.Client, server: Server) -> None:
+    sid = api.post("/v1/sandboxes", json={"timeout": 1}).json()["id"]
+    deadline = time.monotonic() + 15
+    while api.get(f"/v1/sandboxes/{sid}").status_code == 200:
+        assert time.monotonic() < deadline, "sandbox outlived its timeout"
+        time.sleep(0.1)
+    r = api.get(f"/v1/sandboxes/{sid}")
+    assert r.status_code == 404 and "timeout" in r.json()["message"]
+    assert not (server.data_dir / "sandboxes" / sid).exists()
+
+
+def test_set_timeout_moves_the_deadline(api: httpx.Client, sandbox: str) -> None:
+    before = api.get(f"/v1/sandboxes/{sandbox}").json()["expires_at"]
+    r = api.post(f"/v1/sandboxes/{sandbox}/timeout", json={"timeout": 600})
+    assert r.status_code == 200 and r.json()["expires_at"] > before
+    assert api.post(f"/v1/sandboxes/{sandbox}/timeout", json={"timeout": -1}).status_code == 400
+
+
+def test_metrics_come_from_cgroups(api: httpx.Client, sandbox: str) -> None:
+    m = api.get(f"/v1/sandboxes/{sandbox}/metrics").json()
+    assert m["memory_limit_bytes"] == 512 * 1024 * 1024
+    assert 0 < m["memory_bytes"] < m["memory_limit_bytes"]
+    assert m["pids"] >= 2 and m["cpu_seconds"] > 0
+    assert 0 < m["disk_bytes"] < m["disk_limit_bytes"]
+
+
+def test_keys_can_be_created_used_and_revoked(api: httpx.Client, server: Server) -> None:
+    created = api.post("/v1/keys", json={"name": "ci"}).json()
+    assert re.fullmatch(r"e2b_[0-9a-f]{40}", created["key"])
+    with server.client(created["key"]) as other:
+        sid = other.post("/v1/sandboxes", json={"timeout": 30}).json()["id"]
+        assert api.get(f"/v1/sandboxes/{sid}").status_code == 200  # admin sees all
+        assert other.get("/v1/keys").status_code == 403  # not admin
+        mine = api.post("/v1/sandboxes", json={"timeout": 30}).json()["id"]
+        assert other.get(f"/v1/sandboxes/{mine}").status_code == 404  # others' sandboxes are invisible
+        api.delete(f"/v1/sandboxes/{mine}")
+        other.delete(f"/v1/sandboxes/{sid}")
+        listed = {k["id"]: k for k in api.get("/v1/keys").json()}
+        assert "key" not in listed[created["id"]] and listed[created["id"]]["prefix"] == created["key"][:8]
+        assert api.delete(f"/v1/keys/{created['id']}").status_code == 204
+        assert other.get("/v1/sandboxes").status_code == 401

@@ -1,0 +1,134 @@
+"""Isolation basics: what code inside a sandbox can and cannot see or do."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from conftest import Server
+
+
+def test_host_files_are_invisible(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    marker = Path("/root") / f"corral-host-secret-{uuid.uuid4().hex}"
+    marker.write_text("host secret")
+    try:
+        r = run(sandbox, f"ls {marker} {Path(__file__).resolve()} 2>&1; ls /root; cat /etc/os-release", user="root")
+        assert "No such file" in r.stdout and "host secret" not in r.stdout
+        assert "bookworm" in r.stdout
+    finally:
+        marker.unlink()
+
+
+def test_symlinks_and_dotdot_resolve_inside_the_sandbox(api: httpx.Client, run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    secret = Path("/root") / f"corral-host-secret-{uuid.uuid4().hex}"
+    secret.write_text("host secret")
+    try:
+        run(sandbox, f"ln -s /etc/passwd /home/user/pw; ln -s {secret} /home/user/s; ln -s / /home/user/root")
+        base = f"/v1/sandboxes/{sandbox}/files"
+        pw = api.get(base, params={"path": "/home/user/pw"}).text
+        assert "user:x:1000:1000" in pw  # the sandbox's own passwd
+        assert api.get(base, params={"path": "/home/user/s"}).status_code == 404
+        assert api.get(base, params={"path": f"/home/user/root{secret}"}).status_code == 404
+        assert api.get(base, params={"path": f"/../../../..{secret}"}).status_code == 404
+        assert "user:x:1000" in api.get(base, params={"path": "../../../../etc/passwd"}).text
+        # writes through a symlink land inside the sandbox too
+        run(sandbox, "ln -s /tmp/target /home/user/link")
+        api.put(base, params={"path": "/home/user/link"}, content=b"via link")
+        assert not Path("/tmp/target").exists() or Path("/tmp/target").read_bytes() != b"via link"
+    finally:
+        secret.unlink()
+
+
+def test_processes_hostname_and_network_are_private(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    r = run(sandbox, "hostname; ps -e -o pid=,comm= | wc -l; cat /proc/1/cmdline | tr '\\0' ' '; echo; ip -o link")
+    lines = r.stdout.splitlines()
+    assert lines[0] != socket.gethostname() and lines[0] == sandbox
+    assert int(lines[1]) < 10  # only the sandbox's own processes
+    assert "bwrap" in lines[2]
+    links = [line for line in lines[3:] if line]
+    assert len(links) == 1 and ": lo:" in links[0]
+
+
+def test_host_services_are_unreachable(server: Server, run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    port = int(server.url.rsplit(":", 1)[1])
+    r = run(sandbox, f"curl -sS -m 2 http://127.0.0.1:{port}/health", timeout=10)
+    assert r.exit_code != 0 and "ok" not in r.stdout
+
+
+def test_other_sandboxes_files_are_invisible(api: httpx.Client, run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    other = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
+    try:
+        run(other, "echo mine > /tmp/other-secret")
+        r = run(sandbox, "cat /tmp/other-secret; find / -name other-secret -xdev 2>/dev/null | head -1")
+        assert r.exit_code != 0 or "mine" not in r.stdout
+        assert "mine" not in r.stdout
+    finally:
+        api.delete(f"/v1/sandboxes/{other}")
+
+
+def test_no_capabilities_and_no_host_ids(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    r = run(sandbox, "grep CapEff /proc/self/status; cat /proc/self/uid_map")
+    assert "0000000000000000" in r.stdout
+    mapping = r.stdout.splitlines()[1].split()
+    assert mapping[0] == "0" and int(mapping[1]) >= 1_000_000  # sandbox root is no host user
+    root = run(sandbox, "mount -t tmpfs none /mnt 2>&1; unshare -U true 2>&1; echo done", user="root")
+    assert "permission denied" in root.stdout.lower() or "not permitted" in root.stdout.lower()
+    assert root.stdout.count("ermi") + root.stdout.count("not permitted") >= 2
+    assert run(sandbox, "apt-get --version >/dev/null && touch /etc/root-can-write", user="root").exit_code == 0
+
+
+def test_fork_bomb_hits_the_pid_limit(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    code = (
+        "import os\nn=0\n"
+        "try:\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n            os.closerange(0, 3); import time; time.sleep(30); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as e:\n    print('stopped', n, e.errno, flush=True)\n"
+        "os.killpg(0, 9)\n"  # the bomb cleans up its own process group
+    )
+    r = run(sandbox, f"python3 -c \"{code}\"", timeout=60)
+    words = r.stdout.split()
+    assert words[0] == "stopped" and int(words[1]) < 1024 and words[2] == "11"  # EAGAIN
+    assert run(sandbox, "echo alive").stdout == "alive\n"
+
+
+def test_memory_limit_oom_kills_and_reports(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
+    sid = api.post("/v1/sandboxes", json={"memory_mb": 256, "timeout": 60}).json()["id"]
+    try:
+        r = run(sid, "python3 -c \"b = bytearray(1 << 30); print(len(b))\"")
+        assert r.exit_code == 137 and "out of memory" in (r.error or "")
+        assert api.get(f"/v1/sandboxes/{sid}/metrics").json()["oom_kills"] >= 1
+        assert run(sid, "echo alive").stdout == "alive\n"
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_cpu_quota_holds(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
+    sid = api.post("/v1/sandboxes", json={"cpu": 0.25, "timeout": 60}).json()["id"]
+    try:
+        before = api.get(f"/v1/sandboxes/{sid}/metrics").json()["cpu_seconds"]
+        started = time.monotonic()
+        run(sid, "timeout 2 sh -c 'while :; do :; done' & timeout 2 sh -c 'while :; do :; done'; wait")
+        wall = time.monotonic() - started
+        used = api.get(f"/v1/sandboxes/{sid}/metrics").json()["cpu_seconds"] - before
+        assert used / wall < 0.4, f"used {used:.2f}s of CPU in {wall:.2f}s with a 0.25-core quota"
+        assert used / wall > 0.1
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_dying_agent_marks_the_sandbox_failed(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
+    sid = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
+    r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "kill -9 2", "user": "root"})
+    assert r.status_code == 200  # the stream ends when the agent dies
+    deadline = time.monotonic() + 10
+    while (g := api.get(f"/v1/sandboxes/{sid}")).status_code == 200:
+        assert time.monotonic() < deadline, "sandbox not marked failed after its agent died"
+        time.sleep(0.05)
+    assert "failed" in g.json()["message"]
+    assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
