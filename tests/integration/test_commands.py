@@ -92,7 +92,15 @@ def test_detached_process_keeps_running_and_can_be_attached(api: httpx.Client, s
         assert json.loads(next(lines))["exit_code"] == 0
 
 
-def test_output_flood_is_streamed(api: httpx.Client, sandbox: str) -> None:
+def peak_rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_output_flood_is_streamed_with_bounded_server_memory(api: httpx.Client, server, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    peak_before = peak_rss_kib(server.process.pid)
     total = 0
     cmd = "head -c 67108864 /dev/zero | tr '\\0' 'x'"
     with api.stream("POST", f"/v1/sandboxes/{sandbox}/commands", json={"cmd": cmd, "timeout": 120}) as r:
@@ -102,6 +110,8 @@ def test_output_flood_is_streamed(api: httpx.Client, sandbox: str) -> None:
                 total += len(event["data"])
             last = event
     assert total == 64 * 1024 * 1024 and last["exit_code"] == 0
+    grown_mib = (peak_rss_kib(server.process.pid) - peak_before) / 1024
+    assert grown_mib < 32, f"server peak memory grew {grown_mib:.0f} MiB while streaming 64 MiB"
 
 
 def test_utf8_split_across_chunks_arrives_whole(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
