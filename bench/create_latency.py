@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TEMPLATES, make_data_dir, start_server
+from conftest import TEMPLATES, make_data_dir, remove_data_dir, start_server
 
 
 def pct(values: list[float], q: float) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
         baseline = raw_primitive(TEMPLATES / "base" / "rootfs", args.samples)
     finally:
         server.stop()
-        shutil.rmtree(data, ignore_errors=True)
+        remove_data_dir(data)
     print(f"{'figure':<34}{'p50 ms':>10}{'p99 ms':>10}")
     for name, values in (("raw bwrap + overlay + true", baseline), ("corral create -> first output", measured)):
         print(f"{name:<34}{1000 * statistics.median(values):>10.1f}{1000 * pct(values, 0.99):>10.1f}")

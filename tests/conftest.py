@@ -60,9 +60,10 @@ def corral_cgroups() -> list[str]:
 
 
 def mounts_under(path: Path) -> list[str]:
-    prefix = str(path).rstrip("/") + "/"
+    """Mounts below a data dir or its run dir (``<data>.run``, where sandbox roots are mounted)."""
+    prefixes = (str(path).rstrip("/") + "/", f"{str(path).rstrip('/')}.run/")
     with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefixes)]
 
 
 @dataclass
@@ -92,7 +93,8 @@ def start_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -
     port = free_port()
     env = {
         **os.environ, "CORRAL_DATA_DIR": str(data_dir), "CORRAL_PORT": str(port), "CORRAL_HOST": "127.0.0.1",
-        "CORRAL_API_KEY": api_key, "CORRAL_TEMPLATES_DIR": str(TEMPLATES), **extra_env,
+        "CORRAL_API_KEY": api_key, "CORRAL_TEMPLATES_DIR": str(TEMPLATES),
+        "CORRAL_RUN_DIR": f"{data_dir}.run", **extra_env,
     }
     log = data_dir.with_name(data_dir.name + ".log")
     with open(log, "wb") as out:
@@ -115,11 +117,15 @@ def start_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -
     pytest.fail(f"server not healthy after {START_TIMEOUT}s:\n{server.log_text()[-3000:]}")
 
 
+def remove_data_dir(data: Path) -> None:
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(f"{data}.run", ignore_errors=True)
+    Path(f"{data}.log").unlink(missing_ok=True)
+
+
 def make_data_dir() -> Path:
-    # Not under pytest's 0700 tmp: the sandbox runtime (an unprivileged uid) must traverse it.
-    path = Path(tempfile.mkdtemp(prefix="corral-test-", dir="/var/tmp"))
-    path.chmod(0o711)
-    return path
+    # mode 0700, like any private temp dir: the runtime must work without others reaching it
+    return Path(tempfile.mkdtemp(prefix="corral-test-", dir="/var/tmp"))
 
 
 @pytest.fixture(scope="session")
@@ -132,8 +138,7 @@ def server() -> Iterator[Server]:
     assert mounts_under(data) == [], "server left mounts behind"
     assert set(corral_cgroups()) - before_cgroups == set(), "server left cgroups behind"
     assert sandbox_processes() == [], "sandbox processes survived the server"
-    shutil.rmtree(data, ignore_errors=True)
-    data.with_name(data.name + ".log").unlink(missing_ok=True)
+    remove_data_dir(data)
 
 
 @pytest.fixture
@@ -150,7 +155,7 @@ def sandbox(api: httpx.Client, server: Server) -> Iterator[str]:
     sandbox_id = r.json()["id"]
     yield sandbox_id
     assert api.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
-    assert mounts_under(server.data_dir / "sandboxes" / sandbox_id) == []
+    assert not [m for m in mounts_under(server.data_dir) if sandbox_id in m]
     assert not any(sandbox_id in c for c in corral_cgroups())
 
 

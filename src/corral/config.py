@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class Settings:
     api_key: str | None = None
     database_url: str | None = None
     templates_path: Path | None = None
+    run_dir: Path = Path("/run/corral")
     apt_mirror: str | None = None
     default_timeout: int = 300
     max_timeout: int = 86400
@@ -48,6 +50,7 @@ class Settings:
             api_key=os.environ.get("CORRAL_API_KEY") or None,
             database_url=os.environ.get("CORRAL_DATABASE_URL") or None,
             templates_path=Path(os.environ["CORRAL_TEMPLATES_DIR"]) if os.environ.get("CORRAL_TEMPLATES_DIR") else None,
+            run_dir=Path(os.environ.get("CORRAL_RUN_DIR") or "/run/corral"),
             apt_mirror=os.environ.get("CORRAL_APT_MIRROR") or None,
             default_timeout=_int("CORRAL_DEFAULT_TIMEOUT", 300),
             max_timeout=_int("CORRAL_MAX_TIMEOUT", 86400),
@@ -65,3 +68,10 @@ class Settings:
     @property
     def sandboxes_dir(self) -> Path:
         return self.data_dir / "sandboxes"
+
+    @property
+    def mounts_dir(self) -> Path:
+        """Where sandbox roots are mounted: a root-owned, searchable dir of this server's own (one per
+        data dir), so the unprivileged runtime reaches them wherever the data dir is."""
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        return self.run_dir / digest

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 
-from conftest import corral_cgroups, make_data_dir, mounts_under, run_command, sandbox_processes, start_server
+from conftest import (
+    corral_cgroups,
+    make_data_dir,
+    mounts_under,
+    remove_data_dir,
+    run_command,
+    sandbox_processes,
+    start_server,
+)
 
 
 def test_restart_after_crash_cleans_up_and_closes_records() -> None:
@@ -34,8 +41,7 @@ def test_restart_after_crash_cleans_up_and_closes_records() -> None:
             second.stop()
         assert mounts_under(data) == []
     finally:
-        shutil.rmtree(data, ignore_errors=True)
-        data.with_name(data.name + ".log").unlink(missing_ok=True)
+        remove_data_dir(data)
 
 
 def test_non_root_start_says_what_it_needs(tmp_path) -> None:  # type: ignore[no-untyped-def]

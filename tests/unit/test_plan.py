@@ -23,11 +23,14 @@ def make(rootfs: Path) -> list[str]:
     p = plan(
         spec,
         sandboxes_dir=Path("/data/sandboxes"),
+        mounts_dir=Path("/run/corral/x"),
         runtime=AgentRuntime.find(rootfs, "x86_64"),
         agent_src=Path("/src/agent"),
         id_offset=1_000_000,
     )
     assert p.limits.memory_bytes == 256 << 20 and p.limits.cpu == 0.5 and p.limits.pids == 1024
+    assert p.ro_binds() == [(rootfs, "/.corral/rt"), (Path("/src/agent"), "/.corral/lib/corral_agent")]
+    assert p.sandbox_dir == Path("/data/sandboxes/abc123")
     return p.argv(Fds(block=10, info=11, seccomp=12, listen=13))
 
 
@@ -49,9 +52,8 @@ def test_capabilities_are_dropped_then_a_small_set_added(rootfs: Path) -> None:
 def test_root_is_the_overlay_and_agent_runtime_is_read_only(rootfs: Path) -> None:
     argv = make(rootfs)
     i = argv.index("--bind")
-    assert argv[i + 1 : i + 3] == ["/data/sandboxes/abc123/root", "/"]
-    ro = [(argv[i + 1], argv[i + 2]) for i, a in enumerate(argv) if a == "--ro-bind"]
-    assert (str(rootfs), "/.corral/rt") in ro and ("/src/agent", "/.corral/lib/corral_agent") in ro
+    assert argv[i + 1 : i + 3] == ["/run/corral/x/abc123", "/"]
+    assert argv.count("--bind") == 1 and "--ro-bind" not in argv
     assert argv[argv.index("--seccomp") + 1] == "12" and "--die-with-parent" in argv
     assert "--clearenv" in argv
 

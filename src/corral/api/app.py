@@ -16,7 +16,7 @@ from corral.api.deps import Services
 from corral.config import VERSION, Settings
 from corral.runtime.bwrap import BwrapBackend
 from corral.runtime.cgroups_priv import detect
-from corral.runtime.host import check_host, check_traversable
+from corral.runtime.host import check_host
 from corral.runtime.plan import AgentRuntime
 from corral.service.auth import Auth
 from corral.service.errors import Unavailable
@@ -43,8 +43,6 @@ async def build_services(settings: Settings) -> Services:
     base = templates.rootfs(BASE)
     if BASE not in templates.names():
         raise Unavailable(f"the base template is not built ({base}); run `make serve` or `corral template init`")
-    settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
-    check_traversable(settings.sandboxes_dir, base)
     service: SandboxService | None = None
 
     async def on_exit(sandbox_id: str, reason: str) -> None:
@@ -52,7 +50,7 @@ async def build_services(settings: Settings) -> Services:
             await service.on_runtime_exit(sandbox_id, reason)
 
     backend = BwrapBackend(
-        settings.sandboxes_dir, AgentRuntime.find(base), detect(), settings.subid_base, on_exit
+        settings.sandboxes_dir, settings.mounts_dir, AgentRuntime.find(base), detect(), settings.subid_base, on_exit
     )
     service = SandboxService(settings, store, backend, templates)
     await service.start()

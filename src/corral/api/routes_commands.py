@@ -9,11 +9,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from corral.agent.protocol import AgentError
 from corral.api.deps import PrincipalDep, ServicesDep
 from corral.api.streaming import event_response
 from corral.service import commands
-from corral.service.agent_errors import translate
+from corral.service.agent_errors import translating
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
 
@@ -52,10 +51,8 @@ async def run(
 @router.get("")
 async def list_(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> list[dict[str, Any]]:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         procs = await agent.processes()
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
     keys = ("pid", "cmd", "tag", "cwd", "user")
     return [{k: p.get(k) for k in keys} for p in procs]
 
@@ -63,10 +60,8 @@ async def list_(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> list[di
 @router.get("/{pid}/stream")
 async def attach(sandbox_id: str, pid: int, request: Request, svc: ServicesDep, who: PrincipalDep) -> StreamingResponse:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         stream = await agent.attach(pid)
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
     return event_response(request, commands.events(sandbox_id, stream, svc.sandboxes.oom_counter(sandbox_id)))
 
 
@@ -74,18 +69,14 @@ async def attach(sandbox_id: str, pid: int, request: Request, svc: ServicesDep, 
 async def stdin(sandbox_id: str, pid: int, body: StdinBody, svc: ServicesDep, who: PrincipalDep) -> Response:
     agent = await svc.sandboxes.agent(who, sandbox_id)
     data = base64.b64decode(body.data_base64) if body.data_base64 is not None else body.data.encode()
-    try:
+    with translating(sandbox_id):
         await agent.stdin(pid, data, eof=body.eof)
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
     return Response(status_code=204)
 
 
 @router.post("/{pid}/signal", status_code=204)
 async def signal(sandbox_id: str, pid: int, body: SignalBody, svc: ServicesDep, who: PrincipalDep) -> Response:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         await agent.signal(pid, commands.parse_signal(body.signal))
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
     return Response(status_code=204)

@@ -12,9 +12,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from corral.agent.protocol import AgentError
 from corral.api.deps import PrincipalDep, ServicesDep
-from corral.service.agent_errors import translate
+from corral.service.agent_errors import translating
 from corral.service.errors import InvalidRequest, TooLarge
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/files", tags=["files"])
@@ -51,10 +50,8 @@ async def read(
 ) -> StreamingResponse:
     agent = await svc.sandboxes.agent(who, sandbox_id)
     reader = agent.read(_path(path), user=user)
-    try:
+    with translating(sandbox_id):
         opened = await reader.__aenter__()
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -77,19 +74,15 @@ async def write(
     if length and length.isdigit() and int(length) > row.disk_mb * 1024 * 1024:
         raise TooLarge(f"sandbox {sandbox_id}: upload of {length} bytes exceeds its {row.disk_mb} MiB disk")
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         return entry(await agent.write(_path(path), request.stream(), user=user))
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
 
 
 @router.delete("", status_code=204)
 async def remove(sandbox_id: str, path: str, svc: ServicesDep, who: PrincipalDep) -> Response:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         await agent.remove(_path(path))
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
     return Response(status_code=204)
 
 
@@ -100,34 +93,26 @@ async def list_(
     if not 1 <= depth <= 32:
         raise InvalidRequest("depth: must be between 1 and 32")
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         return [entry(e) for e in await agent.list(_path(path), depth=depth, user=user)]
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
 
 
 @router.get("/stat")
 async def stat(sandbox_id: str, path: str, svc: ServicesDep, who: PrincipalDep, user: str = "user") -> dict[str, Any]:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         return entry(await agent.stat(_path(path), user=user))
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
 
 
 @router.post("/mkdir")
 async def mkdir(sandbox_id: str, body: MkdirBody, svc: ServicesDep, who: PrincipalDep) -> dict[str, bool]:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         return {"created": await agent.mkdir(_path(body.path), user=body.user)}
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc
 
 
 @router.post("/move")
 async def move(sandbox_id: str, body: MoveBody, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    try:
+    with translating(sandbox_id):
         return entry(await agent.rename(_path(body.src), _path(body.dst), user=body.user))
-    except AgentError as exc:
-        raise translate(exc, sandbox_id) from exc

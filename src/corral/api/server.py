@@ -8,7 +8,7 @@ import sys
 import uvicorn
 
 from corral.config import Settings
-from corral.runtime.host import HostUnsupported, check_host, check_traversable
+from corral.runtime.host import HostUnsupported, check_host
 from corral.runtime.rootfs import RootfsError, build_base, host_mirror, is_built
 from corral.service.templates import BASE, Templates
 
@@ -36,12 +36,6 @@ def serve(settings: Settings | None = None) -> None:
         raise SystemExit(2) from exc
     ensure_base_template(settings)
     from corral.api.app import create_app
-
-    try:
-        check_traversable(settings.data_dir, settings.templates_dir)
-    except HostUnsupported as exc:
-        print(f"corral: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
 
     print(f"corral: listening on http://{settings.host}:{settings.port} (data: {settings.data_dir})", flush=True)
     uvicorn.run(

@@ -41,9 +41,11 @@ class BwrapBackend:
     name = "bwrap"
 
     def __init__(
-        self, sandboxes_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int, on_exit: OnExit
+        self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
+        on_exit: OnExit,
     ) -> None:
         self.sandboxes_dir = sandboxes_dir
+        self.mounts_dir = mounts_dir
         self.runtime = runtime
         self.cgroups = cgroups
         self.id_offset = id_offset
@@ -52,13 +54,13 @@ class BwrapBackend:
         self.seccomp = build_filter()
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        sandboxes_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(sandboxes_dir, 0o711)
+        sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mounts_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
 
     async def create(self, spec: SandboxSpec) -> None:
         p = plan(
-            spec, sandboxes_dir=self.sandboxes_dir, runtime=self.runtime, agent_src=self.agent_src,
-            id_offset=self.id_offset,
+            spec, sandboxes_dir=self.sandboxes_dir, mounts_dir=self.mounts_dir, runtime=self.runtime,
+            agent_src=self.agent_src, id_offset=self.id_offset,
         )
         try:
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
@@ -132,7 +134,13 @@ class BwrapBackend:
                     os.kill(live.init_pid, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(live.exited), 5)
-        await asyncio.to_thread(launch_priv.teardown, self.sandboxes_dir / sandbox_id, sandbox_id, self.cgroups)
+        await self._teardown(sandbox_id)
+
+    async def _teardown(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(
+            launch_priv.teardown, self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id, sandbox_id,
+            self.cgroups,
+        )
 
     def running(self) -> set[str]:
         return set(self._live)
@@ -144,12 +152,13 @@ class BwrapBackend:
         found = set(await asyncio.to_thread(self.cgroups.existing))
         if self.sandboxes_dir.is_dir():
             found |= {p.name for p in self.sandboxes_dir.iterdir() if p.is_dir()}
-        found |= {p.relative_to(self.sandboxes_dir).parts[0] for p in mounts_priv.mounted_under(self.sandboxes_dir)}
+        if self.mounts_dir.is_dir():
+            found |= {p.name for p in self.mounts_dir.iterdir()}
+        for base in (self.sandboxes_dir, self.mounts_dir):
+            found |= {p.relative_to(base).parts[0] for p in mounts_priv.mounted_under(base)}
         stale = sorted(found - keep)
         for sandbox_id in stale:
-            await asyncio.to_thread(
-                launch_priv.teardown, self.sandboxes_dir / sandbox_id, sandbox_id, self.cgroups
-            )
+            await self._teardown(sandbox_id)
         return stale
 
     async def close(self) -> None:

@@ -40,14 +40,3 @@ def check_host() -> None:
     if problems:
         raise HostUnsupported("this host cannot run Corral sandboxes:\n  - " + "\n  - ".join(problems))
 
-
-def check_traversable(*paths: Path) -> None:
-    """The sandbox runtime runs as an unprivileged host uid: it must be able to reach these dirs."""
-    for path in paths:
-        for directory in [path, *path.parents]:
-            if directory.exists() and not directory.stat().st_mode & 0o001:
-                raise HostUnsupported(
-                    f"{directory} is not searchable by other users (mode {directory.stat().st_mode & 0o777:o}); "
-                    f"the sandbox runtime runs as an unprivileged uid and must reach {path}: "
-                    f"`chmod o+x {directory}` or choose another CORRAL_DATA_DIR"
-                )

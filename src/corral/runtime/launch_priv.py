@@ -2,9 +2,11 @@
 
 The steps, in order (docs/security.md lists them too):
 
-1. ``prepare``: make the sandbox dir (0711, root), its ext4 disk and root overlay; create its
+1. ``prepare``: make the sandbox dir (0700, root) with its ext4 disk; mount the root overlay in the
+   mounts dir and bind the agent's runtime and code read-only into it; create its
    cgroups with limits; bind the agent's listening unix socket (host-only path).
-2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset`` with a seccomp fd; it
+2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset``, handing it the seccomp
+   program; the only host path it resolves is the root's mount point (in the 0711 mounts dir); it
    creates all namespaces and then blocks before doing anything inside them.
 3. ``admit``: read bwrap's child pid, move both bwrap processes into the cgroups, write the
    user-namespace maps (sandbox 0..65535 → host ``id_offset``..+65535), then unblock bwrap.
@@ -46,10 +48,10 @@ class Spawned:
 
 def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
     d = plan.sandbox_dir
-    d.mkdir()
-    os.chmod(d, 0o711)  # bwrap (the id-offset uid) must traverse it to reach root/
+    d.mkdir(mode=0o700)
+    plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
-    mounts_priv.mount_root(d, list(plan.layers))
+    mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
     cgroups.create(plan.sandbox_id, plan.limits)
     path = d / "agent.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -112,10 +114,10 @@ def admit(plan: LaunchPlan, spawned: Spawned, cgroups: Cgroups) -> int:
                 os.close(fd)
 
 
-def teardown(sandbox_dir: Path, sandbox_id: str, cgroups: Cgroups) -> None:
+def teardown(sandbox_dir: Path, root: Path, sandbox_id: str, cgroups: Cgroups) -> None:
     """Kill all processes, remove cgroups, unmount and delete the sandbox's files. Idempotent."""
     cgroups.remove(sandbox_id)
-    mounts_priv.destroy(sandbox_dir)
+    mounts_priv.destroy(sandbox_dir, root)
 
 
 def kill_strays(id_offset: int) -> list[int]:

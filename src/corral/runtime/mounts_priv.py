@@ -1,10 +1,12 @@
 """Per-sandbox filesystems (privileged: mkfs, loop and overlay mounts on the host).
 
-Layout under ``<data>/sandboxes/<id>/``::
+Layout: ``<data>/sandboxes/<id>/`` (0700) holds::
 
     disk.img   sparse ext4 image, size = the sandbox's disk limit (real disk, not RAM)
     disk/      the image mounted (loop): upper/ and work/ of the overlay live here
-    root/      overlay(lower = template layers, upper = disk/upper): the sandbox's /
+
+and ``<mounts dir>/<id>`` is the overlay (lower = template layers, upper = disk/upper), the
+sandbox's ``/``, with the agent's runtime and code bound read-only under ``/.corral``.
 
 Writes inside the sandbox land in ``disk/upper`` and stop at the image size (ENOSPC), so a full
 disk never eats host RAM or the host's free space beyond the limit.
@@ -22,14 +24,15 @@ from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MNT_DETACH = 2
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
 
 
 class MountError(RuntimeError):
     """A mount step failed; the message names the step and the path."""
 
 
-def _mount(source: str, target: Path, fstype: str, options: str) -> None:
-    rc = _libc.mount(source.encode(), str(target).encode(), fstype.encode(), 0, options.encode())
+def _mount(source: str, target: Path, fstype: str, options: str, flags: int = 0) -> None:
+    rc = _libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags, options.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise MountError(f"mount {fstype} on {target} failed: {os.strerror(err)}")
@@ -58,22 +61,30 @@ def create_disk(sandbox_dir: Path, size_mb: int, owner: int) -> Path:
     return upper
 
 
-def mount_root(sandbox_dir: Path, lowers: list[Path]) -> Path:
-    """Mount the sandbox's root overlay: read-only template layers under the writable disk."""
-    root = sandbox_dir / "root"
-    root.mkdir()
-    disk = sandbox_dir / "disk"
+def mount_root(root: Path, disk: Path, lowers: list[Path], ro_binds: list[tuple[Path, str]]) -> None:
+    """Mount the sandbox's root overlay (read-only template layers under the writable disk) at
+    ``root``, then bind each host dir of ``ro_binds`` read-only at its path inside it."""
+    root.mkdir(mode=0o755)
     lower = ":".join(str(p) for p in lowers)
     _mount("overlay", root, "overlay", f"lowerdir={lower},upperdir={disk}/upper,workdir={disk}/work,volatile")
-    return root
+    for source, inside in ro_binds:
+        target = root / inside.lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        _mount(str(source), target, "", "", MS_BIND)
+        _mount("", target, "", "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def destroy(sandbox_dir: Path) -> None:
-    """Unmount and delete everything of one sandbox. Idempotent; safe on half-built sandboxes."""
-    for name in ("root", "disk"):
-        path = sandbox_dir / name
+def destroy(sandbox_dir: Path, root: Path) -> None:
+    """Unmount and delete everything of one sandbox. Idempotent; safe on half-built sandboxes.
+    Never deletes through a mount: a mount point that is still mounted is left for the next try."""
+    for path in (root, sandbox_dir / "disk"):
         if path.exists():
-            _umount(path)
+            _umount(path)  # lazy and recursive: the root's runtime binds go with it
+    if root.exists() and not os.path.ismount(root):
+        root.rmdir()
+    disk = sandbox_dir / "disk"
+    if disk.exists() and os.path.ismount(disk):
+        raise MountError(f"{disk} is still mounted; not deleting {sandbox_dir}")
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(sandbox_dir)
 

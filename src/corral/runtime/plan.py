@@ -68,7 +68,8 @@ class Fds:
 @dataclass(frozen=True)
 class LaunchPlan:
     sandbox_id: str
-    sandbox_dir: Path
+    sandbox_dir: Path  # private (0700): disk image, agent socket, runtime log
+    root: Path  # the overlay mount point, under the searchable mounts dir
     layers: tuple[Path, ...]
     disk_mb: int
     limits: Limits
@@ -76,9 +77,9 @@ class LaunchPlan:
     runtime: AgentRuntime
     agent_src: Path
 
-    @property
-    def root(self) -> Path:
-        return self.sandbox_dir / "root"
+    def ro_binds(self) -> list[tuple[Path, str]]:
+        """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""
+        return [(self.runtime.rootfs, RT_DIR), (self.agent_src, f"{AGENT_LIB}/{AGENT_PKG}")]
 
     def argv(self, fds: Fds) -> list[str]:
         """The bubblewrap command line: every namespace, the overlay as /, the agent's runtime read-only."""
@@ -91,11 +92,9 @@ class LaunchPlan:
             "--cap-drop", "ALL", *[a for cap in AGENT_CAPS for a in ("--cap-add", cap)],
             "--hostname", self.sandbox_id[:63],
             "--die-with-parent",
-            "--bind", str(self.root), "/",
+            "--bind", str(self.root), "/",  # recursive: brings the read-only runtime binds along
             "--proc", "/proc",
             "--dev", "/dev",
-            "--ro-bind", str(self.runtime.rootfs), RT_DIR,
-            "--ro-bind", str(self.agent_src), f"{AGENT_LIB}/{AGENT_PKG}",
             "--seccomp", str(fds.seccomp),
             "--clearenv",
             "--setenv", "PATH", SANDBOX_PATH,
@@ -108,11 +107,13 @@ class LaunchPlan:
 
 
 def plan(
-    spec: SandboxSpec, *, sandboxes_dir: Path, runtime: AgentRuntime, agent_src: Path, id_offset: int
+    spec: SandboxSpec, *, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, agent_src: Path,
+    id_offset: int,
 ) -> LaunchPlan:
     """Compute the launch of one sandbox (no side effects)."""
     limits = Limits(memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu=spec.cpu)
     return LaunchPlan(
-        sandbox_id=spec.sandbox_id, sandbox_dir=sandboxes_dir / spec.sandbox_id, layers=spec.layers,
+        sandbox_id=spec.sandbox_id, sandbox_dir=sandboxes_dir / spec.sandbox_id,
+        root=mounts_dir / spec.sandbox_id, layers=spec.layers,
         disk_mb=spec.disk_mb, limits=limits, id_offset=id_offset, runtime=runtime, agent_src=agent_src,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from corral.agent.protocol import AgentError, AgentUnavailable
 from corral.service.errors import Conflict, InvalidRequest, NoSpace, NotFound, ServiceError, TooLarge, Unavailable
 
@@ -25,3 +28,12 @@ def translate(exc: AgentError, sandbox_id: str) -> ServiceError:
     if kind == "permission":
         message = f"permission denied: {message}"
     return _BY_KIND.get(kind, Unavailable)(f"sandbox {sandbox_id}: {message}")
+
+
+@contextmanager
+def translating(sandbox_id: str) -> Iterator[None]:
+    """Turn any ``AgentError`` raised in the block into the matching service error."""
+    try:
+        yield
+    except AgentError as exc:
+        raise translate(exc, sandbox_id) from exc
