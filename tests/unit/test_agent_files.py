@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_agent_harness import RunningAgent, agent, run, wait_until
+from test_agent_harness import USER_UID, RunningAgent, agent, needs_root, run, shared, user_gid, wait_until
 
 from corral.agent import AgentError
 
-__all__ = ["agent"]  # the fixture, imported from the harness
+__all__ = ["agent", "shared"]  # the fixtures, imported from the harness
 
 MiB = 1 << 20
 
@@ -46,19 +46,21 @@ def test_write_then_read_5_mib_of_binary_data(agent: RunningAgent, tmp_path: Pat
     run(main())
 
 
-def test_write_replaces_atomically_and_chowns_to_the_user(agent: RunningAgent, tmp_path: Path) -> None:
-    target_user = pwd.getpwuid(1000) if _has_uid(1000) else pwd.getpwnam("nobody")
-    name = "user" if target_user.pw_uid == 1000 else target_user.pw_name
-    target = tmp_path / "new" / "deeper" / "file.txt"
+@needs_root
+def test_write_replaces_atomically_and_the_user_owns_what_it_creates(agent: RunningAgent, shared: Path) -> None:
+    home = shared / "home"
+    home.mkdir()
+    os.chown(home, USER_UID, user_gid())
+    target = home / "new" / "deeper" / "file.txt"
 
     async def main() -> None:
-        await agent.client.write(str(target), b"first", user=name)
-        entry = await agent.client.write(str(target), b"second version", user=name)
+        await agent.client.write(str(target), b"first", user="user")
+        entry = await agent.client.write(str(target), b"second version", user="user")
         assert target.read_bytes() == b"second version" and entry["size"] == 14
-        assert entry["owner"] == target_user.pw_name
+        assert entry["owner"] == (pwd.getpwuid(USER_UID).pw_name if _has_uid(USER_UID) else str(USER_UID))
         for path in (target, target.parent, target.parent.parent):
-            assert (path.stat().st_uid, path.stat().st_gid) == (target_user.pw_uid, target_user.pw_gid)
-        assert tmp_path.stat().st_uid == 0  # an existing parent is left alone
+            assert (path.stat().st_uid, path.stat().st_gid) == (USER_UID, user_gid())
+        assert (shared.stat().st_uid, home.stat().st_uid) == (0, USER_UID)  # existing parents are left alone
         assert os.listdir(target.parent) == ["file.txt"]  # no temp file left behind
         assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
@@ -160,11 +162,11 @@ def test_remove_files_trees_and_symlinks_without_following(agent: RunningAgent, 
 
     async def main() -> None:
         for name in ("tree", "link", "single"):
-            await agent.client.remove(str(tmp_path / name))
+            await agent.client.remove(str(tmp_path / name), user="root")
         assert sorted(os.listdir(tmp_path)) == ["keep"]
         assert (tmp_path / "keep" / "precious").exists()
         with pytest.raises(AgentError) as err:
-            await agent.client.remove(str(tmp_path / "single"))
+            await agent.client.remove(str(tmp_path / "single"), user="root")
         assert err.value.kind == "not_found"
 
     run(main())
@@ -210,7 +212,7 @@ def test_errors_name_their_kind(agent: RunningAgent, tmp_path: Path) -> None:
 
 def test_watch_reports_create_write_remove_recursively(agent: RunningAgent, tmp_path: Path) -> None:
     async def main() -> None:
-        async with agent.client.watch(str(tmp_path), recursive=True) as watcher:
+        async with agent.client.watch(str(tmp_path), recursive=True, user="root") as watcher:
             events = aiter(watcher)
 
             async def expect(op: str, name: str) -> None:
@@ -239,7 +241,7 @@ def test_watch_reports_create_write_remove_recursively(agent: RunningAgent, tmp_
             assert not [n for n in seen if ".corral-write-" in n]  # the agent's temp files are hidden
 
         with pytest.raises(AgentError) as err:
-            async with agent.client.watch(str(tmp_path / "nope")):
+            async with agent.client.watch(str(tmp_path / "nope"), user="root"):
                 pass
         assert err.value.kind == "not_found"
 
@@ -250,7 +252,7 @@ def test_watch_ends_when_the_directory_goes_away(agent: RunningAgent, tmp_path: 
     (tmp_path / "gone").mkdir()
 
     async def main() -> None:
-        async with agent.client.watch(str(tmp_path / "gone")) as watcher:
+        async with agent.client.watch(str(tmp_path / "gone"), user="root") as watcher:
             await asyncio.to_thread((tmp_path / "gone").rmdir)
             assert [event async for event in watcher] == []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -26,6 +28,8 @@ from corral.agent import AgentClient, Exit, Output
 
 T = TypeVar("T")
 SAFETY_TIMEOUT = 20.0  # a hung test fails instead of hanging; never used to wait for something
+USER_UID = 1000  # what the protocol's "user" is on this host (a passwd entry or the default)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="file credentials need a root agent")
 
 
 @dataclass
@@ -69,6 +73,25 @@ def agent() -> Iterator[RunningAgent]:
         assert running.process.wait(timeout=10) == 0
         assert [pid for pid in family if alive(pid)] == [], "agent left processes behind"
         assert "Traceback" not in running.log(), running.log()
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A root-owned 0755 directory that uid 1000 can reach (pytest's tmp_path lies under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="corral-files-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def user_gid() -> int:
+    """The primary gid of the protocol's "user" on this host."""
+    try:
+        return pwd.getpwuid(USER_UID).pw_gid
+    except KeyError:
+        return USER_UID
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

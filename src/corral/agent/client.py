@@ -190,15 +190,15 @@ class AgentClient:
         """Create `path` with its parents; False if it already was a directory."""
         return _field(await self._call({"op": "mkdir", "path": path, "user": user}), "created", bool)
 
-    async def remove(self, path: str) -> None:
-        await self._call({"op": "remove", "path": path})
+    async def remove(self, path: str, user: str = "user") -> None:
+        await self._call({"op": "remove", "path": path, "user": user})
 
     async def rename(self, src: str, dst: str, user: str = "user") -> dict[str, Any]:
         return _field(await self._call({"op": "rename", "src": src, "dst": dst, "user": user}), "entry", dict)
 
-    def watch(self, path: str, recursive: bool = False) -> Watcher:
+    def watch(self, path: str, recursive: bool = False, user: str = "user") -> Watcher:
         """`async with client.watch(p) as w:` then `async for event in w` (dicts with op and name)."""
-        return Watcher(self, {"op": "watch", "path": path, "recursive": recursive})
+        return Watcher(self, {"op": "watch", "path": path, "recursive": recursive, "user": user})
 
 
 async def _upload(chan: Channel, chunks: AsyncIterable[bytes] | bytes, reply: asyncio.Future[Any]) -> None:

@@ -1,9 +1,10 @@
 """Filesystem operations for the agent: entries, listings, streamed reads and atomic writes.
 
-Functions here block; the server runs them in worker threads. Paths are used exactly as given (the
+Functions here block; the server runs every one of them through `creds.FileRunner`, in a worker
+thread holding the requesting user's filesystem credentials, so the kernel checks permissions exactly
+as for that user, and what they create belongs to that user. Paths are used exactly as given (the
 agent lives in the sandbox's mount namespace, so the kernel resolves symlinks and `..` inside the
-sandbox). Operations run with the agent's privileges and chown what they create to the caller's user.
-Every OSError leaves this module as an AgentError (see `protocol.error_from_os`).
+sandbox). Every OSError leaves this module as an AgentError (see `protocol.error_from_os`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from .protocol import AgentError, error_from_os
-from .users import User
 
 READ_CHUNK = 256 * 1024
 MAX_LIST_ENTRIES = 20_000
@@ -138,8 +138,8 @@ def read_chunk(fd: int, path: str) -> bytes:
         return os.read(fd, READ_CHUNK)
 
 
-def make_dirs(path: str, user: User, if_file: str = "exists") -> bool:
-    """Create `path` and its missing parents, chowned to `user`. False if it already was a directory.
+def make_dirs(path: str, if_file: str = "exists") -> bool:
+    """Create `path` and its missing parents. False if it already was a directory.
 
     A non-directory in the way is `not_dir` when it is a parent, and `if_file` when it is `path`.
     """
@@ -167,7 +167,6 @@ def make_dirs(path: str, user: User, if_file: str = "exists") -> bool:
                 if os.path.isdir(directory):
                     continue  # created concurrently, or a `..` step
                 raise
-            _chown(directory, user)
     return bool(missing)
 
 
@@ -177,12 +176,11 @@ class FileWriter:
     A symlink at the target is written through (its target is replaced), like open(O_TRUNC) would.
     """
 
-    def __init__(self, path: str, user: User, mode: int | None) -> None:
+    def __init__(self, path: str, mode: int | None) -> None:
         self.path = path
-        self.user = user
         with os_errors(path):
             target = os.path.realpath(path) if os.path.islink(path) else path
-            make_dirs(os.path.dirname(target) or ".", user, if_file="not_dir")
+            make_dirs(os.path.dirname(target) or ".", if_file="not_dir")
             try:
                 st = os.stat(target)
             except FileNotFoundError:
@@ -207,8 +205,6 @@ class FileWriter:
         try:
             with os_errors(self.path):
                 os.fchmod(self.fd, self.mode)
-                if (self.user.uid, self.user.gid) != (os.geteuid(), os.getegid()):
-                    os.fchown(self.fd, self.user.uid, self.user.gid)
                 os.close(self.fd)
                 self.fd = None
                 os.rename(self.temp, self.target)
@@ -236,11 +232,11 @@ def remove(path: str) -> None:
             os.unlink(path)
 
 
-def rename(src: str, dst: str, user: User) -> dict[str, Any]:
+def rename(src: str, dst: str) -> dict[str, Any]:
     """Move `src` to `dst` (across filesystems too), creating `dst`'s missing parents."""
     with os_errors(src):
         os.lstat(src)
-    make_dirs(os.path.dirname(dst.rstrip("/")) or ".", user, if_file="not_dir")
+    make_dirs(os.path.dirname(dst.rstrip("/")) or ".", if_file="not_dir")
     with os_errors(dst):
         try:
             os.rename(src, dst)
@@ -249,8 +245,3 @@ def rename(src: str, dst: str, user: User) -> dict[str, Any]:
                 raise
             shutil.move(src, dst)
     return entry(dst)
-
-
-def _chown(path: str, user: User) -> None:
-    if (user.uid, user.gid) != (os.geteuid(), os.getegid()):
-        os.chown(path, user.uid, user.gid, follow_symlinks=False)

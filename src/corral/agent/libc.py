@@ -1,13 +1,34 @@
-"""The few libc calls the stdlib lacks (inotify, prctl), through ctypes: the agent's only ctypes use."""
+"""The few libc calls the stdlib lacks (inotify, prctl, per-thread credentials), through ctypes.
+
+This is the agent's only ctypes use. The credential calls are raw `syscall(2)`s on purpose: the
+kernel keeps credentials per thread, but glibc's own wrappers for setgroups and friends apply the
+change to every thread of the process, and the agent must switch just the calling worker thread.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 PR_SET_CHILD_SUBREAPER = 36
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# Syscall numbers of the credential calls (32-bit ids on both), by `uname -m`.
+_X86_64 = {"getgroups": 115, "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capget": 125, "capset": 126}
+_AARCH64 = {"getgroups": 158, "setgroups": 159, "setfsuid": 151, "setfsgid": 152, "capget": 90, "capset": 91}
+SYSCALLS = {"x86_64": _X86_64, "aarch64": _AARCH64, "arm64": _AARCH64}
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
 
 _libc: ctypes.CDLL | None = None
 
@@ -20,6 +41,7 @@ def _lib() -> ctypes.CDLL:
         lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        lib.syscall.restype = ctypes.c_long  # variadic: arguments are passed as explicit ctypes values
         _libc = lib
     return _libc
 
@@ -50,3 +72,82 @@ def set_child_subreaper() -> bool:
         return _lib().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+# -- per-thread credentials (raw syscalls: they change the calling thread only) -----------------
+
+
+def _syscall(name: str, *args: object) -> int:
+    table = SYSCALLS.get(os.uname().machine)
+    if table is None:
+        raise OSError(errno.ENOSYS, f"{name}: unsupported architecture {os.uname().machine}")
+    ctypes.set_errno(0)
+    return _check(_lib().syscall(ctypes.c_long(table[name]), *args), name)
+
+
+def setfsuid(uid: int) -> int:
+    """Set the calling thread's filesystem uid; returns the previous one and never fails visibly.
+
+    An invalid id (-1) changes nothing, which makes `setfsuid(-1)` a query of the current fsuid. The
+    kernel drops the filesystem capabilities (DAC_OVERRIDE, FOWNER, CHOWN...) from the effective set
+    when the fsuid goes from 0 to non-zero, and raises them again from the permitted set on the way back.
+    """
+    return _syscall("setfsuid", ctypes.c_long(uid)) & 0xFFFFFFFF
+
+
+def setfsgid(gid: int) -> int:
+    """Like `setfsuid`, for the filesystem gid (`setfsgid(-1)` queries it)."""
+    return _syscall("setfsgid", ctypes.c_long(gid)) & 0xFFFFFFFF
+
+
+def fsuid() -> int:
+    return setfsuid(-1)
+
+
+def fsgid() -> int:
+    return setfsgid(-1)
+
+
+def getgroups() -> tuple[int, ...]:
+    """The calling thread's supplementary groups."""
+    while True:
+        count = _syscall("getgroups", ctypes.c_long(0), None)
+        buf = (ctypes.c_uint32 * max(count, 1))()
+        try:
+            got = _syscall("getgroups", ctypes.c_long(count), buf)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # the list grew in between
+                continue
+            raise
+        return tuple(buf[:got])
+
+
+def setgroups(groups: tuple[int, ...] | list[int]) -> None:
+    """Set the calling thread's supplementary groups (needs CAP_SETGID)."""
+    buf = (ctypes.c_uint32 * max(len(groups), 1))(*groups)
+    _syscall("setgroups", ctypes.c_long(len(groups)), buf)
+
+
+def capget() -> tuple[int, int, int]:
+    """The calling thread's (effective, permitted, inheritable) capability sets as bit masks."""
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _syscall("capget", ctypes.byref(header), data)
+    low, high = data
+    return (
+        low.effective | high.effective << 32,
+        low.permitted | high.permitted << 32,
+        low.inheritable | high.inheritable << 32,
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set the calling thread's capability sets (effective must stay within permitted)."""
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for index in (0, 1):
+        shift = 32 * index
+        data[index].effective = effective >> shift & 0xFFFFFFFF
+        data[index].permitted = permitted >> shift & 0xFFFFFFFF
+        data[index].inheritable = inheritable >> shift & 0xFFFFFFFF
+    _syscall("capset", ctypes.byref(header), data)

@@ -1,6 +1,7 @@
 """The agent's server: one operation per connection on the inherited listening socket.
 
-Everything runs on one asyncio event loop thread; blocking filesystem work goes to worker threads.
+Everything runs on one asyncio event loop thread; blocking filesystem work goes to the worker threads
+of a `FileRunner`, each operation with the requesting user's filesystem credentials.
 A connection's failure (malformed frame, bad field, dropped peer, a bug in a handler) ends that
 connection with a structured error where possible and never touches the others.
 """
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from . import files
+from .creds import FileRunner
 from .processes import Listener, Process, ProcessTable, Spec
 from .protocol import DATA, END, OPS, VERSION, AgentError, Channel, Exit, Request
 from .users import User, resolve_user
@@ -31,10 +33,12 @@ Handler = Callable[[Channel, Request], Awaitable[None]]
 
 
 class Agent:
-    """Serves connections; owns the process table. Not thread-safe: one event loop thread only."""
+    """Serves connections; owns the process table and the file workers. Not thread-safe: create and
+    use it on one event loop thread only."""
 
     def __init__(self) -> None:
         self.processes = ProcessTable()
+        self.fs = FileRunner()
         self.handlers: dict[str, Handler] = {op: getattr(self, f"op_{op}") for op in OPS}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -130,24 +134,27 @@ class Agent:
     # -- files --------------------------------------------------------------------------------
 
     async def op_stat(self, chan: Channel, req: Request) -> None:
-        path = _user(req).resolve(req.path())
-        await chan.send_json({"ok": True, "entry": await asyncio.to_thread(files.entry, path)})
+        user = _user(req)
+        entry = await self.fs.run(user, files.entry, user.resolve(req.path()))
+        await chan.send_json({"ok": True, "entry": entry})
 
     async def op_list(self, chan: Channel, req: Request) -> None:
-        path = _user(req).resolve(req.path())
+        user = _user(req)
+        path = user.resolve(req.path())
         depth = req.integer("depth", 1)
         if depth < 1:
             raise AgentError("invalid", "list: depth must be >= 1")
-        entries = await asyncio.to_thread(files.list_entries, path, depth)
+        entries = await self.fs.run(user, files.list_entries, path, depth)
         await chan.send_json({"ok": True, "entries": entries})
 
     async def op_read(self, chan: Channel, req: Request) -> None:
-        path = _user(req).resolve(req.path())
-        fd, entry = await asyncio.to_thread(files.open_for_read, path)
+        user = _user(req)
+        path = user.resolve(req.path())
+        fd, entry = await self.fs.run(user, files.open_for_read, path)
         try:
             await chan.send_json({"ok": True, "entry": entry})
             try:
-                while chunk := await asyncio.to_thread(files.read_chunk, fd, path):
+                while chunk := await self.fs.run(user, files.read_chunk, fd, path):
                     await chan.send(DATA, chunk)
             except AgentError as exc:  # mid-stream: a JSON error frame instead of END
                 await chan.send_json(exc.to_reply())
@@ -164,41 +171,43 @@ class Agent:
         try:
             if mode is not None and not 0 <= mode <= 0o7777:
                 raise AgentError("invalid", "write: mode must be within 0..0o7777")
-            writer = await asyncio.to_thread(files.FileWriter, path, user, mode)
+            writer = await self.fs.run(user, files.FileWriter, path, mode)
             while (frame := await chan.recv())[0] != END:
                 if frame[0] != DATA:
                     raise AgentError("invalid", "write: expected DATA or END frames after the request")
-                await asyncio.to_thread(writer.write, frame[1])
-            entry = await asyncio.to_thread(writer.commit)
+                await self.fs.run(user, writer.write, frame[1])
+            entry = await self.fs.run(user, writer.commit)
         except AgentError as exc:
             if writer is not None:
-                writer.abort()
+                self.fs.submit(user, writer.abort)
             await chan.send_json(exc.to_reply())
             await chan.discard_until_end()  # so closing leaves nothing unread for the client
             return
         except BaseException:
             if writer is not None:
-                writer.abort()
+                self.fs.submit(user, writer.abort)  # no awaiting here: we may be being cancelled
             raise
         await chan.send_json({"ok": True, "entry": entry})
 
     async def op_mkdir(self, chan: Channel, req: Request) -> None:
         user = _user(req)
-        created = await asyncio.to_thread(files.make_dirs, user.resolve(req.path()), user)
+        created = await self.fs.run(user, files.make_dirs, user.resolve(req.path()))
         await chan.send_json({"ok": True, "created": created})
 
     async def op_remove(self, chan: Channel, req: Request) -> None:
-        await asyncio.to_thread(files.remove, _user(req).resolve(req.path()))
+        user = _user(req)
+        await self.fs.run(user, files.remove, user.resolve(req.path()))
         await chan.send_json({"ok": True})
 
     async def op_rename(self, chan: Channel, req: Request) -> None:
         user = _user(req)
         src, dst = user.resolve(req.path("src")), user.resolve(req.path("dst"))
-        await chan.send_json({"ok": True, "entry": await asyncio.to_thread(files.rename, src, dst, user)})
+        await chan.send_json({"ok": True, "entry": await self.fs.run(user, files.rename, src, dst)})
 
     async def op_watch(self, chan: Channel, req: Request) -> None:
-        path = _user(req).resolve(req.path())
-        watch = await asyncio.to_thread(Watch, path, req.flag("recursive", False))
+        user = _user(req)
+        path = user.resolve(req.path())
+        watch = await self.fs.run(user, Watch, path, req.flag("recursive", False), self.fs, user)
         try:
             await chan.send_json({"ok": True})
 
@@ -274,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _close_stray_fds(keep=args.listen_fd)
     if os.geteuid() != 0:
-        log.warning("running as uid %d, not root: processes can only run as this user", os.geteuid())
+        log.warning("running as uid %d, not root: processes and file operations only work as this user", os.geteuid())
     os.umask(0o022)
     asyncio.run(serve(sock))
     return 0
@@ -294,6 +303,8 @@ async def serve(sock: socket.socket) -> None:
     finally:
         server.close()
         await agent.processes.shutdown()
+        # file workers stay up: cancelled writes still queue their clean-up while asyncio.run winds
+        # down, and interpreter exit waits for the queued work (as it would for asyncio's executor)
 
 
 def _listening_socket(fd: int) -> socket.socket:

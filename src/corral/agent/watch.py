@@ -4,6 +4,9 @@ Event names follow Go's fsnotify (which E2B's envd uses): a move out of a direct
 a move into it is `create`. Recursive watches add a watch for each new subdirectory as its creation
 is seen, and report what was already inside it as `create`, so nothing created in the gap is missed
 (at the price of an occasional duplicate). Temp files of the agent's own writes are hidden.
+
+All inotify and directory work runs through the `FileRunner` as the watching user, so a user can
+only watch (and recursively discover) directories it may read.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import threading
 from typing import Any
 
 from . import libc
+from .creds import FileRunner
 from .files import TEMP_PREFIX, os_errors
 from .processes import wake
 from .protocol import error_from_os
+from .users import User
 
 log = logging.getLogger("corral.agent")
 
@@ -53,12 +58,15 @@ READ_SIZE = 64 * 1024
 
 
 class Watch:
-    """One inotify instance on a directory. Blocking methods run in worker threads, one at a time
-    (a lock orders them against `close`); `ended` turns true when the directory itself goes away."""
+    """One inotify instance on a directory. Blocking methods run in `runner`'s worker threads as
+    `user`, one at a time (a lock orders them against `close`); `ended` turns true when the directory
+    itself goes away. Construct it through the runner too: `await runner.run(user, Watch, ...)`."""
 
-    def __init__(self, path: str, recursive: bool) -> None:
+    def __init__(self, path: str, recursive: bool, runner: FileRunner, user: User) -> None:
         self.root = path
         self.recursive = recursive
+        self._runner = runner
+        self._user = user
         self.ended = False
         self._lock = threading.Lock()
         self._dirs: dict[int, str] = {}  # watch descriptor -> directory relative to root ("" = root)
@@ -78,7 +86,7 @@ class Watch:
         """Wait for the next batch of events (empty once `ended`)."""
         loop = asyncio.get_running_loop()
         while not self.ended:
-            events = await asyncio.to_thread(self._read_events)
+            events = await self._runner.run(self._user, self._read_events)
             if events or self.ended:
                 return events
             ready: asyncio.Future[None] = loop.create_future()
@@ -160,7 +168,7 @@ class Watch:
                 except OSError as exc:
                     if exc.errno == errno.ENOSPC and not report:  # the inotify watch limit
                         raise error_from_os(exc, full) from None
-                    if exc.errno != errno.ENOENT:
+                    if exc.errno not in (errno.ENOENT, errno.EACCES, errno.EPERM):  # gone, or not the user's
                         log.warning("cannot watch %s: %s", full, exc)
                     continue
             try:
