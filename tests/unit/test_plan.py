@@ -29,7 +29,11 @@ def make(rootfs: Path) -> list[str]:
         id_offset=1_000_000,
     )
     assert p.limits.memory_bytes == 256 << 20 and p.limits.cpu == 0.5 and p.limits.pids == 1024
-    assert p.ro_binds() == [(rootfs, "/.corral/rt"), (Path("/src/agent"), "/.corral/lib/corral_agent")]
+    assert p.ro_binds() == [
+        (rootfs, "/.corral/rt"),
+        (Path("/src/agent"), "/.corral/lib/corral_agent"),
+        (Path("/src/interpreter"), "/.corral/lib/corral_interp"),
+    ]
     assert p.sandbox_dir == Path("/data/sandboxes/abc123")
     return p.argv(Fds(block=10, info=11, seccomp=12, listen=13))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from corral.api import errors, routes_commands, routes_files, routes_keys, routes_sandboxes
+from corral.api import errors, routes_code, routes_commands, routes_files, routes_keys, routes_sandboxes
 from corral.api.deps import Services
 from corral.config import VERSION, Settings
 from corral.runtime.bwrap import BwrapBackend
@@ -30,7 +30,7 @@ log = logging.getLogger("corral")
 async def build_services(settings: Settings) -> Services:
     """Check the host, open the store, make sure the admin key exists, reconcile leftovers."""
     check_host()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, database: root only
     store = await asyncio.to_thread(Store, settings.db_url)
     auth = Auth(store)
     key_file = settings.data_dir / "api-key"
@@ -86,6 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise Unavailable("starting")
         return {"status": "ok"}
 
-    for module in (routes_sandboxes, routes_commands, routes_files, routes_keys):
+    for module in (routes_sandboxes, routes_commands, routes_files, routes_code, routes_keys):
         app.include_router(module.router)
     return app

@@ -79,10 +79,10 @@ async def write(
 
 
 @router.delete("", status_code=204)
-async def remove(sandbox_id: str, path: str, svc: ServicesDep, who: PrincipalDep) -> Response:
+async def remove(sandbox_id: str, path: str, svc: ServicesDep, who: PrincipalDep, user: str = "user") -> Response:
     agent = await svc.sandboxes.agent(who, sandbox_id)
     with translating(sandbox_id):
-        await agent.remove(_path(path))
+        await agent.remove(_path(path), user=user)
     return Response(status_code=204)
 
 

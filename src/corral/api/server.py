@@ -9,21 +9,23 @@ import uvicorn
 
 from corral.config import Settings
 from corral.runtime.host import HostUnsupported, check_host
-from corral.runtime.rootfs import RootfsError, build_base, host_mirror, is_built
-from corral.service.templates import BASE, Templates
+from corral.runtime.rootfs import RECIPES, RootfsError, build, host_mirror, is_built
+from corral.service.templates import Templates
 
 
-def ensure_base_template(settings: Settings) -> None:
-    """Build the ``base`` template once (mmdebstrap); later starts find it cached."""
-    rootfs = Templates(settings.templates_dir).rootfs(BASE)
-    if is_built(rootfs):
-        return
-    mirror = settings.apt_mirror or host_mirror()
-    try:
-        build_base(rootfs, mirror, settings.subid_base, log=lambda m: print(f"corral: {m}", flush=True))
-    except RootfsError as exc:
-        print(f"corral: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+def ensure_builtin_templates(settings: Settings) -> None:
+    """Build the built-in templates once (mmdebstrap); later starts find them cached."""
+    templates = Templates(settings.templates_dir)
+    for recipe in RECIPES.values():
+        rootfs = templates.rootfs(recipe.name)
+        if is_built(rootfs):
+            continue
+        mirror = settings.apt_mirror or host_mirror()
+        try:
+            build(recipe, rootfs, mirror, settings.subid_base, log=lambda m: print(f"corral: {m}", flush=True))
+        except RootfsError as exc:
+            print(f"corral: {exc}", file=sys.stderr)
+            raise SystemExit(2) from exc
 
 
 def serve(settings: Settings | None = None) -> None:
@@ -34,7 +36,8 @@ def serve(settings: Settings | None = None) -> None:
     except HostUnsupported as exc:
         print(f"corral: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    ensure_base_template(settings)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_builtin_templates(settings)
     from corral.api.app import create_app
 
     print(f"corral: listening on http://{settings.host}:{settings.port} (data: {settings.data_dir})", flush=True)

@@ -164,6 +164,8 @@ class BwrapBackend:
     async def close(self) -> None:
         for sandbox_id in list(self._live):
             await self.destroy(sandbox_id)
+        with contextlib.suppress(OSError):
+            self.mounts_dir.rmdir()  # only if empty: never leave this server's run dir behind
 
 
 def _log_tail(sandbox_dir: Path, limit: int = 600) -> str:

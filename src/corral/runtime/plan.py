@@ -22,6 +22,7 @@ AGENT_CAPS = (
 RT_DIR = "/.corral/rt"
 AGENT_LIB = "/.corral/lib"
 AGENT_PKG = "corral_agent"
+INTERP_PKG = "corral_interp"
 LOADERS = {
     "x86_64": ("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu"),
     "aarch64": ("usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "usr/lib/aarch64-linux-gnu"),
@@ -79,7 +80,11 @@ class LaunchPlan:
 
     def ro_binds(self) -> list[tuple[Path, str]]:
         """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""
-        return [(self.runtime.rootfs, RT_DIR), (self.agent_src, f"{AGENT_LIB}/{AGENT_PKG}")]
+        return [
+            (self.runtime.rootfs, RT_DIR),
+            (self.agent_src, f"{AGENT_LIB}/{AGENT_PKG}"),
+            (self.agent_src.parent / "interpreter", f"{AGENT_LIB}/{INTERP_PKG}"),
+        ]
 
     def argv(self, fds: Fds) -> list[str]:
         """The bubblewrap command line: every namespace, the overlay as /, the agent's runtime read-only."""

@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 BASE_PACKAGES = (
@@ -23,13 +24,51 @@ BASE_PACKAGES = (
 SANDBOX_USER = "user"
 SANDBOX_UID = 1000
 MARKER = ".corral-template"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 _SETUP_HOOK = (
     'chroot "$1" useradd --create-home --uid 1000 --user-group --shell /bin/bash user && '
-    'mkdir -p "$1/.corral/rt" "$1/.corral/lib/corral_agent" && '
-    'echo "127.0.0.1 localhost" > "$1/etc/hosts" && '
-    'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*'
+    'mkdir -p "$1/.corral/rt" "$1/.corral/lib/corral_agent" "$1/.corral/lib/corral_interp" && '
+    'echo "127.0.0.1 localhost" > "$1/etc/hosts"'
 )
+_CLEANUP_HOOK = 'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/* "$1"/root/.npm "$1"/tmp/*'
+# npm runs in the chroot with the host's CA bundle, so it works behind a TLS-inspecting proxy too.
+_NPM_HOOK = (
+    'cp /etc/resolv.conf "$1/etc/resolv.conf" && '
+    f'cp {HOST_CA} "$1/tmp/host-ca.crt" && '
+    'chroot "$1" env NODE_EXTRA_CA_CERTS=/tmp/host-ca.crt npm install --global --no-audit --no-fund {packages} && '
+    'rm -f "$1/etc/resolv.conf"'
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build one built-in template: Debian packages plus npm packages, all pinned by the suite."""
+
+    name: str
+    packages: tuple[str, ...]
+    npm_packages: tuple[str, ...] = ()
+    minutes: int = 1
+
+    def hooks(self) -> list[str]:
+        hooks = [_SETUP_HOOK]
+        if self.npm_packages:
+            hooks.append(_NPM_HOOK.replace("{packages}", " ".join(self.npm_packages)))
+        return [*hooks, _CLEANUP_HOOK]
+
+
+BASE = Recipe("base", BASE_PACKAGES)
+CODE_INTERPRETER = Recipe(
+    "code-interpreter",
+    (
+        *BASE_PACKAGES,
+        "python3-ipykernel", "python3-jupyter-client", "python3-numpy", "python3-pandas", "python3-matplotlib",
+        "npm",
+    ),
+    npm_packages=("typescript@5.9.3",),
+    minutes=3,
+)
+RECIPES = {r.name: r for r in (BASE, CODE_INTERPRETER)}
 
 
 class RootfsError(RuntimeError):
@@ -58,14 +97,14 @@ def apt_sources(mirror: str, suite: str = "bookworm") -> list[str]:
     return lines
 
 
-def build_base(
+def build(
+    recipe: Recipe,
     dest: Path,
     mirror: str,
     id_offset: int,
-    packages: tuple[str, ...] = BASE_PACKAGES,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Build the Debian bookworm base rootfs into ``dest`` (atomically: built aside, then renamed)."""
+    """Build a built-in template's rootfs into ``dest`` (atomically: built aside, then renamed)."""
     if (dest / MARKER).exists():
         return
     work = dest.with_name(dest.name + ".building")
@@ -74,17 +113,17 @@ def build_base(
     work.parent.mkdir(parents=True, exist_ok=True)
     argv = [
         "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
-        f"--include={','.join(packages)}",
-        "--customize-hook", _SETUP_HOOK,
+        f"--include={','.join(recipe.packages)}",
+        *[a for hook in recipe.hooks() for a in ("--customize-hook", hook)],
         "bookworm", str(work), *apt_sources(mirror),
     ]
-    log(f"building base template with mmdebstrap from {mirror} (once; ~1 minute)")
+    log(f"building the {recipe.name} template with mmdebstrap from {mirror} (once; ~{recipe.minutes} min)")
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise RootfsError(f"mmdebstrap failed ({proc.returncode}):\n{tail}")
     shift_ids(work, id_offset)
-    (work / MARKER).write_text("base\n")
+    (work / MARKER).write_text(recipe.name + "\n")
     if dest.exists():
         shutil.rmtree(dest)
     work.rename(dest)

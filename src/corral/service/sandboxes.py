@@ -21,6 +21,7 @@ from corral.agent.client import AgentClient
 from corral.config import Settings
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.service.auth import Principal
+from corral.service.contexts import Contexts
 from corral.service.errors import InvalidRequest, NotFound, TooMany, Unavailable
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
@@ -61,6 +62,7 @@ class SandboxService:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._envs: dict[str, dict[str, str]] = {}
         self._creating = 0
+        self.contexts = Contexts()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # lifecycle of the service
@@ -219,6 +221,7 @@ class SandboxService:
         if timer is not None:
             timer.cancel()
         self._envs.pop(sandbox_id, None)
+        self.contexts.forget(sandbox_id)
         await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)
         try:
             await self.backend.destroy(sandbox_id)
