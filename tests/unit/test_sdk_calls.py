@@ -220,3 +220,70 @@ def test_malformed_answers_are_server_exceptions_naming_the_sandbox() -> None:
 def test_error_status_maps_even_for_accepting_calls() -> None:
     with pytest.raises(NotFoundException, match=r"sandbox s: read '/x': no such file \(HTTP 404\)"):
         _calls.read_file("s", "/x").result(404, body({"code": 404, "message": "no such file"}))
+
+
+# --- code interpreter ------------------------------------------------------------------------------
+
+
+def test_run_code_body_like_docs_api() -> None:
+    call = _calls.run_code("s", "x + 1")
+    assert shape(call) == (
+        "POST",
+        "/v1/sandboxes/s/code",
+        (),
+        {"code": "x + 1", "language": None, "context_id": None, "envs": {}, "timeout": 300},
+    )
+    assert call.headers["Accept"] == "application/x-ndjson" and call.accept == frozenset({200})
+    full = _calls.run_code("s", "echo $A", language="bash", envs={"A": "1"}, timeout=0)
+    assert full.json == {"code": "echo $A", "language": "bash", "context_id": None, "envs": {"A": "1"}, "timeout": 0}
+    assert _calls.run_code("s", "1", context_id="c/1", timeout=2.5).json["context_id"] == "c/1"
+    assert full.operation == "run code (bash)"
+
+
+def test_run_code_refuses_language_and_context_together() -> None:
+    with pytest.raises(InvalidArgumentException, match=r"^sandbox s: run code: give either language or context"):
+        _calls.run_code("s", "1", language="python", context_id="c1")
+
+
+def test_run_code_errors_map_by_status() -> None:
+    call = _calls.run_code("s", "1", context_id="c1")
+    with pytest.raises(NotFoundException, match=r"^sandbox s: run code in context 'c1': context c1 not found"):
+        call.check(404, body({"code": 404, "message": "context c1 not found"}))
+    with pytest.raises(InvalidArgumentException, match=r"\(HTTP 400\)$"):
+        call.check(400, body({"code": 400, "message": "give either language or context_id, not both"}))
+
+
+CONTEXT = {"id": "c1", "language": "javascript", "cwd": "/home/user"}
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (_calls.create_context("s"), ("POST", "/v1/sandboxes/s/contexts", (), {})),
+        (
+            _calls.create_context("s", language="javascript", cwd="/home/user"),
+            ("POST", "/v1/sandboxes/s/contexts", (), {"language": "javascript", "cwd": "/home/user"}),
+        ),
+        (_calls.list_contexts("s"), ("GET", "/v1/sandboxes/s/contexts", (), None)),
+        (_calls.restart_context("s", "c 1"), ("POST", "/v1/sandboxes/s/contexts/c%201/restart", (), None)),
+        (_calls.remove_context("s", "c1"), ("DELETE", "/v1/sandboxes/s/contexts/c1", (), None)),
+    ],
+    ids=lambda v: v.operation if isinstance(v, Call) else "",
+)
+def test_context_request_shapes(call: Call[Any], expected: tuple[Any, ...]) -> None:
+    assert shape(call) == expected
+
+
+def test_context_answers() -> None:
+    ctx = _calls.create_context("s", language="javascript").result(201, body(CONTEXT))
+    assert (ctx.id, ctx.language, ctx.cwd) == ("c1", "javascript", "/home/user")
+    assert [c.id for c in _calls.list_contexts("s").result(200, body([CONTEXT, {**CONTEXT, "id": "c2"}]))] == [
+        "c1",
+        "c2",
+    ]
+    assert _calls.restart_context("s", "c1").result(200, body(CONTEXT)) is None
+    assert _calls.remove_context("s", "c1").result(204, b"") is None
+    with pytest.raises(NotFoundException, match=r"^sandbox s: remove context 'c9'"):
+        _calls.remove_context("s", "c9").result(404, body({"code": 404, "message": "context c9 not found"}))
+    with pytest.raises(InvalidArgumentException, match="cobol"):
+        _calls.create_context("s", language="cobol").result(400, body({"code": 400, "message": "unknown cobol"}))

@@ -6,12 +6,14 @@ from typing import Any
 import pytest
 
 from corral import AsyncCommandHandle, AsyncSandbox, CommandHandle, Sandbox
+from corral.sdk._code import AsyncCodeInterpreter, CodeInterpreter
 from corral.sdk._commands import AsyncCommands, Commands
 from corral.sdk._core import dualmethod
 from corral.sdk._files import AsyncFilesystem, Filesystem
 
 PAIRS = [
     (Sandbox, AsyncSandbox),
+    (CodeInterpreter, AsyncCodeInterpreter),
     (Commands, AsyncCommands),
     (Filesystem, AsyncFilesystem),
     (CommandHandle, AsyncCommandHandle),
@@ -91,9 +93,34 @@ def test_dualmethod_dispatches_on_instance_or_class() -> None:
 def test_e2b_spellings_exist() -> None:
     for name in ("create", "connect", "list", "kill", "set_timeout", "get_info", "get_metrics", "is_running"):
         assert hasattr(Sandbox, name)
+    for name in (
+        "run_code",
+        "create_code_context",
+        "list_code_contexts",
+        "restart_code_context",
+        "remove_code_context",
+    ):
+        assert hasattr(Sandbox, name) and hasattr(AsyncSandbox, name)
     for name in ("run", "list", "kill", "send_stdin", "connect"):
         assert hasattr(Commands, name)
     for name in ("read", "write", "write_files", "list", "exists", "get_info", "make_dir", "remove", "rename"):
         assert hasattr(Filesystem, name)
     for name in ("pid", "wait", "kill", "disconnect"):
         assert hasattr(CommandHandle, name)
+
+
+def test_run_code_has_e2b_code_interpreter_parameters() -> None:
+    # the order and defaults of e2b_code_interpreter's Sandbox.run_code/create_code_context
+    assert [(p.name, p.default) for p in inspect.signature(Sandbox.run_code).parameters.values()][1:] == [
+        ("code", inspect.Parameter.empty),
+        ("language", None),
+        ("context", None),
+        ("on_stdout", None),
+        ("on_stderr", None),
+        ("on_result", None),
+        ("on_error", None),
+        ("envs", None),
+        ("timeout", None),
+        ("request_timeout", None),
+    ]
+    assert list(inspect.signature(Sandbox.create_code_context).parameters)[1:] == ["cwd", "language", "request_timeout"]

@@ -17,6 +17,7 @@ from ._errors import (
     ServerException,
     TimeoutException,
 )
+from ._execution import Context, Execution, ExecutionError, Logs, OutputMessage, Result
 from ._handles import AsyncCommandHandle, CommandHandle
 from ._models import CommandResult, EntryInfo, FileType, ProcessInfo, SandboxInfo, SandboxMetrics, WriteEntry
 from ._sandbox import AsyncSandbox, Sandbox
@@ -29,13 +30,19 @@ __all__ = [
     "CommandHandle",
     "CommandResult",
     "ConflictException",
+    "Context",
     "EntryInfo",
+    "Execution",
+    "ExecutionError",
     "FileType",
     "InvalidArgumentException",
+    "Logs",
     "NotEnoughSpaceException",
     "NotFoundException",
+    "OutputMessage",
     "ProcessInfo",
     "RateLimitException",
+    "Result",
     "Sandbox",
     "SandboxException",
     "SandboxInfo",

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from ._core import NDJSON, Call, decode_json
-from ._errors import ServerException, prefix
+from ._errors import InvalidArgumentException, ServerException, prefix
+from ._execution import DEFAULT_CODE_TIMEOUT, Context, parse_context
 from ._models import (
     EntryInfo,
     KeyInfo,
@@ -339,6 +340,83 @@ def rename(sandbox_id: str, old_path: str, new_path: str, user: str | None = Non
         lambda d: parse_entry(d, sandbox_id),
         json=_drop_none(src=old_path, dst=new_path, user=user),
     )
+
+
+# --- code interpreter ------------------------------------------------------------------------------
+
+
+def _context_path(sandbox_id: str, context_id: str, *rest: str) -> str:
+    return _sbx(sandbox_id, "contexts", quote(context_id, safe=""), *rest)
+
+
+def run_code(
+    sandbox_id: str,
+    code: str,
+    *,
+    language: str | None = None,
+    context_id: str | None = None,
+    envs: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Call[None]:
+    """Run a cell; the answer is an NDJSON event stream (read by the faces, not parsed here).
+
+    ``timeout`` ``None`` means ``DEFAULT_CODE_TIMEOUT``, ``0`` no limit. Giving both a language and
+    a context is refused here, as E2B's SDK does, before anything is sent.
+    """
+    if language and context_id:
+        raise InvalidArgumentException(
+            f"{prefix(sandbox_id)}run code: give either language or context, not both",
+            sandbox_id=sandbox_id,
+        )
+    body = {
+        "code": code,
+        "language": language or None,
+        "context_id": context_id or None,
+        "envs": dict(envs or {}),
+        "timeout": DEFAULT_CODE_TIMEOUT if timeout is None else timeout,
+    }
+    where = f" in context {context_id!r}" if context_id else f" ({language})" if language else ""
+    return Call(
+        "POST",
+        _sbx(sandbox_id, "code"),
+        f"run code{where}",
+        sandbox_id,
+        _none,
+        json=body,
+        headers={"Accept": NDJSON},
+        accept=frozenset({200}),
+    )
+
+
+def create_context(sandbox_id: str, *, language: str | None = None, cwd: str | None = None) -> Call[Context]:
+    return _json_call(
+        "POST",
+        _sbx(sandbox_id, "contexts"),
+        f"create a {language or 'python'} code context",
+        sandbox_id,
+        lambda d: parse_context(d, sandbox_id),
+        json=_drop_none(language=language, cwd=cwd),
+    )
+
+
+def list_contexts(sandbox_id: str) -> Call[list[Context]]:
+    return _json_call(
+        "GET",
+        _sbx(sandbox_id, "contexts"),
+        "list code contexts",
+        sandbox_id,
+        _list_of(lambda d: parse_context(d, sandbox_id), "contexts", sandbox_id),
+    )
+
+
+def restart_context(sandbox_id: str, context_id: str) -> Call[None]:
+    return Call(
+        "POST", _context_path(sandbox_id, context_id, "restart"), f"restart context {context_id!r}", sandbox_id, _none
+    )
+
+
+def remove_context(sandbox_id: str, context_id: str) -> Call[None]:
+    return Call("DELETE", _context_path(sandbox_id, context_id), f"remove context {context_id!r}", sandbox_id, _none)
 
 
 # --- API keys (admin) ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """``Sandbox`` and ``AsyncSandbox``: one sandbox on a Corral server, with E2B's method names.
 
 Both are thin shells over ``_core`` (what to send, how to read the answer) and ``_http`` (sending
-it). ``kill``, ``set_timeout``, ``get_info`` and ``get_metrics`` work on an instance
-(``sbx.kill()``) and on the class (``Sandbox.kill(sandbox_id)``), as in E2B.
+it); ``run_code`` and the code-context methods come from their bases in ``_code``. ``kill``,
+``set_timeout``, ``get_info`` and ``get_metrics`` work on an instance (``sbx.kill()``) and on the
+class (``Sandbox.kill(sandbox_id)``), as in E2B.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import replace
 from types import TracebackType
 
 from . import _calls, _core
+from ._code import AsyncCodeInterpreter, CodeInterpreter
 from ._commands import AsyncCommands, Commands
 from ._config import ConnectionConfig
 from ._core import dualmethod
@@ -22,10 +24,11 @@ from ._models import SandboxInfo, SandboxMetrics
 __all__ = ["AsyncSandbox", "Sandbox"]
 
 
-class Sandbox:
+class Sandbox(CodeInterpreter):
     """A sandbox on a Corral server: ``Sandbox.create()`` makes one, ``Sandbox.connect(id)`` attaches.
 
-    ``sbx.commands`` runs commands, ``sbx.files`` moves files. Thread-safe. The object holds an HTTP
+    ``sbx.commands`` runs commands, ``sbx.files`` moves files, ``sbx.run_code`` runs stateful code
+    (in sandboxes from the ``code-interpreter`` template). Thread-safe. The object holds an HTTP
     connection pool: ``with Sandbox.create() as sbx:`` kills the sandbox and releases the pool on
     exit; ``close()`` releases the pool and leaves the sandbox running until its timeout.
     """
@@ -213,7 +216,7 @@ async def _aonce(
         await http.close()
 
 
-class AsyncSandbox:
+class AsyncSandbox(AsyncCodeInterpreter):
     """A sandbox on a Corral server, for asyncio: ``await AsyncSandbox.create()``.
 
     Same methods as ``Sandbox``, all coroutines. Use from one event loop. ``async with await

@@ -1,15 +1,17 @@
-"""Command output streams without I/O: bytes → events (NDJSON or SSE) → a ``CommandResult``.
+"""Event streams without I/O: bytes → events (NDJSON or SSE) → a ``CommandResult`` or ``Execution``.
 
 Both faces feed the bytes they read, in whatever chunks the network delivers, into an
-``EventDecoder`` and fold the events into a ``CommandState``. Neither class is thread-safe:
-each belongs to one stream, read by one reader at a time.
+``EventDecoder`` and fold the events into a ``CommandState`` (commands) or an ``ExecutionState``
+(code cells, see ``_execution``). Neither class is thread-safe: each belongs to one stream, read
+by one reader at a time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ._errors import CommandExitException, ServerException, TimeoutException, prefix
 from ._models import CommandResult
@@ -75,17 +77,26 @@ class EventDecoder:
     ``feed(chunk)`` accepts bytes split anywhere — mid-line or mid UTF-8 character — and returns
     the events completed by it; ``close()`` returns what a final unterminated line held.
     Lines are split on bytes (``\\n`` never occurs inside a UTF-8 sequence) and decoded whole.
+    ``parse`` turns one decoded JSON object into an event (``None``: skip it); the default reads
+    command events.
     """
 
-    def __init__(self, *, sse: bool = False, sandbox_id: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sse: bool = False,
+        sandbox_id: str | None = None,
+        parse: Callable[[object, str | None], Any] = parse_event,
+    ) -> None:
         self._sse = sse
         self._sandbox_id = sandbox_id
+        self._parse = parse
         self._buffer = bytearray()
         self._data: list[str] = []  # SSE: data lines of the event being assembled
 
-    def feed(self, chunk: bytes) -> list[Event]:
+    def feed(self, chunk: bytes) -> list[Any]:
         self._buffer += chunk
-        events: list[Event] = []
+        events: list[Any] = []
         start = 0
         while (end := self._buffer.find(b"\n", start)) != -1:
             self._line(bytes(self._buffer[start:end]), events)
@@ -98,8 +109,8 @@ class EventDecoder:
             )
         return events
 
-    def close(self) -> list[Event]:
-        events: list[Event] = []
+    def close(self) -> list[Any]:
+        events: list[Any] = []
         if self._buffer:
             self._line(bytes(self._buffer), events)
             self._buffer.clear()
@@ -107,7 +118,7 @@ class EventDecoder:
             self._dispatch(events)
         return events
 
-    def _line(self, raw: bytes, events: list[Event]) -> None:
+    def _line(self, raw: bytes, events: list[Any]) -> None:
         line = raw.decode("utf-8", "replace").removesuffix("\r")
         if not self._sse:
             if line.strip():
@@ -123,32 +134,32 @@ class EventDecoder:
                 self._data.append(value.removeprefix(" "))
             # other SSE fields (event, id, retry) carry nothing for us
 
-    def _dispatch(self, events: list[Event]) -> None:
+    def _dispatch(self, events: list[Any]) -> None:
         if self._data:
             payload = "\n".join(self._data)
             self._data = []
             self._emit(payload, events)
 
-    def _emit(self, text: str, events: list[Event]) -> None:
+    def _emit(self, text: str, events: list[Any]) -> None:
         try:
             obj = json.loads(text)
         except ValueError as exc:
             raise ServerException(
                 f"{prefix(self._sandbox_id)}malformed stream line {text!r:.200}", sandbox_id=self._sandbox_id
             ) from exc
-        event = parse_event(obj, self._sandbox_id)
+        event = self._parse(obj, self._sandbox_id)
         if event is not None:
             events.append(event)
 
 
-def events(chunks: Iterator[bytes], decoder: EventDecoder) -> Generator[Event, None, None]:
+def events(chunks: Iterator[bytes], decoder: EventDecoder) -> Generator[Any, None, None]:
     """The events in a stream of byte chunks, as soon as each is complete."""
     for chunk in chunks:
         yield from decoder.feed(chunk)
     yield from decoder.close()
 
 
-async def aevents(chunks: AsyncIterator[bytes], decoder: EventDecoder) -> AsyncGenerator[Event, None]:
+async def aevents(chunks: AsyncIterator[bytes], decoder: EventDecoder) -> AsyncGenerator[Any, None]:
     """``events`` for an async stream."""
     async for chunk in chunks:
         for event in decoder.feed(chunk):
