@@ -15,7 +15,9 @@ test: deps
 	$(VENV)/bin/pytest -q
 
 bench: deps
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	$(PY) bench/create_latency.py
+	$(PY) bench/code_roundtrip.py
 
 lint: deps
 	$(VENV)/bin/ruff check src tests bench

@@ -1,0 +1,1 @@
+"""Code-interpreter drivers that run inside sandboxes (see docs/interpreter-protocol.md)."""
