@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from corral.config import Settings
+
 TEMPLATES = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates"))
 SUBID_BASE = 1_000_000
 START_TIMEOUT = 900  # the first run builds the base template
@@ -33,9 +35,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def sandbox_processes() -> list[int]:
-    """Host pids running as a sandbox id (uid in the shifted range). Zombies don't count: an
-    orphaned one waits for the host's init to reap it, which may lag, and can no longer run."""
+def sandbox_processes(data_dir: Path | None = None) -> list[int]:
+    """Host pids running as a sandbox id (uid in the shifted range), of one server (by its data dir:
+    in its cgroups or naming its run dir) or of all. Zombies don't count: an orphaned one waits for
+    the host's init to reap it, which may lag, and can no longer run."""
+    marks = [f"/corral/{Settings(data_dir=data_dir).instance}/", f"{data_dir}.run/"] if data_dir else []
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -45,17 +49,26 @@ def sandbox_processes() -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             continue
+        if marks:
+            try:
+                about = (entry / "cgroup").read_text() + (entry / "cmdline").read_text(errors="replace")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if not any(m in about for m in marks):
+                continue
         if SUBID_BASE <= uid < SUBID_BASE + 65536 and state != "Z":
             pids.append(int(entry.name))
     return pids
 
 
-def corral_cgroups() -> list[str]:
+def corral_cgroups(data_dir: Path | None = None) -> list[str]:
+    """Sandbox cgroups on the host: of one server (by its data dir), or of every Corral server."""
+    instance = Settings(data_dir=data_dir).instance if data_dir else "*"
     found = []
-    for group in Path("/sys/fs/cgroup").glob("*/corral"):
-        found += [f"{group}/{p.name}" for p in group.iterdir() if p.is_dir()]
-    if Path("/sys/fs/cgroup/corral").is_dir():
-        found += [p.name for p in Path("/sys/fs/cgroup/corral").iterdir() if p.is_dir()]
+    root = Path("/sys/fs/cgroup")
+    for group in [*root.glob(f"*/corral/{instance}"), *root.glob(f"corral/{instance}")]:
+        if group.is_dir():
+            found += [f"{group}/{p.name}" for p in group.iterdir() if p.is_dir()]
     return found
 
 
@@ -130,14 +143,13 @@ def make_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    before_cgroups = set(corral_cgroups())
     data = make_data_dir()
     srv = start_server(data)
     yield srv
     srv.stop()
     assert mounts_under(data) == [], "server left mounts behind"
-    assert set(corral_cgroups()) - before_cgroups == set(), "server left cgroups behind"
-    assert sandbox_processes() == [], "sandbox processes survived the server"
+    assert corral_cgroups(data) == [], "server left cgroups behind"
+    assert sandbox_processes(data) == [], "sandbox processes survived the server"
     remove_data_dir(data)
 
 

@@ -70,8 +70,12 @@ class Settings:
         return self.data_dir / "sandboxes"
 
     @property
+    def instance(self) -> str:
+        """Names this server's sandboxes in host-wide places (cgroups, the run dir): one per data dir."""
+        return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+
+    @property
     def mounts_dir(self) -> Path:
-        """Where sandbox roots are mounted: a root-owned, searchable dir of this server's own (one per
-        data dir), so the unprivileged runtime reaches them wherever the data dir is."""
-        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
-        return self.run_dir / digest
+        """Where sandbox roots are mounted: a root-owned, searchable dir of this server's own, so the
+        unprivileged runtime reaches them wherever the data dir is."""
+        return self.run_dir / self.instance

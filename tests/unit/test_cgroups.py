@@ -51,10 +51,11 @@ def test_detect_falls_back_to_v1_and_names_missing_hierarchies(tmp_path: Path) -
 def test_v2_limits_and_usage(tmp_path: Path) -> None:
     root = v2_tree(tmp_path / "cg")
     driver = V2Cgroups(root)
-    group = root / "corral" / "sbx1"
+    group = root / "corral" / "default" / "sbx1"
     group.mkdir(parents=True)
     fill_v2_group(group)
     (root / "corral" / "cgroup.subtree_control").write_text("")
+    (root / "corral" / "default" / "cgroup.subtree_control").write_text("")
     driver.create("sbx1", LIMITS)
     assert (group / "memory.max").read_text() == str(256 << 20)
     assert (group / "memory.swap.max").read_text() == "0"

@@ -50,7 +50,8 @@ async def build_services(settings: Settings) -> Services:
             await service.on_runtime_exit(sandbox_id, reason)
 
     backend = BwrapBackend(
-        settings.sandboxes_dir, settings.mounts_dir, AgentRuntime.find(base), detect(), settings.subid_base, on_exit
+        settings.sandboxes_dir, settings.mounts_dir, AgentRuntime.find(base), detect(instance=settings.instance),
+        settings.subid_base, on_exit
     )
     service = SandboxService(settings, store, backend, templates)
     await service.start()

@@ -147,7 +147,7 @@ class BwrapBackend:
 
     async def reconcile(self, keep: set[str]) -> list[str]:
         if not keep and not self._live:
-            await asyncio.to_thread(launch_priv.kill_strays, self.id_offset)
+            await asyncio.to_thread(launch_priv.kill_strays, self.id_offset, self.mounts_dir)
         keep = keep | set(self._live)
         found = set(await asyncio.to_thread(self.cgroups.existing))
         if self.sandboxes_dir.is_dir():
@@ -166,6 +166,7 @@ class BwrapBackend:
             await self.destroy(sandbox_id)
         with contextlib.suppress(OSError):
             self.mounts_dir.rmdir()  # only if empty: never leave this server's run dir behind
+        await asyncio.to_thread(self.cgroups.close)
 
 
 def _log_tail(sandbox_dir: Path, limit: int = 600) -> str:

@@ -6,7 +6,8 @@ Two drivers behind one small interface:
 * ``HybridCgroups`` — controllers on v1 hierarchies (memory, pids, cpu, cpuacct) plus the cgroup2
   mount without controllers, still used for ``cgroup.kill`` (hosts like Debian with systemd hybrid).
 
-Every sandbox gets ``corral/<sandbox id>`` in each hierarchy. ``detect()`` picks the driver and
+Every sandbox gets ``corral/<instance>/<sandbox id>`` in each hierarchy, where the instance names one
+server (one data dir), so servers sharing a host never touch each other's sandboxes. ``detect()`` picks the driver and
 raises ``CgroupUnavailable`` naming what is missing. Not thread-safe per sandbox: the caller owns a
 sandbox's cgroup from ``create`` to ``remove``.
 """
@@ -95,6 +96,10 @@ class Cgroups:
     """Interface of a cgroup driver."""
 
     name = "abstract"
+    instance = "default"
+
+    def group(self, base: Path) -> Path:
+        return base / GROUP / self.instance
 
     def hierarchies(self) -> list[Path]:
         raise NotImplementedError
@@ -107,26 +112,32 @@ class Cgroups:
 
     def attach(self, sandbox_id: str, pid: int) -> None:
         for base in self.hierarchies():
-            _write(base / GROUP / sandbox_id / "cgroup.procs", str(pid))
+            _write(self.group(base) / sandbox_id / "cgroup.procs", str(pid))
 
     def remove(self, sandbox_id: str) -> None:
         """Kill everything left in the sandbox's cgroups and delete them. Idempotent."""
         for base in self.hierarchies():
-            _kill_and_rmdir(base / GROUP / sandbox_id)
+            _kill_and_rmdir(self.group(base) / sandbox_id)
+
+    def close(self) -> None:
+        """Remove this server's (empty) instance groups."""
+        for base in self.hierarchies():
+            with contextlib.suppress(OSError):
+                self.group(base).rmdir()
 
     def existing(self) -> set[str]:
         """Sandbox ids that have a cgroup in any hierarchy (used to find orphans)."""
         found: set[str] = set()
         for base in self.hierarchies():
-            group = base / GROUP
+            group = self.group(base)
             if group.is_dir():
                 found.update(p.name for p in group.iterdir() if p.is_dir())
         return found
 
     def _mkdirs(self, sandbox_id: str) -> None:
         for base in self.hierarchies():
-            (base / GROUP).mkdir(exist_ok=True)
-            (base / GROUP / sandbox_id).mkdir(exist_ok=True)
+            self.group(base).mkdir(parents=True, exist_ok=True)
+            (self.group(base) / sandbox_id).mkdir(exist_ok=True)
 
 
 class HybridCgroups(Cgroups):
@@ -134,9 +145,10 @@ class HybridCgroups(Cgroups):
 
     name = "v1"
 
-    def __init__(self, root: Path = ROOT) -> None:
+    def __init__(self, root: Path = ROOT, instance: str = "default") -> None:
         self.root = root
         self.unified = root / "unified"
+        self.instance = instance
 
     def hierarchies(self) -> list[Path]:
         bases = [self.root / c for c in ("memory", "pids", "cpu", "cpuacct")]
@@ -146,22 +158,22 @@ class HybridCgroups(Cgroups):
 
     def create(self, sandbox_id: str, limits: Limits) -> None:
         self._mkdirs(sandbox_id)
-        mem = self.root / "memory" / GROUP / sandbox_id
+        mem = self.group(self.root / "memory") / sandbox_id
         _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
         if (mem / "memory.memsw.limit_in_bytes").exists():
             _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
-        _write(self.root / "pids" / GROUP / sandbox_id / "pids.max", str(limits.pids))
-        cpu = self.root / "cpu" / GROUP / sandbox_id
+        _write(self.group(self.root / "pids") / sandbox_id / "pids.max", str(limits.pids))
+        cpu = self.group(self.root / "cpu") / sandbox_id
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu * CPU_PERIOD_US))))
 
     def usage(self, sandbox_id: str) -> Usage:
-        mem = self.root / "memory" / GROUP / sandbox_id
+        mem = self.group(self.root / "memory") / sandbox_id
         oom = _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
         return Usage(
-            cpu_seconds=int(_read(self.root / "cpuacct" / GROUP / sandbox_id / "cpuacct.usage")) / 1e9,
+            cpu_seconds=int(_read(self.group(self.root / "cpuacct") / sandbox_id / "cpuacct.usage")) / 1e9,
             memory_bytes=int(_read(mem / "memory.usage_in_bytes")),
-            pids=int(_read(self.root / "pids" / GROUP / sandbox_id / "pids.current")),
+            pids=int(_read(self.group(self.root / "pids") / sandbox_id / "pids.current")),
             oom_kills=oom,
         )
 
@@ -171,19 +183,18 @@ class V2Cgroups(Cgroups):
 
     name = "v2"
 
-    def __init__(self, root: Path = ROOT) -> None:
+    def __init__(self, root: Path = ROOT, instance: str = "default") -> None:
         self.root = root
+        self.instance = instance
 
     def hierarchies(self) -> list[Path]:
         return [self.root]
 
     def create(self, sandbox_id: str, limits: Limits) -> None:
-        group = self.root / GROUP
-        group.mkdir(exist_ok=True)
-        _write(self.root / "cgroup.subtree_control", "+memory +pids +cpu")
-        _write(group / "cgroup.subtree_control", "+memory +pids +cpu")
         self._mkdirs(sandbox_id)
-        cg = group / sandbox_id
+        for parent in (self.root, self.root / GROUP, self.group(self.root)):  # delegate controllers downwards
+            _write(parent / "cgroup.subtree_control", "+memory +pids +cpu")
+        cg = self.group(self.root) / sandbox_id
         _write(cg / "memory.max", str(limits.memory_bytes))
         if (cg / "memory.swap.max").exists():
             _write(cg / "memory.swap.max", "0")
@@ -191,7 +202,7 @@ class V2Cgroups(Cgroups):
         _write(cg / "cpu.max", f"{max(1000, int(limits.cpu * CPU_PERIOD_US))} {CPU_PERIOD_US}")
 
     def usage(self, sandbox_id: str) -> Usage:
-        cg = self.root / GROUP / sandbox_id
+        cg = self.group(self.root) / sandbox_id
         return Usage(
             cpu_seconds=_keyed(_read(cg / "cpu.stat")).get("usage_usec", 0) / 1e6,
             memory_bytes=int(_read(cg / "memory.current")),
@@ -200,7 +211,7 @@ class V2Cgroups(Cgroups):
         )
 
 
-def detect(root: Path = ROOT) -> Cgroups:
+def detect(root: Path = ROOT, instance: str = "default") -> Cgroups:
     """Pick the driver this host supports, or raise ``CgroupUnavailable`` naming what is missing."""
     controllers = root / "cgroup.controllers"
     if controllers.exists():
@@ -208,10 +219,10 @@ def detect(root: Path = ROOT) -> Cgroups:
         missing = {"memory", "pids", "cpu"} - have
         if missing:
             raise CgroupUnavailable(f"cgroup v2 at {root} lacks controllers: {', '.join(sorted(missing))}")
-        return V2Cgroups(root)
+        return V2Cgroups(root, instance)
     missing = [c for c in ("memory", "pids", "cpu", "cpuacct") if not (root / c / "cgroup.procs").exists()]
     if missing:
         raise CgroupUnavailable(
             f"no cgroup v2 controllers and no v1 hierarchy for: {', '.join(missing)} under {root}"
         )
-    return HybridCgroups(root)
+    return HybridCgroups(root, instance)

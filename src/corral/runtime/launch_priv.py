@@ -120,20 +120,23 @@ def teardown(sandbox_dir: Path, root: Path, sandbox_id: str, cgroups: Cgroups) -
     mounts_priv.destroy(sandbox_dir, root)
 
 
-def kill_strays(id_offset: int) -> list[int]:
-    """SIGKILL every host process running as a sandbox id (the id range is Corral's alone).
+def kill_strays(id_offset: int, mounts_dir: Path) -> list[int]:
+    """SIGKILL this server's leftover bwrap processes: running as a sandbox id with one of this
+    server's sandbox roots on their command line (other servers on the host keep theirs).
 
     Only for start-up, when no sandbox is live: it catches a bwrap child that a crash left
     between clone and cgroup placement, where no cgroup kill can reach it."""
+    marker = f"{mounts_dir}/".encode()
     killed = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             uid = entry.stat().st_uid
-        except FileNotFoundError:
+            mine = id_offset <= uid < id_offset + ID_RANGE and marker in (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if id_offset <= uid < id_offset + ID_RANGE:
+        if mine:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
