@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Server
+from conftest import Server, run_command
 
 DRIVERS = "/.corral/lib/corral_interp"
 PYTHON = ["/usr/bin/python3", "-u", f"{DRIVERS}/py_driver.py", "--cwd", "/home/user"]
@@ -64,7 +64,8 @@ class Driver:
     """A driver started through ``POST /commands`` with stdin open; runs cells one at a time."""
 
     def __init__(self, client: httpx.Client, sandbox_id: str, argv: list[str]) -> None:
-        self.client, self.base = client, f"/v1/sandboxes/{sandbox_id}/commands"
+        self.client, self.sandbox_id = client, sandbox_id
+        self.base = f"/v1/sandboxes/{sandbox_id}/commands"
         self._stream = client.stream("POST", self.base, json={"cmd": shlex.join(argv), "stdin": True, "timeout": 0})
         response = self._stream.__enter__()
         assert response.status_code == 200, response.read()
@@ -146,6 +147,19 @@ class Driver:
             pass
         self._stream.__exit__(None, None, None)
         return int(self.exit["exit_code"]) if self.exit else None
+
+
+def kill_between_cells(driver: Driver, pid_code: str, state_code: str, lost_text: str | None) -> None:
+    """SIGKILL the runtime while no cell runs: the next cell runs in a fresh one and says so on stderr."""
+    shown = driver.run(pid_code)
+    pid = int((shown.text or shown.stdout).strip())
+    # SIGKILL lands asynchronously: wait until the runtime is dead (a zombie until its driver reaps it)
+    dead = f"[ ! -e /proc/{pid} ] || [ \"$(sed 's/.*) //' /proc/{pid}/stat | cut -c1)\" = Z ]"
+    killed = run_command(driver.client, driver.sandbox_id, f"kill -9 {pid}; until {dead}; do sleep 0.01; done")
+    assert killed.exit_code == 0, killed.stderr
+    cell = driver.run(state_code)
+    assert cell.error is None and "after the previous cell" in cell.stderr and "SIGKILL" in cell.stderr
+    assert cell.text == lost_text if lost_text is not None else cell.stdout == "\n"
 
 
 def start_driver(server: Server, argv: list[str]) -> Iterator[Driver]:
@@ -254,6 +268,11 @@ def test_python_kernel_death_is_reported_and_recovered(py: Driver) -> None:
     assert cell.stdout == "alive\n" and cell.text == "False"
 
 
+def test_python_kernel_killed_between_cells(py: Driver) -> None:
+    py.run("lost = 1")
+    kill_between_cells(py, "import os\nos.getpid()", "'lost' in globals()", "False")
+
+
 # -- javascript / typescript --------------------------------------------------------------------------
 
 
@@ -306,7 +325,14 @@ def test_js_interrupt_keeps_state(js: Driver) -> None:
     js.run("let kept = 'yes'")
     cell = js.interrupted("console.log('looping'); while (true) {}", started="looping")
     assert cell.error is not None and cell.error["name"] == "Interrupted"
+    cell = js.interrupted("console.log('waiting'); await new Promise(() => {})", started="waiting")
+    assert cell.error is not None and cell.error["name"] == "Interrupted"
     assert js.run("kept").text == "yes"
+
+
+def test_js_large_output_is_chunked(js: Driver) -> None:
+    cell = js.run("const mib = 'é'.repeat(1 << 19); for (let i = 0; i < 20; i++) console.log(mib)")
+    assert cell.stdout == ("é" * (1 << 19) + "\n") * 20  # run() checked each event is at most 64 KiB
 
 
 def test_typescript_cells(js: Driver) -> None:
@@ -322,6 +348,11 @@ def test_js_runtime_exit_is_reported_and_recovered(js: Driver) -> None:
     error = js.run("process.exit(3)").error
     assert error is not None and error["name"] == "KernelDied" and "exited with code 3" in error["value"]
     assert js.run("typeof before").text == "undefined"
+
+
+def test_js_runtime_killed_between_cells(js: Driver) -> None:
+    js.run("let lost = 1")
+    kill_between_cells(js, "process.pid", "typeof lost", "undefined")
 
 
 # -- bash ---------------------------------------------------------------------------------------------
@@ -352,7 +383,55 @@ def test_bash_interrupt(sh: Driver) -> None:
     assert sh.run("echo $KEPT").stdout == "yes\n"
 
 
+def test_bash_streams_100_mb_in_chunks(sh: Driver) -> None:
+    cell = sh.run("head -c 100000000 /dev/zero | tr '\\0' x; printf 'é%.0s' {1..70000}")
+    texts = [e["text"] for e in cell.of("stdout")]
+    assert sum(map(len, texts)) == 100_000_000 + 70_000
+    assert "".join(texts)[-70_001:] == "x" + "é" * 70_000  # a character is never split between events
+
+
 def test_bash_cell_envs_are_restored(sh: Driver) -> None:
     value = "it's \"quoted\" $dollar \\ back"
     assert sh.run('echo "$ONLY"', envs={"ONLY": value}).stdout == value + "\n"
     assert sh.run('echo "${ONLY-unset}"').stdout == "unset\n"
+
+
+def test_bash_killed_between_cells(sh: Driver) -> None:
+    sh.run("LOST=1")
+    kill_between_cells(sh, "echo $$", 'echo "$LOST"', None)
+
+
+# -- pure helpers of the drivers (no sandbox) ----------------------------------------------------------
+
+
+def test_marker_scanner_finds_markers_split_anywhere() -> None:
+    from corral.interpreter.bash_driver import Scanner
+
+    stream = "out\x00put\x00tok:7\x00after"
+    for cut in range(len(stream) + 1):
+        scanner = Scanner("tok")
+        before, payload, rest = scanner.feed(stream[:cut])
+        if payload is None:  # not complete yet: the rest of the stream completes it
+            more, payload, rest = scanner.feed(stream[cut:])
+            before += more
+        else:
+            rest += stream[cut:]
+        assert (before, payload, rest) == ("out\x00put", "7", "after"), cut
+
+
+def test_text_chunks_respect_the_byte_limit() -> None:
+    from corral.interpreter.wire import chunks
+
+    for text in ["x" * 200_000, "aé€😀" * 40_000, "short"]:
+        pieces = list(chunks(text))
+        assert "".join(pieces) == text and all(len(p.encode()) <= MAX_TEXT for p in pieces)
+
+
+def test_bash_quoting_round_trips() -> None:
+    import subprocess
+
+    from corral.interpreter.bash_driver import ansi_c
+
+    text = "it's \"q\" $HOME `x` \\ \n\t\x01 é !!"
+    out = subprocess.run(["bash", "--norc", "-c", f"printf %s {ansi_c(text)}"], capture_output=True, text=True)
+    assert out.stdout == text

@@ -239,6 +239,11 @@ class Driver:
         if bad:
             wire.emit_error(cell_id, "ValueError", f"not a valid environment variable name: {bad[0]!r}")
             return
+        note = ""
+        if self.shell is not None and self.shell.process.poll() is not None:  # it died between cells
+            note = (f"[bash {wire.death_reason(self.shell.close())} after the previous cell; this cell runs in "
+                    "a new shell, without the earlier variables, functions and working directory]\n")
+            self.shell = None
         if self.shell is None and not self.start():
             wire.emit_error(cell_id, "KernelDied", "bash could not be started")
             return
@@ -246,6 +251,8 @@ class Driver:
         token = secrets.token_hex(8)
         self.interrupted = False
         self.shell.begin(cell_id, token)
+        if note:
+            wire.emit_stream(cell_id, "stderr", note)
         self.executions += 1
         wire.emit({"type": "number_of_executions", "execution_count": self.executions, "id": cell_id})
         self.shell.send(cell_script(code, token, envs))
@@ -253,7 +260,7 @@ class Driver:
         if status is None:
             exit_status = self.shell.close()
             self.shell = None
-            wire.emit_error(cell_id, "KernelDied", f"bash exited with status {exit_status} while running this "
+            wire.emit_error(cell_id, "KernelDied", f"bash {wire.death_reason(exit_status)} while running this "
                             "cell; a new shell is started for the next one, so variables, functions and the "
                             "working directory are reset")
         elif self.interrupted:

@@ -262,14 +262,19 @@ class Driver {
   }
 
   async execute (request) {
-    if (!this.runtime.alive) this.runtime = new Runtime(this.cwd)
+    const id = String(request.id ?? '')
+    const gone = this.runtime.exited // it died between cells (a timer called process.exit(), OOM)
+    if (gone) this.runtime = new Runtime(this.cwd)
     try {
       await this.runtime.ready
     } catch (error) {
-      const id = String(request.id ?? '')
       emit({ type: 'error', id, name: 'KernelDied', value: error.message, traceback: `KernelDied: ${error.message}` })
       emit({ type: 'end_of_execution', id })
       return
+    }
+    if (gone) {
+      this.runtime.keep('stderr', `[the JavaScript runtime ${deathReason(gone.code, gone.signal)} after the ` +
+        'previous cell; this cell runs in a new runtime, without the earlier state]\n')
     }
     await this.runtime.execute(request)
     if (!this.runtime.alive) this.runtime = new Runtime(this.cwd) // eagerly, so the next cell does not wait

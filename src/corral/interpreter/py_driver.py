@@ -51,6 +51,11 @@ PUSH_ENVS = (
     "(lambda os, e: setattr(os, '_corral_saved_envs', {{k: os.environ.get(k) for k in e}}) or os.environ.update(e))"
     "(__import__('os'), {envs!r})"
 )
+POP_ENVS = (
+    "(lambda os: [os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)"
+    " for k, v in os.__dict__.pop('_corral_saved_envs', {}).items()])(__import__('os'))"
+)
+
 # ipykernel buffers a cell's prints for 0.2 s and then sends them as one message: a tight loop can pile
 # up hundreds of MB in the kernel. Flushing once the buffer holds 1 MiB hands output over in pieces.
 BOUND_OUTPUT = """
@@ -71,10 +76,6 @@ _corral_bound(_corral_sys.stdout)
 _corral_bound(_corral_sys.stderr)
 del _corral_bound, _corral_sys
 """
-POP_ENVS = (
-    "(lambda os: [os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)"
-    " for k, v in os.__dict__.pop('_corral_saved_envs', {}).items()])(__import__('os'))"
-)
 
 
 class KernelGone(Exception):
@@ -115,16 +116,6 @@ def kernel_argv() -> list[str]:
         if isinstance(argv, list) and argv:
             return [str(arg) for arg in argv]
     return list(FALLBACK_ARGV)
-
-
-def death_reason(status: int | None) -> str:
-    if status is None:
-        return "stopped responding"
-    if status < 0:
-        name = signal.Signals(-status).name
-        hint = " (out of memory?)" if status == -signal.SIGKILL else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with status {status}"
 
 
 def _stamp(msg: dict[str, Any]) -> str | None:
@@ -195,7 +186,7 @@ class Kernel:
 
     def _check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
-            raise KernelGone(death_reason(self.process.returncode if self.process else None))
+            raise KernelGone(wire.death_reason(self.process.returncode if self.process else None))
 
     @property
     def alive(self) -> bool:
@@ -292,10 +283,15 @@ class Driver:
         envs = wire.cell_envs(request)
         try:
             if not self.kernel.alive:
+                died = self.kernel.process is not None  # between cells, e.g. killed for memory
+                reason = wire.death_reason(self.kernel.process.returncode) if self.kernel.process else ""
                 failure = self.restart()
                 if failure is not None:
                     wire.emit_error(cell_id, "KernelDied", f"the Python kernel could not be started: {failure}")
                     return
+                if died:
+                    wire.emit_stream(cell_id, "stderr", f"[the Python kernel {reason} after the previous cell; "
+                                     "this cell runs in a new kernel, without the earlier state]\n")
             self.kernel.drain_output(cell_id)
             if envs:
                 self.kernel.silent(PUSH_ENVS.format(envs=envs))

@@ -68,6 +68,16 @@ def emit_error(cell_id: str, name: str, value: str, traceback: str | None = None
     emit({"type": "error", "id": cell_id, "name": name, "value": value, "traceback": text})
 
 
+def death_reason(status: int | None) -> str:
+    """How a process ended, from its Popen return code, e.g. ``was killed by SIGKILL (out of memory?)``."""
+    if status is None:
+        return "stopped responding"
+    if status < 0:
+        name = signal.Signals(-status).name
+        return f"was killed by {name}" + (" (out of memory?)" if status == -signal.SIGKILL else "")
+    return f"exited with status {status}"
+
+
 def diag(message: str) -> None:
     """A diagnostic for whoever reads the driver's stderr (never the caller's output)."""
     print(f"corral driver[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
