@@ -141,6 +141,10 @@ class Shell:
                 if rest:
                     self._keep(stream.name, rest)
 
+    def feed_between(self, name: str, text: str) -> None:
+        with self.lock:
+            self._keep(name, text)
+
     def _keep(self, name: str, text: str) -> None:
         if self.pending_size + len(text) > PENDING_MAX:
             wire.diag(f"dropping {len(text)} characters of output produced between cells")
@@ -214,7 +218,8 @@ class Driver:
     def on_sigint(self) -> None:
         self.interrupted = True
 
-    def start(self) -> bool:
+    def start(self, leftover: list[tuple[str, str]] | None = None) -> bool:
+        """Start a shell; `leftover` is output a dead one produced between cells, for the next cell."""
         self.shell = Shell(self.cwd)
         token = secrets.token_hex(8)
         self.shell.begin(STARTUP, token)
@@ -223,6 +228,8 @@ class Driver:
             self.shell.close()
             self.shell = None
             return False
+        for name, text in leftover or []:
+            self.shell.feed_between(name, text)
         return True
 
     def execute(self, request: dict[str, Any]) -> None:
@@ -239,12 +246,12 @@ class Driver:
         if bad:
             wire.emit_error(cell_id, "ValueError", f"not a valid environment variable name: {bad[0]!r}")
             return
-        note = ""
+        note, leftover = "", None
         if self.shell is not None and self.shell.process.poll() is not None:  # it died between cells
             note = (f"[bash {wire.death_reason(self.shell.close())} after the previous cell; this cell runs in "
                     "a new shell, without the earlier variables, functions and working directory]\n")
-            self.shell = None
-        if self.shell is None and not self.start():
+            leftover, self.shell = self.shell.pending, None
+        if self.shell is None and not self.start(leftover):
             wire.emit_error(cell_id, "KernelDied", "bash could not be started")
             return
         assert self.shell is not None

@@ -261,10 +261,17 @@ class Driver {
     }
   }
 
+  /** A fresh runtime in place of the dead one, taking over the output the dead one left between cells. */
+  replaceRuntime () {
+    const dead = this.runtime
+    this.runtime = new Runtime(this.cwd)
+    for (const [name, text] of dead.pending) this.runtime.keep(name, text)
+  }
+
   async execute (request) {
     const id = String(request.id ?? '')
     const gone = this.runtime.exited // it died between cells (a timer called process.exit(), OOM)
-    if (gone) this.runtime = new Runtime(this.cwd)
+    if (gone) this.replaceRuntime()
     try {
       await this.runtime.ready
     } catch (error) {
@@ -277,7 +284,7 @@ class Driver {
         'previous cell; this cell runs in a new runtime, without the earlier state]\n')
     }
     await this.runtime.execute(request)
-    if (!this.runtime.alive) this.runtime = new Runtime(this.cwd) // eagerly, so the next cell does not wait
+    if (!this.runtime.alive) this.replaceRuntime() // eagerly, so the next cell does not wait
   }
 }
 
