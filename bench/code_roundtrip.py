@@ -30,7 +30,7 @@ def pct(values: list[float], q: float) -> float:
 def local_kernel(samples: int) -> list[float]:
     manager, client = start_new_kernel(kernel_name="python3")
     try:
-        client.execute_interactive("1+1", timeout=30)  # warm
+        client.execute_interactive("1+1", timeout=30, output_hook=lambda _msg: None)  # warm
         times = []
         for _ in range(samples):
             started = time.perf_counter()
