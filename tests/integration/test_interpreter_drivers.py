@@ -149,12 +149,19 @@ class Driver:
         return int(self.exit["exit_code"]) if self.exit else None
 
 
-def kill_between_cells(driver: Driver, pid_code: str, state_code: str, lost_text: str | None) -> None:
-    """SIGKILL the runtime while no cell runs: the next cell runs in a fresh one and says so on stderr."""
+def kill_between_cells(driver: Driver, pid_code: str, state_code: str, lost_text: str | None,
+                       reaped: bool = False) -> None:
+    """SIGKILL the runtime while no cell runs: the next cell runs in a fresh one and says so on stderr.
+
+    SIGKILL lands asynchronously, so first wait until the runtime is dead: a zombie with no threads
+    left, until its driver reaps it when asked (Python, bash), or gone (node reaps at once, then knows).
+    """
     shown = driver.run(pid_code)
     pid = int((shown.text or shown.stdout).strip())
-    # SIGKILL lands asynchronously: wait until the runtime is dead (a zombie until its driver reaps it)
-    dead = f"[ ! -e /proc/{pid} ] || [ \"$(sed 's/.*) //' /proc/{pid}/stat | cut -c1)\" = Z ]"
+    dead = f"[ ! -e /proc/{pid} ]"
+    if not reaped:
+        dead += (f" || {{ [ \"$(sed 's/.*) //' /proc/{pid}/stat | cut -c1)\" = Z ] && "
+                 f"[ \"$(ls /proc/{pid}/task | wc -l)\" = 1 ]; }}")
     killed = run_command(driver.client, driver.sandbox_id, f"kill -9 {pid}; until {dead}; do sleep 0.01; done")
     assert killed.exit_code == 0, killed.stderr
     cell = driver.run(state_code)
@@ -352,7 +359,7 @@ def test_js_runtime_exit_is_reported_and_recovered(js: Driver) -> None:
 
 def test_js_runtime_killed_between_cells(js: Driver) -> None:
     js.run("let lost = 1")
-    kill_between_cells(js, "process.pid", "typeof lost", "undefined")
+    kill_between_cells(js, "process.pid", "typeof lost", "undefined", reaped=True)
 
 
 # -- bash ---------------------------------------------------------------------------------------------
