@@ -31,6 +31,7 @@ class Settings:
     database_url: str | None = None
     templates_path: Path | None = None
     run_dir: Path = Path("/run/corral")
+    domain: str | None = None  # with wildcard DNS: sandbox ports answer at {port}-{id}.{domain}
     apt_mirror: str | None = None
     default_timeout: int = 300
     max_timeout: int = 86400
@@ -51,6 +52,7 @@ class Settings:
             database_url=os.environ.get("CORRAL_DATABASE_URL") or None,
             templates_path=Path(os.environ["CORRAL_TEMPLATES_DIR"]) if os.environ.get("CORRAL_TEMPLATES_DIR") else None,
             run_dir=Path(os.environ.get("CORRAL_RUN_DIR") or "/run/corral"),
+            domain=os.environ.get("CORRAL_DOMAIN") or None,
             apt_mirror=os.environ.get("CORRAL_APT_MIRROR") or None,
             default_timeout=_int("CORRAL_DEFAULT_TIMEOUT", 300),
             max_timeout=_int("CORRAL_MAX_TIMEOUT", 86400),

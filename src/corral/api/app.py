@@ -13,6 +13,10 @@ from fastapi import FastAPI
 
 from corral.api import errors, routes_code, routes_commands, routes_files, routes_keys, routes_sandboxes
 from corral.api.deps import Services
+from corral.api.e2b import control
+from corral.api.e2b.envd import create_envd_app
+from corral.api.e2b.interpreter import create_interpreter_app
+from corral.api.routing import ENVD_PORT, INTERPRETER_PORT, SandboxRouter
 from corral.config import VERSION, Settings
 from corral.runtime.bwrap import BwrapBackend
 from corral.runtime.cgroups_priv import detect
@@ -58,19 +62,23 @@ async def build_services(settings: Settings) -> Services:
     return Services(settings=settings, auth=auth, sandboxes=service)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> SandboxRouter:
+    """The ASGI app of ``corral serve``: the main FastAPI app behind the sandbox-port router."""
     settings = settings or Settings.from_env()
+    ports = {ENVD_PORT: create_envd_app(), INTERPRETER_PORT: create_interpreter_app()}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Store calls and privileged runtime steps run in threads; 2-core hosts get only 6 by default.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64, thread_name_prefix="corral"))
         services = await build_services(settings)
-        app.state.services = services
+        for each in (app, *ports.values()):
+            each.state.services = services
         try:
             yield
         finally:
-            app.state.services = None
+            for each in (app, *ports.values()):
+                each.state.services = None
             await services.sandboxes.close()
             services.auth.store.close()
 
@@ -89,4 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (routes_sandboxes, routes_commands, routes_files, routes_code, routes_keys):
         app.include_router(module.router)
-    return app
+    app.include_router(control.router)
+    for sub_app in ports.values():
+        errors.install(sub_app)
+    return SandboxRouter(app, ports, settings.domain)

@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 
 from corral.config import Settings
 from corral.service.auth import Auth, Principal
-from corral.service.errors import Forbidden, Unavailable
+from corral.service.errors import Forbidden, NotFound, Unauthorized, Unavailable
 from corral.service.sandboxes import SandboxService
 
 
@@ -45,6 +45,36 @@ async def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
     return who
 
 
+@dataclass(frozen=True)
+class SandboxCaller:
+    """Who calls a sandbox port, and which sandbox: set by the router, checked here."""
+
+    sandbox_id: str
+    port: int
+
+
+async def sandbox_caller(request: Request, svc: Annotated[Services, Depends(services)]) -> SandboxCaller:
+    """Sandbox-port requests need that sandbox's access token (``X-Access-Token`` or
+    ``E2B-Traffic-Access-Token``), or an API key that may use the sandbox."""
+    target = request.scope.get("corral.sandbox")
+    if target is None:
+        raise NotFound("not a sandbox request")
+    sandbox_id, port = target
+    token = request.headers.get("x-access-token") or request.headers.get("e2b-traffic-access-token")
+    if svc.sandboxes.check_access_token(sandbox_id, token):
+        return SandboxCaller(sandbox_id, port)
+    key = request.headers.get("x-api-key")
+    if key:
+        who = await asyncio.to_thread(svc.auth.check, key)
+        await svc.sandboxes.get(who, sandbox_id)
+        return SandboxCaller(sandbox_id, port)
+    row = await asyncio.to_thread(svc.sandboxes.store.sandbox, sandbox_id)
+    if row is None or svc.sandboxes.access_token(sandbox_id) is None:
+        raise NotFound(f"sandbox {sandbox_id} not found or not running")
+    raise Unauthorized(f"sandbox {sandbox_id}: missing or wrong access token (X-Access-Token)")
+
+
 ServicesDep = Annotated[Services, Depends(services)]
+SandboxCallerDep = Annotated[SandboxCaller, Depends(sandbox_caller)]
 PrincipalDep = Annotated[Principal, Depends(principal)]
 AdminDep = Annotated[Principal, Depends(admin)]

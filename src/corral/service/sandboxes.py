@@ -61,6 +61,7 @@ class SandboxService:
         self.templates = templates
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._envs: dict[str, dict[str, str]] = {}
+        self._tokens: dict[str, str] = {}  # per-sandbox access token for its data plane (ports)
         self._creating = 0
         self.contexts = Contexts()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,6 +133,7 @@ class SandboxService:
         finally:
             self._creating -= 1
         self._envs[spec.sandbox_id] = dict(req.envs)
+        self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
         expires = now() + timedelta(seconds=timeout)
         self._schedule(spec.sandbox_id, expires)
         updated = await asyncio.to_thread(
@@ -194,6 +196,14 @@ class SandboxService:
 
         return count
 
+    def access_token(self, sandbox_id: str) -> str | None:
+        """The token that opens this sandbox's ports (envd, interpreter); useless for any other."""
+        return self._tokens.get(sandbox_id)
+
+    def check_access_token(self, sandbox_id: str, token: str | None) -> bool:
+        expected = self._tokens.get(sandbox_id)
+        return bool(token) and expected is not None and secrets.compare_digest(expected, token or "")
+
     def envs(self, sandbox_id: str) -> dict[str, str]:
         return dict(self._envs.get(sandbox_id, {}))
 
@@ -221,6 +231,7 @@ class SandboxService:
         if timer is not None:
             timer.cancel()
         self._envs.pop(sandbox_id, None)
+        self._tokens.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
         await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)
         try:

@@ -1,0 +1,28 @@
+"""Sandbox traffic is recognised by E2B's headers or by a {port}-{id}.{domain} Host."""
+
+from __future__ import annotations
+
+from corral.api.routing import sandbox_target
+
+
+def h(**headers: str) -> list[tuple[bytes, bytes]]:
+    return [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+
+
+def test_headers_route_to_a_sandbox_port() -> None:
+    assert sandbox_target(h(E2b_Sandbox_Id="abc123", E2b_Sandbox_Port="49983"), None) == ("abc123", 49983)
+    assert sandbox_target(h(e2b_sandbox_id="abc", e2b_sandbox_port="nope"), None) == ("abc", -1)
+
+
+def test_control_plane_requests_are_not_sandbox_traffic() -> None:
+    assert sandbox_target(h(host="localhost:3000", x_api_key="k"), None) is None
+    assert sandbox_target(h(E2b_Sandbox_Id="only-id"), None) is None
+
+
+def test_host_names_route_only_under_the_configured_domain() -> None:
+    assert sandbox_target(h(host="49999-abc123.sbx.example.com"), "sbx.example.com") == ("abc123", 49999)
+    assert sandbox_target(h(host="49999-abc123.sbx.example.com:443"), "sbx.example.com") == ("abc123", 49999)
+    assert sandbox_target(h(host="49999-abc123.sbx.example.com"), None) is None
+    assert sandbox_target(h(host="49999-abc123.evil.com"), "sbx.example.com") is None
+    assert sandbox_target(h(host="api.sbx.example.com"), "sbx.example.com") is None
+    assert sandbox_target(h(host="x-abc.sbx.example.com"), "sbx.example.com") is None
