@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv
 STAMP := $(VENV)/.installed
+JS_STAMP := tests/compat/js/node_modules/.installed
 
 .PHONY: serve test deps system-deps lint bench clean
 
@@ -22,7 +23,7 @@ bench: deps
 lint: deps
 	$(VENV)/bin/ruff check src tests bench
 
-deps: system-deps $(STAMP)
+deps: system-deps $(STAMP) $(JS_STAMP)
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
@@ -31,11 +32,18 @@ system-deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or with sudo) to install:$$missing" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@command -v node >/dev/null || { echo "installing Debian packages: nodejs npm"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or with sudo) to install: nodejs npm" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+$(JS_STAMP): tests/compat/js/package.json tests/compat/js/package-lock.json
+	npm ci --prefix tests/compat/js --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
