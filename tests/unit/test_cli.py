@@ -86,6 +86,13 @@ class FakeSandbox:
         pass
 
 
+@pytest.fixture(autouse=True)
+def no_server_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests describe the CLI's own defaults, whatever the caller's shell exports."""
+    for name in ("CORRAL_API_URL", "CORRAL_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeSandbox]:
     FakeSandbox.calls = []
