@@ -1,0 +1,177 @@
+"""envd's plain HTTP file transfer: ``GET /files`` (download) and ``POST /files`` (upload).
+
+Callers prove access with the sandbox's ``X-Access-Token`` like every envd call, or with the
+signed URLs of the SDK's ``download_url()`` / ``upload_url()`` (``v1_`` + unpadded base64 of
+sha256 over ``path:operation:username:token[:expiration]``). Errors are JSON ``{code, message}``
+with envd's statuses: 400 bad request or a directory, 401 credentials or user, 404 missing path,
+507 disk full. Bodies stream both ways; nothing is buffered whole on the host.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import mimetypes
+import posixpath
+import secrets
+import time
+import urllib.parse
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from corral.agent.protocol import AgentError, AgentUnavailable
+from corral.api.deps import Services, sandbox_caller
+from corral.api.errors import error
+from corral.service.errors import Unauthorized
+
+from .process import home_relative
+from .rpc import DEFAULT_USER
+from .uploads import PartWriter, UploadError, boundary_of, write_parts
+
+_STATUS = {
+    "not_found": 404,
+    "exists": 409,
+    "not_dir": 400,
+    "is_dir": 400,
+    "invalid": 400,
+    "permission": 403,
+    "no_space": 507,
+    "too_large": 507,
+}
+
+
+def signature(path: str, operation: str, username: str, token: str, expiration: int | None) -> str:
+    raw = f"{path}:{operation}:{username}:{token}" + ("" if expiration is None else f":{expiration}")
+    digest = hashlib.sha256(raw.encode()).digest()
+    return "v1_" + base64.b64encode(digest).rstrip(b"=").decode()
+
+
+async def authorize(request: Request, services: Services, operation: str) -> str:
+    """The sandbox id of an authorised /files request (its token or API key, or a valid signature)."""
+    query = request.query_params
+    given = query.get("signature")
+    if given is None or request.headers.get("x-access-token") or request.headers.get("x-api-key"):
+        return (await sandbox_caller(request, services)).sandbox_id
+    target = request.scope.get("corral.sandbox")
+    sandbox_id = target[0] if target else ""
+    token = services.sandboxes.access_token(sandbox_id)
+    raw_expiration = query.get("signature_expiration")
+    expiration = int(raw_expiration) if raw_expiration and raw_expiration.isdigit() else None
+    if token is not None and (raw_expiration is None or expiration is not None):
+        expected = signature(query.get("path", ""), operation, query.get("username", ""), token, expiration)
+        if secrets.compare_digest(expected, given) and (expiration is None or expiration >= time.time()):
+            return sandbox_id
+    raise Unauthorized(f"sandbox {sandbox_id}: invalid or expired file URL signature")
+
+
+def _failure(exc: AgentError, sandbox_id: str, path: str) -> JSONResponse:
+    if isinstance(exc, AgentUnavailable):
+        return error(503, f"sandbox {sandbox_id}: its agent is not reachable ({exc.message})")
+    if exc.kind == "not_found" and exc.message.startswith("unknown user"):
+        return error(401, f"sandbox {sandbox_id}: {exc.message}")
+    if exc.kind == "not_found":
+        return error(404, f"sandbox {sandbox_id}: path '{path}' does not exist")
+    return error(_STATUS.get(exc.kind, 500), f"sandbox {sandbox_id}: {exc.message}")
+
+
+def _disposition(name: str) -> str:
+    if name.isascii() and name.isprintable():
+        return 'inline; filename="{}"'.format(name.replace("\\", "\\\\").replace('"', '\\"'))
+    return "inline; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
+
+
+async def _gzipped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    async for chunk in chunks:
+        if packed := packer.compress(chunk):
+            yield packed
+    yield packer.flush()
+
+
+async def _gunzipped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    unpacker = zlib.decompressobj(47)  # gzip or zlib header
+    try:
+        async for chunk in chunks:
+            if data := unpacker.decompress(chunk):
+                yield data
+        if rest := unpacker.flush():
+            yield rest
+    except zlib.error as exc:
+        raise AgentError("invalid", f"the gzip body is corrupt: {exc}") from None
+
+
+async def download(request: Request, services: Services) -> Response:
+    sandbox_id = await authorize(request, services, "read")
+    path = request.query_params.get("path", "")
+    if not path or "\0" in path:
+        return error(400, f"sandbox {sandbox_id}: query parameter 'path' is required")
+    user = request.query_params.get("username") or DEFAULT_USER
+    reader = services.sandboxes.backend.agent(sandbox_id).read(home_relative(path), user=user)
+    try:
+        opened = await reader.__aenter__()
+    except AgentError as exc:
+        return _failure(exc, sandbox_id, path)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in opened:
+                yield chunk
+        finally:
+            await reader.__aexit__(None, None, None)
+
+    name = posixpath.basename(opened.entry.get("path") or path)
+    headers = {"Content-Disposition": _disposition(name), "Vary": "Accept-Encoding", "Cache-Control": "no-store"}
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        headers["Content-Encoding"] = "gzip"
+        return StreamingResponse(_gzipped(body()), media_type=media_type, headers=headers)
+    headers["Content-Length"] = str(opened.entry.get("size", 0))
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
+
+
+def _written(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"path": entry["path"], "name": entry["name"], "type": "file"}
+
+
+async def upload(request: Request, services: Services) -> Response:
+    sandbox_id = await authorize(request, services, "write")
+    if any(name.lower().startswith("x-metadata-") for name in request.headers):
+        return error(400, f"sandbox {sandbox_id}: file metadata (X-Metadata-*) is not supported")
+    agent = services.sandboxes.backend.agent(sandbox_id)
+    user = request.query_params.get("username") or DEFAULT_USER
+    path = request.query_params.get("path")
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    chunks = request.stream()
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        chunks = _gunzipped(chunks)
+    current = path or ""
+    try:
+        if content_type == "multipart/form-data":
+            seen: set[str] = set()
+
+            async def open_part(filename: str) -> PartWriter:
+                nonlocal current
+                current = path if path and not seen else filename
+                if not current or "\0" in current or current in seen:
+                    raise UploadError(f"file part {current!r:.200}: missing or repeated destination path")
+                seen.add(current)
+                return PartWriter(agent, home_relative(current), user)
+
+            entries = await write_parts(chunks, boundary_of(request.headers["content-type"]), open_part)
+        elif content_type == "application/octet-stream":
+            if not path or "\0" in path:
+                return error(400, f"sandbox {sandbox_id}: query parameter 'path' is required for a raw upload")
+            entries = [await agent.write(home_relative(path), chunks, user=user)]
+        else:
+            return error(400, f"sandbox {sandbox_id}: upload as multipart/form-data or application/octet-stream")
+    except UploadError as exc:
+        return error(400, f"sandbox {sandbox_id}: {exc}")
+    except AgentError as exc:
+        return _failure(exc, sandbox_id, current)
+    if not entries:
+        return error(400, f"sandbox {sandbox_id}: no part named 'file' in the upload")
+    return JSONResponse([_written(e) for e in entries])
