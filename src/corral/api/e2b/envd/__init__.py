@@ -8,11 +8,15 @@ Every sandbox-side action goes through the sandbox's agent. docs/e2b-envd.md exp
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, Response
+from typing import Annotated
 
-from corral.api.deps import SandboxCallerDep, ServicesDep
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from corral.api.deps import SandboxCaller, ServicesDep
 
 from . import files, filesystem, process, rpc
+from .access import SandboxGone, caller, sandbox_of
 from .connect import ConnectError, error_response
 from .process import global_envs
 from .state import State
@@ -23,17 +27,29 @@ SERVICES: dict[str, dict[str, rpc.Method]] = {
 }
 
 
+CallerDep = Annotated[SandboxCaller, Depends(caller)]
+
+
 def create_envd_app() -> FastAPI:
     state = State()  # watchers end with their sandboxes; the router sends sub-apps no lifespan events
     app = FastAPI(title="Corral envd", openapi_url=None, docs_url=None, redoc_url=None)
 
+    @app.exception_handler(SandboxGone)
+    async def sandbox_gone(_: Request, exc: SandboxGone) -> JSONResponse:
+        # E2B's edge proxy: the SDKs read "was not found" in a 502 as "the sandbox is not running"
+        body = {"sandboxId": exc.sandbox_id, "message": "The sandbox was not found", "code": 502}
+        return JSONResponse(body, status_code=502)
+
     @app.get("/health")
-    async def health() -> Response:
+    async def health(request: Request, svc: ServicesDep) -> Response:
+        """Needs no credentials (like envd's); 502 once the sandbox is gone (like E2B's edge)."""
+        if svc.sandboxes.access_token(sandbox_of(request)) is None:
+            raise SandboxGone(sandbox_of(request))
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
     @app.get("/envs")
-    async def envs(request: Request, caller: SandboxCallerDep, svc: ServicesDep) -> dict[str, str]:
-        call = rpc.make_call(request, caller.sandbox_id, svc, state)
+    async def envs(request: Request, who: CallerDep, svc: ServicesDep) -> dict[str, str]:
+        call = rpc.make_call(request, who.sandbox_id, svc, state)
         return await global_envs(call)
 
     @app.get("/files")
@@ -45,10 +61,10 @@ def create_envd_app() -> FastAPI:
         return await files.upload(request, svc)
 
     @app.post("/{service}/{method}")
-    async def call(service: str, method: str, request: Request, caller: SandboxCallerDep, svc: ServicesDep) -> Response:
+    async def call(service: str, method: str, request: Request, who: CallerDep, svc: ServicesDep) -> Response:
         found = SERVICES.get(service, {}).get(method)
         if found is None:
             return error_response(ConnectError("unimplemented", f"{service}/{method} is not served"))
-        return await rpc.dispatch(request, found, f"{service}/{method}", caller.sandbox_id, svc, state)
+        return await rpc.dispatch(request, found, f"{service}/{method}", who.sandbox_id, svc, state)
 
     return app

@@ -147,7 +147,10 @@ async def read_single(request: Request) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     async for chunk in request.stream():
         messages += reader.feed(chunk)
-    reader.finish()
+        if len(messages) > 1:
+            break
+    else:
+        reader.finish()
     if len(messages) != 1:
         raise ConnectError("invalid_argument", f"expected exactly one request message, got {len(messages)}")
     return messages[0]

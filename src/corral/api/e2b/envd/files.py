@@ -1,20 +1,14 @@
 """envd's plain HTTP file transfer: ``GET /files`` (download) and ``POST /files`` (upload).
 
-Callers prove access with the sandbox's ``X-Access-Token`` like every envd call, or with the
-signed URLs of the SDK's ``download_url()`` / ``upload_url()`` (``v1_`` + unpadded base64 of
-sha256 over ``path:operation:username:token[:expiration]``). Errors are JSON ``{code, message}``
+Callers prove access with the sandbox's token or a signed URL (`access.authorize`). Errors are JSON ``{code, message}``
 with envd's statuses: 400 bad request or a directory, 401 credentials or user, 404 missing path,
 507 disk full. Bodies stream both ways; nothing is buffered whole on the host.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import mimetypes
 import posixpath
-import secrets
-import time
 import urllib.parse
 import zlib
 from collections.abc import AsyncIterator
@@ -24,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from corral.agent.protocol import AgentError, AgentUnavailable
-from corral.api.deps import Services, sandbox_caller
+from corral.api.deps import Services
 from corral.api.errors import error
-from corral.service.errors import Unauthorized
 
+from .access import authorize
 from .process import home_relative
 from .rpc import DEFAULT_USER
 from .uploads import PartWriter, UploadError, boundary_of, write_parts
@@ -42,30 +36,6 @@ _STATUS = {
     "no_space": 507,
     "too_large": 507,
 }
-
-
-def signature(path: str, operation: str, username: str, token: str, expiration: int | None) -> str:
-    raw = f"{path}:{operation}:{username}:{token}" + ("" if expiration is None else f":{expiration}")
-    digest = hashlib.sha256(raw.encode()).digest()
-    return "v1_" + base64.b64encode(digest).rstrip(b"=").decode()
-
-
-async def authorize(request: Request, services: Services, operation: str) -> str:
-    """The sandbox id of an authorised /files request (its token or API key, or a valid signature)."""
-    query = request.query_params
-    given = query.get("signature")
-    if given is None or request.headers.get("x-access-token") or request.headers.get("x-api-key"):
-        return (await sandbox_caller(request, services)).sandbox_id
-    target = request.scope.get("corral.sandbox")
-    sandbox_id = target[0] if target else ""
-    token = services.sandboxes.access_token(sandbox_id)
-    raw_expiration = query.get("signature_expiration")
-    expiration = int(raw_expiration) if raw_expiration and raw_expiration.isdigit() else None
-    if token is not None and (raw_expiration is None or expiration is not None):
-        expected = signature(query.get("path", ""), operation, query.get("username", ""), token, expiration)
-        if secrets.compare_digest(expected, given) and (expiration is None or expiration >= time.time()):
-            return sandbox_id
-    raise Unauthorized(f"sandbox {sandbox_id}: invalid or expired file URL signature")
 
 
 def _failure(exc: AgentError, sandbox_id: str, path: str) -> JSONResponse:
