@@ -86,10 +86,17 @@ async def download(request: Request, services: Services) -> Response:
     except AgentError as exc:
         return _failure(exc, sandbox_id, path)
 
+    size = int(opened.entry.get("size") or 0)
+
     async def body() -> AsyncIterator[bytes]:
+        """The file's bytes, at most `size` of them (Content-Length was promised before reading)."""
+        left = size
         try:
             async for chunk in opened:
-                yield chunk
+                if left <= 0:
+                    break
+                yield chunk[:left]
+                left -= len(chunk)
         finally:
             await reader.__aexit__(None, None, None)
 
@@ -99,7 +106,7 @@ async def download(request: Request, services: Services) -> Response:
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         headers["Content-Encoding"] = "gzip"
         return StreamingResponse(_gzipped(body()), media_type=media_type, headers=headers)
-    headers["Content-Length"] = str(opened.entry.get("size", 0))
+    headers["Content-Length"] = str(size)
     return StreamingResponse(body(), media_type=media_type, headers=headers)
 
 
