@@ -54,6 +54,14 @@ def _disposition(name: str) -> str:
     return "inline; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
 
 
+def _wants_gzip(accept_encoding: str) -> bool:
+    """Compress only when gzip is asked for by itself, as ``files.read(gzip=True)`` does: generic
+    clients (httpx, curl --compressed) list several codings by default, and compressing every
+    download would cost far more CPU than it saves on loopback or a LAN. Identity is always allowed."""
+    codings = {part.split(";", 1)[0].strip().lower() for part in accept_encoding.split(",") if part.strip()}
+    return codings == {"gzip"}
+
+
 async def _gzipped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     packer = zlib.compressobj(6, zlib.DEFLATED, 31)
     async for chunk in chunks:
@@ -103,7 +111,7 @@ async def download(request: Request, services: Services) -> Response:
     name = posixpath.basename(opened.entry.get("path") or path)
     headers = {"Content-Disposition": _disposition(name), "Vary": "Accept-Encoding", "Cache-Control": "no-store"}
     media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    if "gzip" in request.headers.get("accept-encoding", "").lower():
+    if _wants_gzip(request.headers.get("accept-encoding", "")):
         headers["Content-Encoding"] = "gzip"
         return StreamingResponse(_gzipped(body()), media_type=media_type, headers=headers)
     headers["Content-Length"] = str(size)
