@@ -10,7 +10,7 @@ from fastapi import Depends, Header, Request
 
 from corral.config import Settings
 from corral.service.auth import Auth, Principal
-from corral.service.errors import Forbidden, NotFound, Unauthorized, Unavailable
+from corral.service.errors import Forbidden, NotFound, Unauthorized, Unavailable, Unreachable
 from corral.service.sandboxes import SandboxService
 
 
@@ -55,23 +55,30 @@ class SandboxCaller:
 
 async def sandbox_caller(request: Request, svc: Annotated[Services, Depends(services)]) -> SandboxCaller:
     """Sandbox-port requests need that sandbox's access token (``X-Access-Token`` or
-    ``E2B-Traffic-Access-Token``), or an API key that may use the sandbox."""
+    ``E2B-Traffic-Access-Token``), or an API key that may use the sandbox. A paused sandbox's ports
+    answer 502, like E2B's edge (so the SDK's ``is_running()`` is False)."""
     target = request.scope.get("corral.sandbox")
     if target is None:
         raise NotFound("not a sandbox request")
     sandbox_id, port = target
     token = request.headers.get("x-access-token") or request.headers.get("e2b-traffic-access-token")
     if svc.sandboxes.check_access_token(sandbox_id, token):
-        return SandboxCaller(sandbox_id, port)
+        return _unless_paused(svc, SandboxCaller(sandbox_id, port))
     key = request.headers.get("x-api-key")
     if key:
         who = await asyncio.to_thread(svc.auth.check, key)
         await svc.sandboxes.get(who, sandbox_id)
-        return SandboxCaller(sandbox_id, port)
+        return _unless_paused(svc, SandboxCaller(sandbox_id, port))
     row = await asyncio.to_thread(svc.sandboxes.store.sandbox, sandbox_id)
     if row is None or svc.sandboxes.access_token(sandbox_id) is None:
         raise NotFound(f"sandbox {sandbox_id} not found or not running")
     raise Unauthorized(f"sandbox {sandbox_id}: missing or wrong access token (X-Access-Token)")
+
+
+def _unless_paused(svc: Services, caller: SandboxCaller) -> SandboxCaller:
+    if svc.sandboxes.is_paused(caller.sandbox_id):
+        raise Unreachable(f"sandbox {caller.sandbox_id} is paused; connect to resume it")
+    return caller
 
 
 ServicesDep = Annotated[Services, Depends(services)]

@@ -1,7 +1,7 @@
 """The backend interface: what the service may ask of a sandbox runtime.
 
 A backend owns sandboxes on one node: it creates them from a spec, hands out an agent client for
-each, reports usage, destroys them and cleans up whatever a crash left behind. The service never
+each, reports usage, freezes and thaws them, destroys them and cleans up whatever a crash left behind. The service never
 knows which backend it holds. Implementations: ``BwrapBackend`` (default).
 """
 
@@ -56,6 +56,14 @@ class Backend(Protocol):
     def agent(self, sandbox_id: str) -> AgentClient: ...
 
     async def usage(self, sandbox_id: str) -> SandboxUsage: ...
+
+    async def freeze(self, sandbox_id: str) -> None:
+        """Stop every process of the sandbox in place (pause); memory and disk stay as they are."""
+        ...
+
+    async def thaw(self, sandbox_id: str) -> None:
+        """Let a frozen sandbox's processes run again (resume)."""
+        ...
 
     async def destroy(self, sandbox_id: str) -> None: ...
 

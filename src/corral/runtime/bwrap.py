@@ -18,7 +18,7 @@ import corral.agent
 from corral.agent.client import AgentClient
 from corral.runtime import launch_priv, mounts_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
-from corral.runtime.cgroups_priv import Cgroups
+from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
 from corral.runtime.seccomp import build_filter
 
@@ -33,6 +33,7 @@ class _Live:
     exited: asyncio.Future[int]  # bwrap's exit code, set when the pidfd says it is gone
     init_pid: int = 0  # the sandbox's pid 1 (bwrap's child), host view
     destroying: bool = False
+    frozen: bool = False
 
 
 class BwrapBackend:
@@ -123,6 +124,28 @@ class BwrapBackend:
             disk_limit_bytes=disk_total, pids=use.pids, oom_kills=use.oom_kills,
         )
 
+    async def freeze(self, sandbox_id: str) -> None:
+        live = self._require(sandbox_id)
+        try:
+            await asyncio.to_thread(self.cgroups.freeze, sandbox_id)
+        except (OSError, CgroupUnavailable) as exc:
+            raise RuntimeFailure(f"sandbox {sandbox_id}: pausing failed: {exc}") from exc
+        live.frozen = True
+
+    async def thaw(self, sandbox_id: str) -> None:
+        live = self._require(sandbox_id)
+        try:
+            await asyncio.to_thread(self.cgroups.thaw, sandbox_id)
+        except (OSError, CgroupUnavailable) as exc:
+            raise RuntimeFailure(f"sandbox {sandbox_id}: resuming failed: {exc}") from exc
+        live.frozen = False
+
+    def _require(self, sandbox_id: str) -> _Live:
+        live = self._live.get(sandbox_id)
+        if live is None or live.destroying:
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not running on this node")
+        return live
+
     async def destroy(self, sandbox_id: str) -> None:
         live = self._live.pop(sandbox_id, None)
         if live is not None:
@@ -132,6 +155,9 @@ class BwrapBackend:
             if live.init_pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(live.init_pid, signal.SIGKILL)
+            if live.frozen:  # the kill lands now; thawed, bwrap can reap its child and exit
+                with contextlib.suppress(OSError, CgroupUnavailable):
+                    await asyncio.to_thread(self.cgroups.thaw, sandbox_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(live.exited), 5)
         await self._teardown(sandbox_id)

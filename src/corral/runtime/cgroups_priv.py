@@ -6,6 +6,9 @@ Two drivers behind one small interface:
 * ``HybridCgroups`` — controllers on v1 hierarchies (memory, pids, cpu, cpuacct) plus the cgroup2
   mount without controllers, still used for ``cgroup.kill`` (hosts like Debian with systemd hybrid).
 
+Pausing a sandbox is cgroup2's ``cgroup.freeze`` in both: the sandbox's own group on v2, its group
+in the controller-less cgroup2 mount on hybrid hosts.
+
 Every sandbox gets ``corral/<instance>/<sandbox id>`` in each hierarchy, where the instance names one
 server (one data dir), so servers sharing a host never touch each other's sandboxes. ``detect()`` picks the driver and
 raises ``CgroupUnavailable`` naming what is missing. Not thread-safe per sandbox: the caller owns a
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pathlib import Path
 ROOT = Path("/sys/fs/cgroup")
 GROUP = "corral"
 CPU_PERIOD_US = 100_000
+FREEZE_TIMEOUT = 10.0
 
 
 class CgroupUnavailable(RuntimeError):
@@ -64,12 +69,39 @@ def _keyed(text: str) -> dict[str, int]:
     return out
 
 
+def _set_frozen(group: Path, frozen: bool, timeout: float | None = None) -> None:
+    """Write cgroup2's ``cgroup.freeze`` and wait until ``cgroup.events`` reports the new state.
+
+    The kernel signals a change of ``cgroup.events`` as POLLPRI, so this waits without polling
+    the file in a loop. Freezing that does not settle in ``timeout`` is undone and raises.
+    """
+    timeout = FREEZE_TIMEOUT if timeout is None else timeout
+    want = f"frozen {int(frozen)}"
+    _write(group / "cgroup.freeze", str(int(frozen)))
+    deadline = time.monotonic() + timeout
+    with open(group / "cgroup.events") as events:
+        poller = select.poll()
+        poller.register(events, select.POLLPRI)
+        while want not in events.read().splitlines():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if frozen:
+                    _write(group / "cgroup.freeze", "0")
+                raise TimeoutError(f"{group}: not {'frozen' if frozen else 'thawed'} after {timeout:.0f}s")
+            poller.poll(left * 1000)
+            events.seek(0)
+
+
 def _kill_and_rmdir(path: Path) -> None:
     """Kill every process in a cgroup directory, then remove it (children first)."""
     if not path.is_dir():
         return
     for child in [p for p in path.iterdir() if p.is_dir()]:
         _kill_and_rmdir(child)
+    freeze_file = path / "cgroup.freeze"  # a paused sandbox: thawed, so its processes can exit
+    if freeze_file.exists():
+        with contextlib.suppress(OSError):
+            _write(freeze_file, "0")
     kill_file = path / "cgroup.kill"
     if kill_file.exists():
         with contextlib.suppress(OSError):
@@ -113,6 +145,17 @@ class Cgroups:
     def attach(self, sandbox_id: str, pid: int) -> None:
         for base in self.hierarchies():
             _write(self.group(base) / sandbox_id / "cgroup.procs", str(pid))
+
+    def freezer(self, sandbox_id: str) -> Path:
+        """The cgroup2 group whose ``cgroup.freeze`` pauses this sandbox."""
+        raise NotImplementedError
+
+    def freeze(self, sandbox_id: str) -> None:
+        """Stop every process of the sandbox (cgroup2 freezer); returns once all are frozen."""
+        _set_frozen(self.freezer(sandbox_id), True)
+
+    def thaw(self, sandbox_id: str) -> None:
+        _set_frozen(self.freezer(sandbox_id), False)
 
     def remove(self, sandbox_id: str) -> None:
         """Kill everything left in the sandbox's cgroups and delete them. Idempotent."""
@@ -177,6 +220,11 @@ class HybridCgroups(Cgroups):
             oom_kills=oom,
         )
 
+    def freezer(self, sandbox_id: str) -> Path:
+        if not (self.unified / "cgroup.procs").exists():
+            raise CgroupUnavailable(f"pausing needs the cgroup2 freezer; no cgroup2 mount at {self.unified}")
+        return self.group(self.unified) / sandbox_id
+
 
 class V2Cgroups(Cgroups):
     """A unified cgroup2 hierarchy with memory, pids and cpu controllers."""
@@ -209,6 +257,9 @@ class V2Cgroups(Cgroups):
             pids=int(_read(cg / "pids.current")),
             oom_kills=_keyed(_read(cg / "memory.events")).get("oom_kill", 0),
         )
+
+    def freezer(self, sandbox_id: str) -> Path:
+        return self.group(self.root) / sandbox_id
 
 
 def detect(root: Path = ROOT, instance: str = "default") -> Cgroups:

@@ -5,9 +5,10 @@
     ├── Unauthorized         401  missing, unknown or revoked API key
     ├── Forbidden            403  valid key, not allowed (e.g. admin-only)
     ├── NotFound             404  unknown/ended sandbox, missing file or process
-    ├── Conflict             409  e.g. the path already exists as another type
+    ├── Conflict             409  e.g. the path already exists as another type, the sandbox is paused
     ├── TooLarge             413  upload larger than the sandbox's disk
     ├── TooMany              429  sandbox limit of this server reached
+    ├── Unreachable          502  a sandbox port asked for while the sandbox is paused
     ├── Unavailable          503  runtime failure, server not ready
     └── NoSpace              507  the sandbox's disk is full
 """
@@ -49,6 +50,10 @@ class TooLarge(ServiceError):
 
 class TooMany(ServiceError):
     status = 429
+
+
+class Unreachable(ServiceError):
+    status = 502
 
 
 class Unavailable(ServiceError):

@@ -1,8 +1,9 @@
-"""Sandboxes: create, look up, list, time out, kill, metrics; reconcile with the runtime on start.
+"""Sandboxes: create, look up, list, time out, pause/resume, kill, metrics; reconcile on start.
 
 One ``SandboxService`` per server process, used from its event loop (not thread-safe). The store is
-the record; the backend holds the live sandboxes. Every live record has a timer that kills it at
-its deadline.
+the record; the backend holds the live sandboxes. Every running record has a timer that kills it at
+its deadline; a paused sandbox (frozen in place) has none: it never expires while paused, and
+resuming it sets a new deadline.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from corral.config import Settings
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
-from corral.service.errors import InvalidRequest, NotFound, TooMany, Unavailable
+from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
 from corral.store.repo import LIVE_STATES, Store, now
@@ -63,6 +64,8 @@ class SandboxService:
         self._envs: dict[str, dict[str, str]] = {}
         self._tokens: dict[str, str] = {}  # per-sandbox access token for its data plane (ports)
         self._creating = 0
+        self._paused: set[str] = set()  # frozen in place, no timer
+        self._changing: set[str] = set()  # being paused or resumed right now
         self.contexts = Contexts()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -80,7 +83,7 @@ class SandboxService:
         return cleaned
 
     async def close(self) -> None:
-        for sandbox_id in list(self._timers):
+        for sandbox_id in [*self._timers, *self._paused]:
             await self._end(sandbox_id, "ended", "server shut down")
         await self.backend.close()
 
@@ -111,7 +114,7 @@ class SandboxService:
 
     async def create(self, principal: Principal, req: CreateRequest) -> SandboxRow:
         spec = self.validate(req)
-        if len(self._timers) + self._creating >= self.settings.max_sandboxes:
+        if self.live_count() + self._creating >= self.settings.max_sandboxes:
             raise TooMany(f"this server runs at most {self.settings.max_sandboxes} sandboxes")
         timeout = self.settings.default_timeout if req.timeout is None else req.timeout
         created = now()
@@ -170,11 +173,82 @@ class SandboxService:
         if not 1 <= timeout <= self.settings.max_timeout:
             raise InvalidRequest(f"timeout: must be between 1 and {self.settings.max_timeout} seconds")
         await self.get(principal, sandbox_id)
+        if sandbox_id in self._paused:
+            raise Conflict(f"sandbox {sandbox_id} is paused and does not time out; resume it (connect) with a timeout")
         expires = now() + timedelta(seconds=timeout)
         self._schedule(sandbox_id, expires)
         row = await asyncio.to_thread(self.store.update_sandbox, sandbox_id, expires_at=expires)
         assert row is not None
         return row
+
+    async def pause(self, principal: Principal, sandbox_id: str) -> SandboxRow:
+        """Freeze every process of the sandbox and stop its timer. Conflict if already paused."""
+        row = await self.get(principal, sandbox_id)
+        self._claim(sandbox_id, row)
+        if sandbox_id in self._paused:
+            self._changing.discard(sandbox_id)
+            raise Conflict(f"sandbox {sandbox_id} is already paused")
+        try:
+            await self.backend.freeze(sandbox_id)
+        except RuntimeFailure as exc:
+            if sandbox_id not in self._timers:
+                raise NotFound(f"sandbox {sandbox_id} ended while being paused") from exc
+            raise Unavailable(str(exc)) from exc
+        finally:
+            self._changing.discard(sandbox_id)
+        timer = self._timers.pop(sandbox_id, None)
+        if timer is None:  # it ended (timeout, kill, crash) while being frozen
+            raise NotFound(f"sandbox {sandbox_id} ended while being paused")
+        timer.cancel()
+        self._paused.add(sandbox_id)
+        paused = await asyncio.to_thread(self.store.update_sandbox, sandbox_id, state="paused")
+        assert paused is not None
+        return paused
+
+    async def resume(
+        self, principal: Principal, sandbox_id: str, timeout: int | None = None
+    ) -> tuple[SandboxRow, bool]:
+        """Thaw a paused sandbox with a new deadline (now + timeout), or, if it runs, move its deadline
+        to now + timeout when that is later. Returns the record and whether it was paused."""
+        timeout = self.settings.default_timeout if timeout is None else timeout
+        if not 1 <= timeout <= self.settings.max_timeout:
+            raise InvalidRequest(f"timeout: must be between 1 and {self.settings.max_timeout} seconds")
+        row = await self.get(principal, sandbox_id)
+        expires = now() + timedelta(seconds=timeout)
+        if sandbox_id not in self._paused:
+            current = utc(row.expires_at)
+            if sandbox_id not in self._timers or (current is not None and current >= expires):
+                return row, False
+            self._schedule(sandbox_id, expires)
+            longer = await asyncio.to_thread(self.store.update_sandbox, sandbox_id, expires_at=expires)
+            assert longer is not None
+            return longer, False
+        self._claim(sandbox_id, row)
+        try:
+            await self.backend.thaw(sandbox_id)
+        except RuntimeFailure as exc:
+            if sandbox_id not in self._paused:
+                raise NotFound(f"sandbox {sandbox_id} ended while being resumed") from exc
+            raise Unavailable(str(exc)) from exc
+        finally:
+            self._changing.discard(sandbox_id)
+        if sandbox_id not in self._paused:  # killed while being thawed
+            raise NotFound(f"sandbox {sandbox_id} ended while being resumed")
+        self._paused.discard(sandbox_id)
+        self._schedule(sandbox_id, expires)
+        resumed = await asyncio.to_thread(
+            self.store.update_sandbox, sandbox_id, state="running", expires_at=expires
+        )
+        assert resumed is not None
+        return resumed, True
+
+    def is_paused(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._paused
+
+    def _claim(self, sandbox_id: str, row: SandboxRow) -> None:
+        if row.state == "starting" or sandbox_id in self._changing:
+            raise Conflict(f"sandbox {sandbox_id} is changing state ({row.state}); try again")
+        self._changing.add(sandbox_id)
 
     async def metrics(self, principal: Principal, sandbox_id: str) -> SandboxUsage:
         await self.get(principal, sandbox_id)
@@ -185,6 +259,8 @@ class SandboxService:
 
     async def agent(self, principal: Principal, sandbox_id: str) -> AgentClient:
         await self.get(principal, sandbox_id)
+        if sandbox_id in self._paused:
+            raise Conflict(f"sandbox {sandbox_id} is paused; resume it (connect) first")
         return self.backend.agent(sandbox_id)
 
     def oom_counter(self, sandbox_id: str) -> Callable[[], Awaitable[int]]:
@@ -230,6 +306,7 @@ class SandboxService:
         timer = self._timers.pop(sandbox_id, None)
         if timer is not None:
             timer.cancel()
+        self._paused.discard(sandbox_id)
         self._envs.pop(sandbox_id, None)
         self._tokens.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
@@ -240,7 +317,7 @@ class SandboxService:
             log.exception("destroying sandbox %s failed; the next start's reconcile will retry", sandbox_id)
 
     def live_count(self) -> int:
-        return len(self._timers)
+        return len(self._timers) + len(self._paused)
 
 
 def describe(row: SandboxRow) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class SandboxRow(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     template: Mapped[str] = mapped_column(String(200))
-    state: Mapped[str] = mapped_column(String(16), index=True)  # starting | running | ended | failed
+    state: Mapped[str] = mapped_column(String(16), index=True)  # starting | running | paused | ended | failed
     owner_key_id: Mapped[str] = mapped_column(String(32), index=True)
     node: Mapped[str] = mapped_column(String(200), default="local")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

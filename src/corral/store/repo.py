@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from corral.store.models import ApiKeyRow, Base, SandboxRow, TemplateRow
 
-LIVE_STATES = ("starting", "running")
+LIVE_STATES = ("starting", "running", "paused")
 
 
 def now() -> datetime:
