@@ -8,6 +8,7 @@ raises for our error answers.
 from __future__ import annotations
 
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,15 @@ from e2b import (
 )
 from e2b_code_interpreter import Sandbox as CodeSandbox
 
-from conftest import Server
+from conftest import (
+    Server,
+    corral_cgroups,
+    make_data_dir,
+    mounts_under,
+    remove_data_dir,
+    sandbox_processes,
+    start_server,
+)
 from corral.config import Settings
 
 
@@ -212,6 +221,28 @@ def test_paused_sandbox_outlives_its_deadline(e2b_env: Server) -> None:
     finally:
         paused.kill()
         witness.kill()
+
+
+def test_paused_sandboxes_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server crashing with a paused (frozen) sandbox, and one stopping cleanly with one."""
+    data = make_data_dir()
+    try:
+        first = start_server(data)
+        monkeypatch.setenv("E2B_API_URL", first.url)
+        monkeypatch.setenv("E2B_API_KEY", first.api_key)
+        assert Sandbox.create(timeout=300).pause() is True
+        first.stop(signal.SIGKILL)  # no cleanup code runs
+        second = start_server(data, api_key=first.api_key)
+        try:
+            assert (mounts_under(data), corral_cgroups(data), sandbox_processes(data)) == ([], [], [])
+            monkeypatch.setenv("E2B_API_URL", second.url)
+            assert Sandbox.list().next_items() == []
+            assert Sandbox.create(timeout=300).pause() is True
+        finally:
+            second.stop()
+        assert (mounts_under(data), corral_cgroups(data), sandbox_processes(data)) == ([], [], [])
+    finally:
+        remove_data_dir(data)
 
 
 def test_pause_unknown_sandbox(e2b_env: Server) -> None:
