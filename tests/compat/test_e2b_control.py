@@ -19,6 +19,7 @@ import pytest
 from e2b import (
     AuthenticationException,
     NotFoundException,
+    RateLimitException,
     Sandbox,
     SandboxException,
     SandboxNotFoundException,
@@ -241,6 +242,27 @@ def test_paused_sandboxes_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) 
         finally:
             second.stop()
         assert (mounts_under(data), corral_cgroups(data), sandbox_processes(data)) == ([], [], [])
+    finally:
+        remove_data_dir(data)
+
+
+def test_sandbox_limit_is_a_rate_limit_and_counts_paused_sandboxes(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_data_dir()
+    try:
+        srv = start_server(data, CORRAL_MAX_SANDBOXES="1")
+        try:
+            monkeypatch.setenv("E2B_API_URL", srv.url)
+            monkeypatch.setenv("E2B_API_KEY", srv.api_key)
+            only = Sandbox.create(timeout=60)
+            with pytest.raises(RateLimitException, match="at most 1"):
+                Sandbox.create(timeout=60)
+            assert only.pause() is True
+            with pytest.raises(RateLimitException):  # a paused sandbox still holds its memory and disk
+                Sandbox.create(timeout=60)
+            assert only.kill() is True
+            assert Sandbox.create(timeout=60).kill() is True
+        finally:
+            srv.stop()
     finally:
         remove_data_dir(data)
 
