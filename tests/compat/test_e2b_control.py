@@ -133,6 +133,11 @@ def test_list_filters_by_metadata_and_pages(e2b_env: Server, sbx: Sandbox) -> No
         assert [s.sandbox_id for s in odd] == [mine[1].sandbox_id]
         ascending = Sandbox.list(query=SandboxQuery(metadata={"suite": tag}), order="asc").next_items()
         assert [s.metadata["n"] for s in ascending] == ["0", "1", "2"]
+        hour = timedelta(hours=1)
+        recent = SandboxQuery(metadata={"suite": tag}, started_after=datetime.now(UTC) - hour, template="base")
+        assert len(Sandbox.list(query=recent).next_items()) == 3
+        future = SandboxQuery(metadata={"suite": tag}, started_after=datetime.now(UTC) + hour)
+        assert Sandbox.list(query=future).next_items() == []
         everyone = {s.sandbox_id for s in Sandbox.list().next_items()}
         assert sbx.sandbox_id in everyone and {s.sandbox_id for s in mine} <= everyone
     finally:

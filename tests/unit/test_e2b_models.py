@@ -87,3 +87,6 @@ def test_filters_by_state_template_and_start() -> None:
     assert ids(states=["paused"]) == ["p" * 20]
     assert ids(template="code-interpreter-v1") == ["c" * 20]
     assert ids(started_after=T0 + timedelta(minutes=4), order="asc") == ["p" * 20, "c" * 20]
+    many = [row(f"m{i:019d}", minute=i) for i in range(150)]
+    assert len(e2b.select(many, e2b.list_query())) == 150  # the unpaged v1 listing
+    assert len(e2b.page(many, e2b.list_query())[0]) == e2b.MAX_PAGE

@@ -170,10 +170,8 @@ def _decode_token(token: str) -> tuple[str, str]:
     return started, sandbox_id
 
 
-def page(rows: Iterable[SandboxRow], q: ListQuery) -> tuple[list[SandboxRow], str | None]:
-    """Filter, order by start time (then id) and cut one page; returns it and the next token
-    (None on the last page). The cursor is the last item's key, so a page never repeats or skips
-    a sandbox that existed when the listing started."""
+def select(rows: Iterable[SandboxRow], q: ListQuery) -> list[SandboxRow]:
+    """The rows matching the filters, ordered by start time (then id); no paging."""
     chosen = [
         r for r in rows
         if state(r) in q.states
@@ -182,6 +180,13 @@ def page(rows: Iterable[SandboxRow], q: ListQuery) -> tuple[list[SandboxRow], st
         and (q.started_after is None or (utc(r.created_at) or q.started_after) >= q.started_after)
     ]
     chosen.sort(key=_key, reverse=q.order == "desc")
+    return chosen
+
+
+def page(rows: Iterable[SandboxRow], q: ListQuery) -> tuple[list[SandboxRow], str | None]:
+    """One page of ``select`` and the next token (None on the last page). The cursor is the last
+    item's key, so a page never repeats or skips a sandbox that existed when the listing started."""
+    chosen = select(rows, q)
     if q.after is not None:
         after = q.after
         chosen = [r for r in chosen if (_key(r) > after if q.order == "asc" else _key(r) < after)]

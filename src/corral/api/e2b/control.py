@@ -74,8 +74,7 @@ async def list_running(
 ) -> list[dict[str, Any]]:
     """The deprecated v1 listing: running sandboxes only, no paging."""
     rows = await svc.sandboxes.list(who)
-    chosen, _ = e2b.page(rows, e2b.list_query(metadata=metadata, states=["running"]))
-    return [e2b.listed(r) for r in chosen]
+    return [e2b.listed(r) for r in e2b.select(rows, e2b.list_query(metadata=metadata, states=["running"]))]
 
 
 @router.get("/v2/sandboxes")
