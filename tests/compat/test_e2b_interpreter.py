@@ -1,18 +1,25 @@
 """E2B code interpreter (sandbox port 49999) against the official ``e2b_code_interpreter`` SDK, unmodified.
 
 The SDK reaches the server through ``E2B_API_URL`` / ``E2B_SANDBOX_URL`` (one port, header routing).
-These tests speak the wire protocol directly (status codes, plain-text error bodies, the NDJSON
-stream), on a sandbox made through the native API.
+The first tests speak the wire protocol directly (status codes, plain-text error bodies, the NDJSON
+stream), on a sandbox made through the native API; the rest drive the SDK, whose sandboxes come
+from the E2B control plane (template ``code-interpreter-v1``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
+from e2b import InvalidArgumentException, NotFoundException, TimeoutException
+from e2b_code_interpreter import AsyncSandbox, Context, OutputMessage, Result, Sandbox
 
 from conftest import Server
 
@@ -116,6 +123,20 @@ def test_unknown_sandbox_and_missing_token(server: Server, native_sandbox: str) 
     assert denied.status_code == 401 and denied.headers["content-type"].startswith("text/plain")
 
 
+def test_contexts_belong_to_their_sandbox(server: Server, port: httpx.Client) -> None:
+    ctx = port.post("/contexts", json={}).json()["id"]
+    with server.client() as api:
+        other = api.post("/v1/sandboxes", json={"template": "code-interpreter", "timeout": 60}).json()["id"]
+        try:
+            headers = {"E2b-Sandbox-Id": other, "E2b-Sandbox-Port": PORT, "X-API-Key": server.api_key}
+            r = httpx.post(f"{server.url}/execute", json={"code": "1", "context_id": ctx}, headers=headers)
+            assert r.status_code == 404 and r.text == f"Context {ctx} not found"
+            assert httpx.delete(f"{server.url}/contexts/{ctx}", headers=headers).status_code == 404
+        finally:
+            api.delete(f"/v1/sandboxes/{other}")
+    assert port.delete(f"/contexts/{ctx}").status_code == 200
+
+
 def test_closing_the_stream_interrupts_the_cell(port: httpx.Client) -> None:
     ctx = port.post("/contexts", json={}).json()["id"]
     lines(port, {"code": "kept = 5", "context_id": ctx})
@@ -126,3 +147,160 @@ def test_closing_the_stream_interrupts_the_cell(port: httpx.Client) -> None:
     after = lines(port, {"code": "kept", "context_id": ctx})
     assert next(e for e in after if e["type"] == "result")["text"] == "5"
     assert time.monotonic() - started < 30
+
+
+# -- the official Python SDK ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def e2b_env(server: Server) -> Iterator[None]:
+    """Point the unmodified SDK at this server, as a user would (environment variables only)."""
+    saved = {k: os.environ.get(k) for k in ("E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DEBUG",
+                                             "E2B_DOMAIN")}
+    os.environ.update(E2B_API_KEY=server.api_key, E2B_API_URL=server.url, E2B_SANDBOX_URL=server.url)
+    os.environ.pop("E2B_DEBUG", None)
+    os.environ.pop("E2B_DOMAIN", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def sbx(e2b_env: None) -> Iterator[Sandbox]:
+    sandbox = Sandbox.create(timeout=600, envs={"FROM_SANDBOX": "sbx"})  # template code-interpreter-v1
+    yield sandbox
+    sandbox.kill()
+
+
+def test_run_code_keeps_state_and_collects_output(sbx: Sandbox) -> None:
+    sbx.run_code("x = 1")
+    ex = sbx.run_code("print(x); x + 41")
+    assert ex.logs.stdout == ["1\n"] and ex.logs.stderr == [] and ex.text == "42" and ex.error is None
+    assert ex.execution_count is not None and ex.execution_count >= 2
+    stderr = sbx.run_code("import sys; print('oops', file=sys.stderr)")
+    assert stderr.logs.stderr == ["oops\n"]
+
+
+def test_errors_are_data(sbx: Sandbox) -> None:
+    ex = sbx.run_code("1/0")
+    assert ex.error is not None and ex.error.name == "ZeroDivisionError"
+    assert ex.error.value == "division by zero" and "ZeroDivisionError" in ex.error.traceback
+    assert ex.results == []
+    assert sbx.run_code("def broken(:").error.name == "SyntaxError"
+    assert sbx.run_code("1 + 1").text == "2"  # the context survived
+
+
+def test_rich_results(sbx: Sandbox) -> None:
+    table = sbx.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})")
+    main = table.results[0]
+    assert main.is_main_result and "<table" in (main.html or "") and "a" in (main.text or "")
+    assert "html" in main.formats() and "text" in main.formats()
+    plot = sbx.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.show()")
+    images = [r for r in plot.results if r.png]
+    assert len(images) == 1 and not images[0].is_main_result
+    assert base64.b64decode(images[0].png).startswith(b"\x89PNG\r\n\x1a\n")
+    shown = sbx.run_code("from IPython.display import display, Markdown\ndisplay(Markdown('**hi**'))\n3")
+    assert [r.markdown for r in shown.results if not r.is_main_result] == ["**hi**"] and shown.text == "3"
+
+
+def test_streaming_callbacks(sbx: Sandbox) -> None:
+    out: list[OutputMessage] = []
+    err: list[OutputMessage] = []
+    results: list[Result] = []
+    errors: list[object] = []
+    code = ("import sys, time\nprint('one', flush=True)\ntime.sleep(0.3)\nprint('two', file=sys.stderr)\n"
+            "from IPython.display import display, HTML\ndisplay(HTML('<b>x</b>'))\n'done'")
+    ex = sbx.run_code(code, on_stdout=out.append, on_stderr=err.append, on_result=results.append,
+                      on_error=errors.append)
+    assert [m.line for m in out] == ["one\n"] and [m.line for m in err] == ["two\n"]
+    assert not out[0].error and err[0].error
+    assert datetime.fromisoformat(str(out[0].timestamp)).tzinfo is not None  # ISO 8601, as E2B's server sends
+    assert [r.html for r in results if r.html] == ["<b>x</b>"] and ex.text == "done"
+    assert errors == []
+    sbx.run_code("raise ValueError('bad')", on_error=errors.append)
+    assert [e.name for e in errors] == ["ValueError"]  # type: ignore[attr-defined]
+
+
+def test_env_vars(sbx: Sandbox) -> None:
+    code = "import os; (os.environ.get('FROM_SANDBOX'), os.environ.get('FROM_CALL'))"
+    assert sbx.run_code(code, envs={"FROM_CALL": "call"}).text == "('sbx', 'call')"
+    assert sbx.run_code(code).text == "('sbx', None)"
+
+
+def test_javascript_typescript_and_bash(sbx: Sandbox) -> None:
+    js = sbx.create_code_context(language="js")
+    assert js.language == "javascript" and js.cwd == "/home/user"
+    sbx.run_code("const a = 20", context=js)
+    ex = sbx.run_code("console.log('log'); a + 1", context=js)
+    assert ex.text == "21" and ex.logs.stdout == ["log\n"]
+    assert sbx.run_code("nope()", context=js).error.name == "ReferenceError"
+    assert sbx.run_code("const n: number = 4; n * 2", language="ts").text == "8"
+    assert sbx.run_code("[1, 2].map(x => x * 2)", language="javascript").text == "[ 2, 4 ]"
+    bash = sbx.create_code_context(language="bash", cwd="/tmp")
+    sbx.run_code("export GREETING=hello", context=bash)
+    ex = sbx.run_code('echo "$GREETING from $(pwd)"', context=bash)
+    assert ex.logs.stdout == ["hello from /tmp\n"] and ex.error is None
+
+
+def test_contexts_list_restart_remove(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context(cwd="/tmp")
+    assert ctx.language == "python" and ctx.cwd == "/tmp"
+    assert sbx.run_code("import os; os.getcwd()", context=ctx).text == "/tmp"
+    listed = sbx.list_code_contexts()
+    assert ctx.id in [c.id for c in listed]
+    assert {"python", "javascript"} <= {c.language for c in listed}
+    sbx.run_code("y = 3", context=ctx)
+    sbx.restart_code_context(ctx)
+    assert sbx.run_code("y", context=ctx).error.name == "NameError"  # a restart loses the state
+    sbx.remove_code_context(ctx.id)
+    assert ctx.id not in [c.id for c in sbx.list_code_contexts()]
+    with pytest.raises(NotFoundException, match=f"Context {ctx.id} not found"):
+        sbx.run_code("1", context=ctx)
+
+
+def test_unknown_context_is_not_found(sbx: Sandbox) -> None:
+    ghost = Context("nosuchcontext", "python", "/home/user")
+    with pytest.raises(NotFoundException, match="Context nosuchcontext not found"):
+        sbx.run_code("1", context=ghost)
+    with pytest.raises(NotFoundException):
+        sbx.restart_code_context(ghost)
+    with pytest.raises(NotFoundException):
+        sbx.remove_code_context("nosuchcontext")
+    with pytest.raises(InvalidArgumentException):  # checked by the SDK before any request
+        sbx.run_code("1", language="python", context=ghost)  # type: ignore[call-overload]
+
+
+def test_timeout_interrupts_and_the_context_stays_usable(sbx: Sandbox) -> None:
+    ctx = sbx.create_code_context()
+    sbx.run_code("kept = 'yes'", context=ctx)
+    started = time.monotonic()
+    with pytest.raises(TimeoutException):
+        sbx.run_code("import time; time.sleep(60)", context=ctx, timeout=2)
+    assert time.monotonic() - started < 10
+    ex = sbx.run_code("kept", context=ctx, timeout=30)  # the hung-up cell was interrupted, state kept
+    assert ex.text == "yes"
+    assert time.monotonic() - started < 30
+
+
+def test_code_runs_as_user_in_home(sbx: Sandbox) -> None:
+    ex = sbx.run_code("import getpass, os; (getpass.getuser(), os.getcwd())")
+    assert ex.text == "('user', '/home/user')"
+
+
+def test_async_sandbox(e2b_env: None) -> None:
+    async def main() -> None:
+        sandbox = await AsyncSandbox.create(timeout=120)
+        try:
+            chunks: list[str] = []
+            ex = await sandbox.run_code("for i in range(3): print(i)", on_stdout=lambda m: chunks.append(m.line))
+            assert "".join(ex.logs.stdout) == "0\n1\n2\n" and "".join(chunks) == "0\n1\n2\n"
+            ctx = await sandbox.create_code_context(language="javascript")
+            assert (await sandbox.run_code("1 + 1", context=ctx)).text == "2"
+            with pytest.raises(NotFoundException):
+                await sandbox.run_code("1", context=Context("nope", "python", "/"))
+        finally:
+            await sandbox.kill()
+
+    asyncio.run(main())
