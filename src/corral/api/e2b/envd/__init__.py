@@ -37,14 +37,19 @@ def create_envd_app() -> FastAPI:
     @app.exception_handler(SandboxGone)
     async def sandbox_gone(_: Request, exc: SandboxGone) -> JSONResponse:
         # E2B's edge proxy: the SDKs read "was not found" in a 502 as "the sandbox is not running"
-        body = {"sandboxId": exc.sandbox_id, "message": "The sandbox was not found", "code": 502}
+        message = "The sandbox was not found" + (f": {exc.why}" if exc.why else "")
+        body = {"sandboxId": exc.sandbox_id, "message": message, "code": 502}
         return JSONResponse(body, status_code=502)
 
     @app.get("/health")
     async def health(request: Request, svc: ServicesDep) -> Response:
-        """Needs no credentials (like envd's); 502 once the sandbox is gone (like E2B's edge)."""
-        if svc.sandboxes.access_token(sandbox_of(request)) is None:
-            raise SandboxGone(sandbox_of(request))
+        """Needs no credentials (like envd's); 502 once the sandbox is gone or while it is paused
+        (like E2B's edge: the SDKs' ``is_running()`` is then False)."""
+        sandbox_id = sandbox_of(request)
+        if svc.sandboxes.access_token(sandbox_id) is None:
+            raise SandboxGone(sandbox_id)
+        if svc.sandboxes.is_paused(sandbox_id):
+            raise SandboxGone(sandbox_id, "it is paused (connect to resume it)")
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
     @app.get("/envs")

@@ -18,15 +18,16 @@ import time
 from fastapi import Request
 
 from corral.api.deps import SandboxCaller, Services, ServicesDep, sandbox_caller
-from corral.service.errors import NotFound, Unauthorized
+from corral.service.errors import NotFound, Unauthorized, Unreachable
 
 
 class SandboxGone(Exception):
-    """Traffic for a sandbox that is unknown or no longer running."""
+    """Traffic for a sandbox that is unknown, no longer running, or paused (`why` says which)."""
 
-    def __init__(self, sandbox_id: str) -> None:
+    def __init__(self, sandbox_id: str, why: str = "") -> None:
         super().__init__(sandbox_id)
         self.sandbox_id = sandbox_id
+        self.why = why
 
 
 def sandbox_of(request: Request) -> str:
@@ -58,6 +59,8 @@ async def authorize(request: Request, services: Services, operation: str) -> str
     token = services.sandboxes.access_token(sandbox_id)
     if token is None:
         raise SandboxGone(sandbox_id)
+    if services.sandboxes.is_paused(sandbox_id):
+        raise Unreachable(f"sandbox {sandbox_id} is paused; connect to resume it")
     raw_expiration = query.get("signature_expiration")
     expiration = int(raw_expiration) if raw_expiration and raw_expiration.isdigit() else None
     if raw_expiration is None or expiration is not None:
