@@ -29,11 +29,13 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from corral.agent.client import AgentClient
 from corral.api.deps import Services, ServicesDep, sandbox_caller
+from corral.api.e2b import gone
+from corral.api.e2b.gone import SandboxGone
 from corral.api.streaming import event_response
 from corral.service.contexts import Context, Contexts, normalise_language
 from corral.service.errors import NotFound, ServiceError
@@ -64,14 +66,6 @@ class PlainError(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
-
-
-class SandboxGone(Exception):
-    """Traffic for a sandbox that is unknown or no longer running (E2B's edge answers 502)."""
-
-    def __init__(self, sandbox_id: str) -> None:
-        super().__init__(sandbox_id)
-        self.sandbox_id = sandbox_id
 
 
 @contextlib.contextmanager
@@ -127,10 +121,7 @@ def create_interpreter_app() -> FastAPI:
     async def plain_error(_: Request, exc: PlainError) -> PlainTextResponse:
         return PlainTextResponse(exc.text, status_code=exc.status)
 
-    @app.exception_handler(SandboxGone)
-    async def sandbox_gone(_: Request, exc: SandboxGone) -> JSONResponse:
-        body = {"sandboxId": exc.sandbox_id, "message": "The sandbox was not found", "code": 502}
-        return JSONResponse(body, status_code=502)
+    gone.install(app)
 
     @app.get("/health")
     async def health() -> PlainTextResponse:

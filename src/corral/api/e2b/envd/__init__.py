@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 
 from corral.api.deps import SandboxCaller, ServicesDep
+from corral.api.e2b import gone
+from corral.api.e2b.gone import SandboxGone
 
 from . import files, filesystem, process, rpc
-from .access import SandboxGone, caller, sandbox_of
+from .access import caller, sandbox_of
 from .connect import ConnectError, error_response
 from .process import global_envs
 from .state import State
@@ -34,12 +35,7 @@ def create_envd_app() -> FastAPI:
     state = State()  # watchers end with their sandboxes; the router sends sub-apps no lifespan events
     app = FastAPI(title="Corral envd", openapi_url=None, docs_url=None, redoc_url=None)
 
-    @app.exception_handler(SandboxGone)
-    async def sandbox_gone(_: Request, exc: SandboxGone) -> JSONResponse:
-        # E2B's edge proxy: the SDKs read "was not found" in a 502 as "the sandbox is not running"
-        message = "The sandbox was not found" + (f": {exc.why}" if exc.why else "")
-        body = {"sandboxId": exc.sandbox_id, "message": message, "code": 502}
-        return JSONResponse(body, status_code=502)
+    gone.install(app)
 
     @app.get("/health")
     async def health(request: Request, svc: ServicesDep) -> Response:

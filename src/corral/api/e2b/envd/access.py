@@ -18,16 +18,8 @@ import time
 from fastapi import Request
 
 from corral.api.deps import SandboxCaller, Services, ServicesDep, sandbox_caller
+from corral.api.e2b.gone import SandboxGone
 from corral.service.errors import NotFound, Unauthorized, Unreachable
-
-
-class SandboxGone(Exception):
-    """Traffic for a sandbox that is unknown, no longer running, or paused (`why` says which)."""
-
-    def __init__(self, sandbox_id: str, why: str = "") -> None:
-        super().__init__(sandbox_id)
-        self.sandbox_id = sandbox_id
-        self.why = why
 
 
 def sandbox_of(request: Request) -> str:
