@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from corral.templates.dockerfile import Instruction
+from corral.templates.instructions import Instruction
 
 _GLOB = re.compile(r"[*?\[\\]")
 _CHUNK = 1 << 20
