@@ -163,7 +163,8 @@ class Contexts:
         deadline = loop.time() + timeout if timeout > 0 else None
         timed_out = False
         while True:
-            wait = KEEPALIVE if deadline is None else max(0.0, min(KEEPALIVE, deadline - loop.time()))
+            step = 1.0 if timed_out else KEEPALIVE  # once interrupted, re-interrupt each second until it ends
+            wait = step if deadline is None else max(0.0, min(step, deadline - loop.time()))
             try:
                 event = await asyncio.wait_for(ctx.cell.get(), wait)
             except TimeoutError:
@@ -173,6 +174,8 @@ class Contexts:
                     timed_out = True
                     await self._interrupt(agent, ctx)
                     deadline = loop.time() + INTERRUPT_GRACE
+                elif timed_out and deadline is not None and loop.time() < deadline:
+                    await self._interrupt(agent, ctx)  # a SIGINT that landed before the cell ran is lost
                 elif timed_out and deadline is not None and loop.time() >= deadline:
                     await self._stop(agent, ctx)  # it ignored the interrupt: state is lost
                     yield _error("ExecutionTimeout", f"execution exceeded {timeout:g}s and did not stop when "
@@ -196,14 +199,24 @@ class Contexts:
                 return
 
     async def _abandon(self, agent: AgentClient, ctx: Context) -> None:
+        """The caller left mid-cell: interrupt it (again each second: a SIGINT that lands before the
+        runtime starts the cell is lost), drain its events; if it will not stop, restart the driver."""
         try:
-            await self._interrupt(agent, ctx)
             queue = ctx.cell
-            if queue is not None:
+            ended = queue is None
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + INTERRUPT_GRACE
+            while not ended and loop.time() < give_up:
+                await self._interrupt(agent, ctx)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(INTERRUPT_GRACE):
-                        while (event := await queue.get()) is not None and event["type"] != "end_of_execution":
-                            pass
+                    async with asyncio.timeout(1.0):
+                        while True:
+                            event = await queue.get()  # type: ignore[union-attr]
+                            if event is None or event["type"] == "end_of_execution":
+                                ended = True
+                                break
+            if not ended:
+                await self._stop(agent, ctx)  # the next cell gets a fresh runtime rather than a wait
         finally:
             ctx.cell = None
             ctx.lock.release()
