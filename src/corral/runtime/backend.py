@@ -57,6 +57,10 @@ class Backend(Protocol):
 
     async def usage(self, sandbox_id: str) -> SandboxUsage: ...
 
+    async def oom_kills(self, sandbox_id: str) -> int:
+        """Processes killed by the sandbox's memory limit so far (cheap: read per command)."""
+        ...
+
     async def freeze(self, sandbox_id: str) -> None:
         """Stop every process of the sandbox in place (pause); memory and disk stay as they are."""
         ...

@@ -128,6 +128,13 @@ class BwrapBackend:
             disk_limit_bytes=disk_total, pids=use.pids, oom_kills=use.oom_kills,
         )
 
+    async def oom_kills(self, sandbox_id: str) -> int:
+        self._require(sandbox_id)
+        try:
+            return await asyncio.to_thread(self.cgroups.oom_kills, sandbox_id)
+        except OSError as exc:
+            raise RuntimeFailure(f"sandbox {sandbox_id}: memory events unreadable: {exc}") from exc
+
     async def freeze(self, sandbox_id: str) -> None:
         live = self._require(sandbox_id)
         try:

@@ -142,6 +142,10 @@ class Cgroups:
     def usage(self, sandbox_id: str) -> Usage:
         raise NotImplementedError
 
+    def oom_kills(self, sandbox_id: str) -> int:
+        """How many processes the memory limit has killed (one file read: cheap enough per command)."""
+        raise NotImplementedError
+
     def attach(self, sandbox_id: str, pid: int) -> None:
         for base in self.hierarchies():
             _write(self.group(base) / sandbox_id / "cgroup.procs", str(pid))
@@ -212,13 +216,16 @@ class HybridCgroups(Cgroups):
 
     def usage(self, sandbox_id: str) -> Usage:
         mem = self.group(self.root / "memory") / sandbox_id
-        oom = _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
         return Usage(
             cpu_seconds=int(_read(self.group(self.root / "cpuacct") / sandbox_id / "cpuacct.usage")) / 1e9,
             memory_bytes=int(_read(mem / "memory.usage_in_bytes")),
             pids=int(_read(self.group(self.root / "pids") / sandbox_id / "pids.current")),
-            oom_kills=oom,
+            oom_kills=self.oom_kills(sandbox_id),
         )
+
+    def oom_kills(self, sandbox_id: str) -> int:
+        mem = self.group(self.root / "memory") / sandbox_id
+        return _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
 
     def freezer(self, sandbox_id: str) -> Path:
         if not (self.unified / "cgroup.procs").exists():
@@ -255,8 +262,11 @@ class V2Cgroups(Cgroups):
             cpu_seconds=_keyed(_read(cg / "cpu.stat")).get("usage_usec", 0) / 1e6,
             memory_bytes=int(_read(cg / "memory.current")),
             pids=int(_read(cg / "pids.current")),
-            oom_kills=_keyed(_read(cg / "memory.events")).get("oom_kill", 0),
+            oom_kills=self.oom_kills(sandbox_id),
         )
+
+    def oom_kills(self, sandbox_id: str) -> int:
+        return _keyed(_read(self.group(self.root) / sandbox_id / "memory.events")).get("oom_kill", 0)
 
     def freezer(self, sandbox_id: str) -> Path:
         return self.group(self.root) / sandbox_id

@@ -266,7 +266,7 @@ class SandboxService:
     def oom_counter(self, sandbox_id: str) -> Callable[[], Awaitable[int]]:
         async def count() -> int:
             try:
-                return (await self.backend.usage(sandbox_id)).oom_kills
+                return await self.backend.oom_kills(sandbox_id)
             except (RuntimeFailure, OSError):
                 return 0
 
