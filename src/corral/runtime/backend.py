@@ -31,6 +31,7 @@ class SandboxSpec:
     disk_mb: int
     pids: int = 1024
     network: str = "none"  # egress policy arrives with the networking work; only "none" today
+    binds: tuple[tuple[Path, str], ...] = ()  # extra host dirs bound read-only at a path inside (builds)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class Backend(Protocol):
         ...
 
     async def destroy(self, sandbox_id: str) -> None: ...
+
+    async def commit(self, sandbox_id: str, dest: Path) -> None:
+        """End the sandbox and copy its writable layer (what it changed, whiteouts included) to ``dest``,
+        which must not exist: a template build step's result. The sandbox is gone afterwards."""
+        ...
 
     async def reconcile(self, keep: set[str]) -> list[str]:
         """Remove every sandbox this node holds that is not in ``keep``; return their ids."""

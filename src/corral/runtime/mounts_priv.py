@@ -89,6 +89,21 @@ def destroy(sandbox_dir: Path, root: Path) -> None:
         shutil.rmtree(sandbox_dir)
 
 
+def capture_upper(sandbox_dir: Path, dest: Path) -> None:
+    """Copy the sandbox's overlay upper dir (its changes: files, whiteout devices, opaque xattrs,
+    owners) to ``dest`` as a template layer, minus ``/.corral`` (the runtime's reserved mount points).
+    The sandbox's processes must be gone. ``dest`` must not exist; its parent must."""
+    upper = sandbox_dir / "disk" / "upper"
+    if not upper.is_dir():
+        raise MountError(f"{upper} is missing; nothing to capture")
+    _run(["cp", "-a", "--no-target-directory", str(upper), str(dest)])
+    reserved = dest / ".corral"
+    if reserved.is_symlink() or reserved.is_file():
+        reserved.unlink()
+    elif reserved.exists():
+        shutil.rmtree(reserved)
+
+
 def mounted_under(base: Path) -> list[Path]:
     """Mount points below ``base`` (to find leftovers of a crash)."""
     prefix = str(base).rstrip("/") + "/"
