@@ -124,14 +124,19 @@ def _replace(dst: str) -> None:
 
 
 def _extract(src: str, dst: str, owner: tuple[int, int] | None) -> None:
-    """ADD of a local tar archive: unpack into ``dst`` (Docker's rule), refusing members that leave it."""
+    """ADD of a local tar archive: unpack into ``dst`` (Docker's rule). Members named absolute or with
+    ``..`` are refused. (This runs inside the sandbox: whatever the archive does stays in it.)"""
     os.makedirs(dst, exist_ok=True)
     try:
         with tarfile.open(src) as archive:
             for member in archive:
+                name = member.name.lstrip("/")
+                if not name or ".." in name.split("/"):
+                    raise AgentError("invalid", f"ADD: archive member {member.name!r:.200} leaves the destination")
+                member.name = name
                 if owner is not None:
                     member.uid, member.gid = owner
                     member.uname = member.gname = ""
-                archive.extract(member, dst, filter="tar", numeric_owner=True)
+                archive.extract(member, dst, numeric_owner=True)
     except (tarfile.TarError, EOFError) as exc:
         raise AgentError("invalid", f"ADD: {os.path.basename(src)!r:.100} is not a readable archive: {exc}") from None

@@ -325,16 +325,19 @@ class BuildService:
             if error:
                 blog.emit({"type": "log", "step": None, "stream": "system", "text": f"error: {error}\n",
                            "ts": finished.timestamp()})
-            blog.emit({"type": "status", "state": state, "error": error, "ts": finished.timestamp()})
-            blog.close()
-            await asyncio.to_thread(
-                self.store.update_build, row.id, state=state, error=error, error_detail=detail,
-                finished_at=finished, steps=[s.to_json() for s in steps],
-            )
-            await asyncio.to_thread(shutil.rmtree, files, True)
-            self._running.pop(req.name, None)
-            self._logs.pop(row.id, None)
-            self._tasks.pop(row.id, None)
+            try:
+                await asyncio.to_thread(
+                    self.store.update_build, row.id, state=state, error=error, error_detail=detail,
+                    finished_at=finished, steps=[s.to_json() for s in steps],
+                )
+                await asyncio.to_thread(shutil.rmtree, files, True)
+            finally:
+                # the record is final before the log says so: a follower may read it right after
+                self._running.pop(req.name, None)
+                blog.emit({"type": "status", "state": state, "error": error, "ts": finished.timestamp()})
+                blog.close()
+                self._logs.pop(row.id, None)
+                self._tasks.pop(row.id, None)
 
     async def _base(self, ref: BaseRef, blog: BuildLog) -> BaseImage:
         if ref.kind in ("builtin", "template"):
