@@ -404,3 +404,14 @@ def test_build_sandboxes_do_not_leak(srv: Server) -> None:
     assert {p.name for p in leftovers} <= live
     assert not [b for b in (srv.data_dir / "builds").glob("*/files")]  # contexts removed after each build
     assert os.stat(srv.data_dir / "layers").st_mode & 0o077 == 0
+
+
+def test_a_deep_template_mounts_past_the_mount_option_page(api: httpx.Client) -> None:
+    """45 layers' paths overflow mount(2)'s one page of options; the new mount API takes them all."""
+    steps = "".join(f"RUN echo {i} > /step{i}\n" for i in range(45))
+    ready(api, "deep", "FROM base\n" + steps)
+    sid = sandbox(api, "deep")
+    try:
+        assert sh(api, sid, "cat /step0 /step44") == "0\n44\n"
+    finally:
+        kill(api, sid)
