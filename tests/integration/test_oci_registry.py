@@ -8,8 +8,11 @@ real overlay lower stack.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -21,7 +24,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,18 +71,20 @@ class Image:
     ref: str
 
 
-@pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
+@contextlib.contextmanager
+def running_registry(extra_config: str = "", token: str | None = None) -> Iterator[Registry]:
+    """A docker-registry on 127.0.0.1 with its storage in a temp dir; ready when /v2/ answers."""
     work = Path(tempfile.mkdtemp(prefix="corral-registry-"))
     port = free_port()
     (work / "config.yml").write_text(
         f"version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n{extra_config}"
     )
     log = open(work / "log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")], stdout=log, stderr=log)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -96,6 +103,12 @@ def registry() -> Iterator[Registry]:
         proc.wait(10)
         log.close()
         shutil.rmtree(work)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    with running_registry() as reg:
+        yield reg
 
 
 @pytest.fixture
@@ -390,3 +403,78 @@ def test_killed_pull_leaves_no_visible_layer(image: Image, store: Path) -> None:
     got = run_pull(image.ref, store)
     assert (got.layers[1] / "bin/busybox").exists()
     assert os.listdir(store / "tmp") == [], "a later pull removes a dead pull's leftovers"
+
+
+class _TokenService:
+    """A bearer-token service for a registry with token auth: RS256 JWTs signed with ``openssl``.
+
+    It hands an anonymous pull token for ``team/private`` to whoever asks with the right scope and
+    service, and counts the asks.
+    """
+
+    def __init__(self, work: Path) -> None:
+        self.key, self.cert = work / "key.pem", work / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
+                        "-out", str(self.cert), "-days", "1", "-subj", "/CN=corral-test-tokens"],
+                       check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True,
+                             capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.asks: list[dict[str, str]] = []
+        self.pull_token = self.sign("team/private", ["pull"])
+        service = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                service.asks.append(query)
+                ok = query == {"scope": "repository:team/private:pull", "service": "corral-test"}
+                body = json.dumps({"token": service.pull_token}).encode() if ok else b"{}"
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+
+    def sign(self, repo: str, actions: list[str]) -> str:
+        def part(obj: object) -> str:
+            return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+        now = int(time.time())
+        head = part({"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]})
+        claims = part({"iss": "corral-test-issuer", "sub": "", "aud": "corral-test", "exp": now + 3600,
+                       "nbf": now - 60, "iat": now, "jti": secrets.token_hex(8),
+                       "access": [{"type": "repository", "name": repo, "actions": actions}]})
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=f"{head}.{claims}".encode(),
+                             check=True, capture_output=True).stdout
+        return f"{head}.{claims}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def test_anonymous_bearer_token_auth(store: Path, tmp_path: Path) -> None:
+    tokens = _TokenService(tmp_path)
+    try:
+        auth = (f"auth:\n  token:\n    realm: {tokens.realm}\n    service: corral-test\n"
+                f"    issuer: corral-test-issuer\n    rootcertbundle: {tokens.cert}\n")
+        catalog = tokens.sign("", [])  # /v2/ only needs a valid token
+        with running_registry(auth, token=catalog) as reg:
+            reg.client.headers["Authorization"] = f"Bearer {tokens.sign('team/private', ['pull', 'push'])}"
+            img = push_image(reg, "team/private", "v1", base_tars(b"private"))
+            assert httpx.get(f"http://{reg.host}/v2/team/private/manifests/v1").status_code == 401
+            got = run_pull(img.ref, store)
+            assert got.manifest_digest == img.digest
+            assert (got.layers[1] / "etc/keep").read_bytes() == b"kept\nprivate"
+            assert len(tokens.asks) == 1, "one token serves the whole pull"
+    finally:
+        tokens.close()
