@@ -5,6 +5,7 @@ Needs root (chown to shifted ids, mknod, trusted xattrs), like the runtime's pri
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import stat
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.templates.oci import ImageConfig
+from corral.templates.oci import ImageConfig, PullError, _Ref, pull
 from corral.templates.oci_unpack_priv import UnpackError, unpack_layer
 
 OFFSET = 1_000_000
@@ -196,3 +197,24 @@ def test_image_config_parsed() -> None:
 def test_image_config_rejects_bad_shapes(raw: bytes) -> None:
     with pytest.raises(ValueError):
         ImageConfig.from_json(raw)
+
+
+def test_references_pick_host_and_scheme() -> None:
+    hub = _Ref.parse("docker.io/library/alpine:3.20")
+    assert (hub.host, hub.repository, hub.tag, hub.digest) == ("registry-1.docker.io", "library/alpine", "3.20", None)
+    assert not hub.plain_http(())
+    pinned = _Ref.parse("registry.example:5000/team/img:v1@sha256:" + "a" * 64)
+    assert (pinned.host, pinned.tag, pinned.digest) == ("registry.example:5000", "v1", "sha256:" + "a" * 64)
+    assert not pinned.plain_http(())
+    assert pinned.plain_http(["registry.example:5000"]) and pinned.plain_http(["registry.example"])
+    assert not pinned.plain_http(["other.example"])
+    for loopback in ("localhost:5000", "127.0.0.1:5000", "[::1]:5000", "localhost"):
+        assert _Ref.parse(f"{loopback}/x:1").plain_http(()), loopback
+
+
+@pytest.mark.parametrize("ref", ["alpine", "docker.io/../etc:1", "docker.io/Upper:1", "r.example/x@md5:abc",
+                                 "r.example/x:bad/tag", "r.example/x@sha256:short"])
+def test_bad_references_are_refused_without_network(ref: str, tmp_path: Path) -> None:
+    with pytest.raises(PullError, match=r"invalid reference|unsupported digest") as err:
+        asyncio.run(pull(ref, tmp_path / "store"))
+    assert str(err.value).startswith(ref)

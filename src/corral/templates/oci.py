@@ -339,7 +339,7 @@ class _Puller:
         return final / "fs"
 
     async def _download(self, desc: _Desc, path: Path) -> None:
-        digest, size = hashlib.sha256(), 0
+        digest, size, pending = hashlib.sha256(), 0, bytearray()
         async with self._get(f"/blobs/{desc.digest}", f"layer {desc.digest}") as r:
             with open(path, "wb") as f:
                 async for chunk in r.aiter_bytes():
@@ -347,7 +347,11 @@ class _Puller:
                     if size > desc.size:
                         raise self.fail(f"layer {desc.digest} is larger than its manifest says ({desc.size} bytes)")
                     digest.update(chunk)
-                    f.write(chunk)
+                    pending += chunk
+                    if len(pending) >= 4 << 20:  # disk writes off the event loop, a few MiB at a time
+                        await asyncio.to_thread(f.write, bytes(pending))
+                        pending.clear()
+                await asyncio.to_thread(f.write, bytes(pending))
         if digest.hexdigest() != desc.hex or size != desc.size:
             raise self.fail(f"digest mismatch for layer {desc.digest}")
 
