@@ -20,6 +20,11 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _host_ca_bundle() -> str | None:
+    path = "/etc/ssl/certs/ca-certificates.crt"
+    return path if os.path.exists(path) else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server needs to know at start. Immutable; pass it down, never read env later."""
@@ -40,6 +45,8 @@ class Settings:
     default_disk_mb: int = 2048
     max_sandboxes: int = 1000
     subid_base: int = 1_000_000
+    insecure_registries: tuple[str, ...] = ()  # pulled over plain HTTP (loopback registries always are)
+    ca_bundle: str | None = None  # for registries over HTTPS; default: the host's bundle
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -57,6 +64,9 @@ class Settings:
             default_timeout=_int("CORRAL_DEFAULT_TIMEOUT", 300),
             max_timeout=_int("CORRAL_MAX_TIMEOUT", 86400),
             max_sandboxes=_int("CORRAL_MAX_SANDBOXES", 1000),
+            insecure_registries=tuple(
+                r.strip() for r in os.environ.get("CORRAL_INSECURE_REGISTRIES", "").split(",") if r.strip()),
+            ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),
         )
 
     @property

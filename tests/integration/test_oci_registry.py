@@ -478,3 +478,35 @@ def test_anonymous_bearer_token_auth(store: Path, tmp_path: Path) -> None:
             assert len(tokens.asks) == 1, "one token serves the whole pull"
     finally:
         tokens.close()
+
+
+def test_template_from_a_registry_image(image: Image) -> None:
+    """FROM an image on the loopback registry: pulled, built on, and a sandbox from it runs the image's
+    busybox (no bash, no python: the agent brings its own interpreter) as the image's user and workdir."""
+    from conftest import make_data_dir, remove_data_dir, run_command, start_server
+
+    data = make_data_dir()
+    server = start_server(data)
+    try:
+        with server.client(timeout=120) as api:
+            dockerfile = f"FROM {image.ref}\nUSER root\nRUN echo built-on-busybox > /opt/app/built\nUSER 1000\n"
+            r = api.post("/v1/templates", json={"name": "from-registry", "dockerfile": dockerfile})
+            assert r.status_code == 202, r.text
+            with api.stream("GET", f"/v1/builds/{r.json()['id']}/logs") as s:
+                events = [json.loads(line) for line in s.iter_lines() if line]
+            assert events[-1]["state"] == "ready", events[-6:]
+            assert any("pulled" in e.get("text", "") for e in events)
+            config = api.get("/v1/templates/from-registry").json()["config"]
+            assert config["workdir"] == "/opt/app" and config["env"]["GREETING"] == "hi there"
+            sid = api.post("/v1/sandboxes", json={"template": "from-registry"}).json()["id"]
+            ran = run_command(api, sid, "pwd; id -u; cat built new; echo $GREETING; test -e /etc/motd || echo gone")
+            assert ran.exit_code == 0, ran.stderr
+            assert ran.stdout.split("\n") == ["/opt/app", "1000", "built-on-busybox", "new", "hi there", "gone", ""]
+            api.delete(f"/v1/sandboxes/{sid}")
+            again = api.post("/v1/templates", json={"name": "from-registry", "dockerfile": dockerfile}).json()
+            with api.stream("GET", f"/v1/builds/{again['id']}/logs") as s:
+                texts = [json.loads(line).get("text", "") for line in s.iter_lines() if line]
+            assert any("cached" in t for t in texts)
+    finally:
+        server.stop()
+        remove_data_dir(data)

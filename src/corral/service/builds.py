@@ -29,6 +29,7 @@ from corral.service.errors import Conflict, InvalidRequest, NotFound, Unavailabl
 from corral.service.templates import BUILTIN, NAME, TemplateInfo, Templates
 from corral.store.models import BuildRow, TemplateRow
 from corral.store.repo import Store, now
+from corral.templates import oci
 from corral.templates.bases import DEFAULT_PATH, BaseRef
 from corral.templates.builder import BaseImage, Builder, BuildFailed, BuildOptions, StepState
 from corral.templates.context import BuildContext, ContextError
@@ -347,10 +348,6 @@ class BuildService:
         return await self._pull(ref.name, blog)
 
     async def _pull(self, reference: str, blog: BuildLog) -> BaseImage:
-        try:
-            from corral.templates import oci
-        except ImportError:
-            raise InvalidRequest(f"FROM {reference}: pulling images from registries is not available") from None
         images = self.settings.data_dir / "images"
 
         def progress(text: str) -> None:
@@ -358,7 +355,8 @@ class BuildService:
                        "ts": now().timestamp()})
 
         try:
-            pulled = await oci.pull(reference, images, id_offset=self.settings.subid_base, on_progress=progress)
+            pulled = await oci.pull(reference, images, id_offset=self.settings.subid_base, on_progress=progress,
+                                    ca_bundle=self.settings.ca_bundle, insecure=self.settings.insecure_registries)
         except oci.PullError as exc:
             raise InvalidRequest(f"FROM {reference}: {exc}") from None
         c = pulled.config
