@@ -54,13 +54,17 @@ def context(root: Path) -> Path:
 
 
 def by_step(events: list[BuildEvent]) -> dict[int, list[str]]:
-    """Each step's events in order, as "state" (step events) or the text (output)."""
+    """Each step's events in order: its states, and its output (chunks joined) where it came."""
     seen: dict[int, list[str]] = {}
     for e in events:
         if e.step is not None and e.type == "step":
             seen.setdefault(e.step, []).append(e.state or "")
         elif e.step is not None and e.type == "log" and e.stream != "system":
-            seen.setdefault(e.step, []).append(e.text)
+            steps = seen.setdefault(e.step, [])
+            if steps and steps[-1].startswith("output: "):
+                steps[-1] += e.text
+            else:
+                steps.append("output: " + e.text)
     return seen
 
 
@@ -70,7 +74,7 @@ def test_build_from_a_directory_then_use_rebuild_and_delete(sdk_env: Server, tmp
     events: list[BuildEvent] = []
     info = Template.build(root / "Dockerfile", name, context=root, on_progress=events.append)
     assert (info.name, info.base, info.builtin) == (name, "base", False)
-    assert by_step(events) == {0: ["running", "done"], 1: ["running", "building\n", "1\n", "done"]}
+    assert by_step(events) == {0: ["running", "done"], 1: ["running", "output: building\n1\n", "done"]}
     assert events[-1].type == "status" and events[-1].state == "ready"
     assert [e.ts for e in events] == sorted(e.ts for e in events)  # type: ignore[type-var]
 
