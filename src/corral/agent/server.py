@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from . import copyin, files
+from . import copyin, files, libc
 from .creds import FileRunner
 from .processes import Listener, Process, ProcessTable, Spec
 from .protocol import DATA, END, OPS, VERSION, AgentError, Channel, Exit, Request
@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     _close_stray_fds(keep=args.listen_fd)
+    # Otherwise sandbox root (same uid, same capabilities) could rewrite the agent through
+    # /proc/<pid>/mem until the first file operation as another user happens to clear the flag.
+    libc.set_not_dumpable()
     if os.geteuid() != 0:
         log.warning("running as uid %d, not root: processes and file operations only work as this user", os.geteuid())
     os.umask(0o022)
