@@ -29,6 +29,7 @@ from corral.agent.protocol import (
     MAX_PAYLOAD,
     OPS,
     AgentError,
+    AgentUnavailable,
     Channel,
     Request,
     decode_json,
@@ -221,3 +222,20 @@ def test_live_agent_answers_hostile_first_frames_with_protocol_errors(live_agent
             assert message["error"]["kind"] in ERROR_KINDS, message
             assert message["error"]["kind"] != "internal", message
     assert live_agent.process.poll() is None, live_agent.log()
+
+
+@pytest.mark.parametrize(("user", "path", "kind"), [("no-such-user", "f", "not_found"), ("", "f", "invalid"),
+                                                    ("user", "", "invalid")])
+def test_a_write_refused_before_its_data_is_answered_not_dropped(
+    live_agent: RunningAgent, user: str, path: str, kind: str
+) -> None:
+    """Found by fuzzing: a write whose user or path was bad closed the connection without draining
+    the DATA frames, so the client's send failed (EPIPE) and it lost the reply: 'agent not reachable'
+    (503) instead of the error. Nothing is written: the request fails before any file is opened."""
+
+    async def write() -> None:
+        await live_agent.client.write(path, b"x" * (8 << 20), user=user)
+
+    with pytest.raises(AgentError) as caught:
+        asyncio.run(write())
+    assert not isinstance(caught.value, AgentUnavailable) and caught.value.kind == kind, caught.value

@@ -164,11 +164,11 @@ class Agent:
             os.close(fd)
 
     async def op_write(self, chan: Channel, req: Request) -> None:
-        user = _user(req)
-        path = user.resolve(req.path())
-        mode = None if req.fields.get("mode") is None else req.integer("mode")
         writer: files.FileWriter | None = None
-        try:
+        try:  # every error, a bad user or path too, is answered after the DATA frames are drained
+            user = _user(req)
+            path = user.resolve(req.path())
+            mode = None if req.fields.get("mode") is None else req.integer("mode")
             if mode is not None and not 0 <= mode <= 0o7777:
                 raise AgentError("invalid", "write: mode must be within 0..0o7777")
             writer = await self.fs.run(user, files.FileWriter, path, mode)
