@@ -67,7 +67,7 @@ def test_reads_of_host_paths_resolve_inside_the_sandbox(api: httpx.Client, serve
     "no such file" (or permission denied) and never the host bytes. Twin: the same spellings reach a
     file the sandbox made at that path."""
     sid_envd, token = e2b_box
-    with host_file("/root", HOST_SECRET) as secret:
+    with host_file("/root", HOST_SECRET) as secret, envd(server, sid_envd, **{"X-Access-Token": token}) as e:
         for sid in (sandbox, sid_envd):
             assert run_command(api, sid, LINKS, user="root").exit_code == 0
         data_file = server.data_dir / "corral.db"
@@ -83,8 +83,7 @@ def test_reads_of_host_paths_resolve_inside_the_sandbox(api: httpx.Client, serve
                     listed = api.get(f"/v1/sandboxes/{sandbox}/files/list",
                                      params={"path": f"{prefix}/root", "user": user})
                     assert secret.name not in listed.text
-                    with envd(server, sid_envd, **{"X-Access-Token": token}) as e:
-                        got = e.get("/files", params={"path": path, "username": user})
+                    got = e.get("/files", params={"path": path, "username": user})
                     assert got.status_code in (400, 403, 404), (path, user, got.status_code)
                     assert HOST_SECRET not in got.text and "SQLite" not in got.text
         # Twin: the sandbox puts its own file at the secret's path; every spelling now finds it.
@@ -94,8 +93,7 @@ def test_reads_of_host_paths_resolve_inside_the_sandbox(api: httpx.Client, serve
             if prefix == "/.corral/rt":
                 continue  # that one names the template's rootfs, read-only: the file is not there
             assert _files(api, sandbox, f"{prefix}{secret}", "root").text == "inside", prefix
-            with envd(server, sid_envd, **{"X-Access-Token": token}) as e:
-                assert e.get("/files", params={"path": f"{prefix}{secret}", "username": "root"}).text == "inside"
+            assert e.get("/files", params={"path": f"{prefix}{secret}", "username": "root"}).text == "inside"
         assert secret.read_text() == HOST_SECRET
 
 

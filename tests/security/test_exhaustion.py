@@ -151,19 +151,23 @@ def test_fork_bomb(api: httpx.Client, server: Server, neighbour: str) -> None:
             assert r.error and "timed out" in r.error, r
         under_attack(server, neighbour, "fork bomb", bomb)
         until_alive(api, sid)
-        assert api.get(f"/v1/sandboxes/{sid}/metrics").json()["pids"] < 64
+        deadline = time.monotonic() + 30  # the killed bomb's processes are being reaped: none survives
+        while api.get(f"/v1/sandboxes/{sid}/metrics").json()["pids"] >= 16:
+            assert time.monotonic() < deadline, "fork bomb processes survived the group kill"
     finally:
         api.delete(f"/v1/sandboxes/{sid}")
 
 
 def test_memory_bomb(api: httpx.Client, server: Server, neighbour: str) -> None:
-    """Attack: allocate and touch memory without end in a 256 MiB sandbox. The memory cgroup
-    kills it; the attacker's next command works."""
+    """Attack: allocate and touch memory without end in a 256 MiB sandbox, over and over for 2 s.
+    The memory cgroup kills it each time; the attacker's next command works."""
     sid = new_sandbox(api, memory_mb=256, timeout=120)
     try:
-        def bomb() -> None:
-            r = run_command(api, sid, "python3 -c 'b = []\nwhile True: b.append(bytearray(16 << 20))'")
-            assert r.exit_code == 137 and "out of memory" in (r.error or "")
+        def bomb() -> None:  # again and again for 2 s: one OOM kill is over too fast for a meaningful p95
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                r = run_command(api, sid, "python3 -c 'b = []\nwhile True: b.append(bytearray(16 << 20))'")
+                assert r.exit_code == 137 and "out of memory" in (r.error or "")
         under_attack(server, neighbour, "memory bomb", bomb)
         assert run_command(api, sid, "echo alive").stdout == "alive\n"
     finally:
@@ -191,8 +195,8 @@ def test_disk_fill_and_inode_exhaustion(api: httpx.Client, server: Server, neigh
 
 
 def test_threads_and_processes(api: httpx.Client, server: Server, neighbour: str) -> None:
-    """Attack: start threads until the kernel refuses, in a sandbox with a 256 pids limit, while
-    a second process forks children that sleep. Both stop at the pids limit."""
+    """Attack: start threads until the kernel refuses (over and over for 2 s). Threads count
+    against the pids cgroup, which stops them."""
     sid = new_sandbox(api, timeout=120)
     limit = 0
     try:
@@ -201,8 +205,10 @@ def test_threads_and_processes(api: httpx.Client, server: Server, neighbour: str
             code = ("import threading, os\nn = 0\nev = threading.Event()\ntry:\n"
                     "    while True:\n        threading.Thread(target=ev.wait).start(); n += 1\n"
                     "except RuntimeError:\n    print(n, flush=True)\nos._exit(0)")
-            r = run_command(api, sid, f"python3 -c '{code}'", timeout=60)
-            limit = int(r.stdout.split()[0])
+            end = time.monotonic() + 2  # again and again for 2 s, so that p95 has samples enough
+            while time.monotonic() < end:
+                r = run_command(api, sid, f"python3 -c '{code}'", timeout=60)
+                limit = int(r.stdout.split()[0])
         under_attack(server, neighbour, "threads", spawn)
         assert 0 < limit < 4096
         assert run_command(api, sid, "echo alive").stdout == "alive\n"
