@@ -40,6 +40,13 @@ class Settings:
     default_disk_mb: int = 2048
     max_sandboxes: int = 1000
     subid_base: int = 1_000_000
+    network: bool = True  # CORRAL_NETWORK=off: every sandbox gets loopback only
+    net_pool: str = "172.16.0.0/12"  # sandbox addresses; each server claims one /net_block_prefix block of it
+    net_block_prefix: int = 20
+    net_allow_private: str = ""  # private CIDRs the operator opens to sandboxes (comma separated)
+    net_dns: str | None = None  # upstream resolver ip[:port]; default: the host's /etc/resolv.conf
+    net_max_connections: int = 0  # per sandbox, concurrent outbound connections; 0 = unlimited
+    ca_bundle: Path | None = Path("/etc/ssl/certs/ca-certificates.crt")  # trusted inside networked sandboxes
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -57,6 +64,13 @@ class Settings:
             default_timeout=_int("CORRAL_DEFAULT_TIMEOUT", 300),
             max_timeout=_int("CORRAL_MAX_TIMEOUT", 86400),
             max_sandboxes=_int("CORRAL_MAX_SANDBOXES", 1000),
+            network=(os.environ.get("CORRAL_NETWORK") or "on").lower() not in ("off", "0", "false", "no"),
+            net_pool=os.environ.get("CORRAL_NET_POOL") or "172.16.0.0/12",
+            net_block_prefix=_int("CORRAL_NET_BLOCK_PREFIX", 20),
+            net_allow_private=os.environ.get("CORRAL_NET_ALLOW_PRIVATE") or "",
+            net_dns=os.environ.get("CORRAL_NET_DNS") or None,
+            net_max_connections=_int("CORRAL_NET_MAX_CONNECTIONS", 0),
+            ca_bundle=Path(os.environ.get("CORRAL_CA_BUNDLE") or "/etc/ssl/certs/ca-certificates.crt"),
         )
 
     @property
@@ -75,6 +89,11 @@ class Settings:
     def instance(self) -> str:
         """Names this server's sandboxes in host-wide places (cgroups, the run dir): one per data dir."""
         return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+
+    @property
+    def net_dir(self) -> Path:
+        """resolv.conf and the CA bundle given to this server's networked sandboxes."""
+        return self.run_dir / f"{self.instance}.net"
 
     @property
     def mounts_dir(self) -> Path:

@@ -21,6 +21,7 @@ from corral.config import VERSION, Settings
 from corral.runtime.bwrap import BwrapBackend
 from corral.runtime.cgroups_priv import detect
 from corral.runtime.host import check_host
+from corral.runtime.network import start_network
 from corral.runtime.plan import AgentRuntime
 from corral.service.auth import Auth
 from corral.service.errors import Unavailable
@@ -53,9 +54,10 @@ async def build_services(settings: Settings) -> Services:
         if service is not None:
             await service.on_runtime_exit(sandbox_id, reason)
 
+    network = await start_network(settings)
     backend = BwrapBackend(
         settings.sandboxes_dir, settings.mounts_dir, AgentRuntime.find(base), detect(instance=settings.instance),
-        settings.subid_base, on_exit
+        settings.subid_base, on_exit, network,
     )
     service = SandboxService(settings, store, backend, templates)
     await service.start()

@@ -77,6 +77,8 @@ class LaunchPlan:
     id_offset: int
     runtime: AgentRuntime
     agent_src: Path
+    net_dirs: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: the CA bundle dir
+    net_files: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: /etc/resolv.conf
 
     def ro_binds(self) -> list[tuple[Path, str]]:
         """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""
@@ -84,6 +86,7 @@ class LaunchPlan:
             (self.runtime.rootfs, RT_DIR),
             (self.agent_src, f"{AGENT_LIB}/{AGENT_PKG}"),
             (self.agent_src.parent / "interpreter", f"{AGENT_LIB}/{INTERP_PKG}"),
+            *self.net_dirs,
         ]
 
     def argv(self, fds: Fds) -> list[str]:
@@ -98,6 +101,7 @@ class LaunchPlan:
             "--hostname", self.sandbox_id[:63],
             "--die-with-parent",
             "--bind", str(self.root), "/",  # recursive: brings the read-only runtime binds along
+            *[a for src, dst in self.net_files for a in ("--ro-bind", str(src), dst)],
             "--proc", "/proc",
             "--dev", "/dev",
             "--seccomp", str(fds.seccomp),
@@ -113,7 +117,7 @@ class LaunchPlan:
 
 def plan(
     spec: SandboxSpec, *, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, agent_src: Path,
-    id_offset: int,
+    id_offset: int, net_dirs: tuple[tuple[Path, str], ...] = (), net_files: tuple[tuple[Path, str], ...] = (),
 ) -> LaunchPlan:
     """Compute the launch of one sandbox (no side effects)."""
     limits = Limits(memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu=spec.cpu)
@@ -121,4 +125,5 @@ def plan(
         sandbox_id=spec.sandbox_id, sandbox_dir=sandboxes_dir / spec.sandbox_id,
         root=mounts_dir / spec.sandbox_id, layers=spec.layers,
         disk_mb=spec.disk_mb, limits=limits, id_offset=id_offset, runtime=runtime, agent_src=agent_src,
+        net_dirs=net_dirs, net_files=net_files,
     )
