@@ -36,6 +36,7 @@ from netlab import (
     lab_leftovers,
 )
 
+DOMAIN = "sbx.test"
 PROBE = r"""
 import json, socket, sys, threading, urllib.request
 out = {}
@@ -63,7 +64,9 @@ def netserver(lab: Lab) -> Iterator[Server]:
     """A server resolving through the fake DNS, whose operator opened 10.77.1.0/24."""
     fake = FakeDNS().start()
     data = make_data_dir()
-    srv = start_server(data, CORRAL_NET_DNS=f"127.0.0.1:{fake.port}", CORRAL_NET_ALLOW_PRIVATE="10.77.1.0/24")
+    srv = start_server(
+        data, CORRAL_NET_DNS=f"127.0.0.1:{fake.port}", CORRAL_NET_ALLOW_PRIVATE="10.77.1.0/24", CORRAL_DOMAIN=DOMAIN
+    )
     yield srv
     srv.stop()
     fake.stop()
@@ -305,3 +308,35 @@ def test_pip_install_works_in_internet_mode(api: httpx.Client) -> None:
     finally:
         api.delete(f"/v1/sandboxes/{sid}")
 
+
+
+def test_exposed_ports_answer_through_the_api_with_the_access_token(napi: httpx.Client, netserver: Server) -> None:
+    r = napi.post("/v1/sandboxes", json={"timeout": 120})
+    sid, token = r.json()["id"], r.json()["access_token"]
+    other = napi.post("/v1/sandboxes", json={"timeout": 120, "network": "none"}).json()
+    try:
+        serve(napi, sid, 8000)
+        serve(napi, other["id"], 8000)  # "none" sandboxes expose ports too
+        with httpx.Client(base_url=netserver.url, timeout=30) as anon:
+            by_path = anon.get(f"/v1/sandboxes/{sid}/ports/8000/some/where", params={"q": "1"},
+                               headers={"X-Access-Token": token})
+            assert by_path.status_code == 200 and by_path.text == "hello from 127.0.0.1:8000 path /some/where?q=1\n"
+            by_host = anon.get("/x", headers={"Host": f"8000-{sid}.{DOMAIN}", "X-Access-Token": token})
+            assert by_host.status_code == 200 and "path /x" in by_host.text
+            by_headers = anon.get("/y", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000",
+                                                 "E2B-Traffic-Access-Token": token})
+            assert by_headers.status_code == 200 and "path /y" in by_headers.text
+            none_mode = anon.get(f"/v1/sandboxes/{other['id']}/ports/8000/",
+                                 headers={"X-Access-Token": other["access_token"]})
+            assert none_mode.status_code == 200
+
+            missing = anon.get(f"/v1/sandboxes/{sid}/ports/8000/")
+            assert missing.status_code == 401 and sid in missing.json()["message"]
+            wrong = anon.get(f"/v1/sandboxes/{sid}/ports/8000/", headers={"X-Access-Token": other["access_token"]})
+            assert wrong.status_code == 401
+            closed = anon.get(f"/v1/sandboxes/{sid}/ports/8001/", headers={"X-Access-Token": token})
+            assert closed.status_code == 502 and "8001" in closed.json()["message"]
+        assert napi.get(f"/v1/sandboxes/{sid}/ports/8000/").status_code == 200  # an API key that may use it
+    finally:
+        napi.delete(f"/v1/sandboxes/{sid}")
+        napi.delete(f"/v1/sandboxes/{other['id']}")

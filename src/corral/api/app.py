@@ -16,6 +16,7 @@ from corral.api.deps import Services
 from corral.api.e2b import control
 from corral.api.e2b.envd import create_envd_app
 from corral.api.e2b.interpreter import create_interpreter_app
+from corral.api.ports import create_ports_app
 from corral.api.routing import ENVD_PORT, INTERPRETER_PORT, SandboxRouter
 from corral.config import VERSION, Settings
 from corral.runtime.bwrap import BwrapBackend
@@ -68,18 +69,19 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
     """The ASGI app of ``corral serve``: the main FastAPI app behind the sandbox-port router."""
     settings = settings or Settings.from_env()
     ports = {ENVD_PORT: create_envd_app(), INTERPRETER_PORT: create_interpreter_app()}
+    any_port = create_ports_app()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Store calls and privileged runtime steps run in threads; 2-core hosts get only 6 by default.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64, thread_name_prefix="corral"))
         services = await build_services(settings)
-        for each in (app, *ports.values()):
+        for each in (app, any_port, *ports.values()):
             each.state.services = services
         try:
             yield
         finally:
-            for each in (app, *ports.values()):
+            for each in (app, any_port, *ports.values()):
                 each.state.services = None
             await services.sandboxes.close()
             services.auth.store.close()
@@ -102,4 +104,5 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
     app.include_router(control.router)
     for sub_app in ports.values():
         errors.install(sub_app)
-    return SandboxRouter(app, ports, settings.domain)
+    errors.install(any_port)
+    return SandboxRouter(app, ports, settings.domain, any_port)

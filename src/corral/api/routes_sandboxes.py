@@ -45,7 +45,7 @@ async def create(body: CreateBody, svc: ServicesDep, who: PrincipalDep) -> dict[
     fields = body.model_dump(exclude={"network", "allow_out", "deny_out"})
     policy = network.native(body.network, body.allow_out, body.deny_out)
     row = await svc.sandboxes.create(who, CreateRequest(**fields, network=policy))
-    return describe(row)
+    return {**describe(row), "access_token": svc.sandboxes.access_token(row.id)}
 
 
 @router.get("")
