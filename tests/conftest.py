@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from corral.config import Settings
+from netlab import DOMAIN, FakeDNS, Lab, lab_leftovers
 
 TEMPLATES = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates"))
 SUBID_BASE = 1_000_000
@@ -159,6 +160,31 @@ def server() -> Iterator[Server]:
     assert mounts_under(data) == [], "server left mounts behind"
     assert corral_cgroups(data) == [], "server left cgroups behind"
     assert sandbox_processes(data) == [], "sandbox processes survived the server"
+    assert net_leftovers(data) == [], "server left veths or its nftables table behind"
+    remove_data_dir(data)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The test-made outside world (tests/netlab.py): fake public, metadata and private hosts."""
+    lab = Lab().start()
+    yield lab
+    lab.stop()
+    assert lab_leftovers() == [], "the lab namespace or its veth survived"
+
+
+@pytest.fixture(scope="session")
+def netserver(lab: Lab) -> Iterator[Server]:
+    """A server resolving through a fake DNS (the lab's names), whose operator opened 10.77.1.0/24."""
+    fake = FakeDNS().start()
+    data = make_data_dir()
+    srv = start_server(
+        data, CORRAL_NET_DNS=f"127.0.0.1:{fake.port}", CORRAL_NET_ALLOW_PRIVATE="10.77.1.0/24", CORRAL_DOMAIN=DOMAIN
+    )
+    yield srv
+    srv.stop()
+    fake.stop()
+    assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []
     assert net_leftovers(data) == [], "server left veths or its nftables table behind"
     remove_data_dir(data)
 

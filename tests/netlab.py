@@ -29,6 +29,7 @@ PRIVATE_OPEN = "10.77.1.10"  # the policy server's operator opens 10.77.1.0/24
 PRIVATE_CLOSED = "10.77.2.10"
 HOSTS = (PUBLIC_A, PUBLIC_B, PUBLIC_C, METADATA, PRIVATE_OPEN, PRIVATE_CLOSED)
 LAB_GATEWAY = "198.51.100.1"  # the host's end of the lab veth
+DOMAIN = "sbx.test"  # the policy server's CORRAL_DOMAIN (exposed ports by Host name)
 
 ZONE = {
     "files.example.com": PUBLIC_A,

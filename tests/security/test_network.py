@@ -15,28 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import (
-    Server,
-    make_data_dir,
-    net_leftovers,
-    remove_data_dir,
-    run_command,
-    sandbox_address,
-    start_server,
-)
-from netlab import (
-    METADATA,
-    PRIVATE_CLOSED,
-    PRIVATE_OPEN,
-    PUBLIC_A,
-    PUBLIC_B,
-    PUBLIC_C,
-    FakeDNS,
-    Lab,
-    lab_leftovers,
-)
+from conftest import Server, run_command, sandbox_address
+from netlab import DOMAIN, METADATA, PRIVATE_CLOSED, PRIVATE_OPEN, PUBLIC_A, PUBLIC_B, PUBLIC_C
 
-DOMAIN = "sbx.test"
 PROBE = r"""
 import json, socket, sys, threading, urllib.request
 out = {}
@@ -49,29 +30,6 @@ threads = [threading.Thread(target=get, args=(u,)) for u in sys.argv[1:]]
 [t.start() for t in threads]; [t.join() for t in threads]
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    lab = Lab().start()
-    yield lab
-    lab.stop()
-    assert lab_leftovers() == [], "the lab namespace or its veth survived"
-
-
-@pytest.fixture(scope="module")
-def netserver(lab: Lab) -> Iterator[Server]:
-    """A server resolving through the fake DNS, whose operator opened 10.77.1.0/24."""
-    fake = FakeDNS().start()
-    data = make_data_dir()
-    srv = start_server(
-        data, CORRAL_NET_DNS=f"127.0.0.1:{fake.port}", CORRAL_NET_ALLOW_PRIVATE="10.77.1.0/24", CORRAL_DOMAIN=DOMAIN
-    )
-    yield srv
-    srv.stop()
-    fake.stop()
-    assert net_leftovers(data) == [], "server left veths or its nftables table behind"
-    remove_data_dir(data)
 
 
 @pytest.fixture
