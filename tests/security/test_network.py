@@ -298,3 +298,22 @@ def test_exposed_ports_answer_through_the_api_with_the_access_token(napi: httpx.
     finally:
         napi.delete(f"/v1/sandboxes/{sid}")
         napi.delete(f"/v1/sandboxes/{other['id']}")
+
+
+def test_sdk_network_arguments_and_update_network(netserver: Server) -> None:
+    from corral import Sandbox
+
+    fetch = f"python3 -c \"$P\" http://files.example.com/ http://{PUBLIC_B}/"
+    with Sandbox.create(timeout=120, allow_out=["files.example.com"], deny_out=[PUBLIC_C],
+                        api_url=netserver.url, api_key=netserver.api_key) as sbx:
+        got = json.loads(sbx.commands.run(fetch, envs={"P": PROBE}).stdout)
+        assert reached(got["http://files.example.com/"], PUBLIC_A) and got[f"http://{PUBLIC_B}/"].startswith("fail:")
+        info = sbx.update_network(allow_out=[PUBLIC_B])
+        assert info.mode == "allowlist" and info.allow_out == [PUBLIC_B] and info.deny_out == []
+        got = json.loads(sbx.commands.run(fetch, envs={"P": PROBE}).stdout)
+        assert reached(got[f"http://{PUBLIC_B}/"], PUBLIC_B)
+        assert "name" in got["http://files.example.com/"].lower()
+        asked = {(q["name"], q["answer"]) for q in sbx.get_network().dns_queries}
+        assert ("files.example.com", "allowed") in asked and ("files.example.com", "refused") in asked
+    with Sandbox.create(timeout=60, network="none", api_url=netserver.url, api_key=netserver.api_key) as off:
+        assert off.get_network().mode == "none" and off.get_network().address is None

@@ -23,6 +23,7 @@ PUBLIC = [
     "FileType",
     "InvalidArgumentException",
     "Logs",
+    "NetworkInfo",
     "NotEnoughSpaceException",
     "NotFoundException",
     "OutputMessage",
