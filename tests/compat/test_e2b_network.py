@@ -11,7 +11,7 @@ from e2b import ALL_TRAFFIC, Sandbox
 from conftest import Server
 from netlab import PUBLIC_A, PUBLIC_B, PUBLIC_C
 
-FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=1.5).read().decode().strip())"
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())"
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import json, socket, sys, threading, urllib.request
 out = {}
 def get(url):
     try:
-        out[url] = "ok:" + urllib.request.urlopen(url, timeout=1.5).read().decode().strip()
+        out[url] = "ok:" + urllib.request.urlopen(url, timeout=3).read().decode().strip()
     except Exception as e:
         out[url] = "fail:" + type(getattr(e, "reason", e)).__name__ + ":" + str(getattr(e, "reason", e))
 threads = [threading.Thread(target=get, args=(u,)) for u in sys.argv[1:]]
