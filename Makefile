@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv
+APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv docker-registry busybox-static
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/compat/js/node_modules/.installed
 NODE_STAMP := $(VENV)/.node
@@ -25,6 +25,7 @@ bench: deps
 	$(PY) bench/create_latency.py
 	$(PY) bench/code_roundtrip.py
 	$(PY) bench/net_latency.py
+	$(PY) bench/template_build.py
 
 lint: deps
 	$(VENV)/bin/ruff check src tests bench

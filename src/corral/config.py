@@ -20,6 +20,11 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _host_ca_bundle() -> str | None:
+    path = "/etc/ssl/certs/ca-certificates.crt"
+    return path if os.path.exists(path) else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server needs to know at start. Immutable; pass it down, never read env later."""
@@ -46,7 +51,8 @@ class Settings:
     net_allow_private: str = ""  # private CIDRs the operator opens to sandboxes (comma separated)
     net_dns: str | None = None  # upstream resolver ip[:port]; default: the host's /etc/resolv.conf
     net_max_connections: int = 0  # per sandbox, concurrent outbound connections; 0 = unlimited
-    ca_bundle: Path | None = Path("/etc/ssl/certs/ca-certificates.crt")  # trusted inside networked sandboxes
+    insecure_registries: tuple[str, ...] = ()  # pulled over plain HTTP (loopback registries always are)
+    ca_bundle: str | None = None  # for registries over HTTPS and inside networked sandboxes; default: the host's
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -70,7 +76,9 @@ class Settings:
             net_allow_private=os.environ.get("CORRAL_NET_ALLOW_PRIVATE") or "",
             net_dns=os.environ.get("CORRAL_NET_DNS") or None,
             net_max_connections=_int("CORRAL_NET_MAX_CONNECTIONS", 0),
-            ca_bundle=Path(os.environ.get("CORRAL_CA_BUNDLE") or "/etc/ssl/certs/ca-certificates.crt"),
+            insecure_registries=tuple(
+                r.strip() for r in os.environ.get("CORRAL_INSECURE_REGISTRIES", "").split(",") if r.strip()),
+            ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),
         )
 
     @property

@@ -11,7 +11,12 @@ import corral.sdk
 PUBLIC = [
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncTemplate",
     "AuthenticationException",
+    "BuildEvent",
+    "BuildException",
+    "BuildInfo",
+    "BuildStep",
     "CommandExitException",
     "CommandHandle",
     "CommandResult",
@@ -35,6 +40,9 @@ PUBLIC = [
     "SandboxInfo",
     "SandboxMetrics",
     "ServerException",
+    "Template",
+    "TemplateConfig",
+    "TemplateInfo",
     "TimeoutException",
     "WriteEntry",
 ]
@@ -95,7 +103,8 @@ def _public_callables(cls: type) -> list[tuple[str, object]]:
 
 
 def test_no_httpx_type_in_public_signatures() -> None:
-    classes = [corral.Sandbox, corral.AsyncSandbox, corral.CommandHandle, corral.AsyncCommandHandle]
+    classes = [corral.Sandbox, corral.AsyncSandbox, corral.CommandHandle, corral.AsyncCommandHandle,
+               corral.Template, corral.AsyncTemplate]
     from corral.sdk._commands import AsyncCommands, Commands
     from corral.sdk._files import AsyncFilesystem, Filesystem
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from corral import AsyncCommandHandle, AsyncSandbox, CommandHandle, Sandbox
+from corral import AsyncCommandHandle, AsyncSandbox, AsyncTemplate, CommandHandle, Sandbox, Template
 from corral.sdk._code import AsyncCodeInterpreter, CodeInterpreter
 from corral.sdk._commands import AsyncCommands, Commands
 from corral.sdk._core import dualmethod
@@ -17,6 +17,7 @@ PAIRS = [
     (Commands, AsyncCommands),
     (Filesystem, AsyncFilesystem),
     (CommandHandle, AsyncCommandHandle),
+    (Template, AsyncTemplate),
 ]
 # dunder protocols that differ by design between the faces
 SYNC_ONLY = {"__enter__", "__exit__", "__iter__"}

@@ -196,6 +196,14 @@ class AgentClient:
     async def rename(self, src: str, dst: str, user: str = "user") -> dict[str, Any]:
         return _field(await self._call({"op": "rename", "src": src, "dst": dst, "user": user}), "entry", dict)
 
+    async def copy_in(self, items: list[dict[str, Any]], chown: str | None = None, chmod: int | None = None) -> int:
+        """Template builds: copy staged files (under /.corral/build) into the image, as its root."""
+        reply = await self._call({"op": "copy_in", "items": items, "chown": chown, "chmod": chmod})
+        return int(_field(reply, "written", int))
+
+    async def port_open(self, port: int) -> bool:
+        return bool(_field(await self._call({"op": "port_open", "port": port}), "open", bool))
+
     def watch(self, path: str, recursive: bool = False, user: str = "user") -> Watcher:
         """`async with client.watch(p) as w:` then `async for event in w` (dicts with op and name)."""
         return Watcher(self, {"op": "watch", "path": path, "recursive": recursive, "user": user})

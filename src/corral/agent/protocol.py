@@ -61,6 +61,8 @@ OPS: dict[str, str] = {
     "remove": "Remove a file, symlink or directory tree (never following symlinks).",
     "rename": "Move a path, creating the destination's missing parents.",
     "watch": "Stream create/write/remove/rename/chmod events under a directory.",
+    "copy_in": "Template builds: copy staged files from /.corral/build into the image as root (COPY/ADD).",
+    "port_open": "Whether something accepts TCP connections on a loopback port (template readiness).",
 }
 
 ERROR_KINDS = (

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from . import files
+from . import copyin, files
 from .creds import FileRunner
 from .processes import Listener, Process, ProcessTable, Spec
 from .protocol import DATA, END, OPS, VERSION, AgentError, Channel, Exit, Request
@@ -219,6 +219,35 @@ class Agent:
             await _until_peer_closes(chan, forward())
         finally:
             watch.close()
+
+
+    async def op_copy_in(self, chan: Channel, req: Request) -> None:
+        items = req.fields.get("items")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise AgentError("invalid", "copy_in: items must be a list of objects")
+        chmod = None if req.fields.get("chmod") is None else req.integer("chmod")
+        if chmod is not None and not 0 <= chmod <= 0o7777:
+            raise AgentError("invalid", "copy_in: chmod must be within 0..0o7777")
+        root = resolve_user("root")
+        written = await self.fs.run(root, copyin.copy_in, items, req.optional_text("chown"), chmod)
+        await chan.send_json({"ok": True, "written": written})
+
+    async def op_port_open(self, chan: Channel, req: Request) -> None:
+        port = req.integer("port")
+        if not 1 <= port <= 65535:
+            raise AgentError("invalid", "port_open: port must be within 1..65535")
+        await chan.send_json({"ok": True, "open": await _accepts(port)})
+
+
+async def _accepts(port: int) -> bool:
+    for host in ("127.0.0.1", "::1"):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False
 
 
 def _user(req: Request) -> User:

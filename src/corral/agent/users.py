@@ -38,6 +38,8 @@ def resolve_user(name: str) -> User:
         return User("root", 0, 0, "/root", "/bin/sh", (0,))
     if name == "user":
         return User("user", DEFAULT_UID, DEFAULT_UID, "/home/user", "/bin/sh", (DEFAULT_UID,))
+    if name.isdigit() and int(name) < 65536:  # USER 1000 in an image with no passwd entry, as Docker allows
+        return User(name, int(name), int(name), "/", "/bin/sh", (int(name),))
     raise AgentError("not_found", f"unknown user {name!r:.100}")
 
 

@@ -11,7 +11,15 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from corral.api import errors, routes_code, routes_commands, routes_files, routes_keys, routes_sandboxes
+from corral.api import (
+    errors,
+    routes_code,
+    routes_commands,
+    routes_files,
+    routes_keys,
+    routes_sandboxes,
+    routes_templates,
+)
 from corral.api.deps import Services
 from corral.api.e2b import control
 from corral.api.e2b.envd import create_envd_app
@@ -25,10 +33,12 @@ from corral.runtime.host import check_host
 from corral.runtime.network import start_network
 from corral.runtime.plan import AgentRuntime
 from corral.service.auth import Auth
+from corral.service.builds import BuildService
 from corral.service.errors import Unavailable
 from corral.service.sandboxes import SandboxService
 from corral.service.templates import BASE, Templates
 from corral.store.repo import Store
+from corral.templates.layers import LayerStore
 
 log = logging.getLogger("corral")
 
@@ -45,7 +55,8 @@ async def build_services(settings: Settings) -> Services:
         log.warning("generated an admin API key, stored in %s (mode 0600)", key_file)
     elif not settings.api_key:
         log.info("admin API key: %s", key_file)
-    templates = Templates(settings.templates_dir)
+    layers = LayerStore(settings.data_dir / "layers")
+    templates = Templates(settings.templates_dir, layers, settings.data_dir / "images")
     base = templates.rootfs(BASE)
     if BASE not in templates.names():
         raise Unavailable(f"the base template is not built ({base}); run `make serve` or `corral template init`")
@@ -61,8 +72,10 @@ async def build_services(settings: Settings) -> Services:
         settings.subid_base, on_exit, network,
     )
     service = SandboxService(settings, store, backend, templates)
+    builds = BuildService(settings, store, backend, templates, layers)
+    await builds.start()  # before the sandboxes' reconcile: templates loaded, interrupted builds closed
     await service.start()
-    return Services(settings=settings, auth=auth, sandboxes=service)
+    return Services(settings=settings, auth=auth, sandboxes=service, builds=builds)
 
 
 def create_app(settings: Settings | None = None) -> SandboxRouter:
@@ -83,6 +96,7 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
         finally:
             for each in (app, any_port, *ports.values()):
                 each.state.services = None
+            await services.builds.close()
             await services.sandboxes.close()
             services.auth.store.close()
 
@@ -99,7 +113,7 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
             raise Unavailable("starting")
         return {"status": "ok"}
 
-    for module in (routes_sandboxes, routes_commands, routes_files, routes_code, routes_keys):
+    for module in (routes_sandboxes, routes_commands, routes_files, routes_code, routes_keys, routes_templates):
         app.include_router(module.router)
     app.include_router(control.router)
     for sub_app in ports.values():

@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 
 from corral.config import Settings
 from corral.service.auth import Auth, Principal
+from corral.service.builds import BuildService
 from corral.service.errors import Forbidden, NotFound, Unauthorized, Unavailable, Unreachable
 from corral.service.sandboxes import SandboxService
 
@@ -19,6 +20,7 @@ class Services:
     settings: Settings
     auth: Auth
     sandboxes: SandboxService
+    builds: BuildService
 
 
 def services(request: Request) -> Services:

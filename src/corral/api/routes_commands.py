@@ -21,7 +21,7 @@ class RunBody(BaseModel):
     cmd: str
     envs: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
-    user: str = "user"
+    user: str | None = None  # default: the template's USER, else "user"
     timeout: float = 60
     stdin: bool = False
     tag: str | None = None
@@ -42,8 +42,11 @@ async def run(
     sandbox_id: str, body: RunBody, request: Request, svc: ServicesDep, who: PrincipalDep
 ) -> StreamingResponse:
     agent = await svc.sandboxes.agent(who, sandbox_id)
+    fields = body.model_dump()
+    fields["user"] = body.user or svc.sandboxes.default_user(sandbox_id)
+    fields["cwd"] = body.cwd or svc.sandboxes.default_cwd(sandbox_id)
     stream = await commands.start(
-        agent, sandbox_id, commands.CommandRequest(**body.model_dump()), svc.sandboxes.envs(sandbox_id)
+        agent, sandbox_id, commands.CommandRequest(**fields), svc.sandboxes.envs(sandbox_id)
     )
     return event_response(request, commands.events(sandbox_id, stream, svc.sandboxes.oom_counter(sandbox_id)))
 

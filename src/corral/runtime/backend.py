@@ -34,6 +34,7 @@ class SandboxSpec:
     disk_mb: int
     pids: int = 1024
     network: NetworkPolicy = INTERNET
+    binds: tuple[tuple[Path, str], ...] = ()  # extra host dirs bound read-only at a path inside (builds)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class Backend(Protocol):
 
     async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
         """A connected TCP socket to ``127.0.0.1:port`` inside the sandbox (its exposed ports)."""
+        ...
+
+    async def commit(self, sandbox_id: str, dest: Path) -> None:
+        """End the sandbox and copy its writable layer (what it changed, whiteouts included) to ``dest``,
+        which must not exist: a template build step's result. The sandbox is gone afterwards."""
         ...
 
     async def reconcile(self, keep: set[str]) -> list[str]:

@@ -171,6 +171,22 @@ class BwrapBackend:
         return live
 
     async def destroy(self, sandbox_id: str) -> None:
+        await self._stop(sandbox_id)
+        await self._teardown(sandbox_id)
+
+    async def commit(self, sandbox_id: str, dest: Path) -> None:
+        self._require(sandbox_id)
+        await self._stop(sandbox_id)
+        try:
+            await asyncio.to_thread(self.cgroups.remove, sandbox_id)  # every process gone: a quiet upper
+            await asyncio.to_thread(mounts_priv.capture_upper, self.sandboxes_dir / sandbox_id, dest)
+        except (OSError, mounts_priv.MountError, CgroupUnavailable) as exc:
+            raise RuntimeFailure(f"sandbox {sandbox_id}: saving its changes failed: {exc}") from exc
+        finally:
+            await self._teardown(sandbox_id)
+
+    async def _stop(self, sandbox_id: str) -> None:
+        """Kill the sandbox's process tree and wait for bwrap; its disk and cgroups stay."""
         live = self._live.pop(sandbox_id, None)
         if live is not None:
             live.destroying = True
@@ -184,7 +200,6 @@ class BwrapBackend:
                     await asyncio.to_thread(self.cgroups.thaw, sandbox_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(live.exited), 5)
-        await self._teardown(sandbox_id)
 
     async def _teardown(self, sandbox_id: str) -> None:
         if self.network is not None:

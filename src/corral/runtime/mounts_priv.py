@@ -38,6 +38,42 @@ def _mount(source: str, target: Path, fstype: str, options: str, flags: int = 0)
         raise MountError(f"mount {fstype} on {target} failed: {os.strerror(err)}")
 
 
+MOUNT_DATA_LIMIT = 3500  # mount(2) copies at most one page (4096 bytes) of options
+_SYS = {"fsopen": 430, "fsconfig": 431, "fsmount": 432, "move_mount": 429}  # same on x86_64 and aarch64
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+FSMOUNT_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 4, -100
+
+
+def _syscall(name: str, *args: object) -> int:
+    rc = int(_libc.syscall(_SYS[name], *args))
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise MountError(f"{name} failed: {os.strerror(err)}")
+    return rc
+
+
+def _mount_overlay_fsconfig(root: Path, lowers: list[Path], disk: Path) -> None:
+    """Mount an overlay with any number of lower dirs (``lowerdir+``, Linux 6.8+)."""
+    fs = _syscall("fsopen", b"overlay", 0)
+    try:
+        def set_string(key: str, value: str) -> None:
+            _syscall("fsconfig", fs, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
+
+        for lower in lowers:
+            set_string("lowerdir+", str(lower))
+        set_string("upperdir", f"{disk}/upper")
+        set_string("workdir", f"{disk}/work")
+        _syscall("fsconfig", fs, FSCONFIG_SET_FLAG, b"volatile", None, 0)
+        _syscall("fsconfig", fs, FSCONFIG_CMD_CREATE, None, None, 0)
+        mnt = _syscall("fsmount", fs, FSMOUNT_CLOEXEC, 0)
+        try:
+            _syscall("move_mount", mnt, b"", AT_FDCWD, str(root).encode(), MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            os.close(mnt)
+    finally:
+        os.close(fs)
+
+
 def _umount(target: Path) -> None:
     if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
         err = ctypes.get_errno()
@@ -66,7 +102,11 @@ def mount_root(root: Path, disk: Path, lowers: list[Path], ro_binds: list[tuple[
     ``root``, then bind each host dir of ``ro_binds`` read-only at its path inside it."""
     root.mkdir(mode=0o755)
     lower = ":".join(str(p) for p in lowers)
-    _mount("overlay", root, "overlay", f"lowerdir={lower},upperdir={disk}/upper,workdir={disk}/work,volatile")
+    options = f"lowerdir={lower},upperdir={disk}/upper,workdir={disk}/work,volatile"
+    if len(options) < MOUNT_DATA_LIMIT:
+        _mount("overlay", root, "overlay", options)
+    else:  # a deep template: mount(2) takes one page of options; the new mount API adds lowers one by one
+        _mount_overlay_fsconfig(root, lowers, disk)
     for source, inside in ro_binds:
         target = root / inside.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
@@ -87,6 +127,21 @@ def destroy(sandbox_dir: Path, root: Path) -> None:
         raise MountError(f"{disk} is still mounted; not deleting {sandbox_dir}")
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(sandbox_dir)
+
+
+def capture_upper(sandbox_dir: Path, dest: Path) -> None:
+    """Copy the sandbox's overlay upper dir (its changes: files, whiteout devices, opaque xattrs,
+    owners) to ``dest`` as a template layer, minus ``/.corral`` (the runtime's reserved mount points).
+    The sandbox's processes must be gone. ``dest`` must not exist; its parent must."""
+    upper = sandbox_dir / "disk" / "upper"
+    if not upper.is_dir():
+        raise MountError(f"{upper} is missing; nothing to capture")
+    _run(["cp", "-a", "--no-target-directory", str(upper), str(dest)])
+    reserved = dest / ".corral"
+    if reserved.is_symlink() or reserved.is_file():
+        reserved.unlink()
+    elif reserved.exists():
+        shutil.rmtree(reserved)
 
 
 def mounted_under(base: Path) -> list[Path]:

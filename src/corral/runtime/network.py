@@ -217,7 +217,7 @@ async def start_network(settings: Settings) -> Network | None:
             instance=settings.instance, state_dir=settings.net_dir,
             pool=ipaddress.IPv4Network(settings.net_pool), block_prefix=settings.net_block_prefix,
             operator=OperatorRanges.parse(settings.net_allow_private), upstream=upstream,
-            ca_bundle=settings.ca_bundle,
+            ca_bundle=Path(settings.ca_bundle) if settings.ca_bundle else None,
         )
     except ValueError as exc:
         raise NetworkUnavailable(f"network settings: {exc}") from exc

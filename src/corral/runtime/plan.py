@@ -79,6 +79,7 @@ class LaunchPlan:
     agent_src: Path
     net_dirs: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: the CA bundle dir
     net_files: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: /etc/resolv.conf
+    extra_binds: tuple[tuple[Path, str], ...] = ()
 
     def ro_binds(self) -> list[tuple[Path, str]]:
         """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""
@@ -87,6 +88,7 @@ class LaunchPlan:
             (self.agent_src, f"{AGENT_LIB}/{AGENT_PKG}"),
             (self.agent_src.parent / "interpreter", f"{AGENT_LIB}/{INTERP_PKG}"),
             *self.net_dirs,
+            *self.extra_binds,
         ]
 
     def argv(self, fds: Fds) -> list[str]:
@@ -120,10 +122,14 @@ def plan(
     id_offset: int, net_dirs: tuple[tuple[Path, str], ...] = (), net_files: tuple[tuple[Path, str], ...] = (),
 ) -> LaunchPlan:
     """Compute the launch of one sandbox (no side effects)."""
+    for _, inside in spec.binds:
+        if not inside.startswith("/.corral/") or ".." in inside.split("/"):
+            raise ValueError(f"extra binds go under /.corral/, not {inside!r}")
     limits = Limits(memory_bytes=spec.memory_mb * 1024 * 1024, pids=spec.pids, cpu=spec.cpu)
     return LaunchPlan(
         sandbox_id=spec.sandbox_id, sandbox_dir=sandboxes_dir / spec.sandbox_id,
         root=mounts_dir / spec.sandbox_id, layers=spec.layers,
         disk_mb=spec.disk_mb, limits=limits, id_offset=id_offset, runtime=runtime, agent_src=agent_src,
         net_dirs=net_dirs, net_files=net_files,
+        extra_binds=spec.binds,
     )

@@ -1,12 +1,15 @@
 """Corral's Python SDK: one I/O-free core (``_core``, ``_calls``, ``_stream``) and two faces.
 
 ``Sandbox`` (blocking, thread-safe) and ``AsyncSandbox`` (asyncio) have the same methods with the
-same signatures, named as in E2B's SDK so code moves over by changing the import.
+same signatures, named as in E2B's SDK so code moves over by changing the import; ``Template`` and
+``AsyncTemplate`` build templates from Dockerfiles the same way.
 Everything public is re-exported here and from ``corral``; the ``_modules`` are private.
 """
 
+from ._builds import BuildEvent, BuildInfo, BuildStep, TemplateConfig, TemplateInfo
 from ._errors import (
     AuthenticationException,
+    BuildException,
     CommandExitException,
     ConflictException,
     InvalidArgumentException,
@@ -30,11 +33,17 @@ from ._models import (
     WriteEntry,
 )
 from ._sandbox import AsyncSandbox, Sandbox
+from ._template import AsyncTemplate, Template
 
 __all__ = [
     "AsyncCommandHandle",
     "AsyncSandbox",
+    "AsyncTemplate",
     "AuthenticationException",
+    "BuildEvent",
+    "BuildException",
+    "BuildInfo",
+    "BuildStep",
     "CommandExitException",
     "CommandHandle",
     "CommandResult",
@@ -58,6 +67,9 @@ __all__ = [
     "SandboxInfo",
     "SandboxMetrics",
     "ServerException",
+    "Template",
+    "TemplateConfig",
+    "TemplateInfo",
     "TimeoutException",
     "WriteEntry",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from ._builds import BuildInfo, TemplateInfo, parse_build, parse_template
 from ._core import NDJSON, Call, decode_json
 from ._errors import InvalidArgumentException, ServerException, prefix
 from ._execution import DEFAULT_CODE_TIMEOUT, Context, parse_context
@@ -445,6 +446,92 @@ def restart_context(sandbox_id: str, context_id: str) -> Call[None]:
 
 def remove_context(sandbox_id: str, context_id: str) -> Call[None]:
     return Call("DELETE", _context_path(sandbox_id, context_id), f"remove context {context_id!r}", sandbox_id, _none)
+
+
+# --- templates and builds -------------------------------------------------------------------------
+
+
+def _template(name: str) -> str:
+    return f"/v1/templates/{quote(name, safe='')}"
+
+
+def _build(build_id: str, *rest: str) -> str:
+    return "/".join((f"/v1/builds/{quote(build_id, safe='')}", *rest))
+
+
+def build_options(
+    name: str,
+    dockerfile: str,
+    *,
+    build_args: Mapping[str, str] | None = None,
+    cpu: float | None = None,
+    memory_mb: int | None = None,
+    disk_mb: int | None = None,
+    no_cache: bool = False,
+    timeout: float | None = None,
+    start_cmd: str | None = None,
+    ready_cmd: str | None = None,
+    ready_port: int | None = None,
+) -> dict[str, Any]:
+    """The JSON options of ``POST /v1/templates`` (unset ones take the server's defaults)."""
+    return _drop_none(
+        name=name,
+        dockerfile=dockerfile,
+        build_args=dict(build_args or {}),
+        cpu=cpu,
+        memory_mb=memory_mb,
+        disk_mb=disk_mb,
+        no_cache=no_cache,
+        timeout=timeout,
+        start_cmd=start_cmd,
+        ready_cmd=ready_cmd,
+        ready_port=ready_port,
+    )
+
+
+def start_build(options: Mapping[str, Any], upload: tuple[str, int] | None = None) -> Call[BuildInfo]:
+    """Submit a build; with ``upload`` (content type, size) the face sends that multipart body, else JSON."""
+    headers = {"Content-Type": upload[0], "Content-Length": str(upload[1])} if upload else {}
+    return _json_call(
+        "POST",
+        "/v1/templates",
+        f"build template {options['name']!r}",
+        None,
+        parse_build,
+        json=None if upload else dict(options),
+        headers=headers,
+        accept=frozenset({200, 201, 202}),
+    )
+
+
+def get_build(build_id: str) -> Call[BuildInfo]:
+    return _json_call("GET", _build(build_id), f"get build {build_id}", None, parse_build)
+
+
+def build_logs(build_id: str, follow: bool = True) -> Call[None]:
+    """A build's log; the answer is an NDJSON event stream (read by the faces, not parsed here)."""
+    return Call(
+        "GET",
+        _build(build_id, "logs"),
+        f"read the log of build {build_id}",
+        None,
+        _none,
+        params=(("follow", "true" if follow else "false"),),
+        headers={"Accept": NDJSON},
+        accept=frozenset({200}),
+    )
+
+
+def list_templates() -> Call[list[TemplateInfo]]:
+    return _json_call("GET", "/v1/templates", "list templates", None, _list_of(parse_template, "templates", None))
+
+
+def get_template(name: str) -> Call[TemplateInfo]:
+    return _json_call("GET", _template(name), f"get template {name!r}", None, parse_template)
+
+
+def delete_template(name: str) -> Call[None]:
+    return Call("DELETE", _template(name), f"delete template {name!r}", None, _none)
 
 
 # --- API keys (admin) ------------------------------------------------------------------------------

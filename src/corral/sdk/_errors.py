@@ -11,9 +11,10 @@ Callers catch by what they can do about it::
      ├── RateLimitException          429: too many sandboxes or requests
      ├── TimeoutException            a request or a command ran out of time
      ├── CommandExitException        a command exited non-zero (carries its output)
+     ├── BuildException              a template build failed (carries the step, exit code, output)
      └── ServerException             5xx, unreachable server, or a reply the SDK cannot read
 
-Every exception has ``sandbox_id`` (``None`` for calls not about one sandbox) and ``status``
+Every exception has ``sandbox_id`` (``None`` for calls not about one sandbox, e.g. templates) and ``status``
 (the HTTP status, ``None`` when there was no HTTP answer); its message names the sandbox.
 No httpx or OS exception reaches the caller: they are mapped here, with ``raise ... from``.
 """
@@ -28,6 +29,7 @@ import httpx
 
 __all__ = [
     "AuthenticationException",
+    "BuildException",
     "CommandExitException",
     "ConflictException",
     "InvalidArgumentException",
@@ -107,6 +109,33 @@ class CommandExitException(SandboxException):
         self.stdout = stdout
         self.stderr = stderr
         self.error = error
+
+
+class BuildException(SandboxException):
+    """A template build failed. ``step``/``line`` name the failed Dockerfile step (``None`` when the
+    build failed outside a step, e.g. a missing base), ``exit_code`` is its RUN's exit code and
+    ``output_tail`` the last lines it printed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        build_id: str,
+        template: str,
+        error: str | None,
+        step: int | None = None,
+        line: int | None = None,
+        exit_code: int | None = None,
+        output_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.build_id = build_id
+        self.template = template
+        self.error = error
+        self.step = step
+        self.line = line
+        self.exit_code = exit_code
+        self.output_tail = output_tail
 
 
 def _restore(cls: type[SandboxException], args: tuple[object, ...], state: dict[str, object]) -> SandboxException:

@@ -23,6 +23,7 @@ from corral.agent.client import AgentClient
 from corral.config import Settings
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.netpolicy import INTERNET, NetworkPolicy
+from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
 from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable, Unreachable
@@ -65,6 +66,7 @@ class SandboxService:
         self.templates = templates
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._envs: dict[str, dict[str, str]] = {}
+        self._defaults: dict[str, tuple[str | None, str | None]] = {}  # the template's user and workdir
         self._tokens: dict[str, str] = {}  # per-sandbox access token for its data plane (ports)
         self._creating = 0
         self._paused: set[str] = set()  # frozen in place, no timer
@@ -96,11 +98,12 @@ class SandboxService:
         timeout = s.default_timeout if req.timeout is None else req.timeout
         if not 1 <= timeout <= s.max_timeout:
             raise InvalidRequest(f"timeout: must be between 1 and {s.max_timeout} seconds, got {timeout}")
-        cpu = s.default_cpu if req.cpu is None else req.cpu
+        template = self.templates.get(req.template)
+        cpu = (template.config.cpu or s.default_cpu) if req.cpu is None else req.cpu
         cores = os.cpu_count() or 1
         if not 0.1 <= cpu <= cores:
             raise InvalidRequest(f"cpu: must be between 0.1 and {cores} (this host's cores), got {cpu}")
-        memory = s.default_memory_mb if req.memory_mb is None else req.memory_mb
+        memory = (template.config.memory_mb or s.default_memory_mb) if req.memory_mb is None else req.memory_mb
         if not 64 <= memory <= 65536:
             raise InvalidRequest(f"memory_mb: must be between 64 and 65536, got {memory}")
         disk = s.default_disk_mb if req.disk_mb is None else req.disk_mb
@@ -112,7 +115,7 @@ class SandboxService:
                     raise InvalidRequest(f"{name}: invalid key {k!r}")
         network = replace(req.network or INTERNET, max_connections=s.net_max_connections)
         return SandboxSpec(
-            sandbox_id=new_sandbox_id(), layers=self.templates.layers(req.template), cpu=cpu,
+            sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in template.refs), cpu=cpu,
             memory_mb=memory, disk_mb=disk, network=network,
         )
 
@@ -139,8 +142,20 @@ class SandboxService:
             raise
         finally:
             self._creating -= 1
-        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **req.envs}
+        config = self.templates.config(req.template)
+        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
+        self._defaults[spec.sandbox_id] = (config.user, config.workdir)
         self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
+        if config.start_cmd or config.ready_cmd or config.ready_port:
+            try:
+                await startup.start_and_wait(
+                    self.backend.agent(spec.sandbox_id), spec.sandbox_id, req.template, config,
+                    self._envs[spec.sandbox_id],
+                )
+            except BaseException as exc:
+                reason = exc.message if isinstance(exc, Unavailable) else "creation cancelled"
+                await self._end(spec.sandbox_id, "failed", reason)
+                raise
         expires = now() + timedelta(seconds=timeout)
         self._schedule(spec.sandbox_id, expires)
         updated = await asyncio.to_thread(
@@ -320,6 +335,15 @@ class SandboxService:
     def envs(self, sandbox_id: str) -> dict[str, str]:
         return dict(self._envs.get(sandbox_id, {}))
 
+    def default_user(self, sandbox_id: str) -> str:
+        """Who commands run as when the caller names nobody: the template's USER, else ``user``."""
+        user = self._defaults.get(sandbox_id, (None, None))[0]
+        return (user or "user").partition(":")[0] or "user"
+
+    def default_cwd(self, sandbox_id: str) -> str | None:
+        """Where commands start when the caller names no cwd: the template's WORKDIR (else the home)."""
+        return self._defaults.get(sandbox_id, (None, None))[1]
+
     async def on_runtime_exit(self, sandbox_id: str, reason: str) -> None:
         """The backend saw a sandbox die on its own (agent crash, runtime failure)."""
         log.warning("sandbox %s died: %s", sandbox_id, reason)
@@ -345,6 +369,7 @@ class SandboxService:
             timer.cancel()
         self._paused.discard(sandbox_id)
         self._envs.pop(sandbox_id, None)
+        self._defaults.pop(sandbox_id, None)
         self._tokens.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
         await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)

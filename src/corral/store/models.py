@@ -1,4 +1,4 @@
-"""Tables: API keys, sandboxes, templates."""
+"""Tables: API keys, sandboxes, templates, template builds."""
 
 from __future__ import annotations
 
@@ -44,8 +44,32 @@ class SandboxRow(Base):
 
 
 class TemplateRow(Base):
+    """A template built from a Dockerfile (built-in ones are directories, not rows)."""
+
     __tablename__ = "templates"
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    path: Mapped[str] = mapped_column(Text)
+    base: Mapped[str] = mapped_column(String(400))  # what FROM named, normalised
+    refs: Mapped[list[str]] = mapped_column(JSON)  # layer references, topmost first
+    key: Mapped[str] = mapped_column(String(80))  # the build's last cache key (a FROM of this continues it)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    build_id: Mapped[str] = mapped_column(String(32))
+    owner_key_id: Mapped[str] = mapped_column(String(32), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BuildRow(Base):
+    __tablename__ = "builds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    template: Mapped[str] = mapped_column(String(200), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # building | ready | failed
+    owner_key_id: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dockerfile: Mapped[str] = mapped_column(Text)

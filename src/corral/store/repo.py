@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from corral.store.models import ApiKeyRow, Base, SandboxRow, TemplateRow
+from corral.store.models import ApiKeyRow, Base, BuildRow, SandboxRow, TemplateRow
 
 LIVE_STATES = ("starting", "running", "paused")
 
@@ -37,6 +37,7 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        _drop_outdated_templates_table(self.engine)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -106,15 +107,66 @@ class Store:
             row.state, row.end_reason, row.ended_at = state, reason, now()
             return row
 
-    # templates
-    def put_template(self, name: str, path: str) -> None:
+    # templates and builds
+    def templates(self) -> list[TemplateRow]:
+        with self.session() as s:
+            return list(s.scalars(select(TemplateRow).order_by(TemplateRow.name)))
+
+    def put_template(self, row: TemplateRow) -> None:
+        """Insert or replace a template record (one transaction: readers see the old or the new one)."""
+        with self.session() as s:
+            s.merge(row)
+
+    def delete_template(self, name: str) -> bool:
         with self.session() as s:
             row = s.get(TemplateRow, name)
             if row is None:
-                s.add(TemplateRow(name=name, path=path, created_at=now()))
-            else:
-                row.path = path
+                return False
+            s.delete(row)
+            return True
 
-    def template(self, name: str) -> TemplateRow | None:
+    def live_sandboxes_of(self, template: str) -> list[str]:
         with self.session() as s:
-            return s.get(TemplateRow, name)
+            query = select(SandboxRow.id).where(SandboxRow.template == template, SandboxRow.state.in_(LIVE_STATES))
+            return list(s.scalars(query))
+
+    def add_build(self, row: BuildRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def build(self, build_id: str) -> BuildRow | None:
+        with self.session() as s:
+            return s.get(BuildRow, build_id)
+
+    def builds(self, template: str | None = None, limit: int = 50) -> list[BuildRow]:
+        with self.session() as s:
+            query = select(BuildRow).order_by(BuildRow.created_at.desc()).limit(limit)
+            if template is not None:
+                query = query.where(BuildRow.template == template)
+            return list(s.scalars(query))
+
+    def update_build(self, build_id: str, **changes: Any) -> BuildRow | None:
+        with self.session() as s:
+            row = s.get(BuildRow, build_id)
+            if row is not None:
+                for name, value in changes.items():
+                    setattr(row, name, value)
+            return row
+
+    def fail_unfinished_builds(self, reason: str) -> list[str]:
+        """Builds a previous run left in progress: mark them failed (their layers were never published)."""
+        with self.session() as s:
+            rows = list(s.scalars(select(BuildRow).where(BuildRow.state == "building")))
+            for row in rows:
+                row.state, row.error, row.finished_at = "failed", reason, now()
+            return [r.id for r in rows]
+
+
+def _drop_outdated_templates_table(engine: Engine) -> None:
+    """Releases before template builds had a ``templates`` table that nothing wrote: replace it."""
+    found = inspect(engine)
+    if "templates" in found.get_table_names():
+        columns = {c["name"] for c in found.get_columns("templates")}
+        if "refs" not in columns:
+            with engine.begin() as conn:
+                conn.execute(text("DROP TABLE templates"))

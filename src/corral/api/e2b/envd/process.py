@@ -132,7 +132,8 @@ async def start(call: Call, message: Message) -> AsyncIterator[Message]:
     envs = {**await global_envs(call), **req.envs}
     try:
         stream = await call.agent.exec(
-            [req.cmd, *req.args], env=envs, cwd=None if req.cwd is None else home_relative(req.cwd),
+            [req.cmd, *req.args], env=envs,
+            cwd=call.services.sandboxes.default_cwd(call.sandbox_id) if req.cwd is None else home_relative(req.cwd),
             user=call.user, stdin=req.stdin and req.pty is None,
             pty=None if req.pty is None else {"cols": req.pty[0], "rows": req.pty[1]},
             tag=req.tag, timeout=call.timeout or 0,
