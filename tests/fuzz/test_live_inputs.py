@@ -250,3 +250,50 @@ def test_connect_rpc_answers_connect_errors(envd: httpx.Client, call: tuple[str,
             return
         assert error["code"] in STATUS and STATUS[error["code"]] == r.status_code and error["message"], error
         assert error["code"] not in ("internal", "unknown"), error
+
+
+# -- JSON strings that are not Unicode, and bad stdin encodings (found by fuzzing) --------------
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/commands", {"cmd": f"echo {SURROGATE}"}),
+    ("/commands", {"cmd": "true", "envs": {"A": SURROGATE}}),
+    ("/commands", {"cmd": "true", "cwd": f"/tmp/{SURROGATE}"}),
+    ("/commands", {"cmd": "true", "user": SURROGATE}),
+    ("/commands", {"cmd": "true", "tag": SURROGATE}),
+    ("/files/mkdir", {"path": f"/tmp/{SURROGATE}"}),
+    ("/files/move", {"src": f"/tmp/{SURROGATE}", "dst": "/tmp/x"}),
+    ("/commands/1/stdin", {"data": SURROGATE}),
+    ("/commands/1/stdin", {"data_base64": "0"}),
+    ("/commands/1/stdin", {"data_base64": "\u0080"}),
+    ("", {"metadata": {"k": SURROGATE}}),  # create: such a record once made every later list answer 500
+    ("", {"envs": {SURROGATE: "v"}}),
+])
+def test_unencodable_strings_are_a_400(server: Server, fuzz_sandbox: str, path: str, body: dict[str, Any]) -> None:
+    """JSON escapes can spell lone surrogates; they were 500s (create, stdin) or 503s ("agent not
+    reachable" is what the agent's UnicodeEncodeError became); now they are 400s naming the field."""
+    url = f"/v1/sandboxes/{fuzz_sandbox}{path}" if path else "/v1/sandboxes"
+    with server.client() as api:
+        r = api.post(url, content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        json_error(r)
+        assert api.get("/v1/sandboxes", params={"state": "all"}).status_code == 200
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(["cmd", "cwd", "user", "tag", "env"]),
+       text=st.text(alphabet=st.characters(categories=["Cs"]) | st.sampled_from("a/é \0$"), min_size=1, max_size=6))
+def test_command_fields_with_any_text(server: Server, fuzz_sandbox: str, field: str, text: str) -> None:
+    body: dict[str, Any] = {"cmd": "true", "timeout": 5}
+    if field == "env":
+        body["envs"] = {"V": text}
+    else:
+        body[field] = text if field != "cmd" else f": {text}"
+    with server.client() as api:
+        r = api.post(f"/v1/sandboxes/{fuzz_sandbox}/commands", content=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        event(f"status {r.status_code}")
+        if r.status_code != 200:
+            json_error(r)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.agent.client import AgentClient
+from corral.agent.protocol import is_unicode
 from corral.config import Settings
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.netpolicy import INTERNET, NetworkPolicy
@@ -111,7 +112,7 @@ class SandboxService:
             raise InvalidRequest(f"disk_mb: must be between 64 and 1048576, got {disk}")
         for name, mapping in (("envs", req.envs), ("metadata", req.metadata)):
             for k in mapping:
-                if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]):
+                if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]) or not is_unicode(k + str(mapping[k])):
                     raise InvalidRequest(f"{name}: invalid key {k!r}")
         network = replace(req.network or INTERNET, max_connections=s.net_max_connections)
         return SandboxSpec(
