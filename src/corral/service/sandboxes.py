@@ -28,6 +28,7 @@ from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
 from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable, Unreachable
+from corral.service.pool import PoolKey, WarmPool
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
 from corral.store.repo import LIVE_STATES, Store, now
@@ -74,6 +75,10 @@ class SandboxService:
         self._changing: set[str] = set()  # being paused or resumed right now
         self.contexts = Contexts()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pooled: set[str] = set()  # served from the warm pool (reported by create)
+        self.pool: WarmPool | None = None
+        if settings.pool is not None:
+            self.pool = WarmPool(self._start_pooled, self.backend.destroy, self._room, max_size=settings.pool_max)
 
     # lifecycle of the service
     async def start(self) -> list[str]:
@@ -86,9 +91,18 @@ class SandboxService:
         cleaned = await self.backend.reconcile(keep=set())
         if stale or cleaned:
             log.warning("reconciled %d stale records, cleaned %d runtime leftovers", len(stale), len(cleaned))
+        if self.pool is not None and self.settings.pool is not None:
+            for name, size in self.settings.pool.items():
+                try:
+                    self.pool.want(self._pool_key(name), size)
+                except (NotFound, InvalidRequest) as exc:
+                    log.warning("pool: %s", exc.message)
+            self.pool.start()
         return cleaned
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
         for sandbox_id in [*self._timers, *self._paused]:
             await self._end(sandbox_id, "ended", "server shut down")
         await self.backend.close()
@@ -131,6 +145,9 @@ class SandboxService:
             node="local", created_at=created, expires_at=created + timedelta(seconds=timeout),
             meta=dict(req.metadata), cpu=spec.cpu, memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
         )
+        pooled = self._from_pool(req, spec)
+        if pooled is not None:
+            return await self._claim_pooled(principal, req, replace(spec, sandbox_id=pooled), timeout)
         await asyncio.to_thread(self.store.add_sandbox, row)
         self._creating += 1
         try:
@@ -347,6 +364,10 @@ class SandboxService:
 
     async def on_runtime_exit(self, sandbox_id: str, reason: str) -> None:
         """The backend saw a sandbox die on its own (agent crash, runtime failure)."""
+        if self.pool is not None and self.pool.forget(sandbox_id):
+            log.warning("pooled sandbox %s died while idle: %s", sandbox_id, reason)
+            await self.backend.destroy(sandbox_id)
+            return
         log.warning("sandbox %s died: %s", sandbox_id, reason)
         await self._end(sandbox_id, "failed", reason)
 
@@ -381,6 +402,74 @@ class SandboxService:
 
     def live_count(self) -> int:
         return len(self._timers) + len(self._paused)
+
+    def was_pooled(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._pooled
+
+    # the warm pool
+    def _pool_key(self, template: str) -> PoolKey:
+        """The key of a create that asks for nothing but ``template`` (its default resources)."""
+        info = self.templates.get(template)
+        s = self.settings
+        return PoolKey(template=template, template_key=info.key, cpu=info.config.cpu or s.default_cpu,
+                       memory_mb=info.config.memory_mb or s.default_memory_mb, disk_mb=s.default_disk_mb)
+
+    def _from_pool(self, req: CreateRequest, spec: SandboxSpec) -> str | None:
+        if self.pool is None or req.cpu is not None or req.memory_mb is not None or req.disk_mb is not None:
+            return None
+        if req.network is not None and req.network != INTERNET:
+            return None
+        key = self._pool_key(req.template)
+        if (key.cpu, key.memory_mb, key.disk_mb) != (spec.cpu, spec.memory_mb, spec.disk_mb):
+            return None
+        return self.pool.take(key)
+
+    def _room(self) -> int:
+        pool = self.pool.size() if self.pool is not None else 0
+        return self.settings.max_sandboxes - self.live_count() - self._creating - pool
+
+    async def _start_pooled(self, key: PoolKey) -> str:
+        """Start one sandbox for the pool: what a create of ``key.template`` with defaults would start."""
+        info = self.templates.get(key.template)
+        network = replace(INTERNET, max_connections=self.settings.net_max_connections)
+        spec = SandboxSpec(
+            sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in info.refs), cpu=key.cpu,
+            memory_mb=key.memory_mb, disk_mb=key.disk_mb, network=network,
+        )
+        await self.backend.create(spec)
+        config = info.config
+        if config.start_cmd or config.ready_cmd or config.ready_port:
+            env = {**self.backend.default_env(spec), **dict(config.env)}
+            try:
+                await startup.start_and_wait(self.backend.agent(spec.sandbox_id), spec.sandbox_id, key.template,
+                                             config, env)
+            except BaseException:
+                await self.backend.destroy(spec.sandbox_id)
+                raise
+        return spec.sandbox_id
+
+    async def _claim_pooled(self, principal: Principal, req: CreateRequest, spec: SandboxSpec,
+                            timeout: int) -> SandboxRow:
+        """Give a pooled sandbox its owner, record, environment, token and deadline."""
+        created = now()
+        expires = created + timedelta(seconds=timeout)
+        row = SandboxRow(
+            id=spec.sandbox_id, template=req.template, state="running", owner_key_id=principal.key_id,
+            node="local", created_at=created, expires_at=expires, meta=dict(req.metadata), cpu=spec.cpu,
+            memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
+        )
+        try:
+            await asyncio.to_thread(self.store.add_sandbox, row)
+        except BaseException:
+            await self.backend.destroy(spec.sandbox_id)
+            raise
+        config = self.templates.config(req.template)
+        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
+        self._defaults[spec.sandbox_id] = (config.user, config.workdir)
+        self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
+        self._pooled.add(spec.sandbox_id)
+        self._schedule(spec.sandbox_id, expires)
+        return row
 
 
 def describe(row: SandboxRow) -> dict[str, Any]:
