@@ -297,3 +297,29 @@ def test_command_fields_with_any_text(server: Server, fuzz_sandbox: str, field: 
         event(f"status {r.status_code}")
         if r.status_code != 200:
             json_error(r)
+
+
+# -- digits that str.isdigit() accepts and int() refuses (found by fuzzing) ------------------------
+
+@pytest.mark.parametrize("probe", ["signal", "user", "pid", "deadline", "keepalive", "port", "expiration"])
+def test_unicode_digits_are_refused_not_500(server: Server, fuzz_sandbox: str, probe: str) -> None:
+    """"²" (and "³", "¹": latin-1 bytes of a header) passes str.isdigit() but not int(): each of these
+    inputs answered 500 (the router's port header even with a plain-text body, for any path)."""
+    envd = {"E2b-Sandbox-Id": fuzz_sandbox, "E2b-Sandbox-Port": ENVD}
+    sup = "²".encode("latin-1")
+    requests: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "signal": ("POST", f"/v1/sandboxes/{fuzz_sandbox}/commands/1/signal", {"json": {"signal": "²"}}),
+        "user": ("POST", f"/v1/sandboxes/{fuzz_sandbox}/files/mkdir", {"json": {"path": "d", "user": "²"}}),
+        "pid": ("POST", "/process.Process/SendSignal", {"json": {"process": {"pid": "²"}}, "headers": envd}),
+        "deadline": ("POST", "/process.Process/List", {"json": {}, "headers": {**envd, "Connect-Timeout-Ms": sup}}),
+        "keepalive": ("POST", "/process.Process/List",
+                      {"json": {}, "headers": {**envd, "Keepalive-Ping-Interval": sup}}),
+        "port": ("GET", "/health", {"headers": {"E2b-Sandbox-Id": fuzz_sandbox, "E2b-Sandbox-Port": b"4998" + sup}}),
+        "expiration": ("GET", "/files", {"params": {"path": "x", "signature": "v1_x", "signature_expiration": "²"},
+                                         "headers": {**envd, "X-API-Key": ""}}),
+    }
+    method, url, kwargs = requests[probe]
+    with server.client() as api:
+        r = api.request(method, url, **kwargs)
+    assert r.status_code < 500 or r.status_code == 502, f"{r.status_code}: {r.text[:300]}"
+    assert r.status_code == 200 or r.json().get("message"), r.text[:300]  # 200: the header is ignored
