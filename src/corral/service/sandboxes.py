@@ -70,6 +70,7 @@ class SandboxService:
         self._envs: dict[str, dict[str, str]] = {}
         self._defaults: dict[str, tuple[str | None, str | None]] = {}  # the template's user and workdir
         self._tokens: dict[str, str] = {}  # per-sandbox access token for its data plane (ports)
+        self._owners: dict[str, str] = {}  # live sandbox → owner key id (no store read on the exec path)
         self._creating = 0
         self._paused: set[str] = set()  # frozen in place, no timer
         self._changing: set[str] = set()  # being paused or resumed right now
@@ -164,6 +165,7 @@ class SandboxService:
         self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
         self._defaults[spec.sandbox_id] = (config.user, config.workdir)
         self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
+        self._owners[spec.sandbox_id] = principal.key_id
         if config.start_cmd or config.ready_cmd or config.ready_port:
             try:
                 await startup.start_and_wait(
@@ -295,7 +297,9 @@ class SandboxService:
             raise Unavailable(f"sandbox {sandbox_id}: metrics unavailable: {exc}") from exc
 
     async def agent(self, principal: Principal, sandbox_id: str) -> AgentClient:
-        await self.get(principal, sandbox_id)
+        owner = self._owners.get(sandbox_id)
+        if owner is None or not (principal.admin or owner == principal.key_id):
+            await self.get(principal, sandbox_id)  # the store says why not (unknown, ended, not yours)
         if sandbox_id in self._paused:
             raise Conflict(f"sandbox {sandbox_id} is paused; resume it (connect) first")
         return self.backend.agent(sandbox_id)
@@ -393,6 +397,7 @@ class SandboxService:
         self._envs.pop(sandbox_id, None)
         self._defaults.pop(sandbox_id, None)
         self._tokens.pop(sandbox_id, None)
+        self._owners.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
         await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)
         try:
@@ -467,6 +472,7 @@ class SandboxService:
         self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
         self._defaults[spec.sandbox_id] = (config.user, config.workdir)
         self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
+        self._owners[spec.sandbox_id] = principal.key_id
         self._pooled.add(spec.sandbox_id)
         self._schedule(spec.sandbox_id, expires)
         return row
