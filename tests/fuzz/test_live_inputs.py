@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import posixpath
 import secrets
 import struct
 from collections.abc import Iterator
@@ -76,11 +77,20 @@ def json_error(r: httpx.Response) -> dict[str, Any]:
 
 
 def assert_inside(root: Path, path: str, data: bytes) -> None:
-    """The sandbox path an answer named holds `data`, seen through the sandbox's root mount."""
+    """The sandbox path an answer named holds `data`, read through the sandbox's root mount one
+    component at a time (so no host PATH_MAX applies and no symlink or `..` can lead out of it)."""
     assert path.startswith("/"), path
-    host = root / path.lstrip("/")
-    assert os.path.realpath(host).startswith(f"{root}/"), f"{path} resolves outside the sandbox: {host}"
-    assert host.read_bytes() == data, f"{path}: not the uploaded bytes"
+    parts = [p for p in posixpath.normpath(path).split("/") if p]  # answers may say "/home/user/./x"
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            step = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        with os.fdopen(os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as f:
+            assert f.read() == data, f"{path}: not the uploaded bytes"
+    finally:
+        os.close(fd)
 
 
 def quoted(name: bytes) -> bytes:
