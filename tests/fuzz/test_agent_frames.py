@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corral.agent.copyin import owner_ids
 from corral.agent.protocol import (
     ERROR_KINDS,
     HEADER,
@@ -242,3 +243,16 @@ def test_a_write_refused_before_its_data_is_answered_not_dropped(
     with pytest.raises(AgentError) as caught:
         asyncio.run(write())
     assert not isinstance(caught.value, AgentUnavailable) and caught.value.kind == kind, caught.value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.none() | st.text(alphabet="0129²³¹٣:ab-", max_size=8) | st.text(max_size=8).filter(lambda t: "\0" not in t))
+def test_chown_specs_give_ids_or_an_agent_error(spec: str | None) -> None:
+    """COPY --chown=… (NUL never gets here: `Request.optional_text` refuses it). Found: "²" passed
+    str.isdigit() and int() then raised, failing the build with an internal error."""
+    try:
+        uid, gid = owner_ids(spec)
+    except AgentError as exc:
+        assert exc.kind in ERROR_KINDS
+    else:
+        assert 0 <= uid < 65536 and 0 <= gid < 65536
