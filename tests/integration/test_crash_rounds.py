@@ -120,7 +120,6 @@ class History:
     """What earlier rounds established and later ones check."""
 
     ready_templates: dict[str, str] = field(default_factory=dict)  # name → the tag its build wrote
-    orphan_build_dirs: set[str] = field(default_factory=set)
     rounds_done: int = 0
 
 
@@ -376,11 +375,8 @@ def verify(server: Server, previous: Seen | None, history: History, pool: bool) 
         recorded = {row[0] for row in db.execute("SELECT id FROM builds")}
     assert building == [], f"builds left 'building' after the restart: {building}"
     build_dirs = _listing(data / "builds")
-    # KNOWN BUG (service/builds.py, not fixed here): a crash while a build's context is unpacked, before its
-    # record is written, leaves <data>/builds/<id>/ with the unpacked files forever. Collected, and the
-    # test is marked xfail at its end if nothing else failed; remove this once start() removes them.
-    history.orphan_build_dirs |= {n for n in build_dirs if n not in recorded}
-    build_dirs = [n for n in build_dirs if n in recorded]
+    # a crash while a context is unpacked, before the build's record exists: start() removes the dir
+    assert [n for n in build_dirs if n not in recorded] == [], "build dirs without a build record survived"
     leftover_files = [n for n in build_dirs if (data / "builds" / n / "files").exists()]
     assert leftover_files == [], f"build dirs of finished builds kept their files: {leftover_files}"
 
@@ -506,9 +502,6 @@ def run_rounds(rounds: int) -> None:
             server.stop(signal.SIGKILL)
         remove_data_dir(data)
     print(f"crash rounds: {rounds} rounds, seed {seed}, {len(history.ready_templates)} templates built")
-    if history.orphan_build_dirs:
-        pytest.xfail(f"known bug: build dirs of builds interrupted before their record leak "
-                     f"({len(history.orphan_build_dirs)} found); see the note in verify()")
 
 
 @pytest.mark.timeout(900)
