@@ -1,0 +1,186 @@
+"""Profile the server with py-spy while it serves a workload; print the top frames (self and total).
+
+Workloads (each on a fresh server, py-spy attached to it for the workload only):
+
+* ``cold``: creates with the pool off — 10 one after another, then a burst of 10 concurrent;
+* ``pooled``: two bursts of 50 concurrent creates served from a full warm pool (the refill that
+  follows runs inside the profile too);
+* ``exec``: 300 × ``commands.run("true")`` on one live sandbox through the SDK;
+* ``agent`` (no server): the agent's start-up in a raw bwrap, import by import;
+* ``noop``: 20 bursts of 50 concurrent no-op authenticated calls (``GET /v1/sandboxes``).
+
+py-spy samples every thread of the server process (``--idle`` off: waiting threads don't count) at
+``--rate`` Hz and writes collapsed stacks; the summary counts a function once per sample for "total"
+and the innermost frame for "self". The collapsed files stay in ``--out`` for flame graphs.
+
+    sudo .venv/bin/python bench/profile_server.py [--workload cold,pooled,exec] [--out /tmp/corral-prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from create_latency import ours as create_to_output
+from figures import Server, server
+from pool_create import burst, wait_ready
+
+from corral import Sandbox
+
+
+def cold(srv: Server) -> None:
+    with srv.client() as client:
+        create_to_output(client, 10)
+    asyncio.run(burst(srv.url, srv.api_key, 10))
+
+
+def pooled(srv: Server) -> None:
+    for _ in range(2):
+        wait_ready(srv.url, srv.api_key, 50)
+        asyncio.run(burst(srv.url, srv.api_key, 50))
+    time.sleep(3)  # the refill
+
+
+def noop(srv: Server) -> None:
+    from suite import noop_burst
+
+    for _ in range(20):
+        asyncio.run(noop_burst(srv.url, srv.api_key, 50))
+
+
+def exec_loop(srv: Server) -> None:
+    sandbox = Sandbox.create(api_url=srv.url, api_key=srv.api_key)
+    try:
+        for _ in range(300):
+            sandbox.commands.run("true")
+    finally:
+        sandbox.kill()
+
+
+WORKLOADS: dict[str, tuple[dict[str, str], Callable[[Server], None], Callable[[Server], None] | None]] = {
+    # name: (server env, workload, preparation outside the profile)
+    "cold": ({}, cold, lambda s: cold(s)),
+    "pooled": ({"CORRAL_POOL": "base=50", "CORRAL_POOL_MAX": "50"}, pooled, lambda s: wait_ready(s.url, s.api_key, 50)),
+    "exec": ({}, exec_loop, None),
+    "noop": ({}, noop, None),
+}
+
+
+def summarise(collapsed: Path, top: int) -> str:
+    """Top frames by self and by total time, for the event-loop thread and for the worker threads
+    apart (a stack through ``Runner.run`` is the loop's), plus the top Corral frames by total."""
+    own = {"loop": collections.Counter[str](), "threads": collections.Counter[str]()}
+    total = {"loop": collections.Counter[str](), "threads": collections.Counter[str]()}
+    ours: collections.Counter[str] = collections.Counter()
+    samples = collections.Counter[str]()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        where = "loop" if any(f.startswith("Runner.run ") for f in frames) else "threads"
+        samples[where] += count
+        own[where][frames[-1]] += count
+        for frame in set(frames):
+            total[where][frame] += count
+            if "(corral/" in frame:
+                ours[frame] += count
+    everything = max(1, sum(samples.values()))
+    out = [f"{everything} samples: event loop {100 * samples['loop'] / everything:.0f}%, "
+           f"worker threads {100 * samples['threads'] / everything:.0f}%"]
+    for where in ("loop", "threads"):
+        for title, counter in (("self", own[where]), ("total", total[where])):
+            out.append(f"  {where}, top {top} by {title} (% of all samples):")
+            out += [f"    {100 * c / everything:5.1f}%  {frame}" for frame, c in counter.most_common(top)]
+    out.append(f"  Corral frames, top {top} by total:")
+    out += [f"    {100 * c / everything:5.1f}%  {frame}" for frame, c in ours.most_common(top)]
+    return "\n".join(out)
+
+
+def profile(name: str, out: Path, rate: int, top: int) -> str:
+    env, work, prepare = WORKLOADS[name]
+    with server(**env) as srv:
+        if prepare is not None:
+            prepare(srv)
+        target = out / f"{name}.collapsed"
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(srv.process.pid), "--rate", str(rate), "--format", "raw",
+             "--output", str(target), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        time.sleep(1)  # attached
+        started = time.perf_counter()
+        work(srv)
+        elapsed = time.perf_counter() - started
+        spy.send_signal(signal.SIGINT)
+        _, err = spy.communicate(timeout=60)
+        if not target.exists():
+            return f"{name}: py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"
+    return f"== {name} ({elapsed:.1f} s of workload)\n{summarise(target, top)}"
+
+
+AGENT_SRC = Path(__file__).resolve().parents[1] / "src" / "corral" / "agent"
+PROBES = {  # what the sandbox's python does before the agent answers, one step at a time
+    "python3 -c pass": "pass",
+    "import asyncio": "import asyncio",
+    "import ssl": "import ssl",
+    "import the agent (corral_agent.server)": "import corral_agent.server",
+}
+
+
+def agent_startup(samples: int = 10) -> str:
+    """The agent's start in a raw bwrap with the base template's python (as a sandbox runs it, with
+    ``-s -B``): wall time and anonymous memory per import step, and the slowest imports (-X importtime)."""
+    from figures import TEMPLATES_ROOT, p50
+
+    bwrap = ["bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", str(TEMPLATES_ROOT), "/",
+             "--tmpfs", "/tmp", "--ro-bind", str(AGENT_SRC), "/tmp/corral_agent", "--proc", "/proc", "--dev", "/dev",
+             "--setenv", "PYTHONPATH", "/tmp", "/usr/bin/python3", "-s", "-B"]
+    show = "; print(next(l for l in open('/proc/self/status') if l.startswith('RssAnon')).split()[1])"
+    lines = ["== agent start-up (raw bwrap, base template python, -s -B)"]
+    for label, code in PROBES.items():
+        times, anon = [], 0
+        for _ in range(samples):
+            started = time.perf_counter()
+            out = subprocess.run([*bwrap, "-c", code + show], capture_output=True, text=True, check=True).stdout
+            times.append(time.perf_counter() - started)
+            anon = int(out.split()[-1])
+        lines.append(f"  {label:<42} p50 {1000 * p50(times):6.1f} ms   RssAnon {anon / 1024:5.1f} MiB")
+    err = subprocess.run([*bwrap, "-X", "importtime", "-c", "import corral_agent.server"], capture_output=True,
+                         text=True, check=True).stderr
+    rows = []
+    for line in err.splitlines()[1:]:
+        parts = [p.strip() for p in line.removeprefix("import time:").split("|")]
+        if len(parts) == 3 and parts[1].isdigit():
+            rows.append((int(parts[1]), parts[2]))
+    lines.append("  slowest imports by cumulative time (us), one run:")
+    lines += [f"    {us:>8}  {name}" for us, name in sorted(rows, reverse=True)[:15]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workload", default="agent,cold,pooled,exec,noop")
+    parser.add_argument("--out", default="/tmp/corral-prof")
+    parser.add_argument("--rate", type=int, default=250)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
+        sys.exit("py-spy is not installed: pip install -c constraints.txt -e '.[bench]'")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.workload.split(","):
+        print(agent_startup() if name == "agent" else profile(name, out, args.rate, args.top), flush=True)
+
+
+if __name__ == "__main__":
+    main()

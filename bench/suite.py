@@ -1,0 +1,306 @@
+"""``make bench``: every performance figure of Corral in one run, printed as one table.
+
+Each figure is a small function returning ``Figure(ours, baseline, …)`` with its baseline measured in
+this run (docs/performance.md explains each). The blocks, in order:
+
+1. latency (server with the pool off): cold create → first output vs the raw bwrap + overlay + ``true``;
+   ``commands.run("true")`` vs local ``subprocess.run("true")`` + one HTTP round trip (``/health``);
+   a no-op authenticated call vs a bare uvicorn app's round trip; peers (raw ``runsc``, PyPI ``gvisor``);
+   create latency vs concurrent creators (cold);
+2. warm pool (pool of 50): 50 concurrent creates, p50 and p99, vs 50 concurrent no-op calls; the
+   same through the SDK's ``AsyncSandbox.create()``; pooled latency vs concurrent creators;
+3. throughput: creators + killers for ``--churn-seconds`` (pool sized by demand), errors counted;
+4. density: idle sandboxes up to ``--density`` (checkpoints on the way), host memory per sandbox and
+   where it goes; create latency vs live sandboxes.
+
+Writes the curves to ``docs/perf-*.png`` (``--plots``) and every number to ``--json``.
+
+    sudo .venv/bin/python bench/suite.py [--quick] [--density 500] [--churn-seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import density
+import httpx
+import throughput
+from create_latency import ours as create_to_output
+from create_latency import raw_primitive
+from curves import DOCS, concurrency, plot_concurrency, plot_live
+from figures import TEMPLATES_ROOT, Figure, Server, load, p50, pct, save, server, table
+from peers import gvisor_pypi, runsc_create_exec
+from pool_create import burst, wait_ready
+
+from corral import AsyncSandbox, Sandbox
+from corral.sdk._config import ConnectionConfig
+from corral.sdk._http import SyncHTTP
+
+MS = 1000.0
+BARE_APP = textwrap.dedent("""
+    import sys, uvicorn
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"[]"})
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", loop="uvloop", http="httptools")
+""")
+
+
+def timed(call: object, samples: int) -> list[float]:
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        call()  # type: ignore[operator]
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def round_trips(url: str, path: str, samples: int, key: str | None = None) -> list[float]:
+    with httpx.Client(base_url=url, headers={"X-API-Key": key} if key else {}) as client:
+        for _ in range(20):
+            client.get(path).raise_for_status()
+        return timed(lambda: client.get(path).raise_for_status(), samples)
+
+
+def bare_uvicorn(samples: int) -> list[float]:
+    """Round trips to a bare uvicorn (uvloop, httptools) ASGI app answering ``[]``: the framework floor."""
+    from conftest import free_port
+
+    port = free_port()
+    with tempfile.NamedTemporaryFile("w", suffix=".py") as script:
+        script.write(BARE_APP)
+        script.flush()
+        proc = subprocess.Popen([sys.executable, script.name, str(port)])
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    httpx.get(url, timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)  # readiness poll of a separate process
+            return round_trips(url, "/", samples)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+# block 1: latency, pool off
+def cold_create(srv: Server, samples: int) -> Figure:
+    with srv.client() as client:
+        create_to_output(client, 3)
+        ours = create_to_output(client, samples)
+    raw = raw_primitive(TEMPLATES_ROOT, samples)
+    return Figure("cold create -> first output, p50", "ms", p50(ours) * MS, p50(raw) * MS,
+                  "raw bwrap+overlay+true", "ratio <= 2.5", lambda _o, r: r is not None and r <= 2.5,
+                  note=f"p99 {pct(ours, 0.99) * MS:.0f} vs {pct(raw, 0.99) * MS:.1f} ms",
+                  extra={"ours": ours, "baseline": raw})
+
+
+def run_true(srv: Server, samples: int) -> Figure:
+    sandbox = Sandbox.create(api_url=srv.url, api_key=srv.api_key, timeout=600)
+    try:
+        for _ in range(10):
+            sandbox.commands.run("true")
+        ours = timed(lambda: sandbox.commands.run("true"), samples)
+    finally:
+        sandbox.kill()
+    local = timed(lambda: subprocess.run(["true"], check=True), samples)
+    trip = round_trips(srv.url, "/health", samples)
+    baseline = p50(local) + p50(trip)
+    return Figure('commands.run("true"), live sandbox, p50', "ms", p50(ours) * MS, baseline * MS,
+                  "subprocess.run(true) + 1 HTTP trip", "ratio <= 1.5", lambda _o, r: r is not None and r <= 1.5,
+                  note=f"local true {p50(local) * MS:.2f} ms + /health {p50(trip) * MS:.2f} ms",
+                  extra={"ours": ours, "local": local, "trip": trip})
+
+
+def api_overhead(srv: Server, samples: int) -> Figure:
+    ours = round_trips(srv.url, "/v1/sandboxes", samples, srv.api_key)
+    bare = bare_uvicorn(samples)
+    return Figure("no-op authenticated call (GET /v1/sandboxes), p50", "ms", p50(ours) * MS, p50(bare) * MS,
+                  "bare uvicorn app", "report", None, note=f"p99 {pct(ours, 0.99) * MS:.2f} ms",
+                  extra={"ours": ours, "baseline": bare})
+
+
+def peers(cold: Figure, samples: int) -> list[Figure]:
+    figures = []
+    for label, values in (("raw runsc (ptrace) run+exec", runsc_create_exec(TEMPLATES_ROOT, samples)),
+                          ("PyPI gvisor Sandbox()+exec", gvisor_pypi(samples))):
+        if values is None:
+            figures.append(Figure(f"peer: {label}", "ms", cold.ours, None, "not available here", "report"))
+            continue
+        figures.append(Figure(f"cold create -> output vs peer: {label}", "ms", cold.ours, p50(values) * MS, label,
+                              "report", None, extra={"baseline": values}))
+    return figures
+
+
+# block 2: the warm pool
+async def noop_burst(url: str, key: str, n: int) -> list[float]:
+    """n concurrent no-op authenticated calls on n open connections (what the API costs at that load)."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=60, limits=limits) as client:
+        await asyncio.gather(*(client.get("/v1/sandboxes") for _ in range(n)))
+
+        async def one() -> float:
+            started = time.perf_counter()
+            (await client.get("/v1/sandboxes")).raise_for_status()
+            return time.perf_counter() - started
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def sdk_burst(url: str, key: str, n: int) -> tuple[list[float], float]:
+    """n concurrent ``AsyncSandbox.create()`` (each builds its own HTTP client, as the SDK does), and
+    what building one ``SyncHTTP`` costs on its own."""
+    async def one() -> tuple[float, AsyncSandbox]:
+        started = time.perf_counter()
+        sandbox = await AsyncSandbox.create(api_url=url, api_key=key, timeout=120)
+        return time.perf_counter() - started, sandbox
+
+    results = await asyncio.gather(*(one() for _ in range(n)))
+    for _, sandbox in results:
+        await sandbox.kill()
+        await sandbox.close()
+    config = ConnectionConfig.resolve(key, url)
+    client_cost = p50(timed(lambda: SyncHTTP(config), 20))
+    return [t for t, _ in results], client_cost
+
+
+def warm_pool(srv: Server, n: int, rounds: int) -> tuple[list[Figure], dict[int, list[float]]]:
+    warm: list[float] = []
+    pooled = 0
+    noop: list[float] = []
+    for _ in range(rounds):
+        wait_ready(srv.url, srv.api_key, n)
+        noop += asyncio.run(noop_burst(srv.url, srv.api_key, n))
+        times, _, got = asyncio.run(burst(srv.url, srv.api_key, n))
+        warm += times
+        pooled += got
+    wait_ready(srv.url, srv.api_key, n)
+    sdk, client_cost = asyncio.run(sdk_burst(srv.url, srv.api_key, n))
+    note = f"{pooled}/{n * rounds} served from the pool"
+    figures = [
+        Figure(f"warm-pool create, {n} concurrent, p50", "ms", p50(warm) * MS, p50(noop) * MS,
+               f"{n} concurrent no-op calls", "< 5 ms", lambda o, _r: o < 5, note=note,
+               extra={"ours": warm, "baseline": noop}),
+        Figure(f"warm-pool create, {n} concurrent, p99", "ms", pct(warm, 0.99) * MS, pct(noop, 0.99) * MS,
+               f"{n} concurrent no-op calls", "< 20 ms", lambda o, _r: o < 20, note=note),
+        Figure(f"AsyncSandbox.create() (SDK), {n} concurrent, p50", "ms", p50(sdk) * MS, p50(warm) * MS,
+               "same over open connections", "report", None,
+               note=f"building one SDK HTTP client costs {client_cost * MS:.1f} ms", extra={"ours": sdk}),
+    ]
+    curve = concurrency(srv.url, srv.api_key, [1, 10, n], repeat=10, refill=n)
+    return figures, curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--density", type=int, default=500, help="idle sandboxes to reach")
+    parser.add_argument("--churn-seconds", type=float, default=60)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few samples, 20 s churn, 50 sandboxes")
+    parser.add_argument("--plots", default=str(DOCS), help="where the PNG curves go")
+    parser.add_argument("--json", default="/tmp/corral-bench.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.samples, args.density, args.churn_seconds = 8, 50, 20
+    n = args.concurrency
+    started = time.monotonic()
+    context: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "load_before": load(),
+        "kernel": platform.release(), "python": platform.python_version(),
+    }
+    figures: list[Figure] = []
+
+    def step(text: str) -> None:
+        print(f"[{time.monotonic() - started:5.0f} s, load {load()}] {text}", flush=True)
+
+    step("latency: cold create, commands.run, API overhead, peers, concurrency (pool off)")
+    with server() as srv:
+        cold = cold_create(srv, args.samples)
+        figures += [cold, run_true(srv, args.samples * 3), api_overhead(srv, args.samples * 10)]
+        figures += peers(cold, max(4, args.samples // 4))
+        cold_curve = concurrency(srv.url, srv.api_key, [1, 10, n], repeat=10)
+
+    step(f"warm pool: {n} concurrent creates")
+    with server(CORRAL_POOL=f"base={n}", CORRAL_POOL_MAX=str(n)) as srv:
+        pool_figures, warm_curve = warm_pool(srv, n, rounds=3)
+        figures += pool_figures
+
+    step(f"throughput: creators + killers for {args.churn_seconds:.0f} s")
+    raw_rate = throughput.raw_rate(5)
+    churn = throughput.run(args.churn_seconds, creators=8, killers=4)
+    errors = churn["errors"]
+    assert isinstance(errors, list)
+    figures.append(Figure(f"creates/s sustained {args.churn_seconds:.0f} s, kills in parallel", "1/s",
+                          float(churn["rate"]), raw_rate, "raw primitive, 2 workers",  # type: ignore[arg-type]
+                          ">= 50/s, 0 errors", lambda o, _r: o >= 50 and not errors,
+                          note=f"{len(errors)} errors, {churn['pooled']}/{churn['creates']} pooled, create p50 "
+                               f"{float(churn['latency_p50'] or 0) * MS:.0f} ms",  # type: ignore[arg-type]
+                          extra={k: v for k, v in churn.items() if k != "errors"} | {"errors": errors[:20]}))
+
+    step(f"density: up to {args.density} idle sandboxes")
+    at = sorted({c for c in (100, 200, args.density) if c <= args.density})
+    dense = density.run(at, samples=10)
+    points = dense["checkpoints"]
+    assert isinstance(points, list)
+    last = points[-1]
+    per = last["per_sandbox"]
+    floor = float(dense["python_floor_mib"])  # type: ignore[arg-type]
+    dense_errors = dense["errors"]
+    assert isinstance(dense_errors, list)
+    figures.append(Figure("idle sandboxes held (pool off, base, network on)", "count", float(last["live"]), None,
+                          "-", ">= 500, 0 errors", lambda o, _r: o >= 500 and not dense_errors,
+                          note=f"{len(dense_errors)} errors; killed all in {float(dense['kill_s']):.0f} s"))  # type: ignore[arg-type]
+    figures.append(Figure(f"host overhead per idle sandbox at {last['live']}", "MiB", per["overhead"], floor,
+                          "idle python3 in raw bwrap (PSS)", "<= 15 MiB", lambda o, _r: o <= 15,
+                          note=f"agent PSS {per['agent_pss']:.1f} (anon {per['agent_pss_anon']:.1f}), bwrap×2 "
+                               f"{per['bwrap_pss']:.2f}, kernel (slab, page tables, stacks) {per['kernel']:.2f}, "
+                               f"server {per['server_rss_growth']:.2f}; host MemAvailable fell "
+                               f"{per['host_used_growth']:.1f} MiB/sandbox", extra={"checkpoints": points}))
+    figures.append(Figure(f"same, counted with RSS (shared pages once per process) at {last['live']}", "MiB",
+                          per["overhead_rss"], None, "-", "<= 15 MiB", lambda o, _r: o <= 15,
+                          note=f"agent RSS {per['agent_rss']:.1f}, of it file-backed pages shared by all agents "
+                               f"{per['agent_rss'] - per['agent_pss_anon']:.1f}"))
+
+    step("plots")
+    plots = Path(args.plots)
+    plot_concurrency(cold_curve, warm_curve, plots / "perf-create-vs-concurrency.png",
+                     f"POST /v1/sandboxes vs concurrent creators\n{context['date']}, load {context['load_before']}")
+    plot_live([(int(p["live"]), list(p["latency"]), list(p["raw"])) for p in points],
+              plots / "perf-create-vs-live.png",
+              f"create latency vs idle sandboxes already running\n{context['date']}, load {context['load_before']}")
+    context["load_after"] = load()
+    context["seconds"] = round(time.monotonic() - started)
+    context["curves"] = {"cold": cold_curve, "warm": warm_curve}
+    save(figures, Path(args.json), context)
+    print()
+    print(f"Corral benchmark suite, {context['date']}, load before {context['load_before']}, "
+          f"after {context['load_after']}, {context['seconds']} s")
+    print(table(figures))
+    for f in figures:
+        if f.note:
+            print(f"  {f.name}: {f.note}")
+    for label, curve in (("cold", cold_curve), ("warm", warm_curve)):
+        print(f"  {label} create vs concurrency: " + ", ".join(
+            f"c={c} p50 {p50(v) * MS:.0f} / p99 {pct(v, 0.99) * MS:.0f} ms" for c, v in curve.items()))
+    print("  cold create -> output vs live: " + ", ".join(
+        f"{p['live']} live p50 {p50(p['latency']) * MS:.0f} ms (raw {p50(p['raw']) * MS:.1f})" for p in points))
+    print(f"results: {args.json}; curves: {plots}/perf-create-vs-*.png")
+
+
+if __name__ == "__main__":
+    main()

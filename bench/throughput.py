@@ -1,0 +1,117 @@
+"""Sustained create throughput: a closed loop of creators and killers through the real HTTP API.
+
+One server with the warm pool on and sized by demand (``CORRAL_POOL=base=<min>``, a high
+``CORRAL_POOL_MAX``). ``--creators`` callers each create (``POST /v1/sandboxes``) as fast as answers
+come and hand the id to ``--killers`` callers that delete it, for ``--seconds``; every non-2xx answer
+or transport error counts as an error. Then the loop drains (every created sandbox is deleted).
+
+Baseline (same run): the raw primitive (overlay mount + ``bwrap … /bin/true`` + unmount) in a closed
+loop with 2 workers (one per core) for ``--baseline-seconds``.
+
+    sudo .venv/bin/python bench/throughput.py [--seconds 60] [--creators 8] [--killers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from create_latency import raw_primitive
+from figures import TEMPLATES_ROOT, p50, pct, server
+from pool_create import wait_ready
+
+
+def raw_rate(seconds: float, workers: int = 2) -> float:
+    """Raw primitives completed per second by ``workers`` threads in ``seconds``."""
+    deadline = time.monotonic() + seconds
+
+    def loop() -> int:
+        done = 0
+        while time.monotonic() < deadline:
+            raw_primitive(TEMPLATES_ROOT, 1)
+            done += 1
+        return done
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        total = sum(pool.map(lambda _: loop(), range(workers)))
+    return total / (time.monotonic() - started)
+
+
+async def churn(url: str, key: str, seconds: float, creators: int, killers: int) -> dict[str, object]:
+    limits = httpx.Limits(max_connections=creators + killers + 2)
+    latencies: list[float] = []
+    errors: list[str] = []
+    pooled = 0
+    kills = 0
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=120, limits=limits) as client:
+        deadline = time.monotonic() + seconds
+
+        async def creator() -> None:
+            nonlocal pooled
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    r = await client.post("/v1/sandboxes", json={"timeout": 300})
+                except httpx.HTTPError as exc:
+                    errors.append(f"create: {exc!r}")
+                    continue
+                if r.status_code != 201:
+                    errors.append(f"create: {r.status_code} {r.text[:160]}")
+                    continue
+                latencies.append(time.perf_counter() - started)
+                pooled += bool(r.json().get("pooled"))
+                queue.put_nowait(r.json()["id"])
+
+        async def killer() -> None:
+            nonlocal kills
+            while (sid := await queue.get()) is not None:
+                try:
+                    r = await client.delete(f"/v1/sandboxes/{sid}")
+                    if r.status_code != 204:
+                        errors.append(f"kill: {r.status_code} {r.text[:160]}")
+                    else:
+                        kills += 1
+                except httpx.HTTPError as exc:
+                    errors.append(f"kill: {exc!r}")
+
+        started = time.monotonic()
+        killing = [asyncio.create_task(killer()) for _ in range(killers)]
+        await asyncio.gather(*(creator() for _ in range(creators)))
+        elapsed = time.monotonic() - started
+        for _ in killing:
+            queue.put_nowait(None)
+        await asyncio.gather(*killing)
+    return {"creates": len(latencies), "seconds": elapsed, "rate": len(latencies) / elapsed, "kills": kills,
+            "errors": errors, "pooled": pooled, "latency_p50": p50(latencies) if latencies else None,
+            "latency_p99": pct(latencies, 0.99) if latencies else None}
+
+
+def run(seconds: float, creators: int, killers: int, pool_min: int = 16, pool_max: int = 200) -> dict[str, object]:
+    with server(CORRAL_POOL=f"base={pool_min}", CORRAL_POOL_MAX=str(pool_max)) as srv:
+        wait_ready(srv.url, srv.api_key, pool_min)
+        result = asyncio.run(churn(srv.url, srv.api_key, seconds, creators, killers))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--creators", type=int, default=8)
+    parser.add_argument("--killers", type=int, default=4)
+    parser.add_argument("--baseline-seconds", type=float, default=5)
+    args = parser.parse_args()
+    baseline = raw_rate(args.baseline_seconds)
+    result = run(args.seconds, args.creators, args.killers)
+    errors = result.pop("errors")
+    print({**result, "errors": len(errors), "raw_rate": baseline})  # type: ignore[arg-type]
+    for line in errors[:10]:  # type: ignore[index]
+        print("  ", line)
+
+
+if __name__ == "__main__":
+    main()
