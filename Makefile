@@ -24,12 +24,12 @@ test: deps
 test-long: deps
 	$(VENV)/bin/pytest -q -m long
 
+# One table of every figure against baselines from the same run (bench/suite.py; ~7 min on 2 cores).
+# The single scripts (bench/create_latency.py, code_roundtrip.py, net_latency.py, template_build.py,
+# pool_create.py, density.py, throughput.py, peers.py, curves.py, profile_server.py) still run alone.
 bench: deps
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
-	$(PY) bench/create_latency.py
-	$(PY) bench/code_roundtrip.py
-	$(PY) bench/net_latency.py
-	$(PY) bench/template_build.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/suite.py
 
 lint: deps
 	$(VENV)/bin/ruff check src tests bench
