@@ -27,6 +27,7 @@ from corral.config import Settings
 TEMPLATES = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates"))
 SUBID_BASE = 1_000_000
 START_TIMEOUT = 900  # the first run builds the base template
+TEST_BACKEND = os.environ.get("CORRAL_TEST_BACKEND") or "bwrap"  # the servers' default isolation (make test-gvisor)
 
 
 def free_port() -> int:
@@ -107,7 +108,7 @@ def start_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -
     env = {
         **os.environ, "CORRAL_DATA_DIR": str(data_dir), "CORRAL_PORT": str(port), "CORRAL_HOST": "127.0.0.1",
         "CORRAL_API_KEY": api_key, "CORRAL_TEMPLATES_DIR": str(TEMPLATES),
-        "CORRAL_RUN_DIR": f"{data_dir}.run", **extra_env,
+        "CORRAL_RUN_DIR": f"{data_dir}.run", "CORRAL_BACKEND": TEST_BACKEND, **extra_env,
     }
     log = data_dir.with_name(data_dir.name + ".log")
     with open(log, "wb") as out:

@@ -22,6 +22,9 @@ class CreateBody(BaseModel):
     cpu: float | None = None
     memory_mb: int | None = None
     disk_mb: int | None = None
+    isolation: str | None = Field(
+        default=None, description="bwrap (namespaces) or gvisor (user-space kernel); default: the server's",
+    )
 
 
 class TimeoutBody(BaseModel):

@@ -20,7 +20,7 @@ from typing import Any
 
 from corral.agent.client import AgentClient
 from corral.config import Settings
-from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec, SandboxUsage
+from corral.runtime.backend import ISOLATIONS, Backend, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
@@ -53,6 +53,7 @@ class CreateRequest:
     cpu: float | None = None
     memory_mb: int | None = None
     disk_mb: int | None = None
+    isolation: str | None = None  # bwrap or gvisor; None = the template's, else the server's default
 
 
 class SandboxService:
@@ -110,9 +111,12 @@ class SandboxService:
             for k in mapping:
                 if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]):
                     raise InvalidRequest(f"{name}: invalid key {k!r}")
+        isolation = req.isolation or ""  # a template's own isolation option goes between the two
+        if isolation and isolation not in ISOLATIONS:
+            raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         return SandboxSpec(
             sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in template.refs), cpu=cpu,
-            memory_mb=memory, disk_mb=disk,
+            memory_mb=memory, disk_mb=disk, isolation=isolation,
         )
 
     async def create(self, principal: Principal, req: CreateRequest) -> SandboxRow:
