@@ -67,6 +67,18 @@ class GvisorBackend(BwrapBackend):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
 
+    async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
+        """The whole sandbox ends when it outgrows its cgroup (gVisor has no OOM killer of its own)."""
+        try:
+            oom = await asyncio.to_thread(self.cgroups.oom_kills, sandbox_id)
+        except OSError:
+            oom = 0
+        if oom:
+            mib = live.plan.limits.memory_bytes >> 20
+            await self.on_exit(sandbox_id, f"out of memory: the sandbox used more than its {mib} MiB and was ended")
+        else:
+            await super()._report_exit(sandbox_id, live, code)
+
     def agent(self, sandbox_id: str) -> AgentClient:
         donor = self._donors.get(sandbox_id)
         if donor is None:  # not (or no longer) here: fails like bwrap's client for a missing socket

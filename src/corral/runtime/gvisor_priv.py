@@ -32,7 +32,7 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Path:
     plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
     mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
-    limits = Limits(memory_bytes=oci_spec.memory_limit_bytes(plan), pids=plan.limits.pids, cpu=plan.limits.cpu)
+    limits = Limits(memory_bytes=oci_spec.memory_limit_bytes(plan), pids=oci_spec.pids_limit(plan), cpu=plan.limits.cpu)
     cgroups.create(plan.sandbox_id, limits)
     bundle = d / "bundle"
     bundle.mkdir(mode=0o700)

@@ -15,6 +15,7 @@ OCI_VERSION = "1.0.2"
 CONTROL_FD = 0  # the agent's control socket is its stdin (runsc hands a container exactly fds 0-2)
 # The sentry, gofer and runsc's own process share the sandbox's memory cgroup with the workload.
 SENTRY_OVERHEAD_MB = 128
+SENTRY_THREADS = 256  # host tasks of the sentry, gofer and runsc beyond one per sandbox process
 ID_RANGE = 65536
 
 
@@ -35,6 +36,12 @@ def runsc_flags(state_root: Path) -> list[str]:
 def memory_limit_bytes(plan: LaunchPlan) -> int:
     """The cgroup limit: what the caller asked for plus gVisor's own (sentry, gofer) share."""
     return plan.limits.memory_bytes + SENTRY_OVERHEAD_MB * 1024 * 1024
+
+
+def pids_limit(plan: LaunchPlan) -> int:
+    """The cgroup's pids limit. gVisor's ptrace platform needs a host task per sandbox process plus
+    its own threads; hitting the host limit ends the whole sandbox (the sentry cannot grow)."""
+    return plan.limits.pids + SENTRY_THREADS
 
 
 def config(plan: LaunchPlan) -> dict[str, Any]:
