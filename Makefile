@@ -29,6 +29,7 @@ bench: deps
 	$(PY) bench/create_latency.py
 	$(PY) bench/code_roundtrip.py
 	$(PY) bench/template_build.py
+	$(PY) bench/backends.py
 
 lint: deps
 	$(VENV)/bin/ruff check src tests bench
