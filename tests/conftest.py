@@ -100,7 +100,8 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -> Server:
+def spawn_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -> Server:
+    """Start a server process on `data_dir` without waiting for it (see `start_server`)."""
     if os.geteuid() != 0:
         pytest.fail("Corral's integration tests need root (namespaces, cgroups, mounts): run `sudo make test`")
     api_key = api_key or "e2b_" + secrets.token_hex(20)
@@ -116,7 +117,13 @@ def start_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -
             [sys.executable, "-c", "from corral.api.server import serve; serve()"],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
-    server = Server(url=f"http://127.0.0.1:{port}", api_key=api_key, data_dir=data_dir, process=proc, log=log)
+    return Server(url=f"http://127.0.0.1:{port}", api_key=api_key, data_dir=data_dir, process=proc, log=log)
+
+
+def start_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -> Server:
+    """A server on `data_dir`, once it answers /health (its start-up reconcile is done by then)."""
+    server = spawn_server(data_dir, api_key, **extra_env)
+    proc = server.process
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -13,6 +13,7 @@ import os
 
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -78,6 +79,12 @@ def set_child_subreaper() -> bool:
         return _lib().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def set_not_dumpable() -> None:
+    """Make the calling process non-dumpable: sandbox processes, root included (it lacks
+    CAP_SYS_PTRACE), can then no longer open its /proc/<pid>/mem, fds or environment."""
+    _check(_lib().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
 
 
 # -- per-thread credentials (raw syscalls: they change the calling thread only) -----------------

@@ -267,7 +267,11 @@ class Request:
         return self._get(name, _REQUIRED if default is None else default, (int,), "an integer")
 
     def number(self, name: str, default: float) -> float:
-        value = float(self._get(name, default, (int, float), "a number"))
+        value = self._get(name, default, (int, float), "a number")
+        try:
+            value = float(value)
+        except OverflowError:  # a JSON integer beyond a float's range
+            value = math.inf
         if not math.isfinite(value):
             raise AgentError("invalid", f"{self.op}: field {name!r} must be finite")
         return value

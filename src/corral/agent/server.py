@@ -21,7 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from . import copyin, files
+from . import copyin, files, libc
 from .creds import FileRunner
 from .processes import Listener, Process, ProcessTable, Spec
 from .protocol import DATA, END, OPS, VERSION, AgentError, Channel, Exit, Request
@@ -165,11 +165,11 @@ class Agent:
             os.close(fd)
 
     async def op_write(self, chan: Channel, req: Request) -> None:
-        user = _user(req)
-        path = user.resolve(req.path())
-        mode = None if req.fields.get("mode") is None else req.integer("mode")
         writer: files.FileWriter | None = None
-        try:
+        try:  # every error, a bad user or path too, is answered after the DATA frames are drained
+            user = _user(req)
+            path = user.resolve(req.path())
+            mode = None if req.fields.get("mode") is None else req.integer("mode")
             if mode is not None and not 0 <= mode <= 0o7777:
                 raise AgentError("invalid", "write: mode must be within 0..0o7777")
             writer = await self.fs.run(user, files.FileWriter, path, mode)
@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     _close_stray_fds(keep=fd)
+    # Otherwise sandbox root (same uid, same capabilities) could rewrite the agent through
+    # /proc/<pid>/mem until the first file operation as another user happens to clear the flag.
+    libc.set_not_dumpable()
     if os.geteuid() != 0:
         log.warning("running as uid %d, not root: processes and file operations only work as this user", os.geteuid())
     os.umask(0o022)

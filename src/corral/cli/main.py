@@ -13,7 +13,7 @@ import typer
 
 from corral.sdk import CommandResult, Sandbox
 
-from . import files, keys, sandbox
+from . import files, keys, sandbox, templates
 from ._context import CorralGroup, Server, fail, pairs, server
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(files.app, name="files")
 app.add_typer(keys.app, name="keys")
+app.add_typer(templates.app, name="template")
 
 
 @app.callback()

@@ -90,7 +90,7 @@ class BwrapBackend:
                                              return_when=asyncio.FIRST_COMPLETED)
             if ping in finished and ping.exception() is None:
                 return
-            why = _log_tail(live.plan.sandbox_dir)
+            why = _log_tail(live.plan.log_path)
             if ping in finished:
                 why = f"{ping.exception()}; {why}"
             elif not finished:
@@ -113,7 +113,7 @@ class BwrapBackend:
         task.add_done_callback(self._tasks.discard)
 
     async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
-        await self.on_exit(sandbox_id, f"sandbox runtime exited with code {code}: {_log_tail(live.plan.sandbox_dir)}")
+        await self.on_exit(sandbox_id, f"sandbox runtime exited with code {code}: {_log_tail(live.plan.log_path)}")
 
     def agent(self, sandbox_id: str) -> AgentClient:
         return AgentClient(str(self.sandboxes_dir / sandbox_id / "agent.sock"))
@@ -223,9 +223,13 @@ class BwrapBackend:
         await asyncio.to_thread(self.cgroups.close)
 
 
-def _log_tail(sandbox_dir: Path, limit: int = 600) -> str:
+def _log_tail(log: Path, limit: int = 600) -> str:
+    """The end of the runtime log. Only its last bytes are read: the sandbox can make it as big as
+    its disk, and this runs on the event loop."""
     try:
-        text = (sandbox_dir / "runtime.log").read_text(errors="replace").strip()
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * limit))
+            text = f.read(4 * limit).decode(errors="replace").strip()
     except OSError:
         return "no runtime log"
     return text[-limit:] or "no output from the runtime"

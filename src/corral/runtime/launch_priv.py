@@ -2,9 +2,11 @@
 
 The steps, in order (docs/security.md lists them too):
 
-1. ``prepare``: make the sandbox dir (0700, root) with its ext4 disk; mount the root overlay in the
-   mounts dir and bind the agent's runtime and code read-only into it; create its
-   cgroups with limits; bind the agent's listening unix socket (host-only path).
+1. ``prepare``: make the sandbox dir (0700, root) with its ext4 disk, which also holds the runtime
+   log that bwrap and the agent write to (sandbox root can make them write: on the disk image that
+   counts against its limit); mount the root overlay in the mounts dir and bind the agent's runtime
+   and code read-only into it; create its cgroups with limits; bind the agent's listening unix
+   socket (host-only path).
 2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset``, handing it the seccomp
    program; the only host path it resolves is the root's mount point (in the 0711 mounts dir); it
    creates all namespaces and then blocks before doing anything inside them.
@@ -69,7 +71,7 @@ def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes) -> Spawne
     os.write(seccomp_fd, seccomp_filter)
     os.lseek(seccomp_fd, 0, os.SEEK_SET)
     fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=prepared.listener.fileno())
-    log = open(plan.sandbox_dir / "runtime.log", "wb")  # noqa: SIM115 - handed to the child
+    log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
             plan.argv(fds),

@@ -74,7 +74,7 @@ class Fds:
 @dataclass(frozen=True)
 class LaunchPlan:
     sandbox_id: str
-    sandbox_dir: Path  # private (0700): disk image, agent socket, runtime log
+    sandbox_dir: Path  # private (0700): disk image, agent socket
     root: Path  # the overlay mount point, under the searchable mounts dir
     layers: tuple[Path, ...]
     disk_mb: int
@@ -83,6 +83,13 @@ class LaunchPlan:
     runtime: AgentRuntime
     agent_src: Path
     extra_binds: tuple[tuple[Path, str], ...] = ()
+
+    @property
+    def log_path(self) -> Path:
+        """bwrap's and the agent's stdout/stderr: on the sandbox's own disk image, beside (not in) the
+        overlay's upper dir, so it is invisible by path yet everything written to it counts against the
+        sandbox's disk limit (sandbox root can reach these fds through /proc and make them write)."""
+        return self.sandbox_dir / "disk" / "runtime.log"
 
     def ro_binds(self) -> list[tuple[Path, str]]:
         """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""
