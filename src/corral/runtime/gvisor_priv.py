@@ -51,7 +51,7 @@ def spawn(
         *oci_spec.runsc_flags(state_root), "run", f"--bundle={bundle}", plan.sandbox_id,
     ]
     host, agent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    log = open(plan.sandbox_dir / "runtime.log", "wb")  # noqa: SIM115 - handed to the child
+    log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child; on the sandbox's disk
     try:
         process = subprocess.Popen(
             argv, stdin=agent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -88,10 +88,23 @@ def containers(state_root: Path) -> list[str]:
     return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
 
 def teardown(plan_dirs: tuple[Path, Path], sandbox_id: str, cgroups: Cgroups, state_root: Path) -> None:
-    """Kill everything (cgroups), drop runsc's state, unmount and delete. Idempotent."""
-    cgroups.remove(sandbox_id)
-    delete(state_root, sandbox_id)
+    """Kill everything (cgroups), drop runsc's state, unmount and delete. Idempotent.
+
+    Mounts go even if the cgroups resist: hundreds of ptrace stubs may take longer to die than one
+    removal attempt waits; the next attempts (and the next start's reconcile) catch those."""
+    try:
+        for attempt in range(3):
+            try:
+                cgroups.remove(sandbox_id)
+                break
+            except OSError:
+                if attempt == 2:
+                    raise
+    finally:
+        delete(state_root, sandbox_id)
+        mounts_priv.destroy(*plan_dirs)
     launch_priv.teardown(plan_dirs[0], plan_dirs[1], sandbox_id, cgroups)
+
 
 def remove_state_root(state_root: Path) -> None:
     with contextlib.suppress(OSError):
