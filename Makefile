@@ -32,6 +32,7 @@ bench: deps
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	$(PY) bench/create_latency.py
 	$(PY) bench/code_roundtrip.py
+	$(PY) bench/net_latency.py
 	$(PY) bench/template_build.py
 	$(PY) bench/backends.py
 

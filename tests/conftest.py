@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from corral.config import Settings
+from netlab import DOMAIN, FakeDNS, Lab, lab_leftovers
 
 TEMPLATES = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates"))
 SUBID_BASE = 1_000_000
@@ -78,6 +79,15 @@ def mounts_under(path: Path) -> list[str]:
     prefixes = (str(path).rstrip("/") + "/", f"{str(path).rstrip('/')}.run/")
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(prefixes)]
+
+
+def net_leftovers(data_dir: Path) -> list[str]:
+    """This server's veths and nftables table still on the host (both must go when it stops)."""
+    instance = Settings(data_dir=data_dir).instance
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    veths = [w.split("@")[0] for w in links.split() if w.startswith(f"crl{instance[:8]}")]
+    tables = subprocess.run(["nft", "list", "tables", "inet"], capture_output=True, text=True).stdout
+    return veths + [t for t in tables.split() if t == f"corral_{instance}"]
 
 
 @dataclass
@@ -158,6 +168,32 @@ def server() -> Iterator[Server]:
     assert mounts_under(data) == [], "server left mounts behind"
     assert corral_cgroups(data) == [], "server left cgroups behind"
     assert sandbox_processes(data) == [], "sandbox processes survived the server"
+    assert net_leftovers(data) == [], "server left veths or its nftables table behind"
+    remove_data_dir(data)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The test-made outside world (tests/netlab.py): fake public, metadata and private hosts."""
+    lab = Lab().start()
+    yield lab
+    lab.stop()
+    assert lab_leftovers() == [], "the lab namespace or its veth survived"
+
+
+@pytest.fixture(scope="session")
+def netserver(lab: Lab) -> Iterator[Server]:
+    """A server resolving through a fake DNS (the lab's names), whose operator opened 10.77.1.0/24."""
+    fake = FakeDNS().start()
+    data = make_data_dir()
+    srv = start_server(
+        data, CORRAL_NET_DNS=f"127.0.0.1:{fake.port}", CORRAL_NET_ALLOW_PRIVATE="10.77.1.0/24", CORRAL_DOMAIN=DOMAIN
+    )
+    yield srv
+    srv.stop()
+    fake.stop()
+    assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []
+    assert net_leftovers(data) == [], "server left veths or its nftables table behind"
     remove_data_dir(data)
 
 
@@ -174,9 +210,18 @@ def sandbox(api: httpx.Client, server: Server) -> Iterator[str]:
     assert r.status_code == 201, r.text
     sandbox_id = r.json()["id"]
     yield sandbox_id
+    address = api.get(f"/v1/sandboxes/{sandbox_id}/network").json().get("address")
     assert api.delete(f"/v1/sandboxes/{sandbox_id}").status_code == 204
     assert not [m for m in mounts_under(server.data_dir) if sandbox_id in m]
+    if address:  # its veth (and with it the route to its address) is gone
+        assert subprocess.run(["ip", "route", "show", address], capture_output=True, text=True).stdout == ""
     assert not any(sandbox_id in c for c in corral_cgroups())
+
+
+def sandbox_address(api: httpx.Client, sandbox_id: str) -> str:
+    r = api.get(f"/v1/sandboxes/{sandbox_id}/network")
+    assert r.status_code == 200, r.text
+    return str(r.json()["address"])
 
 
 @dataclass

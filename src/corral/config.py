@@ -51,8 +51,14 @@ class Settings:
     default_disk_mb: int = 2048
     max_sandboxes: int = 1000
     subid_base: int = 1_000_000
+    network: bool = True  # CORRAL_NETWORK=off: every sandbox gets loopback only
+    net_pool: str = "172.16.0.0/12"  # sandbox addresses; each server claims one /net_block_prefix block of it
+    net_block_prefix: int = 20
+    net_allow_private: str = ""  # private CIDRs the operator opens to sandboxes (comma separated)
+    net_dns: str | None = None  # upstream resolver ip[:port]; default: the host's /etc/resolv.conf
+    net_max_connections: int = 0  # per sandbox, concurrent outbound connections; 0 = unlimited
     insecure_registries: tuple[str, ...] = ()  # pulled over plain HTTP (loopback registries always are)
-    ca_bundle: str | None = None  # for registries over HTTPS; default: the host's bundle
+    ca_bundle: str | None = None  # for registries over HTTPS and inside networked sandboxes; default: the host's
     backend: str = "bwrap"  # the default isolation of sandboxes: bwrap or gvisor
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -71,6 +77,12 @@ class Settings:
             default_timeout=_int("CORRAL_DEFAULT_TIMEOUT", 300),
             max_timeout=_int("CORRAL_MAX_TIMEOUT", 86400),
             max_sandboxes=_int("CORRAL_MAX_SANDBOXES", 1000),
+            network=(os.environ.get("CORRAL_NETWORK") or "on").lower() not in ("off", "0", "false", "no"),
+            net_pool=os.environ.get("CORRAL_NET_POOL") or "172.16.0.0/12",
+            net_block_prefix=_int("CORRAL_NET_BLOCK_PREFIX", 20),
+            net_allow_private=os.environ.get("CORRAL_NET_ALLOW_PRIVATE") or "",
+            net_dns=os.environ.get("CORRAL_NET_DNS") or None,
+            net_max_connections=_int("CORRAL_NET_MAX_CONNECTIONS", 0),
             insecure_registries=tuple(
                 r.strip() for r in os.environ.get("CORRAL_INSECURE_REGISTRIES", "").split(",") if r.strip()),
             ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),
@@ -98,6 +110,11 @@ class Settings:
     def runsc_root(self) -> Path:
         """runsc's state dir (``--root``) for this server's gVisor sandboxes."""
         return self.run_dir / "runsc" / self.instance
+
+    @property
+    def net_dir(self) -> Path:
+        """resolv.conf and the CA bundle given to this server's networked sandboxes."""
+        return self.run_dir / f"{self.instance}.net"
 
     @property
     def mounts_dir(self) -> Path:

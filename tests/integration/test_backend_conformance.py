@@ -35,6 +35,7 @@ from corral.runtime.backends import Backends
 from corral.runtime.bwrap import BwrapBackend
 from corral.runtime.cgroups_priv import detect
 from corral.runtime.gvisor import GvisorBackend
+from corral.runtime.netpolicy import NONE
 from corral.runtime.plan import AgentRuntime
 
 BASE = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates")) / "base" / "rootfs"
@@ -119,7 +120,7 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
 
 def spec(sandbox_id: str, **limits: int) -> SandboxSpec:
     return SandboxSpec(sandbox_id=sandbox_id, layers=(BASE,), cpu=1.0, memory_mb=limits.get("memory_mb", 256),
-                       disk_mb=128, pids=limits.get("pids", 1024))
+                       disk_mb=128, pids=limits.get("pids", 1024), network=NONE)
 
 
 async def collect(agent: AgentClient, cmd: str, **kw: object) -> tuple[bytes, bytes, Exit, list[float]]:
@@ -329,7 +330,7 @@ def test_backends_route_each_sandbox_and_report_a_missing_kind() -> None:
             both = Backends({"bwrap": BwrapBackend(*args), "gvisor": GvisorBackend(*args, state_root=s.runsc_root)},
                             default="bwrap")
             await both.create(spec("route-b"))
-            await both.create(SandboxSpec("route-g", (BASE,), 1.0, 256, 128, isolation="gvisor"))
+            await both.create(SandboxSpec("route-g", (BASE,), 1.0, 256, 128, network=NONE, isolation="gvisor"))
             assert [await gvisor_kernel(both.agent(i)) for i in ("route-b", "route-g")] == [False, True]
             assert await both.reconcile(set()) == []  # each keeps the other's sandboxes
             assert (await collect(both.agent("route-b"), "echo ok"))[0] == b"ok\n"
@@ -338,7 +339,7 @@ def test_backends_route_each_sandbox_and_report_a_missing_kind() -> None:
 
             only = Backends({"bwrap": BwrapBackend(*args)}, default="bwrap", missing={"gvisor": "runsc not found"})
             with pytest.raises(RuntimeFailure, match="runsc not found"):
-                await only.create(SandboxSpec("route-x", (BASE,), 1.0, 256, 128, isolation="gvisor"))
+                await only.create(SandboxSpec("route-x", (BASE,), 1.0, 256, 128, network=NONE, isolation="gvisor"))
             await only.close()
 
         node.run(body)

@@ -8,6 +8,7 @@ from conftest import (
     corral_cgroups,
     make_data_dir,
     mounts_under,
+    net_leftovers,
     remove_data_dir,
     run_command,
     sandbox_processes,
@@ -24,12 +25,14 @@ def test_restart_after_crash_cleans_up_and_closes_records() -> None:
             assert run_command(api, ids[0], "echo up").stdout == "up\n"
         first.stop(signal.SIGKILL)  # no cleanup code runs
         assert mounts_under(data), "expected the crash to leave mounts for the restart to clean"
+        assert net_leftovers(data), "expected the crash to leave its nftables table"
 
         second = start_server(data, api_key=first.api_key)
         try:
             assert mounts_under(data) == []
             assert corral_cgroups(data) == []
             assert sandbox_processes(data) == []
+            assert [v for v in net_leftovers(data) if v.startswith("crl")] == []  # no veth of a dead sandbox
             with second.client() as api:
                 for sid in ids:
                     r = api.get(f"/v1/sandboxes/{sid}")
@@ -40,5 +43,6 @@ def test_restart_after_crash_cleans_up_and_closes_records() -> None:
         finally:
             second.stop()
         assert mounts_under(data) == []
+        assert net_leftovers(data) == []
     finally:
         remove_data_dir(data)

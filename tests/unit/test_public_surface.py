@@ -28,6 +28,7 @@ PUBLIC = [
     "FileType",
     "InvalidArgumentException",
     "Logs",
+    "NetworkInfo",
     "NotEnoughSpaceException",
     "NotFoundException",
     "OutputMessage",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from corral.api.routing import sandbox_target
+from corral.api.routing import port_path, sandbox_target
 
 
 def h(**headers: str) -> list[tuple[bytes, bytes]]:
@@ -26,3 +26,11 @@ def test_host_names_route_only_under_the_configured_domain() -> None:
     assert sandbox_target(h(host="49999-abc123.evil.com"), "sbx.example.com") is None
     assert sandbox_target(h(host="api.sbx.example.com"), "sbx.example.com") is None
     assert sandbox_target(h(host="x-abc.sbx.example.com"), "sbx.example.com") is None
+
+
+def test_port_paths_name_the_sandbox_port_and_the_path_inside() -> None:
+    assert port_path("/v1/sandboxes/abc123/ports/8000") == ("abc123", 8000, "/")
+    assert port_path("/v1/sandboxes/abc123/ports/8000/a/b") == ("abc123", 8000, "/a/b")
+    assert port_path("/v1/sandboxes/abc123/ports/x/a") is None
+    assert port_path("/v1/sandboxes/abc123/network") is None
+    assert port_path("/v1/sandboxes/ABC/ports/80/") is None

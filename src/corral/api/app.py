@@ -24,12 +24,14 @@ from corral.api.deps import Services
 from corral.api.e2b import control
 from corral.api.e2b.envd import create_envd_app
 from corral.api.e2b.interpreter import create_interpreter_app
+from corral.api.ports import create_ports_app
 from corral.api.routing import ENVD_PORT, INTERPRETER_PORT, SandboxRouter
 from corral.config import VERSION, Settings
 from corral.runtime.backend import RuntimeFailure
 from corral.runtime.backends import node_backends
 from corral.runtime.cgroups_priv import detect
 from corral.runtime.host import check_host
+from corral.runtime.network import start_network
 from corral.runtime.plan import AgentRuntime
 from corral.service.auth import Auth
 from corral.service.builds import BuildService
@@ -65,10 +67,11 @@ async def build_services(settings: Settings) -> Services:
         if service is not None:
             await service.on_runtime_exit(sandbox_id, reason)
 
+    network = await start_network(settings)
     try:
         backend = node_backends(
             settings.sandboxes_dir, settings.mounts_dir, settings.runsc_root, AgentRuntime.find(base),
-            detect(instance=settings.instance), settings.subid_base, on_exit, default=settings.backend,
+            detect(instance=settings.instance), settings.subid_base, on_exit, network, default=settings.backend,
         )
     except RuntimeFailure as exc:
         raise Unavailable(f"CORRAL_BACKEND={settings.backend}: {exc}") from exc
@@ -83,18 +86,19 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
     """The ASGI app of ``corral serve``: the main FastAPI app behind the sandbox-port router."""
     settings = settings or Settings.from_env()
     ports = {ENVD_PORT: create_envd_app(), INTERPRETER_PORT: create_interpreter_app()}
+    any_port = create_ports_app()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Store calls and privileged runtime steps run in threads; 2-core hosts get only 6 by default.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64, thread_name_prefix="corral"))
         services = await build_services(settings)
-        for each in (app, *ports.values()):
+        for each in (app, any_port, *ports.values()):
             each.state.services = services
         try:
             yield
         finally:
-            for each in (app, *ports.values()):
+            for each in (app, any_port, *ports.values()):
                 each.state.services = None
             await services.builds.close()
             await services.sandboxes.close()
@@ -118,4 +122,5 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
     app.include_router(control.router)
     for sub_app in ports.values():
         errors.install(sub_app)
-    return SandboxRouter(app, ports, settings.domain)
+    errors.install(any_port)
+    return SandboxRouter(app, ports, settings.domain, any_port)

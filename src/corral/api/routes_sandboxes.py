@@ -1,4 +1,4 @@
-"""``/v1/sandboxes``: create, list, get, kill, timeout, metrics."""
+"""``/v1/sandboxes``: create, list, get, kill, timeout, metrics, network policy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from corral.api.deps import PrincipalDep, ServicesDep
+from corral.service import network
 from corral.service.errors import InvalidRequest
 from corral.service.sandboxes import CreateRequest, describe
 
@@ -22,9 +23,20 @@ class CreateBody(BaseModel):
     cpu: float | None = None
     memory_mb: int | None = None
     disk_mb: int | None = None
+    network: str | None = Field(default=None, description="'internet' (default) or 'none' (loopback only)")
+    allow_out: list[str] | None = Field(
+        default=None, description="allow-list of IPv4/CIDR/domain[:port] rules; given (even empty), all else is denied"
+    )
+    deny_out: list[str] | None = Field(default=None, description="rules always denied (deny beats allow)")
     isolation: str | None = Field(
         default=None, description="bwrap (namespaces) or gvisor (user-space kernel); default: the server's",
     )
+
+
+class NetworkBody(BaseModel):
+    network: str | None = None
+    allow_out: list[str] | None = None
+    deny_out: list[str] | None = None
 
 
 class TimeoutBody(BaseModel):
@@ -33,8 +45,10 @@ class TimeoutBody(BaseModel):
 
 @router.post("", status_code=201)
 async def create(body: CreateBody, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    row = await svc.sandboxes.create(who, CreateRequest(**body.model_dump()))
-    return describe(row)
+    fields = body.model_dump(exclude={"network", "allow_out", "deny_out"})
+    policy = network.native(body.network, body.allow_out, body.deny_out)
+    row = await svc.sandboxes.create(who, CreateRequest(**fields, network=policy))
+    return {**describe(row), "access_token": svc.sandboxes.access_token(row.id)}
 
 
 @router.get("")
@@ -79,3 +93,16 @@ async def metrics(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[
         "memory_limit_bytes": use.memory_limit_bytes, "disk_bytes": use.disk_bytes,
         "disk_limit_bytes": use.disk_limit_bytes, "pids": use.pids, "oom_kills": use.oom_kills,
     }
+
+
+@router.get("/{sandbox_id}/network")
+async def get_network(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    """The sandbox's egress policy, its address and the DNS questions it asked (latest 256)."""
+    return await svc.sandboxes.network_info(who, sandbox_id)
+
+
+@router.put("/{sandbox_id}/network")
+async def put_network(sandbox_id: str, body: NetworkBody, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    """Replace the egress policy of a running sandbox; flows it no longer allows are cut."""
+    policy = network.native(body.network, body.allow_out, body.deny_out)
+    return await svc.sandboxes.update_network(who, sandbox_id, policy)

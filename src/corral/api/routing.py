@@ -2,8 +2,10 @@
 
 A request is sandbox traffic when it carries ``E2b-Sandbox-Id`` + ``E2b-Sandbox-Port`` headers (the
 E2B SDKs with ``E2B_SANDBOX_URL``), or when ``CORRAL_DOMAIN`` is set and its Host is
-``{port}-{sandbox id}.{domain}`` (wildcard DNS behind a TLS-terminating proxy). The target is put
-in the ASGI scope as ``corral.sandbox = (sandbox_id, port)``.
+``{port}-{sandbox id}.{domain}`` (wildcard DNS behind a TLS-terminating proxy), or when its path
+is ``/v1/sandboxes/{id}/ports/{port}/...`` (the rest of the path is what the sandbox sees). The
+target is put in the ASGI scope as ``corral.sandbox = (sandbox_id, port)``. Ports without an app
+of their own (envd, interpreter) go to the exposed-ports proxy (``api/ports.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ENVD_PORT = 49983
 INTERPRETER_PORT = 49999
 _ID = re.compile(r"^[a-z0-9]{1,64}$")
+_PORT_PATH = re.compile(r"^/v1/sandboxes/([a-z0-9]{1,64})/ports/([0-9]{1,5})(/.*)?$")
+
+
+def port_path(path: str) -> tuple[str, int, str] | None:
+    """(sandbox id, port, path inside) for ``/v1/sandboxes/{id}/ports/{port}/...``, else None. Pure."""
+    m = _PORT_PATH.match(path)
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2)), m.group(3) or "/"
 
 
 def sandbox_target(headers: list[tuple[bytes, bytes]], domain: str | None) -> tuple[str, int] | None:
@@ -46,16 +57,25 @@ def sandbox_target(headers: list[tuple[bytes, bytes]], domain: str | None) -> tu
 class SandboxRouter:
     """ASGI dispatcher in front of the main app."""
 
-    def __init__(self, main: ASGIApp, ports: dict[int, ASGIApp], domain: str | None) -> None:
+    def __init__(
+        self, main: ASGIApp, ports: dict[int, ASGIApp], domain: str | None, any_port: ASGIApp | None = None
+    ) -> None:
         self.main = main
         self.ports = ports
         self.domain = domain
+        self.any_port = any_port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             target = sandbox_target(scope.get("headers", []), self.domain)
+            by_path = port_path(scope.get("path", "")) if target is None else None
+            if by_path is not None and self.any_port is not None:
+                sandbox_id, port, inside = by_path
+                scope = {**scope, "path": inside, "raw_path": inside.encode(), "corral.sandbox": (sandbox_id, port)}
+                await self.any_port(scope, receive, send)
+                return
             if target is not None:
-                app = self.ports.get(target[1])
+                app = self.ports.get(target[1], self.any_port if 0 < target[1] < 65536 else None)
                 if app is None:
                     await _json_error(send, 502, f"sandbox {target[0]}: port {target[1]} is not served")
                     return

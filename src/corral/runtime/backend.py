@@ -8,10 +8,13 @@ knows which backend it holds. Implementations: ``BwrapBackend`` (default), ``Gvi
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from corral.runtime.netpolicy import INTERNET, NetworkPolicy
 
 if TYPE_CHECKING:
     from corral.agent.client import AgentClient
@@ -34,7 +37,7 @@ class SandboxSpec:
     memory_mb: int
     disk_mb: int
     pids: int = 1024
-    network: str = "none"  # egress policy arrives with the networking work; only "none" today
+    network: NetworkPolicy = INTERNET
     binds: tuple[tuple[Path, str], ...] = ()  # extra host dirs bound read-only at a path inside (builds)
     isolation: str = ""  # one of ISOLATIONS; "" = the node's default
 
@@ -76,6 +79,22 @@ class Backend(Protocol):
         ...
 
     async def destroy(self, sandbox_id: str) -> None: ...
+
+    def default_env(self, spec: SandboxSpec) -> dict[str, str]:
+        """Environment every process of this sandbox gets (e.g. the CA bundle of a networked one)."""
+        ...
+
+    async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """Replace a networked sandbox's egress policy; new and existing flows follow it."""
+        ...
+
+    def network_info(self, sandbox_id: str) -> dict[str, Any]:
+        """The sandbox's policy, address and recent DNS questions."""
+        ...
+
+    async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
+        """A connected TCP socket to ``127.0.0.1:port`` inside the sandbox (its exposed ports)."""
+        ...
 
     async def commit(self, sandbox_id: str, dest: Path) -> None:
         """End the sandbox and copy its writable layer (what it changed, whiteouts included) to ``dest``,

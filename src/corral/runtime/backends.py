@@ -8,13 +8,17 @@ Used from one event loop, like the backends it holds.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Any
 
 from corral.agent.client import AgentClient
 from corral.runtime.backend import ISOLATIONS, Backend, OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.bwrap import BwrapBackend
 from corral.runtime.cgroups_priv import Cgroups
 from corral.runtime.gvisor import GvisorBackend, runsc_missing
+from corral.runtime.netpolicy import NetworkPolicy
+from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime
 
 
@@ -67,6 +71,18 @@ class Backends:
         await self._of(sandbox_id).destroy(sandbox_id)
         self._where.pop(sandbox_id, None)
 
+    def default_env(self, spec: SandboxSpec) -> dict[str, str]:
+        return self.backends.get(spec.isolation or self.default, self.backends[self.default]).default_env(spec)
+
+    async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        await self._of(sandbox_id).update_network(sandbox_id, policy)
+
+    def network_info(self, sandbox_id: str) -> dict[str, Any]:
+        return self._of(sandbox_id).network_info(sandbox_id)
+
+    async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
+        return await self._of(sandbox_id).connect_port(sandbox_id, port)
+
     async def commit(self, sandbox_id: str, dest: Path) -> None:
         try:
             await self._of(sandbox_id).commit(sandbox_id, dest)
@@ -89,11 +105,12 @@ class Backends:
 
 def node_backends(
     sandboxes_dir: Path, mounts_dir: Path, runsc_root: Path, runtime: AgentRuntime, cgroups: Cgroups,
-    id_offset: int, on_exit: OnExit, default: str,
+    id_offset: int, on_exit: OnExit, network: Network | None, default: str,
 ) -> Backends:
-    """Every backend this host can run (bwrap always; gVisor if runsc is installed)."""
+    """Every backend this host can run (bwrap always; gVisor if runsc is installed). Only bwrap
+    sandboxes are networked: gVisor's have loopback only (docs/gvisor.md)."""
     args = (sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit)
-    backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args)}
+    backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args, network)}
     missing: dict[str, str] = {}
     why = runsc_missing()
     if why is None:

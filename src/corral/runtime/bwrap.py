@@ -11,15 +11,20 @@ import compileall
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import corral.agent
 from corral.agent.client import AgentClient
-from corral.runtime import launch_priv, mounts_priv
+from corral.runtime import launch_priv, mounts_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
+from corral.runtime.netpolicy import NetworkPolicy
+from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
 from corral.runtime.seccomp import build_filter
 
@@ -44,7 +49,7 @@ class BwrapBackend:
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
-        on_exit: OnExit,
+        on_exit: OnExit, network: Network | None = None,
     ) -> None:
         self.sandboxes_dir = sandboxes_dir
         self.mounts_dir = mounts_dir
@@ -52,6 +57,7 @@ class BwrapBackend:
         self.cgroups = cgroups
         self.id_offset = id_offset
         self.on_exit = on_exit
+        self.network = network  # None: sandboxes get loopback only, whatever they ask
         self.agent_src = Path(corral.agent.__file__).parent
         # Sandboxes start the agent with -B (they cannot write here): byte-compile it once, ~20 ms per create.
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
@@ -63,11 +69,17 @@ class BwrapBackend:
         mounts_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
 
     async def create(self, spec: SandboxSpec) -> None:
+        net = self.network
+        if spec.network.networked and net is None:
+            raise RuntimeFailure(f"sandbox {spec.sandbox_id}: networking is disabled on this server (CORRAL_NETWORK)")
         p = plan(
             spec, sandboxes_dir=self.sandboxes_dir, mounts_dir=self.mounts_dir, runtime=self.runtime,
             agent_src=self.agent_src, id_offset=self.id_offset,
+            net_dirs=tuple(net.dirs()) if net and spec.network.networked else (),
+            net_files=tuple(net.files()) if net and spec.network.networked else (),
         )
         try:
+            att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
             # Spawned from the loop's thread: bwrap's --die-with-parent follows the spawning thread.
             spawned = launch_priv.spawn(p, prepared, self.seccomp)
@@ -75,7 +87,8 @@ class BwrapBackend:
             live = _Live(p, spawned.process, os.pidfd_open(spawned.process.pid), loop.create_future())
             self._live[spec.sandbox_id] = live
             loop.add_reader(live.pidfd, self._reap, spec.sandbox_id, live)
-            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, self.cgroups)
+            plug = partial(net.plug, att) if net and att else None
+            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, self.cgroups, plug)
             await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
             await self.destroy(spec.sandbox_id)
@@ -191,6 +204,8 @@ class BwrapBackend:
                 await asyncio.wait_for(asyncio.shield(live.exited), 5)
 
     async def _teardown(self, sandbox_id: str) -> None:
+        if self.network is not None:
+            await self.network.release(sandbox_id)
         await asyncio.to_thread(
             launch_priv.teardown, self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id, sandbox_id,
             self.cgroups,
@@ -213,6 +228,8 @@ class BwrapBackend:
         stale = sorted(found - keep)
         for sandbox_id in stale:
             await self._teardown(sandbox_id)
+        if self.network is not None:
+            await self.network.reconcile()
         return stale
 
     async def close(self) -> None:
@@ -221,6 +238,32 @@ class BwrapBackend:
         with contextlib.suppress(OSError):
             self.mounts_dir.rmdir()  # only if empty: never leave this server's run dir behind
         await asyncio.to_thread(self.cgroups.close)
+        if self.network is not None:
+            await self.network.close()
+
+    # networking (see runtime/network.py)
+    def default_env(self, spec: SandboxSpec) -> dict[str, str]:
+        return self.network.env() if self.network and spec.network.networked else {}
+
+    async def update_network(self, sandbox_id: str, policy: NetworkPolicy) -> None:
+        self._require(sandbox_id)
+        if self.network is None or self.network.attachment(sandbox_id) is None:
+            raise RuntimeFailure(f"sandbox {sandbox_id} was created without a network (network='none')")
+        await self.network.update(sandbox_id, policy)
+
+    def network_info(self, sandbox_id: str) -> dict[str, Any]:
+        self._require(sandbox_id)
+        return self.network.describe(sandbox_id) if self.network else {"mode": "none"}
+
+    async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
+        live = self._require(sandbox_id)
+        sock = await asyncio.to_thread(netns_priv.connect_inside, live.init_pid, port)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 def _log_tail(log: Path, limit: int = 600) -> str:

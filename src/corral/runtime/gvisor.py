@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from corral.agent.client import AgentClient, DonatedAgentClient, Donor
@@ -46,6 +47,10 @@ class GvisorBackend(BwrapBackend):
         self._donors: dict[str, Donor] = {}
 
     async def create(self, spec: SandboxSpec) -> None:
+        if spec.network.networked:
+            raise RuntimeFailure(
+                f"sandbox {spec.sandbox_id}: gVisor sandboxes have loopback only in this version (runsc --network=none)"
+            )
         p = plan(
             spec, sandboxes_dir=self.sandboxes_dir, mounts_dir=self.mounts_dir, runtime=self.runtime,
             agent_src=self.agent_src, id_offset=self.id_offset,
@@ -78,6 +83,13 @@ class GvisorBackend(BwrapBackend):
             await self.on_exit(sandbox_id, f"out of memory: the sandbox used more than its {mib} MiB and was ended")
         else:
             await super()._report_exit(sandbox_id, live, code)
+
+    async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
+        self._require(sandbox_id)
+        raise RuntimeFailure(
+            f"sandbox {sandbox_id}: ports of gVisor sandboxes are not reachable from the host in this version "
+            "(netstack runs with --network=none)"
+        )
 
     def agent(self, sandbox_id: str) -> AgentClient:
         donor = self._donors.get(sandbox_id)

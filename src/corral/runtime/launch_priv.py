@@ -11,7 +11,8 @@ The steps, in order (docs/security.md lists them too):
    program; the only host path it resolves is the root's mount point (in the 0711 mounts dir); it
    creates all namespaces and then blocks before doing anything inside them.
 3. ``admit``: read bwrap's child pid, move both bwrap processes into the cgroups, write the
-   user-namespace maps (sandbox 0..65535 → host ``id_offset``..+65535), then unblock bwrap.
+   user-namespace maps (sandbox 0..65535 → host ``id_offset``..+65535), plug the sandbox's
+   network into its (still idle) netns (``network``/``netns_priv``), then unblock bwrap.
 
 From then on bwrap mounts the root, drops to the agent's capability set, installs seccomp and
 execs the agent. Nothing in a sandbox ever runs as a host id below ``id_offset``.
@@ -25,6 +26,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +94,11 @@ def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes) -> Spawne
     return Spawned(process=process, info_r=info_r, block_w=block_w)
 
 
-def admit(plan: LaunchPlan, spawned: Spawned, cgroups: Cgroups) -> int:
-    """Place bwrap in the cgroups, map ids, release it. Returns the sandbox's init pid (host view)."""
+def admit(
+    plan: LaunchPlan, spawned: Spawned, cgroups: Cgroups, plug: Callable[[int], None] | None = None
+) -> int:
+    """Place bwrap in the cgroups, map ids, plug its network (``plug(child pid)``: the netns exists,
+    nothing runs in it yet), release it. Returns the sandbox's init pid (host view)."""
     try:
         data = b""
         while b"}" not in data:
@@ -108,6 +113,8 @@ def admit(plan: LaunchPlan, spawned: Spawned, cgroups: Cgroups) -> int:
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{child}/{name}", "w") as f:
                 f.write(mapping)
+        if plug is not None:
+            plug(child)
         os.write(spawned.block_w, b"1")
         return child
     finally:

@@ -82,6 +82,8 @@ class LaunchPlan:
     id_offset: int
     runtime: AgentRuntime
     agent_src: Path
+    net_dirs: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: the CA bundle dir
+    net_files: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: /etc/resolv.conf
     extra_binds: tuple[tuple[Path, str], ...] = ()
 
     @property
@@ -97,6 +99,7 @@ class LaunchPlan:
             (self.runtime.rootfs, RT_DIR),
             (self.agent_src, f"{AGENT_LIB}/{AGENT_PKG}"),
             (self.agent_src.parent / "interpreter", f"{AGENT_LIB}/{INTERP_PKG}"),
+            *self.net_dirs,
             *self.extra_binds,
         ]
 
@@ -112,6 +115,7 @@ class LaunchPlan:
             "--hostname", self.sandbox_id[:63],
             "--die-with-parent",
             "--bind", str(self.root), "/",  # recursive: brings the read-only runtime binds along
+            *[a for src, dst in self.net_files for a in ("--ro-bind", str(src), dst)],
             "--proc", "/proc",
             "--dev", "/dev",
             "--seccomp", str(fds.seccomp),
@@ -127,7 +131,7 @@ class LaunchPlan:
 
 def plan(
     spec: SandboxSpec, *, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, agent_src: Path,
-    id_offset: int,
+    id_offset: int, net_dirs: tuple[tuple[Path, str], ...] = (), net_files: tuple[tuple[Path, str], ...] = (),
 ) -> LaunchPlan:
     """Compute the launch of one sandbox (no side effects)."""
     for _, inside in spec.binds:
@@ -138,5 +142,6 @@ def plan(
         sandbox_id=spec.sandbox_id, sandbox_dir=sandboxes_dir / spec.sandbox_id,
         root=mounts_dir / spec.sandbox_id, layers=spec.layers,
         disk_mb=spec.disk_mb, limits=limits, id_offset=id_offset, runtime=runtime, agent_src=agent_src,
+        net_dirs=net_dirs, net_files=net_files,
         extra_binds=spec.binds,
     )

@@ -22,7 +22,16 @@ from ._errors import (
 )
 from ._execution import Context, Execution, ExecutionError, Logs, OutputMessage, Result
 from ._handles import AsyncCommandHandle, CommandHandle
-from ._models import CommandResult, EntryInfo, FileType, ProcessInfo, SandboxInfo, SandboxMetrics, WriteEntry
+from ._models import (
+    CommandResult,
+    EntryInfo,
+    FileType,
+    NetworkInfo,
+    ProcessInfo,
+    SandboxInfo,
+    SandboxMetrics,
+    WriteEntry,
+)
 from ._sandbox import AsyncSandbox, Sandbox
 from ._template import AsyncTemplate, Template
 
@@ -46,6 +55,7 @@ __all__ = [
     "FileType",
     "InvalidArgumentException",
     "Logs",
+    "NetworkInfo",
     "NotEnoughSpaceException",
     "NotFoundException",
     "OutputMessage",

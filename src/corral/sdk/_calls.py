@@ -6,7 +6,7 @@ errors can say what failed where.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -17,12 +17,14 @@ from ._execution import DEFAULT_CODE_TIMEOUT, Context, parse_context
 from ._models import (
     EntryInfo,
     KeyInfo,
+    NetworkInfo,
     ProcessInfo,
     SandboxInfo,
     SandboxMetrics,
     parse_entry,
     parse_key,
     parse_metrics,
+    parse_network,
     parse_process,
     parse_sandbox,
 )
@@ -76,6 +78,9 @@ def create_sandbox(
     cpu: float | None,
     memory_mb: int | None,
     disk_mb: int | None,
+    network: str | None = None,
+    allow_out: Sequence[str] | None = None,
+    deny_out: Sequence[str] | None = None,
 ) -> Call[SandboxInfo]:
     body = _drop_none(
         template=template,
@@ -85,6 +90,9 @@ def create_sandbox(
         cpu=cpu,
         memory_mb=memory_mb,
         disk_mb=disk_mb,
+        network=network,
+        allow_out=None if allow_out is None else list(allow_out),
+        deny_out=None if deny_out is None else list(deny_out),
     )
     return _json_call(
         "POST",
@@ -141,6 +149,26 @@ def set_timeout(sandbox_id: str, timeout: int) -> Call[None]:
         sandbox_id,
         _none,
         json={"timeout": timeout},
+    )
+
+
+def get_network(sandbox_id: str) -> Call[NetworkInfo]:
+    return _json_call(
+        "GET", _sbx(sandbox_id, "network"), "get network", sandbox_id, lambda d: parse_network(d, sandbox_id)
+    )
+
+
+def update_network(
+    sandbox_id: str, network: str | None, allow_out: Sequence[str] | None, deny_out: Sequence[str] | None
+) -> Call[NetworkInfo]:
+    body = _drop_none(
+        network=network,
+        allow_out=None if allow_out is None else list(allow_out),
+        deny_out=None if deny_out is None else list(deny_out),
+    )
+    return _json_call(
+        "PUT", _sbx(sandbox_id, "network"), "update network", sandbox_id,
+        lambda d: parse_network(d, sandbox_id), json=body,
     )
 
 

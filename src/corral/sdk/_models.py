@@ -19,6 +19,7 @@ __all__ = [
     "EntryInfo",
     "FileType",
     "KeyInfo",
+    "NetworkInfo",
     "ProcessInfo",
     "SandboxInfo",
     "SandboxMetrics",
@@ -26,6 +27,7 @@ __all__ = [
     "parse_entry",
     "parse_key",
     "parse_metrics",
+    "parse_network",
     "parse_process",
     "parse_sandbox",
 ]
@@ -62,6 +64,18 @@ class SandboxInfo:
     def template_id(self) -> str:
         """E2B's name for ``template``."""
         return self.template
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """A sandbox's network: ``mode`` is ``"none"``, ``"internet"`` or ``"allowlist"``; ``dns_queries``
+    are the latest names it asked the DNS forwarder for (each with ``name``, ``type``, ``answer``)."""
+
+    mode: str
+    allow_out: list[str]
+    deny_out: list[str]
+    address: str | None
+    dns_queries: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -291,4 +305,20 @@ def parse_key(data: Any) -> KeyInfo:
         ),
         "API key",
         None,
+    )
+
+
+def parse_network(data: Any, sandbox_id: str) -> NetworkInfo:
+    """Network JSON → ``NetworkInfo``."""
+    d = _require(data, ("mode",), "network", sandbox_id)
+    return _wrap(
+        lambda: NetworkInfo(
+            mode=str(d["mode"]),
+            allow_out=[str(x) for x in d.get("allow_out") or []],
+            deny_out=[str(x) for x in d.get("deny_out") or []],
+            address=None if d.get("address") is None else str(d["address"]),
+            dns_queries=[dict(q) for q in d.get("dns_queries") or []],
+        ),
+        "network",
+        sandbox_id,
     )

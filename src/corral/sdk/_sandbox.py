@@ -8,7 +8,7 @@ class (``Sandbox.kill(sandbox_id)``), as in E2B.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 
@@ -19,7 +19,7 @@ from ._config import ConnectionConfig
 from ._core import dualmethod
 from ._files import AsyncFilesystem, Filesystem
 from ._http import AsyncHTTP, SyncHTTP
-from ._models import SandboxInfo, SandboxMetrics
+from ._models import NetworkInfo, SandboxInfo, SandboxMetrics
 
 __all__ = ["AsyncSandbox", "Sandbox"]
 
@@ -55,13 +55,19 @@ class Sandbox(CodeInterpreter):
         cpu: float | None = None,
         memory_mb: int | None = None,
         disk_mb: int | None = None,
+        network: str | None = None,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
     ) -> Sandbox:
         """Create a sandbox from ``template`` that lives ``timeout`` seconds unless extended or killed.
 
-        ``envs`` apply to every command; unset limits take the server's defaults. ``api_url`` and
+        ``envs`` apply to every command; unset limits take the server's defaults. ``network`` is
+        ``"internet"`` (default) or ``"none"`` (loopback only); an ``allow_out`` list (IPv4, CIDR,
+        ``domain`` or ``*.domain``, each with an optional ``:port``) allows only those; ``deny_out``
+        entries are always denied (deny beats allow). See docs/network.md. ``api_url`` and
         ``api_key`` default to ``CORRAL_API_URL`` (else http://127.0.0.1:3000) and ``CORRAL_API_KEY``.
         """
         http = SyncHTTP(ConnectionConfig.resolve(api_key, api_url, request_timeout))
@@ -75,6 +81,9 @@ class Sandbox(CodeInterpreter):
                     cpu=cpu,
                     memory_mb=memory_mb,
                     disk_mb=disk_mb,
+                    network=network,
+                    allow_out=allow_out,
+                    deny_out=deny_out,
                 )
             )
         except BaseException:
@@ -176,6 +185,21 @@ class Sandbox(CodeInterpreter):
         """Whether the sandbox is still running."""
         return self._http.call(_calls.is_running(self._sandbox_id), request_timeout)
 
+    def get_network(self, request_timeout: float | None = None) -> NetworkInfo:
+        """The sandbox's egress policy, address and recent DNS questions."""
+        return self._http.call(_calls.get_network(self._sandbox_id), request_timeout)
+
+    def update_network(
+        self,
+        network: str | None = None,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
+        request_timeout: float | None = None,
+    ) -> NetworkInfo:
+        """Replace the egress policy of the running sandbox (same fields as ``create``)."""
+        call = _calls.update_network(self._sandbox_id, network, allow_out, deny_out)
+        return self._http.call(call, request_timeout)
+
     def close(self) -> None:
         """Release the HTTP connections; the sandbox keeps running until its timeout."""
         self._http.close()
@@ -245,6 +269,9 @@ class AsyncSandbox(AsyncCodeInterpreter):
         cpu: float | None = None,
         memory_mb: int | None = None,
         disk_mb: int | None = None,
+        network: str | None = None,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
@@ -261,6 +288,9 @@ class AsyncSandbox(AsyncCodeInterpreter):
                     cpu=cpu,
                     memory_mb=memory_mb,
                     disk_mb=disk_mb,
+                    network=network,
+                    allow_out=allow_out,
+                    deny_out=deny_out,
                 )
             )
         except BaseException:
@@ -357,6 +387,21 @@ class AsyncSandbox(AsyncCodeInterpreter):
         request_timeout: float | None = None,
     ) -> SandboxMetrics:
         return await _aonce(api_key, api_url, request_timeout, _calls.get_metrics(sandbox_id))
+
+    async def get_network(self, request_timeout: float | None = None) -> NetworkInfo:
+        """The sandbox's egress policy, address and recent DNS questions."""
+        return await self._http.call(_calls.get_network(self._sandbox_id), request_timeout)
+
+    async def update_network(
+        self,
+        network: str | None = None,
+        allow_out: Sequence[str] | None = None,
+        deny_out: Sequence[str] | None = None,
+        request_timeout: float | None = None,
+    ) -> NetworkInfo:
+        """Replace the egress policy of the running sandbox (same fields as ``create``)."""
+        call = _calls.update_network(self._sandbox_id, network, allow_out, deny_out)
+        return await self._http.call(call, request_timeout)
 
     async def is_running(self, request_timeout: float | None = None) -> bool:
         """Whether the sandbox is still running."""

@@ -161,7 +161,7 @@ class BuildService:
         if not NAME.match(req.name):
             raise InvalidRequest(f"name: {req.name!r} is not a valid template name (lowercase letters, digits, "
                                  "'.', '_', '-'; at most 63)")
-        if req.name in BUILTIN:
+        if req.name in BUILTIN or req.name in self.templates.directories():
             raise InvalidRequest(f"name: {req.name!r} is a built-in template and can't be rebuilt")
         if not req.dockerfile.strip():
             raise InvalidRequest("dockerfile: the Dockerfile is empty (it needs at least FROM)")

@@ -82,11 +82,26 @@ def listed(row: SandboxRow) -> dict[str, Any]:
     return out
 
 
-def detail(row: SandboxRow, token: str | None) -> dict[str, Any]:
-    """A ``SandboxDetail`` (``GET /sandboxes/{id}``)."""
-    return {
+def detail(row: SandboxRow, token: str | None, net: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ``SandboxDetail`` (``GET /sandboxes/{id}``); ``net`` is the runtime's network description."""
+    out = {
         **listed(row), "envdAccessToken": token, "domain": None,
         "lifecycle": {"autoResume": False, "onTimeout": "kill"},
+    }
+    if net is not None:
+        out.update(network_fields(net))
+    return out
+
+
+def network_fields(net: dict[str, Any]) -> dict[str, Any]:
+    """Our policy as E2B's ``allowInternetAccess`` + ``network`` (an allow-list is "deny all, allow ...")."""
+    mode = net.get("mode", "none")
+    deny = list(net.get("deny_out") or [])
+    if mode != "internet":
+        deny = ["0.0.0.0/0", *deny]
+    return {
+        "allowInternetAccess": mode == "internet",
+        "network": {"allowOut": list(net.get("allow_out") or []), "denyOut": deny},
     }
 
 

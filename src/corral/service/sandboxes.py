@@ -12,19 +12,21 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import string
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.agent.client import AgentClient
 from corral.config import Settings
 from corral.runtime.backend import ISOLATIONS, Backend, RuntimeFailure, SandboxSpec, SandboxUsage
+from corral.runtime.netpolicy import INTERNET, NONE, NetworkPolicy
 from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
-from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable
+from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable, Unreachable
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
 from corral.store.repo import LIVE_STATES, Store, now
@@ -54,6 +56,7 @@ class CreateRequest:
     memory_mb: int | None = None
     disk_mb: int | None = None
     isolation: str | None = None  # bwrap or gvisor; None = the template's, else the server's default
+    network: NetworkPolicy | None = None  # None: the default (internet); see service/network.py
 
 
 class SandboxService:
@@ -114,9 +117,15 @@ class SandboxService:
         isolation = req.isolation or ""  # a template's own isolation option goes between the two
         if isolation and isolation not in ISOLATIONS:
             raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+        if (isolation or s.backend) == "gvisor":  # runsc --network=none: loopback only (docs/gvisor.md)
+            if req.network is not None and req.network.networked:
+                raise InvalidRequest("network: gVisor sandboxes have loopback only in this version; use network 'none'")
+            network = NONE
+        else:
+            network = replace(req.network or INTERNET, max_connections=s.net_max_connections)
         return SandboxSpec(
             sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in template.refs), cpu=cpu,
-            memory_mb=memory, disk_mb=disk, isolation=isolation,
+            memory_mb=memory, disk_mb=disk, network=network, isolation=isolation,
         )
 
     async def create(self, principal: Principal, req: CreateRequest) -> SandboxRow:
@@ -143,7 +152,7 @@ class SandboxService:
         finally:
             self._creating -= 1
         config = self.templates.config(req.template)
-        self._envs[spec.sandbox_id] = {**dict(config.env), **req.envs}
+        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
         self._defaults[spec.sandbox_id] = (config.user, config.workdir)
         self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
         if config.start_cmd or config.ready_cmd or config.ready_port:
@@ -281,6 +290,39 @@ class SandboxService:
         if sandbox_id in self._paused:
             raise Conflict(f"sandbox {sandbox_id} is paused; resume it (connect) first")
         return self.backend.agent(sandbox_id)
+
+    async def update_network(self, principal: Principal, sandbox_id: str, policy: NetworkPolicy) -> dict[str, Any]:
+        """Replace a running sandbox's egress policy (Conflict for a sandbox made with network 'none')."""
+        await self.get(principal, sandbox_id)
+        if not policy.networked:
+            raise InvalidRequest("network: a running sandbox cannot be switched to 'none'; use an empty allow_out")
+        try:
+            await self.backend.update_network(
+                sandbox_id, replace(policy, max_connections=self.settings.net_max_connections)
+            )
+        except RuntimeFailure as exc:
+            raise Conflict(str(exc)) from exc
+        return self.backend.network_info(sandbox_id)
+
+    async def network_info(self, principal: Principal, sandbox_id: str) -> dict[str, Any]:
+        await self.get(principal, sandbox_id)
+        try:
+            return self.backend.network_info(sandbox_id)
+        except RuntimeFailure as exc:
+            raise NotFound(str(exc)) from exc
+
+    async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
+        """A connection to ``port`` inside the sandbox (caller already authorised); 502 if nothing listens."""
+        if not 1 <= port <= 65535:
+            raise InvalidRequest(f"port: must be between 1 and 65535, got {port}")
+        if sandbox_id in self._paused:
+            raise Unreachable(f"sandbox {sandbox_id} is paused; connect to resume it")
+        try:
+            return await self.backend.connect_port(sandbox_id, port)
+        except RuntimeFailure as exc:
+            raise NotFound(str(exc)) from exc
+        except OSError as exc:
+            raise Unreachable(f"sandbox {sandbox_id}: nothing answers on port {port} ({exc.strerror})") from exc
 
     def oom_counter(self, sandbox_id: str) -> Callable[[], Awaitable[int]]:
         async def count() -> int:

@@ -1,6 +1,7 @@
 """Templates: names → read-only layer stacks and the defaults their sandboxes get.
 
-Built-in templates (``base``, ``code-interpreter``) are directories built by mmdebstrap; templates
+Built-in templates (``base``, ``code-interpreter``, and any rootfs an operator puts in the templates
+dir) are directories; the built-in ones are built by mmdebstrap. Templates
 built from Dockerfiles are store records naming layers in the layer store. The records are held in
 memory (loaded at start, changed only by builds and deletes), so creating a sandbox reads no database.
 """
@@ -70,7 +71,7 @@ class Templates:
             raise InvalidRequest(f"template: {name!r} is not a valid template name")
         if name in self._built:
             return self._built[name]
-        if name in BUILTIN and is_built(self.rootfs(name)):
+        if is_built(self.rootfs(name)):  # built-in, or a rootfs an operator placed in the templates dir
             return self.builtin(name)
         known = ", ".join(repr(n) for n in self.names()) or "none"
         raise NotFound(f"template {name!r} does not exist (templates: {known})")
@@ -98,9 +99,14 @@ class Templates:
             return self.images_dir / value / "fs"
         raise NotFound(f"unknown layer reference {ref!r}")
 
+    def directories(self) -> list[str]:
+        """Templates that are plain rootfs dirs in the templates dir (the built-in ones among them)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.iterdir() if NAME.match(p.name) and is_built(p / "rootfs"))
+
     def names(self) -> list[str]:
-        builtin = [n for n in BUILTIN if is_built(self.rootfs(n))]
-        return sorted({*builtin, *self._built})
+        return sorted({*self.directories(), *self._built})
 
     def all(self) -> list[TemplateInfo]:
         return [self.get(n) for n in self.names()]

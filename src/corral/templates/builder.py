@@ -26,6 +26,7 @@ from typing import Any
 from corral.agent.client import AgentClient
 from corral.agent.protocol import AgentError, Exit, Output
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec
+from corral.runtime.netpolicy import parse_policy
 from corral.templates.context import BuildContext, ContextError, cache_key
 from corral.templates.instructions import (
     Arg,
@@ -225,8 +226,9 @@ class Builder:
         sandbox_id = "".join(secrets.choice(_ID) for _ in range(20))
         spec = SandboxSpec(
             sandbox_id=sandbox_id, layers=tuple(image.layers), cpu=self.options.cpu,
-            memory_mb=self.options.memory_mb, disk_mb=self.options.disk_mb, network=self.options.network,
+            memory_mb=self.options.memory_mb, disk_mb=self.options.disk_mb, network=parse_policy(self.options.network),
             binds=((self.build_dir, BUILD_MOUNT),),
+            isolation="bwrap",  # steps need the network, which gVisor sandboxes lack for now (docs/gvisor.md)
         )
         try:
             await self._bounded(self.backend.create(spec), state, "starting the step's sandbox")

@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.api.deps import PrincipalDep, Services, ServicesDep
+from corral.runtime.netpolicy import NetworkPolicy
 from corral.service import e2b_models as e2b
+from corral.service import network
 from corral.service.auth import Principal
 from corral.service.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from corral.service.sandboxes import CreateRequest
@@ -30,9 +32,29 @@ class NotSupported(ServiceError):
     status = 501
 
 
+class NetworkConfig(BaseModel):
+    """``SandboxNetworkConfig``/``SandboxNetworkUpdateConfig``: ``allowOut``/``denyOut`` are enforced;
+    ``dnsServers`` is ignored (sandboxes resolve through Corral's forwarder); proxies and transform
+    rules are not supported; sandbox ports always need the access token (``allowPublicTraffic``)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    allow_out: list[str] | None = Field(default=None, alias="allowOut")
+    deny_out: list[str] | None = Field(default=None, alias="denyOut")
+    egress_proxy: dict[str, Any] | None = Field(default=None, alias="egressProxy")
+    rules: dict[str, Any] | None = None
+    allow_internet_access: bool | None = None  # only in the update body
+
+    def policy(self, allow_internet_access: bool | None) -> NetworkPolicy:
+        if self.egress_proxy:
+            raise NotSupported("egress proxies are not supported by Corral")
+        if self.rules:
+            raise NotSupported("network transform rules are not supported by Corral")
+        return network.e2b(allow_internet_access, self.allow_out, self.deny_out)
+
+
 class NewSandbox(BaseModel):
     """``NewSandbox`` (v1) and ``NewSandboxV2``: what we use; the rest is accepted and ignored
-    (``autoPause``, ``secure``, ``allow_internet_access``, ``network``, ``mcp``, ``iam``...)."""
+    (``autoPause``, ``secure``, ``mcp``, ``iam``...)."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     template_id: str = Field(default="base", alias="templateID")
@@ -40,6 +62,8 @@ class NewSandbox(BaseModel):
     metadata: dict[str, str] | None = None
     env_vars: dict[str, str] | None = Field(default=None, alias="envVars")
     volume_mounts: list[dict[str, Any]] | None = Field(default=None, alias="volumeMounts")
+    allow_internet_access: bool | None = None
+    network: NetworkConfig | None = None
 
 
 class Timeout(BaseModel):
@@ -60,9 +84,10 @@ class Connect(BaseModel):
 async def create(body: NewSandbox, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     if body.volume_mounts:
         raise NotSupported("volume mounts are not supported by Corral yet")
+    policy = (body.network or NetworkConfig()).policy(body.allow_internet_access)
     req = CreateRequest(
         template=e2b.template_name(body.template_id), timeout=body.timeout, envs=body.env_vars or {},
-        metadata=body.metadata or {},
+        metadata=body.metadata or {}, network=policy,
     )
     row = await svc.sandboxes.create(who, req)
     return e2b.sandbox(row, svc.sandboxes.access_token(row.id))
@@ -111,7 +136,15 @@ async def metrics_many(
 @router.get("/sandboxes/{sandbox_id}")
 async def get(sandbox_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     row = await svc.sandboxes.get(who, sandbox_id)
-    return e2b.detail(row, svc.sandboxes.access_token(sandbox_id))
+    net = await svc.sandboxes.network_info(who, sandbox_id)
+    return e2b.detail(row, svc.sandboxes.access_token(sandbox_id), net)
+
+
+@router.put("/sandboxes/{sandbox_id}/network", status_code=204)
+async def update_network(sandbox_id: str, body: NetworkConfig, svc: ServicesDep, who: PrincipalDep) -> Response:
+    """Replace the sandbox's egress rules (fields left out are cleared, as in E2B)."""
+    await svc.sandboxes.update_network(who, sandbox_id, body.policy(body.allow_internet_access))
+    return Response(status_code=204)
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)
@@ -177,7 +210,6 @@ _UNSUPPORTED: list[tuple[str, list[str], str]] = [
     ("/sandboxes/{sandbox_id}/fork", ["POST"], "forking sandboxes"),
     ("/sandboxes/{sandbox_id}/snapshots", ["POST"], "snapshots"),
     ("/snapshots", ["GET"], "snapshots"),
-    ("/sandboxes/{sandbox_id}/network", ["PUT"], "changing a sandbox's network"),
     ("/sandboxes/{sandbox_id}/refreshes", ["POST"], "refreshes (use POST /sandboxes/{id}/timeout)"),
     ("/sandboxes/{sandbox_id}/logs", ["GET"], "sandbox logs"),
     ("/v2/sandboxes/{sandbox_id}/logs", ["GET"], "sandbox logs"),

@@ -1,0 +1,59 @@
+"""E2B's network fields through the unmodified official SDK: ``allow_internet_access``,
+``network={"allow_out", "deny_out"}`` (allow beats deny there) and ``update_network``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from e2b import ALL_TRAFFIC, Sandbox
+
+from conftest import Server
+from netlab import PUBLIC_A, PUBLIC_B, PUBLIC_C
+
+FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())"
+
+
+@pytest.fixture
+def e2b_net(netserver: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    monkeypatch.setenv("E2B_API_URL", netserver.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", netserver.url)
+    monkeypatch.setenv("E2B_API_KEY", netserver.api_key)
+    monkeypatch.delenv("E2B_DOMAIN", raising=False)
+    monkeypatch.delenv("E2B_DEBUG", raising=False)
+    return netserver
+
+
+def reaches(sbx: Sandbox, url: str) -> bool:
+    r = sbx.commands.run(f"python3 -c {json.dumps(FETCH)} {url} || true", timeout=20)
+    return r.stdout.startswith("hello from")
+
+
+def test_allow_out_with_deny_all_and_update_network(e2b_net: Server) -> None:
+    sbx = Sandbox.create(timeout=120, network={"allow_out": [PUBLIC_A, "files.example.com"], "deny_out": [ALL_TRAFFIC]})
+    try:
+        assert reaches(sbx, f"http://{PUBLIC_A}/") and reaches(sbx, "http://files.example.com/")
+        assert not reaches(sbx, f"http://{PUBLIC_B}/")
+        info = sbx.get_info()
+        assert info.allow_internet_access is False
+
+        sbx.update_network({"allow_out": [PUBLIC_B], "deny_out": [ALL_TRAFFIC]})
+        assert reaches(sbx, f"http://{PUBLIC_B}/") and not reaches(sbx, f"http://{PUBLIC_A}/")
+        sbx.update_network({})  # omitted fields are cleared: open again
+        assert reaches(sbx, f"http://{PUBLIC_C}/") and reaches(sbx, f"http://{PUBLIC_A}/")
+        assert sbx.get_info().allow_internet_access is True
+    finally:
+        sbx.kill()
+
+
+def test_allow_internet_access_false_and_allow_beating_deny(e2b_net: Server) -> None:
+    closed = Sandbox.create(timeout=120, allow_internet_access=False)
+    partial = Sandbox.create(timeout=120, network={"deny_out": ["198.51.100.0/24"], "allow_out": [PUBLIC_B]})
+    try:
+        assert not reaches(closed, f"http://{PUBLIC_A}/")
+        assert closed.commands.run("getent hosts files.example.com || echo refused").stdout.strip() == "refused"
+        assert reaches(partial, f"http://{PUBLIC_B}/")  # E2B: allow entries win over deny entries
+        assert not reaches(partial, f"http://{PUBLIC_A}/")
+    finally:
+        closed.kill()
+        partial.kill()
