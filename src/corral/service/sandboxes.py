@@ -118,8 +118,8 @@ class SandboxService:
         if isolation and isolation not in ISOLATIONS:
             raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         if (isolation or s.backend) == "gvisor":  # runsc --network=none: loopback only (docs/gvisor.md)
-            if req.network is not None and req.network.networked:
-                raise InvalidRequest("network: gVisor sandboxes have loopback only in this version; use network 'none'")
+            if req.network is not None and (req.network.allow or req.network.deny):
+                raise InvalidRequest("network: gVisor sandboxes have loopback only in this version; no egress rules")
             network = NONE
         else:
             network = replace(req.network or INTERNET, max_connections=s.net_max_connections)
