@@ -415,3 +415,45 @@ def test_a_deep_template_mounts_past_the_mount_option_page(api: httpx.Client) ->
         assert sh(api, sid, "cat /step0 /step44") == "0\n44\n"
     finally:
         kill(api, sid)
+
+
+def test_templates_are_private_to_their_key_unless_public(api: httpx.Client, srv: Server) -> None:
+    """A template carries what its Dockerfile put in it: another key must not list, read, use or build
+    on it, unless it was built public. Built-in templates are everyone's."""
+    keys = [api.post("/v1/keys", json={"name": f"tenant-{i}"}).json() for i in range(2)]
+    alice, bob = (srv.client(key=k["key"]) for k in keys)
+    try:
+        for name, public in (("alice-private", False), ("alice-public", True)):
+            r = submit(alice, name, "FROM base\nRUN echo secret > /secret\n", public=public)
+            assert r.status_code == 202, r.text
+            assert follow(alice, r.json()["id"])[-1]["state"] == "ready"
+        seen = {t["name"] for t in bob.get("/v1/templates").json()}
+        assert "alice-public" in seen and "base" in seen and "alice-private" not in seen
+        assert bob.get("/v1/templates/alice-private").status_code == 404
+        assert bob.post("/v1/sandboxes", json={"template": "alice-private"}).status_code == 404
+        assert submit(bob, "bob-derived", "FROM alice-private\n").status_code == 404
+        assert submit(bob, "alice-private", "FROM base\n").status_code == 409  # the name stays Alice's
+        assert bob.delete("/v1/templates/alice-private").status_code == 404
+        assert bob.delete("/v1/templates/alice-public").status_code == 403
+        sid = sandbox(bob, "alice-public")
+        try:
+            assert sh(bob, sid, "cat /secret") == "secret\n"
+        finally:
+            kill(bob, sid)
+        assert {"alice-private", "alice-public"} <= {t["name"] for t in api.get("/v1/templates").json()}
+    finally:
+        alice.close()
+        bob.close()
+        for k in keys:
+            api.delete(f"/v1/keys/{k['id']}")
+
+
+def test_a_build_installs_a_package_from_pypi(api: httpx.Client) -> None:
+    """Build steps have egress (package registries, through the host's CA bundle): pip installs a
+    small package from the configured index, and sandboxes from the template import it."""
+    ready(api, "with-pypi", "FROM base\nRUN pip install --no-cache-dir --no-deps tabulate==0.9.0\n")
+    sid = sandbox(api, "with-pypi", network="none")  # installed in the template: no network needed now
+    try:
+        assert sh(api, sid, "python3 -c 'import tabulate; print(tabulate.__version__)'") == "0.9.0\n"
+    finally:
+        kill(api, sid)

@@ -167,7 +167,8 @@ def test_the_servers_unpacker_accepts_the_archive(tmp_path: Path) -> None:
 
 def test_build_requests_are_json_without_a_context_and_sized_multipart_with_one() -> None:
     options = _calls.build_options("t", "FROM base\n", cpu=None, no_cache=True, build_args={"A": "1"})
-    assert options == {"name": "t", "dockerfile": "FROM base\n", "build_args": {"A": "1"}, "no_cache": True}
+    assert options == {"name": "t", "dockerfile": "FROM base\n", "build_args": {"A": "1"}, "no_cache": True,
+                       "public": False}
     plain = _calls.start_build(options)
     assert (plain.method, plain.path, plain.json, dict(plain.headers)) == ("POST", "/v1/templates", options, {})
     multi = _calls.start_build(options, ("multipart/form-data; boundary=x", 123))

@@ -44,6 +44,7 @@ class BuildBody(BaseModel):
     start_cmd: str | None = Field(default=None, description="run (sh -c) when a sandbox starts; else CMD")
     ready_cmd: str | None = Field(default=None, description="create returns once this exits 0")
     ready_port: int | None = Field(default=None, description="create returns once this port accepts")
+    public: bool = Field(default=False, description="visible to every API key (default: the builder's key)")
 
 
 @router.post("/v1/templates", status_code=202)
@@ -86,12 +87,13 @@ def _body(raw: str) -> BuildBody:
 
 @router.get("/v1/templates")
 async def list_(svc: ServicesDep, who: PrincipalDep) -> list[dict[str, Any]]:
-    return [describe_template(t) for t in svc.sandboxes.templates.all()]
+    templates = svc.sandboxes.templates
+    return [describe_template(t) for t in templates.all() if templates.visible(t, who)]
 
 
 @router.get("/v1/templates/{name}")
 async def get(name: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    info = svc.sandboxes.templates.get(name)
+    info = svc.sandboxes.templates.for_caller(name, who)
     out = describe_template(info)
     out["builds"] = [describe_build(b) for b in await svc.builds.builds_of(who, name)]
     return out
@@ -132,6 +134,7 @@ def describe_build(row: BuildRow) -> dict[str, Any]:
 def describe_template(info: TemplateInfo) -> dict[str, Any]:
     return {
         "name": info.name, "builtin": info.builtin, "base": info.base, "layers": len(info.refs),
-        "build_id": info.build_id, "created_at": _iso(info.created_at), "updated_at": _iso(info.updated_at),
+        "public": info.builtin or info.public, "build_id": info.build_id, "created_at": _iso(info.created_at),
+        "updated_at": _iso(info.updated_at),
         "config": info.config.to_json(),
     }

@@ -9,23 +9,26 @@ import uvicorn
 
 from corral.config import Settings
 from corral.runtime.host import HostUnsupported, check_host
-from corral.runtime.rootfs import RECIPES, RootfsError, build, host_mirror, is_built
+from corral.runtime.rootfs import RECIPES, RootfsError, build, build_lock, host_mirror, is_current
 from corral.service.templates import Templates
 
 
 def ensure_builtin_templates(settings: Settings) -> None:
-    """Build the built-in templates once (mmdebstrap); later starts find them cached."""
+    """Build the built-in templates once (mmdebstrap), again when their recipe changed."""
     templates = Templates(settings.templates_dir)
-    for recipe in RECIPES.values():
-        rootfs = templates.rootfs(recipe.name)
-        if is_built(rootfs):
-            continue
-        mirror = settings.apt_mirror or host_mirror()
-        try:
-            build(recipe, rootfs, mirror, settings.subid_base, log=lambda m: print(f"corral: {m}", flush=True))
-        except RootfsError as exc:
-            print(f"corral: {exc}", file=sys.stderr)
-            raise SystemExit(2) from exc
+    if all(is_current(r, templates.rootfs(r.name)) for r in RECIPES.values()):
+        return
+    with build_lock(settings.templates_dir):
+        for recipe in RECIPES.values():
+            rootfs = templates.rootfs(recipe.name)
+            if is_current(recipe, rootfs):
+                continue
+            mirror = settings.apt_mirror or host_mirror()
+            try:
+                build(recipe, rootfs, mirror, settings.subid_base, log=lambda m: print(f"corral: {m}", flush=True))
+            except RootfsError as exc:
+                print(f"corral: {exc}", file=sys.stderr)
+                raise SystemExit(2) from exc
 
 
 def serve(settings: Settings | None = None) -> None:

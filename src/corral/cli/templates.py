@@ -193,6 +193,7 @@ def build(
     = None,
     ready_port: Annotated[int | None, typer.Option("--ready-port", help="Sandboxes are ready once it accepts.")]
     = None,
+    public: Annotated[bool, typer.Option("--public", help="Visible to every API key, not just this one.")] = False,
 ) -> None:
     """Build (or rebuild) a template from a Dockerfile, showing each step as it runs."""
     _check_file(file, "'--file' / '-f'", "file")
@@ -201,6 +202,7 @@ def build(
     options: dict[str, Any] = dict(
         context=root, build_args=pairs(build_arg, "--build-arg"), cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb,
         no_cache=no_cache, timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port,
+        public=public,
     )
     console = out_console()
     live = console.is_terminal

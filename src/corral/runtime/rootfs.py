@@ -8,17 +8,20 @@ view (``apt-get install`` works), while no id in a sandbox is a real host id.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shutil
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 BASE_PACKAGES = (
-    "python3", "nodejs", "bash", "coreutils", "git", "curl", "ca-certificates",
+    "python3", "python3-pip", "python3-venv", "nodejs", "bash", "coreutils", "git", "curl", "ca-certificates",
     "procps", "iproute2", "less", "xz-utils", "findutils", "grep", "sed",
 )
 SANDBOX_USER = "user"
@@ -26,10 +29,12 @@ SANDBOX_UID = 1000
 MARKER = ".corral-template"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
+# pip installs into the sandbox's own copy-on-write system (Debian marks it externally managed).
 _SETUP_HOOK = (
     'chroot "$1" useradd --create-home --uid 1000 --user-group --shell /bin/bash user && '
     'mkdir -p "$1/.corral/rt" "$1/.corral/lib/corral_agent" "$1/.corral/lib/corral_interp" && '
-    'echo "127.0.0.1 localhost" > "$1/etc/hosts"'
+    'echo "127.0.0.1 localhost" > "$1/etc/hosts" && '
+    'printf "[global]\\nbreak-system-packages = true\\n" > "$1/etc/pip.conf"'
 )
 _CLEANUP_HOOK = 'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/* "$1"/root/.npm "$1"/tmp/*'
 # npm runs in the chroot with the host's CA bundle, so it works behind a TLS-inspecting proxy too.
@@ -49,6 +54,12 @@ class Recipe:
     packages: tuple[str, ...]
     npm_packages: tuple[str, ...] = ()
     minutes: int = 1
+
+    @property
+    def signature(self) -> str:
+        """Changes whenever what the recipe builds changes (a cached rootfs with another is rebuilt)."""
+        text = "\n".join([*self.packages, "--", *self.npm_packages, "--", *self.hooks()])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def hooks(self) -> list[str]:
         hooks = [_SETUP_HOOK]
@@ -104,8 +115,9 @@ def build(
     id_offset: int,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Build a built-in template's rootfs into ``dest`` (atomically: built aside, then renamed)."""
-    if (dest / MARKER).exists():
+    """Build a built-in template's rootfs into ``dest`` (atomically: built aside, then renamed); a rootfs
+    from an older recipe is replaced. Callers serialise builds of one templates dir (``build_lock``)."""
+    if is_current(recipe, dest):
         return
     work = dest.with_name(dest.name + ".building")
     if work.exists():
@@ -123,10 +135,15 @@ def build(
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise RootfsError(f"mmdebstrap failed ({proc.returncode}):\n{tail}")
     shift_ids(work, id_offset)
-    (work / MARKER).write_text(recipe.name + "\n")
+    (work / MARKER).write_text(f"{recipe.name} {recipe.signature}\n")
+    old = dest.with_name(dest.name + ".old")
     if dest.exists():
-        shutil.rmtree(dest)
+        if old.exists():
+            shutil.rmtree(old)
+        dest.rename(old)
     work.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def shift_ids(root: Path, offset: int) -> None:
@@ -148,3 +165,19 @@ def shift_ids(root: Path, offset: int) -> None:
 
 def is_built(path: Path) -> bool:
     return (path / MARKER).exists()
+
+
+def is_current(recipe: Recipe, path: Path) -> bool:
+    try:
+        return (path / MARKER).read_text().split() == [recipe.name, recipe.signature]
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def build_lock(templates_dir: Path) -> Iterator[None]:
+    """One builder of built-in templates per templates dir at a time (servers may share the dir)."""
+    templates_dir.mkdir(parents=True, exist_ok=True)
+    with open(templates_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

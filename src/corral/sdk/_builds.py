@@ -126,6 +126,7 @@ class TemplateInfo:
     updated_at: datetime | None
     config: TemplateConfig
     builds: list[BuildInfo] = field(default_factory=list)
+    public: bool = False  # visible to every API key (built-in templates always are)
 
 
 def _opt(cast: Any, value: Any) -> Any:
@@ -200,6 +201,7 @@ def parse_template(data: Any) -> TemplateInfo:
             updated_at=_time(d.get("updated_at")),
             config=_config(d.get("config")),
             builds=[parse_build(b) for b in d.get("builds") or ()],
+            public=bool(d.get("public", False)),
         ),
         "template",
         None,

@@ -472,6 +472,7 @@ def build_options(
     start_cmd: str | None = None,
     ready_cmd: str | None = None,
     ready_port: int | None = None,
+    public: bool = False,
 ) -> dict[str, Any]:
     """The JSON options of ``POST /v1/templates`` (unset ones take the server's defaults)."""
     return _drop_none(
@@ -486,6 +487,7 @@ def build_options(
         start_cmd=start_cmd,
         ready_cmd=ready_cmd,
         ready_port=ready_port,
+        public=public,
     )
 
 

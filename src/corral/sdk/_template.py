@@ -68,6 +68,7 @@ class Template:
         start_cmd: str | None = None,
         ready_cmd: str | None = None,
         ready_port: int | None = None,
+        public: bool = False,
         on_progress: ProgressHandler | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -82,6 +83,7 @@ class Template:
         template's defaults, ``disk_mb`` limits each step, ``timeout`` (seconds) bounds the whole build;
         ``no_cache`` rebuilds every step. ``start_cmd`` runs when a sandbox starts (instead of CMD);
         sandbox creation waits until ``ready_cmd`` exits 0 or ``ready_port`` accepts connections.
+        ``public`` makes the template visible to every API key (default: only this key and the admin's).
         ``on_progress`` receives every ``BuildEvent`` of the build's log, in order, as it happens.
 
         Raises ``BuildException`` (with the failed line, exit code and output tail) if the build
@@ -90,7 +92,7 @@ class Template:
         """
         settings = dict(
             build_args=build_args, cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, no_cache=no_cache,
-            timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port,
+            timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port, public=public,
         )
         options, upload = _prepare(dockerfile, name, context, settings)
         http = SyncHTTP(ConnectionConfig.resolve(api_key, api_url, request_timeout))
@@ -211,6 +213,7 @@ class AsyncTemplate:
         start_cmd: str | None = None,
         ready_cmd: str | None = None,
         ready_port: int | None = None,
+        public: bool = False,
         on_progress: AsyncProgressHandler | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -223,7 +226,7 @@ class AsyncTemplate:
         """
         settings = dict(
             build_args=build_args, cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, no_cache=no_cache,
-            timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port,
+            timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port, public=public,
         )
         options, upload = await asyncio.to_thread(_prepare, dockerfile, name, context, settings)
         http = AsyncHTTP(ConnectionConfig.resolve(api_key, api_url, request_timeout))

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from corral.config import Settings
 from corral.runtime.backend import Backend
 from corral.service.auth import Principal
-from corral.service.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from corral.service.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from corral.service.templates import BUILTIN, NAME, TemplateInfo, Templates
 from corral.store.models import BuildRow, TemplateRow
 from corral.store.repo import Store, now
@@ -57,6 +57,7 @@ class BuildRequest:
     start_cmd: str | None = None
     ready_cmd: str | None = None
     ready_port: int | None = None
+    public: bool = False
 
 
 class BuildLog:
@@ -157,7 +158,7 @@ class BuildService:
                 await task
 
     # submitting
-    def validate(self, req: BuildRequest) -> tuple[Dockerfile, BuildOptions]:
+    def validate(self, req: BuildRequest, principal: Principal) -> tuple[Dockerfile, BuildOptions]:
         if not NAME.match(req.name):
             raise InvalidRequest(f"name: {req.name!r} is not a valid template name (lowercase letters, digits, "
                                  "'.', '_', '-'; at most 63)")
@@ -173,7 +174,7 @@ class BuildService:
         if base.kind == "builtin" or base.kind == "template":
             if base.name == req.name:
                 raise InvalidRequest(f"Dockerfile:{dockerfile.base.line}: a template can't be built FROM itself")
-            self.templates.get(base.name)  # NotFound names the known templates
+            self.templates.for_caller(base.name, principal)
         cores = os.cpu_count() or 1
         cpu = float(req.cpu if req.cpu is not None else cores)
         memory = req.memory_mb if req.memory_mb is not None else 2048
@@ -197,10 +198,10 @@ class BuildService:
 
     async def submit(self, principal: Principal, req: BuildRequest, context: BinaryIO | None) -> BuildRow:
         """Check the request, unpack the context and start the build; returns its record at once."""
-        dockerfile, options = self.validate(req)
+        dockerfile, options = self.validate(req, principal)
         existing = self.templates.get(req.name) if req.name in self.templates.names() else None
         if existing is not None and not principal.admin and existing.owner_key_id != principal.key_id:
-            raise Conflict(f"template {req.name!r} belongs to another API key")
+            raise Conflict(f"the template name {req.name!r} is taken by another API key")
         if req.name in self._running:
             raise Conflict(f"template {req.name!r} is already being built (build {self._running[req.name]}); "
                            "wait for it to finish")
@@ -222,7 +223,8 @@ class BuildService:
                 steps=[], dockerfile=req.dockerfile,
                 options={"build_args": req.build_args, "cpu": options.cpu, "memory_mb": options.memory_mb,
                          "disk_mb": options.disk_mb, "no_cache": options.no_cache, "timeout": options.timeout,
-                         "start_cmd": req.start_cmd, "ready_cmd": req.ready_cmd, "ready_port": req.ready_port},
+                         "start_cmd": req.start_cmd, "ready_cmd": req.ready_cmd, "ready_port": req.ready_port,
+                         "public": req.public},
             )
             await asyncio.to_thread(self.store.add_build, row)
         except BaseException:
@@ -261,11 +263,11 @@ class BuildService:
                 await asyncio.shield(task)
 
     async def delete_template(self, principal: Principal, name: str) -> None:
-        info = self.templates.get(name)
+        info = self.templates.for_caller(name, principal)
         if info.builtin:
             raise Conflict(f"template {name!r} is built in and can't be deleted")
         if not principal.admin and info.owner_key_id != principal.key_id:
-            raise NotFound(f"template {name!r} does not exist")
+            raise Forbidden(f"template {name!r} belongs to another API key")
         if name in self._running:
             raise Conflict(f"template {name!r} is being built (build {self._running[name]}); wait for it")
         users = await asyncio.to_thread(self.store.live_sandboxes_of, name)
@@ -285,7 +287,7 @@ class BuildService:
         steps: list[StepState] = []
         state, error, detail = "failed", None, None
         try:
-            base = await self._base(dockerfile.base.base, blog)
+            base = await self._base(dockerfile.base.base, blog, principal)
             env = dict(base.config.env) or {"PATH": DEFAULT_PATH}
             dockerfile = parse(req.dockerfile, req.build_args, base_env=lambda _: env)
             lines = req.dockerfile.split("\n")
@@ -299,7 +301,7 @@ class BuildService:
             previous = self.templates.get(req.name) if req.name in self.templates.names() else None
             record = TemplateRow(
                 name=req.name, base=dockerfile.base.image, refs=list(built.refs), key=built.key,
-                config=config.to_json(), build_id=row.id, owner_key_id=principal.key_id,
+                config=config.to_json(), build_id=row.id, owner_key_id=principal.key_id, public=req.public,
                 created_at=previous.created_at if previous and previous.created_at else created, updated_at=created,
             )
             await asyncio.to_thread(self.store.put_template, record)
@@ -340,9 +342,9 @@ class BuildService:
                 self._logs.pop(row.id, None)
                 self._tasks.pop(row.id, None)
 
-    async def _base(self, ref: BaseRef, blog: BuildLog) -> BaseImage:
+    async def _base(self, ref: BaseRef, blog: BuildLog, principal: Principal) -> BaseImage:
         if ref.kind in ("builtin", "template"):
-            info = self.templates.get(ref.name)
+            info = self.templates.for_caller(ref.name, principal)
             layers = tuple(self.templates.path(r) for r in info.refs)
             return BaseImage(layers=layers, refs=info.refs, key=info.key, config=info.config)
         return await self._pull(ref.name, blog)

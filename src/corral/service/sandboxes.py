@@ -94,12 +94,12 @@ class SandboxService:
         await self.backend.close()
 
     # the API
-    def validate(self, req: CreateRequest) -> SandboxSpec:
+    def validate(self, req: CreateRequest, principal: Principal) -> SandboxSpec:
         s = self.settings
         timeout = s.default_timeout if req.timeout is None else req.timeout
         if not 1 <= timeout <= s.max_timeout:
             raise InvalidRequest(f"timeout: must be between 1 and {s.max_timeout} seconds, got {timeout}")
-        template = self.templates.get(req.template)
+        template = self.templates.for_caller(req.template, principal)
         cpu = (template.config.cpu or s.default_cpu) if req.cpu is None else req.cpu
         cores = os.cpu_count() or 1
         if not 0.1 <= cpu <= cores:
@@ -129,7 +129,7 @@ class SandboxService:
         )
 
     async def create(self, principal: Principal, req: CreateRequest) -> SandboxRow:
-        spec = self.validate(req)
+        spec = self.validate(req, principal)
         if self.live_count() + self._creating >= self.settings.max_sandboxes:
             raise TooMany(f"this server runs at most {self.settings.max_sandboxes} sandboxes")
         timeout = self.settings.default_timeout if req.timeout is None else req.timeout

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from corral.runtime.rootfs import MARKER, is_built
+from corral.service.auth import Principal
 from corral.service.errors import InvalidRequest, NotFound
 from corral.store.models import TemplateRow
 from corral.templates.layers import LayerStore
@@ -34,6 +35,7 @@ class TemplateInfo:
     config: TemplateConfig
     build_id: str | None = None
     owner_key_id: str | None = None
+    public: bool = False  # visible to every key (built-in ones always are)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -42,7 +44,7 @@ class TemplateInfo:
         return cls(
             name=row.name, builtin=False, base=row.base, refs=tuple(row.refs), key=row.key,
             config=TemplateConfig.from_json(row.config), build_id=row.build_id, owner_key_id=row.owner_key_id,
-            created_at=row.created_at, updated_at=row.updated_at,
+            public=bool(row.public), created_at=row.created_at, updated_at=row.updated_at,
         )
 
 
@@ -75,6 +77,18 @@ class Templates:
             return self.builtin(name)
         known = ", ".join(repr(n) for n in self.names()) or "none"
         raise NotFound(f"template {name!r} does not exist (templates: {known})")
+
+    def for_caller(self, name: str, principal: Principal) -> TemplateInfo:
+        """``get``, for a caller: a built template is visible to its owner's key, the admin key, and (if
+        built public) every key; to anyone else it does not exist."""
+        info = self.get(name)
+        if not self.visible(info, principal):
+            raise NotFound(f"template {name!r} does not exist")
+        return info
+
+    @staticmethod
+    def visible(info: TemplateInfo, principal: Principal) -> bool:
+        return info.builtin or info.public or principal.admin or info.owner_key_id == principal.key_id
 
     def builtin(self, name: str) -> TemplateInfo:
         marker = self.rootfs(name) / MARKER

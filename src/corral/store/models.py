@@ -55,6 +55,7 @@ class TemplateRow(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     build_id: Mapped[str] = mapped_column(String(32))
     owner_key_id: Mapped[str] = mapped_column(String(32), index=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

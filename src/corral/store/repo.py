@@ -170,3 +170,6 @@ def _drop_outdated_templates_table(engine: Engine) -> None:
         if "refs" not in columns:
             with engine.begin() as conn:
                 conn.execute(text("DROP TABLE templates"))
+        elif "public" not in columns:  # added after the first template builds
+            with engine.begin() as conn:
+                conn.execute(text("ALTER TABLE templates ADD COLUMN public BOOLEAN NOT NULL DEFAULT FALSE"))

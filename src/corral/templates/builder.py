@@ -131,6 +131,7 @@ class Builder:
         self.context: BuildContext | None = None
         self.current = 0
         self.current_state: StepState | None = None
+        self.sandbox_env: dict[str, str] = {}
 
     async def build(
         self, dockerfile: Dockerfile, base: BaseImage, context: BuildContext | None, steps: list[StepState],
@@ -230,6 +231,7 @@ class Builder:
             binds=((self.build_dir, BUILD_MOUNT),),
             isolation="bwrap",  # steps need the network, which gVisor sandboxes lack for now (docs/gvisor.md)
         )
+        self.sandbox_env = self.backend.default_env(spec)  # e.g. the host CA bundle for pip/npm/curl
         try:
             await self._bounded(self.backend.create(spec), state, "starting the step's sandbox")
         except RuntimeFailure as exc:
@@ -264,7 +266,7 @@ class Builder:
     # the filesystem steps
     async def _run(self, agent: AgentClient, step: Instruction | None, image: _Image, sandbox_id: str) -> None:
         assert isinstance(step, Run)
-        env = {**dict(step.build_args), **dict(image.config.env)}  # ENV beats ARG, as in Docker
+        env = {**self.sandbox_env, **dict(step.build_args), **dict(image.config.env)}  # ENV beats ARG
         script = step.script
         if script is None:
             argv = list(step.command)
