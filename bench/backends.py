@@ -1,8 +1,9 @@
 """bwrap vs gVisor, through the real HTTP API, next to raw ``runsc run`` measured in the same run.
 
-Per backend (one server, ``isolation`` chosen per sandbox): create → first output of ``echo``, and
-``commands.run("true")`` round trips in a live sandbox. Baseline: ``runsc run`` of ``/bin/true`` in a
-bundle over the base template (no overlay, no agent), the floor any gVisor backend pays.
+Per backend (one server, ``isolation`` chosen per sandbox; bwrap with and without its network):
+create → first output of ``echo``, and ``commands.run("true")`` round trips in a live sandbox.
+Baseline: ``runsc run`` of ``/bin/true`` in a bundle over the base template (no overlay, no agent),
+the floor any gVisor backend pays.
 
     sudo .venv/bin/python bench/backends.py [--samples 20] [--runs 40]
 """
@@ -51,11 +52,18 @@ def raw_runsc(rootfs: Path, samples: int) -> list[float]:
     return times
 
 
-def create_to_output(client: httpx.Client, isolation: str, samples: int) -> list[float]:
+KINDS = {  # label -> create body; gVisor sandboxes have loopback only, so bwrap is measured both ways
+    "bwrap": {"isolation": "bwrap"},
+    "bwrap-nonet": {"isolation": "bwrap", "network": "none"},
+    "gvisor": {"isolation": "gvisor"},
+}
+
+
+def create_to_output(client: httpx.Client, body: dict[str, str], samples: int) -> list[float]:
     times = []
     for _ in range(samples):
         started = time.perf_counter()
-        sid = client.post("/v1/sandboxes", json={"timeout": 60, "isolation": isolation}).raise_for_status().json()["id"]
+        sid = client.post("/v1/sandboxes", json={"timeout": 60, **body}).raise_for_status().json()["id"]
         with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as r:
             for line in r.iter_lines():
                 if json.loads(line)["type"] == "stdout":
@@ -65,8 +73,8 @@ def create_to_output(client: httpx.Client, isolation: str, samples: int) -> list
     return times
 
 
-def run_true(client: httpx.Client, isolation: str, runs: int) -> list[float]:
-    sid = client.post("/v1/sandboxes", json={"timeout": 120, "isolation": isolation}).raise_for_status().json()["id"]
+def run_true(client: httpx.Client, body: dict[str, str], runs: int) -> list[float]:
+    sid = client.post("/v1/sandboxes", json={"timeout": 120, **body}).raise_for_status().json()["id"]
     times = []
     try:
         for _ in range(runs + 3):
@@ -91,25 +99,26 @@ def main() -> None:
     figures: dict[str, list[float]] = {}
     try:
         with server.client() as client:
-            for kind in ("bwrap", "gvisor"):
-                create_to_output(client, kind, 2)  # warm up
-                figures[f"{kind} create -> first output"] = create_to_output(client, kind, args.samples)
-                figures[f"{kind} commands.run('true')"] = run_true(client, kind, args.runs)
+            for kind, body in KINDS.items():
+                create_to_output(client, body, 2)  # warm up
+                figures[f"{kind} create -> first output"] = create_to_output(client, body, args.samples)
+                figures[f"{kind} commands.run('true')"] = run_true(client, body, args.runs)
         figures["raw runsc run /bin/true"] = raw_runsc(TEMPLATES / "base" / "rootfs", args.samples)
     finally:
         server.stop()
         remove_data_dir(data)
-    print(f"{'figure':<36}{'p50 ms':>10}{'p95 ms':>10}")
+    print(f"{'figure':<40}{'p50 ms':>10}{'p95 ms':>10}")
     for name, values in figures.items():
-        print(f"{name:<36}{1000 * statistics.median(values):>10.1f}{1000 * pct(values, 0.95):>10.1f}")
+        print(f"{name:<40}{1000 * statistics.median(values):>10.1f}{1000 * pct(values, 0.95):>10.1f}")
     med = {name: statistics.median(values) for name, values in figures.items()}
     ratios = (
         ("ratio gvisor / bwrap, create", "gvisor create -> first output", "bwrap create -> first output"),
+        ("ratio gvisor / bwrap-nonet, create", "gvisor create -> first output", "bwrap-nonet create -> first output"),
         ("ratio gvisor / bwrap, run true", "gvisor commands.run('true')", "bwrap commands.run('true')"),
         ("ratio gvisor create / raw runsc", "gvisor create -> first output", "raw runsc run /bin/true"),
     )
     for label, num, den in ratios:
-        print(f"{label:<36}{med[num] / med[den]:>10.2f}")
+        print(f"{label:<40}{med[num] / med[den]:>10.2f}")
 
 if __name__ == "__main__":
     main()
