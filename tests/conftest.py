@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def sandbox_processes(data_dir: Path | None = None) -> list[int]:
     """Host pids running as a sandbox id (uid in the shifted range), of one server (by its data dir:
-    in its cgroups or naming its run dir) or of all. Zombies don't count: an orphaned one waits for
+    in its cgroups, whatever their uid, or naming its run dir) or of all. Zombies don't count: an orphaned one waits for
     the host's init to reap it, which may lag, and can no longer run."""
     marks = [f"/corral/{Settings(data_dir=data_dir).instance}/", f"{data_dir}.run/"] if data_dir else []
     pids = []
@@ -51,14 +51,17 @@ def sandbox_processes(data_dir: Path | None = None) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             continue
+        in_cgroups = False
         if marks:
             try:
-                about = (entry / "cgroup").read_text() + (entry / "cmdline").read_text(errors="replace")
+                groups = (entry / "cgroup").read_text()
+                about = groups + (entry / "cmdline").read_text(errors="replace")
             except (FileNotFoundError, ProcessLookupError):
                 continue
             if not any(m in about for m in marks):
                 continue
-        if SUBID_BASE <= uid < SUBID_BASE + 65536 and state != "Z":
+            in_cgroups = marks[0] in groups  # gVisor's runsc, gofer and sentry run as root / nobody
+        if (in_cgroups or SUBID_BASE <= uid < SUBID_BASE + 65536) and state != "Z":
             pids.append(int(entry.name))
     return pids
 
