@@ -122,7 +122,9 @@ def spawn_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -
     env = {
         **os.environ, "CORRAL_DATA_DIR": str(data_dir), "CORRAL_PORT": str(port), "CORRAL_HOST": "127.0.0.1",
         "CORRAL_API_KEY": api_key, "CORRAL_TEMPLATES_DIR": str(TEMPLATES),
-        "CORRAL_RUN_DIR": f"{data_dir}.run", "CORRAL_BACKEND": TEST_BACKEND, **extra_env,
+        "CORRAL_RUN_DIR": f"{data_dir}.run", "CORRAL_BACKEND": TEST_BACKEND,
+        "CORRAL_POOL": "off",  # tests that want the warm pool say so (tests/integration/test_pool.py)
+        **extra_env,
     }
     log = data_dir.with_name(data_dir.name + ".log")
     with open(log, "wb") as out:

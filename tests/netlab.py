@@ -65,9 +65,13 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+_MINE: set[str] = set()  # tags of the labs this test process made (other sessions may share the host)
+
+
 class Lab:
     def __init__(self) -> None:
         tag = secrets.token_hex(3)
+        _MINE.add(tag)
         self.netns = f"corral-test-{tag}"
         self.veth = f"ctv{tag}"
         self.server: subprocess.Popen[str] | None = None
@@ -106,7 +110,8 @@ def lab_leftovers() -> list[str]:
     """Lab namespaces and links still on the host (every Lab must remove its own)."""
     netns = [p.name for p in Path("/run/netns").glob("corral-test-*")] if Path("/run/netns").is_dir() else []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    return netns + [w.split("@")[0] for w in links.split() if w.startswith("ctv")]
+    found = netns + [w.split("@")[0].rstrip(":") for w in links.split() if w.startswith("ctv")]
+    return [name for name in found if name.removeprefix("corral-test-").removeprefix("ctv")[:6] in _MINE]
 
 
 class FakeDNS:

@@ -20,6 +20,21 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _pool(raw: str | None) -> dict[str, int] | None:
+    """``CORRAL_POOL``: ``off``, or ``template=N,...`` (ready sandboxes kept per template; default base=1)."""
+    if raw is None or raw.strip() == "":
+        return {"base": 1}
+    if raw.strip().lower() in ("off", "0", "none"):
+        return None
+    sizes: dict[str, int] = {}
+    for item in raw.split(","):
+        name, sep, count = item.strip().partition("=")
+        if not sep or not name or not count.strip().isdigit():
+            raise ValueError(f"CORRAL_POOL: expected template=N[,template=N] or off, got {item.strip()!r}")
+        sizes[name.strip()] = int(count)
+    return sizes
+
+
 def _host_ca_bundle() -> str | None:
     path = "/etc/ssl/certs/ca-certificates.crt"
     return path if os.path.exists(path) else None
@@ -56,6 +71,8 @@ class Settings:
     net_block_prefix: int = 20
     net_allow_private: str = ""  # private CIDRs the operator opens to sandboxes (comma separated)
     net_dns: str | None = None  # upstream resolver ip[:port]; default: the host's /etc/resolv.conf
+    pool: dict[str, int] | None = field(default_factory=lambda: {"base": 1})  # None: no warm pool
+    pool_max: int = 8  # ready sandboxes per pool key, whatever the demand
     net_max_connections: int = 0  # per sandbox, concurrent outbound connections; 0 = unlimited
     insecure_registries: tuple[str, ...] = ()  # pulled over plain HTTP (loopback registries always are)
     ca_bundle: str | None = None  # for registries over HTTPS and inside networked sandboxes; default: the host's
@@ -83,6 +100,8 @@ class Settings:
             net_allow_private=os.environ.get("CORRAL_NET_ALLOW_PRIVATE") or "",
             net_dns=os.environ.get("CORRAL_NET_DNS") or None,
             net_max_connections=_int("CORRAL_NET_MAX_CONNECTIONS", 0),
+            pool=_pool(os.environ.get("CORRAL_POOL")),
+            pool_max=_int("CORRAL_POOL_MAX", 8),
             insecure_registries=tuple(
                 r.strip() for r in os.environ.get("CORRAL_INSECURE_REGISTRIES", "").split(",") if r.strip()),
             ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),

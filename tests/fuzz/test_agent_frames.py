@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corral.agent.copyin import owner_ids
 from corral.agent.protocol import (
     ERROR_KINDS,
     HEADER,
@@ -33,14 +34,17 @@ from corral.agent.protocol import (
     Channel,
     Request,
     decode_json,
+    is_unicode,
 )
 from unit.test_agent_harness import RunningAgent, start_agent
 
 KIND_BYTES = st.sampled_from(sorted(KINDS)) | st.binary(min_size=1, max_size=1)
 EDGES = [MAX_PAYLOAD, MAX_PAYLOAD + 1, 2**31, 2**32 - 1]
 LENGTHS = st.integers(0, 64) | st.sampled_from(EDGES) | st.integers(0, 2**32 - 1)
+# strings include lone surrogates: JSON can spell them ("\\ud800") though no OS call can take them
+TEXT = st.text() | st.text(alphabet=st.characters(categories=["Cs"]) | st.sampled_from("a/.\0é"), max_size=6)
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -133,14 +137,14 @@ def test_decode_json_gives_an_object_or_an_agent_error(payload: bytes) -> None:
 def accessors(request: Request) -> None:
     """Call every typed accessor on every field name; each returns its type or raises AgentError."""
     checks: list[tuple[Callable[[str], Any], Callable[[Any], bool]]] = [
-        (lambda n: request.text(n, "d"), lambda v: isinstance(v, str) and "\0" not in v),
-        (request.optional_text, lambda v: v is None or isinstance(v, str)),
-        (request.path, lambda v: isinstance(v, str) and bool(v) and "\0" not in v),
+        (lambda n: request.text(n, "d"), lambda v: isinstance(v, str) and "\0" not in v and is_unicode(v)),
+        (request.optional_text, lambda v: v is None or (isinstance(v, str) and is_unicode(v))),
+        (request.path, lambda v: isinstance(v, str) and bool(v) and "\0" not in v and is_unicode(v)),
         (lambda n: request.integer(n, 0), lambda v: isinstance(v, int) and not isinstance(v, bool)),
         (lambda n: request.number(n, 0.0), lambda v: isinstance(v, float) and math.isfinite(v)),
         (lambda n: request.flag(n, False), lambda v: isinstance(v, bool)),
-        (request.texts, lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
-        (request.text_map, lambda v: isinstance(v, dict)),
+        (request.texts, lambda v: isinstance(v, list) and all(isinstance(i, str) and is_unicode(i) for i in v)),
+        (request.text_map, lambda v: isinstance(v, dict) and all(is_unicode(k + x) for k, x in v.items())),
         (request.optional_object, lambda v: v is None or isinstance(v, dict)),
     ]
     for name in [*request.fields, "missing"]:
@@ -239,3 +243,16 @@ def test_a_write_refused_before_its_data_is_answered_not_dropped(
     with pytest.raises(AgentError) as caught:
         asyncio.run(write())
     assert not isinstance(caught.value, AgentUnavailable) and caught.value.kind == kind, caught.value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.none() | st.text(alphabet="0129²³¹٣:ab-", max_size=8) | st.text(max_size=8).filter(lambda t: "\0" not in t))
+def test_chown_specs_give_ids_or_an_agent_error(spec: str | None) -> None:
+    """COPY --chown=… (NUL never gets here: `Request.optional_text` refuses it). Found: "²" passed
+    str.isdigit() and int() then raised, failing the build with an internal error."""
+    try:
+        uid, gid = owner_ids(spec)
+    except AgentError as exc:
+        assert exc.kind in ERROR_KINDS
+    else:
+        assert 0 <= uid < 65536 and 0 <= gid < 65536

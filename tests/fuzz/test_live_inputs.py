@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import posixpath
 import secrets
 import struct
 from collections.abc import Iterator
@@ -76,11 +77,20 @@ def json_error(r: httpx.Response) -> dict[str, Any]:
 
 
 def assert_inside(root: Path, path: str, data: bytes) -> None:
-    """The sandbox path an answer named holds `data`, seen through the sandbox's root mount."""
+    """The sandbox path an answer named holds `data`, read through the sandbox's root mount one
+    component at a time (so no host PATH_MAX applies and no symlink or `..` can lead out of it)."""
     assert path.startswith("/"), path
-    host = root / path.lstrip("/")
-    assert os.path.realpath(host).startswith(f"{root}/"), f"{path} resolves outside the sandbox: {host}"
-    assert host.read_bytes() == data, f"{path}: not the uploaded bytes"
+    parts = [p for p in posixpath.normpath(path).split("/") if p]  # answers may say "/home/user/./x"
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            step = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        with os.fdopen(os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as f:
+            assert f.read() == data, f"{path}: not the uploaded bytes"
+    finally:
+        os.close(fd)
 
 
 def quoted(name: bytes) -> bytes:
@@ -250,3 +260,76 @@ def test_connect_rpc_answers_connect_errors(envd: httpx.Client, call: tuple[str,
             return
         assert error["code"] in STATUS and STATUS[error["code"]] == r.status_code and error["message"], error
         assert error["code"] not in ("internal", "unknown"), error
+
+
+# -- JSON strings that are not Unicode, and bad stdin encodings (found by fuzzing) --------------
+
+SURROGATE = "\ud800"
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/commands", {"cmd": f"echo {SURROGATE}"}),
+    ("/commands", {"cmd": "true", "envs": {"A": SURROGATE}}),
+    ("/commands", {"cmd": "true", "cwd": f"/tmp/{SURROGATE}"}),
+    ("/commands", {"cmd": "true", "user": SURROGATE}),
+    ("/commands", {"cmd": "true", "tag": SURROGATE}),
+    ("/files/mkdir", {"path": f"/tmp/{SURROGATE}"}),
+    ("/files/move", {"src": f"/tmp/{SURROGATE}", "dst": "/tmp/x"}),
+    ("/commands/1/stdin", {"data": SURROGATE}),
+    ("/commands/1/stdin", {"data_base64": "0"}),
+    ("/commands/1/stdin", {"data_base64": "\u0080"}),
+    ("", {"metadata": {"k": SURROGATE}}),  # create: such a record once made every later list answer 500
+    ("", {"envs": {SURROGATE: "v"}}),
+])
+def test_unencodable_strings_are_a_400(server: Server, fuzz_sandbox: str, path: str, body: dict[str, Any]) -> None:
+    """JSON escapes can spell lone surrogates; they were 500s (create, stdin) or 503s ("agent not
+    reachable" is what the agent's UnicodeEncodeError became); now they are 400s naming the field."""
+    url = f"/v1/sandboxes/{fuzz_sandbox}{path}" if path else "/v1/sandboxes"
+    with server.client() as api:
+        r = api.post(url, content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        json_error(r)
+        assert api.get("/v1/sandboxes", params={"state": "all"}).status_code == 200
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(["cmd", "cwd", "user", "tag", "env"]),
+       text=st.text(alphabet=st.characters(categories=["Cs"]) | st.sampled_from("a/é \0$"), min_size=1, max_size=6))
+def test_command_fields_with_any_text(server: Server, fuzz_sandbox: str, field: str, text: str) -> None:
+    body: dict[str, Any] = {"cmd": "true", "timeout": 5}
+    if field == "env":
+        body["envs"] = {"V": text}
+    else:
+        body[field] = text if field != "cmd" else f": {text}"
+    with server.client() as api:
+        r = api.post(f"/v1/sandboxes/{fuzz_sandbox}/commands", content=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        event(f"status {r.status_code}")
+        if r.status_code != 200:
+            json_error(r)
+
+
+# -- digits that str.isdigit() accepts and int() refuses (found by fuzzing) ------------------------
+
+@pytest.mark.parametrize("probe", ["signal", "user", "pid", "deadline", "keepalive", "port", "expiration"])
+def test_unicode_digits_are_refused_not_500(server: Server, fuzz_sandbox: str, probe: str) -> None:
+    """"²" (and "³", "¹": latin-1 bytes of a header) passes str.isdigit() but not int(): each of these
+    inputs answered 500 (the router's port header even with a plain-text body, for any path)."""
+    envd = {"E2b-Sandbox-Id": fuzz_sandbox, "E2b-Sandbox-Port": ENVD}
+    sup = "²".encode("latin-1")
+    requests: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "signal": ("POST", f"/v1/sandboxes/{fuzz_sandbox}/commands/1/signal", {"json": {"signal": "²"}}),
+        "user": ("POST", f"/v1/sandboxes/{fuzz_sandbox}/files/mkdir", {"json": {"path": "d", "user": "²"}}),
+        "pid": ("POST", "/process.Process/SendSignal", {"json": {"process": {"pid": "²"}}, "headers": envd}),
+        "deadline": ("POST", "/process.Process/List", {"json": {}, "headers": {**envd, "Connect-Timeout-Ms": sup}}),
+        "keepalive": ("POST", "/process.Process/List",
+                      {"json": {}, "headers": {**envd, "Keepalive-Ping-Interval": sup}}),
+        "port": ("GET", "/health", {"headers": {"E2b-Sandbox-Id": fuzz_sandbox, "E2b-Sandbox-Port": b"4998" + sup}}),
+        "expiration": ("GET", "/files", {"params": {"path": "x", "signature": "v1_x", "signature_expiration": "²"},
+                                         "headers": {**envd, "X-API-Key": ""}}),
+    }
+    method, url, kwargs = requests[probe]
+    with server.client() as api:
+        r = api.request(method, url, **kwargs)
+    assert r.status_code < 500 or r.status_code == 502, f"{r.status_code}: {r.text[:300]}"
+    assert r.status_code == 200 or r.json().get("message"), r.text[:300]  # 200: the header is ignored

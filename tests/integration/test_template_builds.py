@@ -457,3 +457,11 @@ def test_a_build_installs_a_package_from_pypi(api: httpx.Client) -> None:
         assert sh(api, sid, "python3 -c 'import tabulate; print(tabulate.__version__)'") == "0.9.0\n"
     finally:
         kill(api, sid)
+
+
+def test_text_that_is_not_unicode_is_refused(api: httpx.Client) -> None:
+    body = '{"name": "t", "dockerfile": "FROM base\\nRUN echo \\ud800\\n"}'
+    r = api.post("/v1/templates", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "Unicode" in r.json()["message"]
+    r = api.post("/v1/sandboxes", json={"allow_out": ["1.2.3.4:\u00b2"], "network": "internet"})
+    assert r.status_code == 400

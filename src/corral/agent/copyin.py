@@ -29,7 +29,7 @@ def owner_ids(chown: str | None) -> tuple[int, int]:
     uid = _id(user, lambda n: pwd.getpwnam(n).pw_uid, "user")
     if group:
         gid = _id(group, lambda n: grp.getgrnam(n).gr_gid, "group")
-    elif user.isdigit():
+    elif user.isascii() and user.isdigit():
         gid = uid
     else:
         gid = pwd.getpwnam(user).pw_gid
@@ -37,7 +37,7 @@ def owner_ids(chown: str | None) -> tuple[int, int]:
 
 
 def _id(name: str, lookup: Any, what: str) -> int:
-    if name.isdigit():
+    if name.isascii() and name.isdigit():  # not str.isdigit() alone: int() refuses "²"
         value = int(name)
     else:
         try:

@@ -156,6 +156,16 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_unicode(text: str) -> bool:
+    """Whether `text` is valid Unicode. JSON's escapes can spell lone surrogates ("\\ud800"), which
+    parse into a str that no path, argument or environment variable can be encoded from."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode_json(payload: bytes) -> dict[str, Any]:
     """Parse one JSON object payload; anything else is an `invalid` AgentError."""
     try:
@@ -250,6 +260,8 @@ class Request:
         value = self._get(name, _REQUIRED if default is None else default, (str,), "a string")
         if "\0" in value:
             raise AgentError("invalid", f"{self.op}: field {name!r} contains a NUL byte")
+        if not is_unicode(value):
+            raise AgentError("invalid", f"{self.op}: field {name!r} is not valid Unicode (a lone surrogate)")
         return value
 
     def optional_text(self, name: str) -> str | None:
@@ -281,7 +293,7 @@ class Request:
 
     def texts(self, name: str) -> list[str]:
         value = self._get(name, _REQUIRED, (list,), "a list of strings")
-        if not all(isinstance(item, str) and "\0" not in item for item in value):
+        if not all(isinstance(item, str) and "\0" not in item and is_unicode(item) for item in value):
             raise AgentError("invalid", f"{self.op}: field {name!r} must be a list of strings without NUL")
         return value
 
@@ -290,7 +302,7 @@ class Request:
         if value is None:
             return {}
         ok = isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+            isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v and is_unicode(k + v)
             for k, v in value.items()
         )
         if not ok:

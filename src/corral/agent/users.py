@@ -38,7 +38,8 @@ def resolve_user(name: str) -> User:
         return User("root", 0, 0, "/root", "/bin/sh", (0,))
     if name == "user":
         return User("user", DEFAULT_UID, DEFAULT_UID, "/home/user", "/bin/sh", (DEFAULT_UID,))
-    if name.isdigit() and int(name) < 65536:  # USER 1000 in an image with no passwd entry, as Docker allows
+    # USER 1000 in an image with no passwd entry, as Docker allows (ASCII digits: int() refuses "²")
+    if name.isascii() and name.isdigit() and int(name) < 65536:
         return User(name, int(name), int(name), "/", "/bin/sh", (int(name),))
     raise AgentError("not_found", f"unknown user {name!r:.100}")
 
@@ -49,7 +50,7 @@ def _lookup(name: str) -> pwd.struct_passwd | None:
     candidates: list[str | int] = [name]
     if name == "user":
         candidates.append(DEFAULT_UID)
-    elif name.isdigit():
+    elif name.isascii() and name.isdigit():
         candidates = [int(name)]
     for candidate in candidates:
         try:

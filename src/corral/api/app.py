@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
 
     for module in (routes_sandboxes, routes_commands, routes_files, routes_code, routes_keys, routes_templates):
         app.include_router(module.router)
+    app.include_router(routes_sandboxes.pool_router)
     app.include_router(control.router)
     for sub_app in ports.values():
         errors.install(sub_app)

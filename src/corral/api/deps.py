@@ -38,7 +38,7 @@ async def principal(
     key = x_api_key
     if not key and authorization and authorization.lower().startswith("bearer "):
         key = authorization[7:]
-    return await asyncio.to_thread(svc.auth.check, key)
+    return svc.auth.cached(key) or await asyncio.to_thread(svc.auth.check, key)
 
 
 async def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -68,7 +68,7 @@ async def sandbox_caller(request: Request, svc: Annotated[Services, Depends(serv
         return _unless_paused(svc, SandboxCaller(sandbox_id, port))
     key = request.headers.get("x-api-key")
     if key:
-        who = await asyncio.to_thread(svc.auth.check, key)
+        who = svc.auth.cached(key) or await asyncio.to_thread(svc.auth.check, key)
         await svc.sandboxes.get(who, sandbox_id)
         return _unless_paused(svc, SandboxCaller(sandbox_id, port))
     row = await asyncio.to_thread(svc.sandboxes.store.sandbox, sandbox_id)

@@ -13,6 +13,7 @@ from corral.api.deps import PrincipalDep, ServicesDep
 from corral.api.streaming import event_response
 from corral.service import commands
 from corral.service.agent_errors import translating
+from corral.service.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
 
@@ -71,7 +72,10 @@ async def attach(sandbox_id: str, pid: int, request: Request, svc: ServicesDep, 
 @router.post("/{pid}/stdin", status_code=204)
 async def stdin(sandbox_id: str, pid: int, body: StdinBody, svc: ServicesDep, who: PrincipalDep) -> Response:
     agent = await svc.sandboxes.agent(who, sandbox_id)
-    data = base64.b64decode(body.data_base64) if body.data_base64 is not None else body.data.encode()
+    try:
+        data = base64.b64decode(body.data_base64) if body.data_base64 is not None else body.data.encode()
+    except ValueError as exc:  # not base64 (binascii.Error, non-ASCII), or not UTF-8 text (lone surrogates)
+        raise InvalidRequest(f"{'data' if body.data_base64 is None else 'data_base64'}: {exc}") from None
     with translating(sandbox_id):
         await agent.stdin(pid, data, eof=body.eof)
     return Response(status_code=204)

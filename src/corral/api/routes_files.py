@@ -71,7 +71,7 @@ async def write(
 ) -> dict[str, Any]:
     row = await svc.sandboxes.get(who, sandbox_id)
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > row.disk_mb * 1024 * 1024:
+    if length and length.isascii() and length.isdigit() and int(length) > row.disk_mb * 1024 * 1024:
         raise TooLarge(f"sandbox {sandbox_id}: upload of {length} bytes exceeds its {row.disk_mb} MiB disk")
     agent = await svc.sandboxes.agent(who, sandbox_id)
     with translating(sandbox_id):

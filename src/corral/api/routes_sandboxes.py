@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from corral.api.deps import PrincipalDep, ServicesDep
+from corral.api.deps import AdminDep, PrincipalDep, ServicesDep
 from corral.service import network
 from corral.service.errors import InvalidRequest
 from corral.service.sandboxes import CreateRequest, describe
@@ -48,7 +48,8 @@ async def create(body: CreateBody, svc: ServicesDep, who: PrincipalDep) -> dict[
     fields = body.model_dump(exclude={"network", "allow_out", "deny_out"})
     policy = network.native(body.network, body.allow_out, body.deny_out)
     row = await svc.sandboxes.create(who, CreateRequest(**fields, network=policy))
-    return {**describe(row), "access_token": svc.sandboxes.access_token(row.id)}
+    return {**describe(row), "access_token": svc.sandboxes.access_token(row.id),
+            "pooled": svc.sandboxes.was_pooled(row.id)}
 
 
 @router.get("")
@@ -106,3 +107,13 @@ async def put_network(sandbox_id: str, body: NetworkBody, svc: ServicesDep, who:
     """Replace the egress policy of a running sandbox; flows it no longer allows are cut."""
     policy = network.native(body.network, body.allow_out, body.deny_out)
     return await svc.sandboxes.update_network(who, sandbox_id, policy)
+
+
+pool_router = APIRouter(prefix="/v1/pool", tags=["sandboxes"])
+
+
+@pool_router.get("")
+async def pool_status(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
+    """The warm pool: ready sandboxes per template and default resources (admin key only)."""
+    pool = svc.sandboxes.pool
+    return {"enabled": pool is not None, "pools": pool.status() if pool is not None else []}

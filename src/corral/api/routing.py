@@ -44,12 +44,12 @@ def sandbox_target(headers: list[tuple[bytes, bytes]], domain: str | None) -> tu
     sid, port = found.get(b"e2b-sandbox-id"), found.get(b"e2b-sandbox-port")
     if sid is not None and port is not None:
         sandbox_id, port_text = sid.decode("latin-1").strip(), port.decode("latin-1").strip()
-        return (sandbox_id, int(port_text)) if port_text.isdigit() else (sandbox_id, -1)
+        return (sandbox_id, int(port_text)) if port_text.isascii() and port_text.isdigit() else (sandbox_id, -1)
     host = found.get(b"host", b"").decode("latin-1").split(":", 1)[0].lower()
     if domain and host.endswith("." + domain.lower()):
         label = host[: -len(domain) - 1]
         port_text, sep, sandbox_id = label.partition("-")
-        if sep and port_text.isdigit() and _ID.match(sandbox_id):
+        if sep and port_text.isascii() and port_text.isdigit() and _ID.match(sandbox_id):
             return sandbox_id, int(port_text)
     return None
 

@@ -130,7 +130,7 @@ def parse_rule(text: str) -> Rule:
 
 def _ports(port_text: str, text: str) -> tuple[int, int]:
     low, sep, high = port_text.partition("-")
-    if not low.isdigit() or (sep and not high.isdigit()):
+    if not (low.isascii() and low.isdigit()) or (sep and not (high.isascii() and high.isdigit())):
         raise PolicyError(f"{text!r}: port must be a number or a range like 8000-8100")
     lo, hi = int(low), int(high) if sep else int(low)
     if not 1 <= lo <= hi <= 65535:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +32,26 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+CACHE_SECONDS = 5.0  # how long a checked key is trusted without asking the store again
+
+
 class Auth:
-    """Checks keys against the store. Thread-safe (the store is)."""
+    """Checks keys against the store, remembering valid ones for a few seconds (a revoke through this
+    object forgets at once; one made elsewhere, e.g. another replica, within ``CACHE_SECONDS``).
+    Thread-safe (the store is; the cache is a dict of immutable entries)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._valid: dict[str, tuple[Principal, float]] = {}
+
+    def cached(self, key: str | None) -> Principal | None:
+        """The caller of a key checked in the last seconds, without the store (None: call ``check``)."""
+        if not key:
+            return None
+        entry = self._valid.get(hash_key(key.strip()))
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
 
     def add(self, key: str, name: str, admin: bool = False) -> ApiKeyRow:
         if not KEY_PATTERN.match(key):
@@ -53,14 +69,22 @@ class Auth:
     def check(self, key: str | None) -> Principal:
         if not key:
             raise Unauthorized("missing API key: send it in the X-API-Key header")
-        row = self.store.key_by_hash(hash_key(key.strip()))
+        digest = hash_key(key.strip())
+        row = self.store.key_by_hash(digest)
         if row is None or row.revoked_at is not None:
             raise Unauthorized("invalid or revoked API key")
-        return Principal(key_id=row.id, name=row.name, admin=row.admin)
+        principal = Principal(key_id=row.id, name=row.name, admin=row.admin)
+        if len(self._valid) > 10_000:
+            self._valid.clear()
+        self._valid[digest] = (principal, time.monotonic() + CACHE_SECONDS)
+        return principal
 
     def revoke(self, key_id: str) -> None:
         if not self.store.revoke_key(key_id):
             raise NotFound(f"no API key with id {key_id!r}")
+        for digest, (principal, _) in list(self._valid.items()):
+            if principal.key_id == key_id:
+                self._valid.pop(digest, None)
 
     def ensure_admin_key(self, configured: str | None, key_file: Path) -> tuple[str, bool]:
         """The admin key: ``CORRAL_API_KEY`` if set, else the one in ``key_file`` (made on first start,

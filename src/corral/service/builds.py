@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from corral.agent.protocol import is_unicode
 from corral.config import Settings
 from corral.runtime.backend import Backend
 from corral.service.auth import Principal
@@ -148,7 +149,14 @@ class BuildService:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for build_id in interrupted:
             await asyncio.to_thread(shutil.rmtree, self.dir / build_id / "files", True)
+        await asyncio.to_thread(self._remove_unrecorded_dirs)
         self.templates.load(await asyncio.to_thread(self.store.templates))
+
+    def _remove_unrecorded_dirs(self) -> None:
+        """A crash while a context was unpacked, before the build's record was written, left its dir."""
+        for folder in self.dir.iterdir():
+            if folder.is_dir() and self.store.build(folder.name) is None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):
@@ -164,6 +172,10 @@ class BuildService:
                                  "'.', '_', '-'; at most 63)")
         if req.name in BUILTIN or req.name in self.templates.directories():
             raise InvalidRequest(f"name: {req.name!r} is a built-in template and can't be rebuilt")
+        texts = [req.name, req.dockerfile, req.start_cmd or "", req.ready_cmd or "",
+                 *req.build_args, *req.build_args.values()]
+        if not all(is_unicode(t) for t in texts):
+            raise InvalidRequest("build: a field holds text that is not valid Unicode (a lone surrogate)")
         if not req.dockerfile.strip():
             raise InvalidRequest("dockerfile: the Dockerfile is empty (it needs at least FROM)")
         try:

@@ -34,7 +34,7 @@ class CommandRequest:
 
 
 def parse_signal(value: str | int) -> int:
-    if isinstance(value, int) or value.isdigit():
+    if isinstance(value, int) or (value.isascii() and value.isdigit()):
         num = int(value)
         if not 1 <= num <= 64:
             raise InvalidRequest(f"signal: {value} is not a signal number")

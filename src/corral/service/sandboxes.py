@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from corral.agent.client import AgentClient
+from corral.agent.protocol import is_unicode
 from corral.config import Settings
 from corral.runtime.backend import ISOLATIONS, Backend, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.netpolicy import INTERNET, NONE, NetworkPolicy
@@ -27,6 +28,7 @@ from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
 from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable, Unreachable
+from corral.service.pool import PoolKey, WarmPool
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
 from corral.store.repo import LIVE_STATES, Store, now
@@ -69,11 +71,16 @@ class SandboxService:
         self._envs: dict[str, dict[str, str]] = {}
         self._defaults: dict[str, tuple[str | None, str | None]] = {}  # the template's user and workdir
         self._tokens: dict[str, str] = {}  # per-sandbox access token for its data plane (ports)
+        self._owners: dict[str, str] = {}  # live sandbox → owner key id (no store read on the exec path)
         self._creating = 0
         self._paused: set[str] = set()  # frozen in place, no timer
         self._changing: set[str] = set()  # being paused or resumed right now
         self.contexts = Contexts()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pooled: set[str] = set()  # served from the warm pool (reported by create)
+        self.pool: WarmPool | None = None
+        if settings.pool is not None:
+            self.pool = WarmPool(self._start_pooled, self.backend.destroy, self._room, max_size=settings.pool_max)
 
     # lifecycle of the service
     async def start(self) -> list[str]:
@@ -86,9 +93,18 @@ class SandboxService:
         cleaned = await self.backend.reconcile(keep=set())
         if stale or cleaned:
             log.warning("reconciled %d stale records, cleaned %d runtime leftovers", len(stale), len(cleaned))
+        if self.pool is not None and self.settings.pool is not None:
+            for name, size in self.settings.pool.items():
+                try:
+                    self.pool.want(self._pool_key(name), size)
+                except (NotFound, InvalidRequest) as exc:
+                    log.warning("pool: %s", exc.message)
+            self.pool.start()
         return cleaned
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
         for sandbox_id in [*self._timers, *self._paused]:
             await self._end(sandbox_id, "ended", "server shut down")
         await self.backend.close()
@@ -112,7 +128,7 @@ class SandboxService:
             raise InvalidRequest(f"disk_mb: must be between 64 and 1048576, got {disk}")
         for name, mapping in (("envs", req.envs), ("metadata", req.metadata)):
             for k in mapping:
-                if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]):
+                if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]) or not is_unicode(k + str(mapping[k])):
                     raise InvalidRequest(f"{name}: invalid key {k!r}")
         isolation = req.isolation or ""  # a template's own isolation option goes between the two
         if isolation and isolation not in ISOLATIONS:
@@ -139,6 +155,9 @@ class SandboxService:
             node="local", created_at=created, expires_at=created + timedelta(seconds=timeout),
             meta=dict(req.metadata), cpu=spec.cpu, memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
         )
+        pooled = self._from_pool(req, spec)
+        if pooled is not None:
+            return await self._claim_pooled(principal, req, replace(spec, sandbox_id=pooled), timeout)
         await asyncio.to_thread(self.store.add_sandbox, row)
         self._creating += 1
         try:
@@ -155,6 +174,7 @@ class SandboxService:
         self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
         self._defaults[spec.sandbox_id] = (config.user, config.workdir)
         self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
+        self._owners[spec.sandbox_id] = principal.key_id
         if config.start_cmd or config.ready_cmd or config.ready_port:
             try:
                 await startup.start_and_wait(
@@ -286,7 +306,9 @@ class SandboxService:
             raise Unavailable(f"sandbox {sandbox_id}: metrics unavailable: {exc}") from exc
 
     async def agent(self, principal: Principal, sandbox_id: str) -> AgentClient:
-        await self.get(principal, sandbox_id)
+        owner = self._owners.get(sandbox_id)
+        if owner is None or not (principal.admin or owner == principal.key_id):
+            await self.get(principal, sandbox_id)  # the store says why not (unknown, ended, not yours)
         if sandbox_id in self._paused:
             raise Conflict(f"sandbox {sandbox_id} is paused; resume it (connect) first")
         return self.backend.agent(sandbox_id)
@@ -355,6 +377,10 @@ class SandboxService:
 
     async def on_runtime_exit(self, sandbox_id: str, reason: str) -> None:
         """The backend saw a sandbox die on its own (agent crash, runtime failure)."""
+        if self.pool is not None and self.pool.forget(sandbox_id):
+            log.warning("pooled sandbox %s died while idle: %s", sandbox_id, reason)
+            await self.backend.destroy(sandbox_id)
+            return
         log.warning("sandbox %s died: %s", sandbox_id, reason)
         await self._end(sandbox_id, "failed", reason)
 
@@ -380,6 +406,7 @@ class SandboxService:
         self._envs.pop(sandbox_id, None)
         self._defaults.pop(sandbox_id, None)
         self._tokens.pop(sandbox_id, None)
+        self._owners.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
         await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)
         try:
@@ -389,6 +416,75 @@ class SandboxService:
 
     def live_count(self) -> int:
         return len(self._timers) + len(self._paused)
+
+    def was_pooled(self, sandbox_id: str) -> bool:
+        return sandbox_id in self._pooled
+
+    # the warm pool
+    def _pool_key(self, template: str) -> PoolKey:
+        """The key of a create that asks for nothing but ``template`` (its default resources)."""
+        info = self.templates.get(template)
+        s = self.settings
+        return PoolKey(template=template, template_key=info.key, cpu=info.config.cpu or s.default_cpu,
+                       memory_mb=info.config.memory_mb or s.default_memory_mb, disk_mb=s.default_disk_mb)
+
+    def _from_pool(self, req: CreateRequest, spec: SandboxSpec) -> str | None:
+        if self.pool is None or req.cpu is not None or req.memory_mb is not None or req.disk_mb is not None:
+            return None
+        if req.network is not None and req.network != INTERNET:
+            return None
+        key = self._pool_key(req.template)
+        if (key.cpu, key.memory_mb, key.disk_mb) != (spec.cpu, spec.memory_mb, spec.disk_mb):
+            return None
+        return self.pool.take(key)
+
+    def _room(self) -> int:
+        pool = self.pool.size() if self.pool is not None else 0
+        return self.settings.max_sandboxes - self.live_count() - self._creating - pool
+
+    async def _start_pooled(self, key: PoolKey) -> str:
+        """Start one sandbox for the pool: what a create of ``key.template`` with defaults would start."""
+        info = self.templates.get(key.template)
+        network = replace(INTERNET, max_connections=self.settings.net_max_connections)
+        spec = SandboxSpec(
+            sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in info.refs), cpu=key.cpu,
+            memory_mb=key.memory_mb, disk_mb=key.disk_mb, network=network,
+        )
+        await self.backend.create(spec)
+        config = info.config
+        if config.start_cmd or config.ready_cmd or config.ready_port:
+            env = {**self.backend.default_env(spec), **dict(config.env)}
+            try:
+                await startup.start_and_wait(self.backend.agent(spec.sandbox_id), spec.sandbox_id, key.template,
+                                             config, env)
+            except BaseException:
+                await self.backend.destroy(spec.sandbox_id)
+                raise
+        return spec.sandbox_id
+
+    async def _claim_pooled(self, principal: Principal, req: CreateRequest, spec: SandboxSpec,
+                            timeout: int) -> SandboxRow:
+        """Give a pooled sandbox its owner, record, environment, token and deadline."""
+        created = now()
+        expires = created + timedelta(seconds=timeout)
+        row = SandboxRow(
+            id=spec.sandbox_id, template=req.template, state="running", owner_key_id=principal.key_id,
+            node="local", created_at=created, expires_at=expires, meta=dict(req.metadata), cpu=spec.cpu,
+            memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
+        )
+        try:
+            await asyncio.to_thread(self.store.add_sandbox, row)
+        except BaseException:
+            await self.backend.destroy(spec.sandbox_id)
+            raise
+        config = self.templates.config(req.template)
+        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
+        self._defaults[spec.sandbox_id] = (config.user, config.workdir)
+        self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
+        self._owners[spec.sandbox_id] = principal.key_id
+        self._pooled.add(spec.sandbox_id)
+        self._schedule(spec.sandbox_id, expires)
+        return row
 
 
 def describe(row: SandboxRow) -> dict[str, Any]:

@@ -54,7 +54,8 @@ async def authorize(request: Request, services: Services, operation: str) -> str
     if services.sandboxes.is_paused(sandbox_id):
         raise Unreachable(f"sandbox {sandbox_id} is paused; connect to resume it")
     raw_expiration = query.get("signature_expiration")
-    expiration = int(raw_expiration) if raw_expiration and raw_expiration.isdigit() else None
+    digits = raw_expiration is not None and raw_expiration.isascii() and raw_expiration.isdigit()
+    expiration = int(raw_expiration) if raw_expiration and digits else None
     if raw_expiration is None or expiration is not None:
         expected = signature(query.get("path", ""), operation, query.get("username", ""), token, expiration)
         if secrets.compare_digest(expected, given) and (expiration is None or expiration >= time.time()):

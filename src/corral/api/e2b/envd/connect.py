@@ -66,7 +66,7 @@ def parse_timeout(value: str | None) -> float | None:
     """Seconds from a ``Connect-Timeout-Ms`` header (None when absent). At most 10 digits, per spec."""
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 10:
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:
         raise ConnectError("invalid_argument", f"Connect-Timeout-Ms: {value!r:.20} is not a number of ms")
     return int(value) / 1000
 

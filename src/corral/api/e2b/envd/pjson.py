@@ -73,7 +73,8 @@ def uint32(message: dict[str, Any], name: str, default: int = 0) -> int:
     value = raw(message, name)
     if value is None:
         return default
-    if (isinstance(value, str) and value.isdigit()) or (isinstance(value, float) and value.is_integer()):
+    digits = isinstance(value, str) and value.isascii() and value.isdigit()  # int() refuses "²"
+    if digits or (isinstance(value, float) and value.is_integer()):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_UINT32:
         raise _bad(name, "an unsigned 32-bit integer")

@@ -101,7 +101,8 @@ def make_call(request: Request, sandbox_id: str, services: Services, state: Stat
     timeout = connect.parse_timeout(request.headers.get("connect-timeout-ms"))
     loop = asyncio.get_running_loop()
     interval = request.headers.get("keepalive-ping-interval", "")
-    keepalive = float(interval) if interval.isdigit() and int(interval) > 0 else DEFAULT_KEEPALIVE
+    digits = interval.isascii() and interval.isdigit()  # str.isdigit() alone takes "²", which int() refuses
+    keepalive = float(interval) if digits and int(interval) > 0 else DEFAULT_KEEPALIVE
     return Call(
         sandbox_id=sandbox_id,
         agent=services.sandboxes.backend.agent(sandbox_id),

@@ -1,0 +1,146 @@
+"""The warm pool: creates served from ready sandboxes that are as fresh as cold ones."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from conftest import (
+    Server,
+    corral_cgroups,
+    make_data_dir,
+    mounts_under,
+    remove_data_dir,
+    run_command,
+    sandbox_processes,
+    start_server,
+)
+
+POOL_DEADLINE = 60.0
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[Server]:
+    data = make_data_dir()
+    server = start_server(data, CORRAL_POOL="base=2")
+    yield server
+    server.stop()
+    assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []
+    remove_data_dir(data)
+
+
+@pytest.fixture
+def api(srv: Server) -> Iterator[httpx.Client]:
+    with srv.client() as client:
+        yield client
+
+
+def pool_ready(api: httpx.Client, template: str = "base") -> int:
+    pools = api.get("/v1/pool").json()["pools"]
+    return sum(p["ready"] for p in pools if p["template"] == template)
+
+
+def wait_pool(api: httpx.Client, at_least: int, template: str = "base") -> None:
+    """Wait (bounded) until the background refill has ``at_least`` ready sandboxes."""
+    deadline = time.monotonic() + POOL_DEADLINE
+    while pool_ready(api, template) < at_least:
+        assert time.monotonic() < deadline, api.get("/v1/pool").json()
+        time.sleep(0.05)  # polling another process's background work, not test synchronisation
+
+
+def create(api: httpx.Client, **fields: object) -> dict[str, object]:
+    r = api.post("/v1/sandboxes", json={"timeout": 120, **fields})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def test_creates_come_from_the_pool_and_it_refills(api: httpx.Client) -> None:
+    wait_pool(api, 2)
+    first = create(api)
+    assert first["pooled"] is True and pool_ready(api) <= 1
+    second = create(api)
+    assert second["pooled"] is True
+    wait_pool(api, 2)  # refilled in the background
+    for sb in (first, second):
+        assert api.delete(f"/v1/sandboxes/{sb['id']}").status_code == 204
+
+
+def test_a_pooled_sandbox_is_as_fresh_as_a_cold_one(api: httpx.Client) -> None:
+    """Nothing one tenant does in a pooled sandbox reaches the next: every sandbox is used once."""
+    wait_pool(api, 2)
+    used = create(api)
+    sid = str(used["id"])
+    assert run_command(api, sid, "echo secret > /tmp/left && echo root-secret > /etc/left-too && "
+                                  "(nohup sleep 300 >/dev/null 2>&1 &)", user="root").exit_code == 0
+    assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
+    wait_pool(api, 1)
+    fresh = create(api, envs={"ONLY_MINE": "yes"}, metadata={"who": "next"})
+    assert fresh["pooled"] is True and fresh["id"] != sid
+    fid = str(fresh["id"])
+    ran = run_command(api, fid, "test -e /tmp/left && echo LEAK; test -e /etc/left-too && echo LEAK; "
+                                "pgrep -c sleep; hostname; echo $ONLY_MINE")
+    assert ran.stdout.split("\n") == ["0", fid, "yes", ""]
+    assert api.get(f"/v1/sandboxes/{fid}").json()["metadata"] == {"who": "next"}
+    assert api.delete(f"/v1/sandboxes/{fid}").status_code == 204
+
+
+def test_requests_the_pool_cannot_serve_start_cold(api: httpx.Client) -> None:
+    wait_pool(api, 2)
+    odd = create(api, memory_mb=300)
+    assert odd["pooled"] is False and odd["memory_mb"] == 300
+    assert run_command(api, str(odd["id"]), "true").exit_code == 0
+    assert pool_ready(api) == 2
+    api.delete(f"/v1/sandboxes/{odd['id']}")
+
+
+def test_pooled_sandbox_timeout_counts_from_the_create(api: httpx.Client) -> None:
+    wait_pool(api, 1)
+    sb = create(api, timeout=2)
+    assert sb["pooled"] is True
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/sandboxes/{sb['id']}").status_code == 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)  # waiting for the server's timer, not synchronising with it
+    assert "timeout" in api.get(f"/v1/sandboxes/{sb['id']}").json()["message"]
+
+
+def test_demand_grows_a_pool_for_a_built_template(api: httpx.Client) -> None:
+    """A template nobody configured gets a pool once it is asked for; a rebuild replaces its pool."""
+    def build(text: str) -> None:
+        r = api.post("/v1/templates", json={"name": "pooled-tpl", "dockerfile": text})
+        assert r.status_code == 202, r.text
+        with api.stream("GET", f"/v1/builds/{r.json()['id']}/logs") as s:
+            assert [line for line in s.iter_lines() if line][-1].find('"ready"') > 0
+
+    build("FROM base\nRUN echo v1 > /version\n")
+    cold = create(api, template="pooled-tpl")
+    assert cold["pooled"] is False
+    wait_pool(api, 1, "pooled-tpl")
+    warm = create(api, template="pooled-tpl")
+    assert warm["pooled"] is True
+    assert run_command(api, str(warm["id"]), "cat /version").stdout == "v1\n"
+    build("FROM base\nRUN echo v2 > /version\n")
+    after = create(api, template="pooled-tpl")
+    assert run_command(api, str(after["id"]), "cat /version").stdout == "v2\n"  # never the old build
+    for sb in (cold, warm, after):
+        api.delete(f"/v1/sandboxes/{sb['id']}")
+
+
+def test_pool_is_reconciled_after_a_crash() -> None:
+    data = make_data_dir()
+    server = start_server(data, CORRAL_POOL="base=2")
+    try:
+        with server.client() as api:
+            wait_pool(api, 2)
+        server.stop(9)
+        server = start_server(data, CORRAL_POOL="off")
+        with server.client() as api:
+            assert api.get("/v1/sandboxes").json() == []
+        assert sandbox_processes(data) == [] and not [m for m in mounts_under(data) if "/sandboxes/" in m]
+    finally:
+        server.stop()
+        assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []
+        remove_data_dir(data)
