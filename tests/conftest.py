@@ -28,6 +28,7 @@ from netlab import DOMAIN, FakeDNS, Lab, lab_leftovers
 TEMPLATES = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates"))
 SUBID_BASE = 1_000_000
 START_TIMEOUT = 900  # the first run builds the base template
+TEST_BACKEND = os.environ.get("CORRAL_TEST_BACKEND") or "bwrap"  # the servers' default isolation (make test-gvisor)
 
 
 def free_port() -> int:
@@ -38,7 +39,7 @@ def free_port() -> int:
 
 def sandbox_processes(data_dir: Path | None = None) -> list[int]:
     """Host pids running as a sandbox id (uid in the shifted range), of one server (by its data dir:
-    in its cgroups or naming its run dir) or of all. Zombies don't count: an orphaned one waits for
+    in its cgroups, whatever their uid, or naming its run dir) or of all. Zombies don't count: an orphaned one waits for
     the host's init to reap it, which may lag, and can no longer run."""
     marks = [f"/corral/{Settings(data_dir=data_dir).instance}/", f"{data_dir}.run/"] if data_dir else []
     pids = []
@@ -50,14 +51,17 @@ def sandbox_processes(data_dir: Path | None = None) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             continue
+        in_cgroups = False
         if marks:
             try:
-                about = (entry / "cgroup").read_text() + (entry / "cmdline").read_text(errors="replace")
+                groups = (entry / "cgroup").read_text()
+                about = groups + (entry / "cmdline").read_text(errors="replace")
             except (FileNotFoundError, ProcessLookupError):
                 continue
             if not any(m in about for m in marks):
                 continue
-        if SUBID_BASE <= uid < SUBID_BASE + 65536 and state != "Z":
+            in_cgroups = marks[0] in groups  # gVisor's runsc, gofer and sentry run as root / nobody
+        if (in_cgroups or SUBID_BASE <= uid < SUBID_BASE + 65536) and state != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -118,7 +122,7 @@ def spawn_server(data_dir: Path, api_key: str | None = None, **extra_env: str) -
     env = {
         **os.environ, "CORRAL_DATA_DIR": str(data_dir), "CORRAL_PORT": str(port), "CORRAL_HOST": "127.0.0.1",
         "CORRAL_API_KEY": api_key, "CORRAL_TEMPLATES_DIR": str(TEMPLATES),
-        "CORRAL_RUN_DIR": f"{data_dir}.run",
+        "CORRAL_RUN_DIR": f"{data_dir}.run", "CORRAL_BACKEND": TEST_BACKEND,
         "CORRAL_POOL": "off",  # tests that want the warm pool say so (tests/integration/test_pool.py)
         **extra_env,
     }

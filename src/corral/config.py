@@ -40,6 +40,12 @@ def _host_ca_bundle() -> str | None:
     return path if os.path.exists(path) else None
 
 
+def _backend(name: str) -> str:
+    if name not in ("bwrap", "gvisor"):
+        raise ValueError(f"CORRAL_BACKEND must be bwrap or gvisor, got {name!r}")
+    return name
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server needs to know at start. Immutable; pass it down, never read env later."""
@@ -70,6 +76,7 @@ class Settings:
     net_max_connections: int = 0  # per sandbox, concurrent outbound connections; 0 = unlimited
     insecure_registries: tuple[str, ...] = ()  # pulled over plain HTTP (loopback registries always are)
     ca_bundle: str | None = None  # for registries over HTTPS and inside networked sandboxes; default: the host's
+    backend: str = "bwrap"  # the default isolation of sandboxes: bwrap or gvisor
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +105,7 @@ class Settings:
             insecure_registries=tuple(
                 r.strip() for r in os.environ.get("CORRAL_INSECURE_REGISTRIES", "").split(",") if r.strip()),
             ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),
+            backend=_backend(os.environ.get("CORRAL_BACKEND") or "bwrap"),
         )
 
     @property
@@ -116,6 +124,11 @@ class Settings:
     def instance(self) -> str:
         """Names this server's sandboxes in host-wide places (cgroups, the run dir): one per data dir."""
         return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+
+    @property
+    def runsc_root(self) -> Path:
+        """runsc's state dir (``--root``) for this server's gVisor sandboxes."""
+        return self.run_dir / "runsc" / self.instance
 
     @property
     def net_dir(self) -> Path:

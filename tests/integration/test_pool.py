@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 
 from conftest import (
+    TEST_BACKEND,
     Server,
     corral_cgroups,
     make_data_dir,
@@ -92,6 +94,19 @@ def test_requests_the_pool_cannot_serve_start_cold(api: httpx.Client) -> None:
     odd = create(api, memory_mb=300)
     assert odd["pooled"] is False and odd["memory_mb"] == 300
     assert run_command(api, str(odd["id"]), "true").exit_code == 0
+    assert pool_ready(api) == 2
+    api.delete(f"/v1/sandboxes/{odd['id']}")
+
+
+@pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc (gVisor) is not installed")
+def test_a_create_of_the_other_isolation_starts_cold(api: httpx.Client) -> None:
+    """The pool holds sandboxes of the server's default isolation; asking for the other one starts cold."""
+    wait_pool(api, 2)
+    other = "bwrap" if TEST_BACKEND == "gvisor" else "gvisor"
+    odd = create(api, isolation=other)
+    assert odd["pooled"] is False
+    kernel = run_command(api, str(odd["id"]), "dmesg 2>/dev/null | head -1", user="root").stdout
+    assert ("gVisor" in kernel) == (other == "gvisor")
     assert pool_ready(api) == 2
     api.delete(f"/v1/sandboxes/{odd['id']}")
 

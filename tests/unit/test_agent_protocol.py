@@ -19,6 +19,7 @@ from test_agent_harness import RunningAgent, agent, alive, collect, read_until, 
 
 import corral.agent
 from corral.agent import AgentClient, AgentError, AgentUnavailable
+from corral.agent.client import DonatedAgentClient, Donor
 from corral.agent.protocol import ERROR_KINDS, OPS
 from corral.agent.server import Agent
 
@@ -172,3 +173,41 @@ def test_agent_refuses_an_fd_that_is_not_a_listening_socket(tmp_path: Path) -> N
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_donated_connections_are_served_and_the_agent_ends_with_its_control_socket() -> None:
+    """``--control-fd``: the host hands over each connection as an fd; closing the control ends the agent."""
+    host, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.agent", "--control-fd", str(theirs.fileno())],
+        pass_fds=[theirs.fileno()], stderr=subprocess.PIPE,
+    )
+    theirs.close()
+
+    async def main() -> None:
+        donor = Donor(host)
+        client = DonatedAgentClient(donor, "test agent")
+        assert (await client.ping())["ok"] is True
+        streams = [await client.exec(["echo", str(i)]) for i in range(3)]  # three connections at once
+        assert [(await collect(s))[0] for s in streams] == [b"0\n", b"1\n", b"2\n"]
+        donor.close()
+
+    try:
+        run(main())
+        assert process.wait(timeout=10) == 0
+        assert process.stderr is not None and b"Traceback" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_agent_refuses_a_listening_socket_as_its_control_fd(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(tmp_path / "s"))
+        listener.listen(1)
+        proc = subprocess.run(
+            [sys.executable, "-m", "corral.agent", "--control-fd", str(listener.fileno())],
+            pass_fds=[listener.fileno()], capture_output=True, timeout=10,
+        )
+    assert proc.returncode == 2 and b"not a connected AF_UNIX stream socket" in proc.stderr

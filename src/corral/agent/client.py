@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
@@ -360,3 +361,60 @@ class Watcher:
         if event.get("event") != "fs":
             raise AgentError("internal", f"unexpected frame in watch of {self._request['path']}")
         return event
+
+
+class Donor:
+    """The host end of an agent's control socket (``agent --control-fd``): each ``connect`` makes a
+    socket pair and sends one end to the agent (SCM_RIGHTS), which serves it as an accepted
+    connection. No path or address exists for anyone else to reach. The host never reads from it.
+    Owned by one event loop; many clients may share one donor."""
+
+    def __init__(self, control: socket.socket) -> None:
+        control.setblocking(False)
+        self.control = control
+        self._waiting = asyncio.Lock()  # one writability waiter per fd and loop
+
+    async def connect(self, timeout: float) -> Channel:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        socket.send_fds(self.control, [b"c"], [theirs.fileno()])
+                        break
+                    except (BlockingIOError, InterruptedError):
+                        await self._writable()  # the agent is slow (or paused): queue full
+            reader, writer = await asyncio.open_unix_connection(sock=mine)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        return Channel(reader, writer)
+
+    async def _writable(self) -> None:
+        async with self._waiting:
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+            loop.add_writer(self.control, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_writer(self.control)
+
+    def close(self) -> None:
+        self.control.close()
+
+
+class DonatedAgentClient(AgentClient):
+    """An ``AgentClient`` whose connections are donated through a ``Donor`` (the gVisor backend)."""
+
+    def __init__(self, donor: Donor, name: str, connect_timeout: float = 5.0) -> None:
+        super().__init__(name, connect_timeout)
+        self.donor = donor
+
+    async def _connect(self) -> Channel:
+        try:
+            return await self.donor.connect(self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise AgentUnavailable(f"cannot reach agent of {self.socket_path}: {exc!r}") from exc

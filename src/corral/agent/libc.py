@@ -18,8 +18,14 @@ PR_SET_CHILD_SUBREAPER = 36
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # Syscall numbers of the credential calls (32-bit ids on both), by `uname -m`.
-_X86_64 = {"getgroups": 115, "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capget": 125, "capset": 126}
-_AARCH64 = {"getgroups": 158, "setgroups": 159, "setfsuid": 151, "setfsgid": 152, "capget": 90, "capset": 91}
+_X86_64 = {
+    "getgroups": 115, "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capget": 125, "capset": 126,
+    "setresuid": 117, "getresuid": 118, "setresgid": 119, "getresgid": 120,
+}
+_AARCH64 = {
+    "getgroups": 158, "setgroups": 159, "setfsuid": 151, "setfsgid": 152, "capget": 90, "capset": 91,
+    "setresuid": 147, "getresuid": 148, "setresgid": 149, "getresgid": 150,
+}
 SYSCALLS = {"x86_64": _X86_64, "aarch64": _AARCH64, "arm64": _AARCH64}
 
 
@@ -99,12 +105,27 @@ def setfsuid(uid: int) -> int:
     kernel drops the filesystem capabilities (DAC_OVERRIDE, FOWNER, CHOWN...) from the effective set
     when the fsuid goes from 0 to non-zero, and raises them again from the permitted set on the way back.
     """
-    return _syscall("setfsuid", ctypes.c_long(uid)) & 0xFFFFFFFF
+    return _set_fs_id("uid", uid)
 
 
 def setfsgid(gid: int) -> int:
     """Like `setfsuid`, for the filesystem gid (`setfsgid(-1)` queries it)."""
-    return _syscall("setfsgid", ctypes.c_long(gid)) & 0xFFFFFFFF
+    return _set_fs_id("gid", gid)
+
+
+def _set_fs_id(kind: str, value: int) -> int:
+    """setfsuid/setfsgid; where the kernel lacks them (gVisor), the thread's effective id instead,
+    which the filesystem id follows (the real and saved ids stay 0, so the thread can switch back)."""
+    try:
+        return _syscall(f"setfs{kind}", ctypes.c_long(value)) & 0xFFFFFFFF
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+    ids = (ctypes.c_uint32 * 3)()
+    _syscall(f"getres{kind}", ctypes.byref(ids, 0), ctypes.byref(ids, 4), ctypes.byref(ids, 8))
+    if value != -1:
+        _syscall(f"setres{kind}", ctypes.c_long(-1), ctypes.c_long(value), ctypes.c_long(-1))
+    return ids[1]
 
 
 def fsuid() -> int:

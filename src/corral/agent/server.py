@@ -1,4 +1,5 @@
-"""The agent's server: one operation per connection on the inherited listening socket.
+"""The agent's server: one operation per connection, accepted on the inherited listening socket or
+donated by the host over an inherited control socket (the gVisor backend).
 
 Everything runs on one asyncio event loop thread; blocking filesystem work goes to the worker threads
 of a `FileRunner`, each operation with the requesting user's filesystem credentials.
@@ -302,52 +303,99 @@ async def _until_peer_closes(chan: Channel, work: Coroutine[Any, Any, None]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="corral-agent", description="Corral in-sandbox agent.")
-    parser.add_argument("--listen-fd", type=int, required=True, help="inherited listening unix socket")
+    channel = parser.add_mutually_exclusive_group(required=True)
+    channel.add_argument("--listen-fd", type=int, help="inherited listening unix socket")
+    channel.add_argument(
+        "--control-fd", type=int, help="inherited connected unix socket; each connection arrives on it as an fd"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="corral-agent: %(levelname)s %(message)s")
+    donated = args.control_fd is not None
+    fd = args.control_fd if donated else args.listen_fd
     try:
-        sock = _listening_socket(args.listen_fd)
+        sock = _channel_socket(fd, listening=not donated)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    _close_stray_fds(keep=args.listen_fd)
+    _close_stray_fds(keep=fd)
     # Otherwise sandbox root (same uid, same capabilities) could rewrite the agent through
     # /proc/<pid>/mem until the first file operation as another user happens to clear the flag.
     libc.set_not_dumpable()
     if os.geteuid() != 0:
         log.warning("running as uid %d, not root: processes and file operations only work as this user", os.geteuid())
     os.umask(0o022)
-    asyncio.run(serve(sock))
+    asyncio.run(serve(sock, donated=donated))
     return 0
 
 
-async def serve(sock: socket.socket) -> None:
-    """Serve until SIGTERM/SIGINT, then kill and reap every process the agent started."""
+async def serve(sock: socket.socket, donated: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT (or, with donated connections, the control socket's end), then
+    kill and reap every process the agent started."""
     loop = asyncio.get_running_loop()
     agent = Agent()
     agent.processes.install(loop)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await asyncio.start_unix_server(agent.handle, sock=sock)
+    if donated:
+        server: asyncio.AbstractServer | None = None
+        accepting = loop.create_task(_serve_donated(sock, agent.handle))
+        accepting.add_done_callback(lambda _: stop.set())
+    else:
+        server = await asyncio.start_unix_server(agent.handle, sock=sock)
     try:
         await stop.wait()
     finally:
-        server.close()
+        if server is not None:
+            server.close()
+        else:
+            accepting.cancel()
         await agent.processes.shutdown()
         # file workers stay up: cancelled writes still queue their clean-up while asyncio.run winds
         # down, and interpreter exit waits for the queued work (as it would for asyncio's executor)
 
 
-def _listening_socket(fd: int) -> socket.socket:
-    """The inherited fd as a socket, checked to be a listening unix stream socket, close-on-exec."""
+async def _serve_donated(control: socket.socket, handle: Callable[..., Awaitable[None]]) -> None:
+    """Accept connections the host donates: each message on ``control`` carries connected sockets
+    (SCM_RIGHTS), each served like an accepted connection. Returns when the host closes ``control``
+    (the server is gone, so the sandbox should end too)."""
+    loop = asyncio.get_running_loop()
+    control.setblocking(False)
+    tasks: set[asyncio.Task[None]] = set()
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 64, 16, socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            readable = loop.create_future()
+            loop.add_reader(control, readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(control)
+            continue
+        if not msg and not fds:
+            return
+        for fd in fds:
+            conn = socket.socket(fileno=fd)
+            if conn.family != socket.AF_UNIX or conn.type != socket.SOCK_STREAM:
+                conn.close()  # only the host sends here; anything else is dropped
+                continue
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+            task = loop.create_task(handle(reader, writer))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+
+def _channel_socket(fd: int, listening: bool) -> socket.socket:
+    """The inherited fd as a unix stream socket, listening or connected as expected, close-on-exec."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise ValueError(f"--listen-fd {fd} is not a socket: {exc}") from None
-    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
-        raise ValueError(f"--listen-fd {fd} is not a listening AF_UNIX stream socket")
+        raise ValueError(f"fd {fd} is not a socket: {exc}") from None
+    accepting = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or accepting != listening:
+        what = "listening" if listening else "connected"
+        raise ValueError(f"fd {fd} is not a {what} AF_UNIX stream socket")
     os.set_inheritable(fd, False)
     return sock
 

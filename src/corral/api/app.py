@@ -27,7 +27,8 @@ from corral.api.e2b.interpreter import create_interpreter_app
 from corral.api.ports import create_ports_app
 from corral.api.routing import ENVD_PORT, INTERPRETER_PORT, SandboxRouter
 from corral.config import VERSION, Settings
-from corral.runtime.bwrap import BwrapBackend
+from corral.runtime.backend import RuntimeFailure
+from corral.runtime.backends import node_backends
 from corral.runtime.cgroups_priv import detect
 from corral.runtime.host import check_host
 from corral.runtime.network import start_network
@@ -67,10 +68,13 @@ async def build_services(settings: Settings) -> Services:
             await service.on_runtime_exit(sandbox_id, reason)
 
     network = await start_network(settings)
-    backend = BwrapBackend(
-        settings.sandboxes_dir, settings.mounts_dir, AgentRuntime.find(base), detect(instance=settings.instance),
-        settings.subid_base, on_exit, network,
-    )
+    try:
+        backend = node_backends(
+            settings.sandboxes_dir, settings.mounts_dir, settings.runsc_root, AgentRuntime.find(base),
+            detect(instance=settings.instance), settings.subid_base, on_exit, network, default=settings.backend,
+        )
+    except RuntimeFailure as exc:
+        raise Unavailable(f"CORRAL_BACKEND={settings.backend}: {exc}") from exc
     service = SandboxService(settings, store, backend, templates)
     builds = BuildService(settings, store, backend, templates, layers)
     await builds.start()  # before the sandboxes' reconcile: templates loaded, interrupted builds closed

@@ -28,6 +28,9 @@ class CreateBody(BaseModel):
         default=None, description="allow-list of IPv4/CIDR/domain[:port] rules; given (even empty), all else is denied"
     )
     deny_out: list[str] | None = Field(default=None, description="rules always denied (deny beats allow)")
+    isolation: str | None = Field(
+        default=None, description="bwrap (namespaces) or gvisor (user-space kernel); default: the server's",
+    )
 
 
 class NetworkBody(BaseModel):

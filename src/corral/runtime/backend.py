@@ -2,7 +2,8 @@
 
 A backend owns sandboxes on one node: it creates them from a spec, hands out an agent client for
 each, reports usage, freezes and thaws them, destroys them and cleans up whatever a crash left behind. The service never
-knows which backend it holds. Implementations: ``BwrapBackend`` (default).
+knows which backend it holds. Implementations: ``BwrapBackend`` (default), ``GvisorBackend``, and
+``Backends``, which holds one of each kind on a node and routes by ``SandboxSpec.isolation``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from corral.runtime.netpolicy import INTERNET, NetworkPolicy
 
 if TYPE_CHECKING:
     from corral.agent.client import AgentClient
+
+
+ISOLATIONS = ("bwrap", "gvisor")  # the kinds of backend a sandbox may ask for
 
 
 class RuntimeFailure(RuntimeError):
@@ -35,6 +39,7 @@ class SandboxSpec:
     pids: int = 1024
     network: NetworkPolicy = INTERNET
     binds: tuple[tuple[Path, str], ...] = ()  # extra host dirs bound read-only at a path inside (builds)
+    isolation: str = ""  # one of ISOLATIONS; "" = the node's default
 
 
 @dataclass(frozen=True)

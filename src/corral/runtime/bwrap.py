@@ -121,10 +121,12 @@ class BwrapBackend:
             live.exited.set_result(code)
         if live.destroying or self._live.get(sandbox_id) is not live:
             return
-        reason = f"sandbox runtime exited with code {code}: {_log_tail(live.plan.log_path)}"
-        task = loop.create_task(self.on_exit(sandbox_id, reason))
+        task = loop.create_task(self._report_exit(sandbox_id, live, code))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
+        await self.on_exit(sandbox_id, f"sandbox runtime exited with code {code}: {_log_tail(live.plan.log_path)}")
 
     def agent(self, sandbox_id: str) -> AgentClient:
         return AgentClient(str(self.sandboxes_dir / sandbox_id / "agent.sock"))

@@ -49,10 +49,15 @@ class AgentRuntime:
             raise FileNotFoundError(f"no python3.X interpreter in {rootfs}/usr/bin")
         return cls(rootfs=rootfs, python=f"usr/bin/{pythons[-1]}", loader=loader, libdir=libdir)
 
-    def argv(self, listen_fd: int) -> list[str]:
+    def argv(self, fd: int, channel: str = "--listen-fd") -> list[str]:
+        """The agent's command line; ``channel`` says what ``fd`` is (``--listen-fd``, ``--control-fd``)."""
+        return [*self.python_argv(), "-m", AGENT_PKG, channel, str(fd)]
+
+    def python_argv(self) -> list[str]:
+        """The runtime's python inside a sandbox (for the agent, or a helper the host runs there)."""
         return [
             f"{RT_DIR}/{self.loader}", "--library-path", f"{RT_DIR}/{self.libdir}",
-            f"{RT_DIR}/{self.python}", "-s", "-B", "-m", AGENT_PKG, "--listen-fd", str(listen_fd),
+            f"{RT_DIR}/{self.python}", "-s", "-B",
         ]
 
 

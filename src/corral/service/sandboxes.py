@@ -22,8 +22,8 @@ from typing import Any
 from corral.agent.client import AgentClient
 from corral.agent.protocol import is_unicode
 from corral.config import Settings
-from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec, SandboxUsage
-from corral.runtime.netpolicy import INTERNET, NetworkPolicy
+from corral.runtime.backend import ISOLATIONS, Backend, RuntimeFailure, SandboxSpec, SandboxUsage
+from corral.runtime.netpolicy import INTERNET, NONE, NetworkPolicy
 from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
@@ -57,6 +57,7 @@ class CreateRequest:
     cpu: float | None = None
     memory_mb: int | None = None
     disk_mb: int | None = None
+    isolation: str | None = None  # bwrap or gvisor; None = the template's, else the server's default
     network: NetworkPolicy | None = None  # None: the default (internet); see service/network.py
 
 
@@ -129,10 +130,13 @@ class SandboxService:
             for k in mapping:
                 if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]) or not is_unicode(k + str(mapping[k])):
                     raise InvalidRequest(f"{name}: invalid key {k!r}")
-        network = replace(req.network or INTERNET, max_connections=s.net_max_connections)
+        isolation = req.isolation or ""  # a template's own isolation option goes between the two
+        if isolation and isolation not in ISOLATIONS:
+            raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+        network = self._network(isolation, req.network)
         return SandboxSpec(
             sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in template.refs), cpu=cpu,
-            memory_mb=memory, disk_mb=disk, network=network,
+            memory_mb=memory, disk_mb=disk, network=network, isolation=isolation,
         )
 
     async def create(self, principal: Principal, req: CreateRequest) -> SandboxRow:
@@ -424,10 +428,21 @@ class SandboxService:
             return None
         if req.network is not None and req.network != INTERNET:
             return None
+        if req.isolation and req.isolation != self.settings.backend:
+            return None
         key = self._pool_key(req.template)
         if (key.cpu, key.memory_mb, key.disk_mb) != (spec.cpu, spec.memory_mb, spec.disk_mb):
             return None
         return self.pool.take(key)
+
+    def _network(self, isolation: str, requested: NetworkPolicy | None) -> NetworkPolicy:
+        """The network a sandbox gets: the request's (default internet); gVisor's has loopback only
+        in this version (runsc --network=none, docs/gvisor.md), so egress rules for it are refused."""
+        if (isolation or self.settings.backend) == "gvisor":
+            if requested is not None and (requested.allow or requested.deny):
+                raise InvalidRequest("network: gVisor sandboxes have loopback only in this version; no egress rules")
+            return NONE
+        return replace(requested or INTERNET, max_connections=self.settings.net_max_connections)
 
     def _room(self) -> int:
         pool = self.pool.size() if self.pool is not None else 0
@@ -436,7 +451,7 @@ class SandboxService:
     async def _start_pooled(self, key: PoolKey) -> str:
         """Start one sandbox for the pool: what a create of ``key.template`` with defaults would start."""
         info = self.templates.get(key.template)
-        network = replace(INTERNET, max_connections=self.settings.net_max_connections)
+        network = self._network("", None)  # the pool holds sandboxes of the server's default isolation
         spec = SandboxSpec(
             sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in info.refs), cpu=key.cpu,
             memory_mb=key.memory_mb, disk_mb=key.disk_mb, network=network,

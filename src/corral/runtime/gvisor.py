@@ -1,0 +1,145 @@
+"""The gVisor backend: the same overlay root, cgroups and agent as bwrap, run by ``runsc`` (ptrace).
+
+The sandbox's system calls go to gVisor's user-space kernel (the sentry) instead of the host's;
+files reach the host only through runsc's gofer. The agent is reached over connections the host
+donates through its control socket (docs/gvisor.md says why). Safe to use from one asyncio event
+loop (not thread-safe). Privileged steps live in ``gvisor_priv``; this module sequences them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from corral.agent.client import AgentClient, DonatedAgentClient, Donor
+from corral.runtime import gvisor_priv
+from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec
+from corral.runtime.bwrap import BwrapBackend, _Live
+from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
+from corral.runtime.plan import AgentRuntime, plan
+
+SYNC_TIMEOUT = 30.0
+
+
+def runsc_missing() -> str | None:
+    """Why this host cannot run gVisor sandboxes, or None if it can."""
+    if shutil.which("runsc") is None:
+        return "gVisor is not installed on this node: `runsc` not found (install the Debian package runsc)"
+    return None
+
+
+class GvisorBackend(BwrapBackend):
+    """Sandboxes as gVisor containers. Reuses bwrap's bookkeeping (usage, freeze/thaw through the
+    cgroup2 freezer, exit watching); differs in how it starts, reaches, saves and stops them."""
+
+    name = "gvisor"
+
+    def __init__(
+        self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
+        on_exit: OnExit, state_root: Path,
+    ) -> None:
+        super().__init__(sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit)
+        self.state_root = state_root  # runsc --root: this server's containers only
+        self._donors: dict[str, Donor] = {}
+
+    async def create(self, spec: SandboxSpec) -> None:
+        if spec.network.networked:
+            raise RuntimeFailure(
+                f"sandbox {spec.sandbox_id}: gVisor sandboxes have loopback only in this version (runsc --network=none)"
+            )
+        p = plan(
+            spec, sandboxes_dir=self.sandboxes_dir, mounts_dir=self.mounts_dir, runtime=self.runtime,
+            agent_src=self.agent_src, id_offset=self.id_offset,
+        )
+        try:
+            bundle = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups)
+            process, control = await asyncio.to_thread(
+                gvisor_priv.spawn, p, bundle, self.state_root, self.cgroups
+            )
+            self._donors[spec.sandbox_id] = Donor(control)
+            loop = asyncio.get_running_loop()
+            live = _Live(p, process, os.pidfd_open(process.pid), loop.create_future())
+            self._live[spec.sandbox_id] = live
+            loop.add_reader(live.pidfd, self._reap, spec.sandbox_id, live)
+            await self._wait_ready(spec.sandbox_id, live)
+        except BaseException as exc:
+            await self.destroy(spec.sandbox_id)
+            if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
+                raise
+            raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
+
+    async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
+        """The whole sandbox ends when it outgrows its cgroup (gVisor has no OOM killer of its own)."""
+        try:
+            oom = await asyncio.to_thread(self.cgroups.oom_kills, sandbox_id)
+        except OSError:
+            oom = 0
+        if oom:
+            mib = live.plan.limits.memory_bytes >> 20
+            await self.on_exit(sandbox_id, f"out of memory: the sandbox used more than its {mib} MiB and was ended")
+        else:
+            await super()._report_exit(sandbox_id, live, code)
+
+    async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
+        self._require(sandbox_id)
+        raise RuntimeFailure(
+            f"sandbox {sandbox_id}: ports of gVisor sandboxes are not reachable from the host in this version "
+            "(netstack runs with --network=none)"
+        )
+
+    def agent(self, sandbox_id: str) -> AgentClient:
+        donor = self._donors.get(sandbox_id)
+        if donor is None:  # not (or no longer) here: fails like bwrap's client for a missing socket
+            return super().agent(sandbox_id)
+        return DonatedAgentClient(donor, f"sandbox {sandbox_id}")
+
+    async def commit(self, sandbox_id: str, dest: Path) -> None:
+        self._require(sandbox_id)
+        # The sentry may hold written data in its own cache: flush it to the gofer (the host upper).
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                stream = await self.agent(sandbox_id).exec(
+                    [*self.runtime.python_argv(), "-c", "import os; os.sync()"], user="root"
+                )
+                done = await stream.wait()
+        except Exception as exc:
+            await self.destroy(sandbox_id)
+            raise RuntimeFailure(f"sandbox {sandbox_id}: flushing its files failed: {exc}") from exc
+        if done.exit_code != 0:
+            await self.destroy(sandbox_id)
+            raise RuntimeFailure(f"sandbox {sandbox_id}: flushing its files failed (exit {done.exit_code})")
+        await super().commit(sandbox_id, dest)
+
+    async def _stop(self, sandbox_id: str) -> None:
+        """Kill runsc, its gofer and sentry (all in the sandbox's cgroups) and wait for runsc."""
+        live = self._live.pop(sandbox_id, None)
+        if live is not None:
+            live.destroying = True
+            with contextlib.suppress(OSError, CgroupUnavailable):
+                await asyncio.to_thread(self.cgroups.remove, sandbox_id)  # thaws, kills, removes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(live.exited), 5)
+        donor = self._donors.pop(sandbox_id, None)
+        if donor is not None:
+            donor.close()
+
+    async def _teardown(self, sandbox_id: str) -> None:
+        await asyncio.to_thread(
+            gvisor_priv.teardown, (self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id), sandbox_id,
+            self.cgroups, self.state_root,
+        )
+
+    async def reconcile(self, keep: set[str]) -> list[str]:
+        keep = keep | set(self._live)
+        stale = [c for c in await asyncio.to_thread(gvisor_priv.containers, self.state_root) if c not in keep]
+        for sandbox_id in stale:
+            await self._teardown(sandbox_id)
+        return sorted(set(stale) | set(await super().reconcile(keep)))
+
+    async def close(self) -> None:
+        await super().close()
+        await asyncio.to_thread(gvisor_priv.remove_state_root, self.state_root)

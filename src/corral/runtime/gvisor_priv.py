@@ -1,0 +1,111 @@
+"""Carry out a gVisor launch (privileged: mounts, cgroups, runsc as root).
+
+The steps, in order (docs/gvisor.md lists them too):
+
+1. ``prepare``: the sandbox dir (0700) with its ext4 disk; the root overlay with the agent's runtime
+   bound read-only (``mounts_priv``, as for bwrap); cgroups with limits; ``bundle/config.json``.
+2. ``spawn``: a root shell writes its own pid into the sandbox's cgroups (every hierarchy) and execs
+   ``runsc run``, so runsc, its gofer and its sentry start inside the limits; the agent's control
+   socket is the container's stdin.
+3. ``delete``: after the processes are gone, ``runsc delete --force`` removes runsc's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from corral.runtime import launch_priv, mounts_priv, oci_spec
+from corral.runtime.cgroups_priv import Cgroups, Limits
+from corral.runtime.plan import LaunchPlan
+
+_JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+
+def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Path:
+    """Disk, root, cgroups and the OCI bundle; returns the bundle dir."""
+    d = plan.sandbox_dir
+    d.mkdir(mode=0o700)
+    plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
+    mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
+    limits = Limits(memory_bytes=oci_spec.memory_limit_bytes(plan), pids=oci_spec.pids_limit(plan), cpu=plan.limits.cpu)
+    cgroups.create(plan.sandbox_id, limits)
+    bundle = d / "bundle"
+    bundle.mkdir(mode=0o700)
+    (bundle / "config.json").write_text(json.dumps(oci_spec.config(plan), indent=1))
+    return bundle
+
+
+def spawn(
+    plan: LaunchPlan, bundle: Path, state_root: Path, cgroups: Cgroups,
+) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start ``runsc run`` inside the sandbox's cgroups; returns it and the host end of the control socket."""
+    state_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    procs = [str(cgroups.group(base) / plan.sandbox_id / "cgroup.procs") for base in cgroups.hierarchies()]
+    argv = [
+        "/bin/sh", "-c", _JOIN_CGROUPS, "corral-join", *procs, "--",
+        *oci_spec.runsc_flags(state_root), "run", f"--bundle={bundle}", plan.sandbox_id,
+    ]
+    host, agent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child; on the sandbox's disk
+    try:
+        process = subprocess.Popen(
+            argv, stdin=agent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except BaseException:
+        host.close()
+        raise
+    finally:
+        log.close()
+        agent.close()
+    host.shutdown(socket.SHUT_RD)  # the host only donates; nothing the sandbox sends is ever queued
+    return process, host
+
+def delete(state_root: Path, sandbox_id: str) -> None:
+    """Remove runsc's record of a container whose processes are gone (or kill them first). Idempotent."""
+    if not state_root.is_dir():
+        return
+    subprocess.run(
+        [*oci_spec.runsc_flags(state_root), "delete", "--force", sandbox_id],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+    )
+    for leftover in state_root.glob(f"{sandbox_id}_sandbox:*"):  # runsc leaves these when already dead
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+def containers(state_root: Path) -> list[str]:
+    """Container ids runsc holds state for under ``state_root`` (to find a crash's leftovers)."""
+    if not state_root.is_dir():
+        return []
+    proc = subprocess.run(
+        [*oci_spec.runsc_flags(state_root), "list", "--quiet"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+def teardown(plan_dirs: tuple[Path, Path], sandbox_id: str, cgroups: Cgroups, state_root: Path) -> None:
+    """Kill everything (cgroups), drop runsc's state, unmount and delete. Idempotent.
+
+    Mounts go even if the cgroups resist: hundreds of ptrace stubs may take longer to die than one
+    removal attempt waits; the next attempts (and the next start's reconcile) catch those."""
+    try:
+        for attempt in range(3):
+            try:
+                cgroups.remove(sandbox_id)
+                break
+            except OSError:
+                if attempt == 2:
+                    raise
+    finally:
+        delete(state_root, sandbox_id)
+        mounts_priv.destroy(*plan_dirs)
+    launch_priv.teardown(plan_dirs[0], plan_dirs[1], sandbox_id, cgroups)
+
+
+def remove_state_root(state_root: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(state_root)
