@@ -1,7 +1,8 @@
 """Scaling curves: create latency vs concurrent creators (1, 10, 50; cold and from the warm pool) and vs
 live sandboxes (from the density run), plotted to PNG with matplotlib.
 
-A burst of ``c`` concurrent ``POST /v1/sandboxes`` on already-open connections (``pool_create.burst``);
+A burst of ``c`` concurrent ``POST /v1/sandboxes`` on already-open connections (``wire``, a client
+that costs next to nothing);
 level 1 is ``--repeat`` single creates so it has more than one sample. The sandboxes are deleted after
 each burst, outside the timing; a pooled burst waits for the pool to refill first.
 
@@ -12,12 +13,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from pathlib import Path
 
+import wire
 from figures import p50, pct, server
-from pool_create import burst, wait_ready
+from pool_create import wait_ready
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def create_burst(url: str, key: str, n: int) -> tuple[list[float], int]:
+    """n concurrent ``POST /v1/sandboxes`` on open connections (``wire``), then deletes them (untimed):
+    the latencies (s) and how many came from the pool."""
+    answers = asyncio.run(wire.burst(url, key, n, "POST", "/v1/sandboxes", {"timeout": 120}))
+    bodies = [json.loads(data) for _, status, data in answers if status == 201]
+    asyncio.run(wire.each(url, key, "DELETE", [f"/v1/sandboxes/{b['id']}" for b in bodies]))
+    if len(bodies) != n:
+        raise RuntimeError(f"{n - len(bodies)} of {n} creates failed: {[a[1:] for a in answers if a[1] != 201][:3]}")
+    return [t for t, _, _ in answers], sum(1 for b in bodies if b.get("pooled"))
 
 
 def concurrency(url: str, key: str, levels: list[int], repeat: int = 10, refill: int = 0) -> dict[int, list[float]]:
@@ -28,7 +42,7 @@ def concurrency(url: str, key: str, levels: list[int], repeat: int = 10, refill:
         for _ in range(repeat if level == 1 else 1):
             if refill:
                 wait_ready(url, key, min(refill, max(levels)))
-            times += asyncio.run(burst(url, key, level))[0]
+            times += create_burst(url, key, level)[0]
         curve[level] = times
     return curve
 

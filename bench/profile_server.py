@@ -29,9 +29,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import wire
 from create_latency import ours as create_to_output
+from curves import create_burst
 from figures import Server, server
-from pool_create import burst, wait_ready
+from pool_create import wait_ready
 
 from corral import Sandbox
 
@@ -39,21 +41,19 @@ from corral import Sandbox
 def cold(srv: Server) -> None:
     with srv.client() as client:
         create_to_output(client, 10)
-    asyncio.run(burst(srv.url, srv.api_key, 10))
+    create_burst(srv.url, srv.api_key, 10)
 
 
 def pooled(srv: Server) -> None:
     for _ in range(2):
         wait_ready(srv.url, srv.api_key, 50)
-        asyncio.run(burst(srv.url, srv.api_key, 50))
+        create_burst(srv.url, srv.api_key, 50)
     time.sleep(3)  # the refill
 
 
 def noop(srv: Server) -> None:
-    from suite import noop_burst
-
     for _ in range(20):
-        asyncio.run(noop_burst(srv.url, srv.api_key, 50))
+        asyncio.run(wire.burst(srv.url, srv.api_key, 50, "GET", "/v1/sandboxes"))
 
 
 def exec_loop(srv: Server) -> None:

@@ -7,8 +7,10 @@ this run (docs/performance.md explains each). The blocks, in order:
    ``commands.run("true")`` vs local ``subprocess.run("true")`` + one HTTP round trip (``/health``);
    a no-op authenticated call vs a bare uvicorn app's round trip; peers (raw ``runsc``, PyPI ``gvisor``);
    create latency vs concurrent creators (cold);
-2. warm pool (pool of 50): 50 concurrent creates, p50 and p99, vs 50 concurrent no-op calls; the
-   same through the SDK's ``AsyncSandbox.create()``; pooled latency vs concurrent creators;
+2. warm pool (pool of 50): 50 concurrent creates, p50 and p99, vs 50 concurrent no-op calls (and
+   those vs a bare uvicorn app at 50 concurrent); the same creates through the SDK's
+   ``AsyncSandbox.create()``; pooled latency vs concurrent creators. Bursts go through ``wire``, a
+   client that costs next to nothing (httpx at 50 concurrent costs more than the server's answer);
 3. throughput: creators + killers for ``--churn-seconds`` (pool sized by demand), errors counted;
 4. density: idle sandboxes up to ``--density`` (checkpoints on the way), host memory per sandbox and
    where it goes; create latency vs live sandboxes.
@@ -22,24 +24,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import platform
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import density
 import httpx
 import throughput
+import wire
 from create_latency import ours as create_to_output
 from create_latency import raw_primitive
-from curves import DOCS, concurrency, plot_concurrency, plot_live
+from curves import DOCS, concurrency, create_burst, plot_concurrency, plot_live
 from figures import TEMPLATES_ROOT, Figure, Server, load, p50, pct, save, server, table
 from peers import gvisor_pypi, runsc_create_exec
-from pool_create import burst, wait_ready
+from pool_create import wait_ready
 
 from corral import AsyncSandbox, Sandbox
 from corral.sdk._config import ConnectionConfig
@@ -52,7 +57,7 @@ BARE_APP = textwrap.dedent("""
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"[]"})
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", loop="uvloop", http="httptools")
 """)
@@ -74,8 +79,9 @@ def round_trips(url: str, path: str, samples: int, key: str | None = None) -> li
         return timed(lambda: client.get(path).raise_for_status(), samples)
 
 
-def bare_uvicorn(samples: int) -> list[float]:
-    """Round trips to a bare uvicorn (uvloop, httptools) ASGI app answering ``[]``: the framework floor."""
+@contextlib.contextmanager
+def bare_app() -> Iterator[str]:
+    """A bare uvicorn (uvloop, httptools) ASGI app answering ``[]``, the framework floor: its URL."""
     from conftest import free_port
 
     port = free_port()
@@ -91,10 +97,15 @@ def bare_uvicorn(samples: int) -> list[float]:
                     break
                 except httpx.HTTPError:
                     time.sleep(0.1)  # readiness poll of a separate process
-            return round_trips(url, "/", samples)
+            yield url
         finally:
             proc.terminate()
             proc.wait()
+
+
+def bare_uvicorn(samples: int) -> list[float]:
+    with bare_app() as url:
+        return round_trips(url, "/", samples)
 
 
 # block 1: latency, pool off
@@ -147,18 +158,20 @@ def peers(cold: Figure, samples: int) -> list[Figure]:
 
 
 # block 2: the warm pool
-async def noop_burst(url: str, key: str, n: int) -> list[float]:
+def noop_burst(url: str, key: str, n: int) -> list[float]:
     """n concurrent no-op authenticated calls on n open connections (what the API costs at that load)."""
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=60, limits=limits) as client:
-        await asyncio.gather(*(client.get("/v1/sandboxes") for _ in range(n)))
+    answers = asyncio.run(wire.burst(url, key, n, "GET", "/v1/sandboxes"))
+    assert all(status == 200 for _, status, _ in answers)
+    return [t for t, _, _ in answers]
 
-        async def one() -> float:
-            started = time.perf_counter()
-            (await client.get("/v1/sandboxes")).raise_for_status()
-            return time.perf_counter() - started
 
-        return list(await asyncio.gather(*(one() for _ in range(n))))
+def bare_burst(n: int, rounds: int) -> list[float]:
+    """n concurrent round trips to a bare uvicorn app, ``rounds`` times: the floor at that concurrency."""
+    times: list[float] = []
+    with bare_app() as url:
+        for _ in range(rounds):
+            times += [t for t, _, _ in asyncio.run(wire.burst(url, None, n, "GET", "/"))]
+    return times
 
 
 async def sdk_burst(url: str, key: str, n: int) -> tuple[list[float], float]:
@@ -184,10 +197,11 @@ def warm_pool(srv: Server, n: int, rounds: int) -> tuple[list[Figure], dict[int,
     noop: list[float] = []
     for _ in range(rounds):
         wait_ready(srv.url, srv.api_key, n)
-        noop += asyncio.run(noop_burst(srv.url, srv.api_key, n))
-        times, _, got = asyncio.run(burst(srv.url, srv.api_key, n))
+        noop += noop_burst(srv.url, srv.api_key, n)
+        times, got = create_burst(srv.url, srv.api_key, n)
         warm += times
         pooled += got
+    bare = bare_burst(n, rounds)
     wait_ready(srv.url, srv.api_key, n)
     sdk, client_cost = asyncio.run(sdk_burst(srv.url, srv.api_key, n))
     note = f"{pooled}/{n * rounds} served from the pool"
@@ -197,6 +211,9 @@ def warm_pool(srv: Server, n: int, rounds: int) -> tuple[list[Figure], dict[int,
                extra={"ours": warm, "baseline": noop}),
         Figure(f"warm-pool create, {n} concurrent, p99", "ms", pct(warm, 0.99) * MS, pct(noop, 0.99) * MS,
                f"{n} concurrent no-op calls", "< 20 ms", lambda o, _r: o < 20, note=note),
+        Figure(f"{n} concurrent no-op authenticated calls, p50", "ms", p50(noop) * MS, p50(bare) * MS,
+               f"{n} concurrent, bare uvicorn app", "report", None, note=f"p99 {pct(noop, 0.99) * MS:.0f} vs "
+               f"{pct(bare, 0.99) * MS:.1f} ms", extra={"ours": noop, "baseline": bare}),
         Figure(f"AsyncSandbox.create() (SDK), {n} concurrent, p50", "ms", p50(sdk) * MS, p50(warm) * MS,
                "same over open connections", "report", None,
                note=f"building one SDK HTTP client costs {client_cost * MS:.1f} ms", extra={"ours": sdk}),

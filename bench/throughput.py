@@ -1,9 +1,10 @@
 """Sustained create throughput: a closed loop of creators and killers through the real HTTP API.
 
 One server with the warm pool on and sized by demand (``CORRAL_POOL=base=<min>``, a high
-``CORRAL_POOL_MAX``). ``--creators`` callers each create (``POST /v1/sandboxes``) as fast as answers
-come and hand the id to ``--killers`` callers that delete it, for ``--seconds``; every non-2xx answer
-or transport error counts as an error. Then the loop drains (every created sandbox is deleted).
+``CORRAL_POOL_MAX``). ``--creators`` callers (each its own connection, ``wire``) create
+(``POST /v1/sandboxes``) as fast as answers come and hand each id to ``--killers`` callers that
+delete it, for ``--seconds``; every non-2xx answer or transport error counts as an error. Then the
+loop drains (every created sandbox is deleted).
 
 Baseline (same run): the raw primitive (overlay mount + ``bwrap … /bin/true`` + unmount) in a closed
 loop with 2 workers (one per core) for ``--baseline-seconds``.
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import wire
 from create_latency import raw_primitive
 from figures import TEMPLATES_ROOT, p50, pct, server
 from pool_create import wait_ready
@@ -42,50 +44,59 @@ def raw_rate(seconds: float, workers: int = 2) -> float:
 
 
 async def churn(url: str, key: str, seconds: float, creators: int, killers: int) -> dict[str, object]:
-    limits = httpx.Limits(max_connections=creators + killers + 2)
     latencies: list[float] = []
     errors: list[str] = []
     pooled = 0
     kills = 0
     queue: asyncio.Queue[str | None] = asyncio.Queue()
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=120, limits=limits) as client:
-        deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + seconds
 
-        async def creator() -> None:
-            nonlocal pooled
+    async def creator() -> None:
+        nonlocal pooled
+        conn = await wire.Conn.open(url, key)
+        try:
             while time.monotonic() < deadline:
-                started = time.perf_counter()
                 try:
-                    r = await client.post("/v1/sandboxes", json={"timeout": 300})
-                except httpx.HTTPError as exc:
+                    elapsed, status, data = await conn.timed("POST", "/v1/sandboxes", {"timeout": 300})
+                except (OSError, asyncio.IncompleteReadError) as exc:
                     errors.append(f"create: {exc!r}")
+                    conn = await wire.Conn.open(url, key)
                     continue
-                if r.status_code != 201:
-                    errors.append(f"create: {r.status_code} {r.text[:160]}")
+                if status != 201:
+                    errors.append(f"create: {status} {data[:160]!r}")
                     continue
-                latencies.append(time.perf_counter() - started)
-                pooled += bool(r.json().get("pooled"))
-                queue.put_nowait(r.json()["id"])
+                latencies.append(elapsed)
+                body = json.loads(data)
+                pooled += bool(body.get("pooled"))
+                queue.put_nowait(body["id"])
+        finally:
+            await conn.close()
 
-        async def killer() -> None:
-            nonlocal kills
+    async def killer() -> None:
+        nonlocal kills
+        conn = await wire.Conn.open(url, key)
+        try:
             while (sid := await queue.get()) is not None:
                 try:
-                    r = await client.delete(f"/v1/sandboxes/{sid}")
-                    if r.status_code != 204:
-                        errors.append(f"kill: {r.status_code} {r.text[:160]}")
-                    else:
-                        kills += 1
-                except httpx.HTTPError as exc:
+                    status, data = await conn.request("DELETE", f"/v1/sandboxes/{sid}")
+                except (OSError, asyncio.IncompleteReadError) as exc:
                     errors.append(f"kill: {exc!r}")
+                    conn = await wire.Conn.open(url, key)
+                    continue
+                if status != 204:
+                    errors.append(f"kill: {status} {data[:160]!r}")
+                else:
+                    kills += 1
+        finally:
+            await conn.close()
 
-        started = time.monotonic()
-        killing = [asyncio.create_task(killer()) for _ in range(killers)]
-        await asyncio.gather(*(creator() for _ in range(creators)))
-        elapsed = time.monotonic() - started
-        for _ in killing:
-            queue.put_nowait(None)
-        await asyncio.gather(*killing)
+    started = time.monotonic()
+    killing = [asyncio.create_task(killer()) for _ in range(killers)]
+    await asyncio.gather(*(creator() for _ in range(creators)))
+    elapsed = time.monotonic() - started
+    for _ in killing:
+        queue.put_nowait(None)
+    await asyncio.gather(*killing)
     return {"creates": len(latencies), "seconds": elapsed, "rate": len(latencies) / elapsed, "kills": kills,
             "errors": errors, "pooled": pooled, "latency_p50": p50(latencies) if latencies else None,
             "latency_p99": pct(latencies, 0.99) if latencies else None}
