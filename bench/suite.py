@@ -5,7 +5,8 @@ this run (docs/performance.md explains each). The blocks, in order:
 
 1. latency (server with the pool off): cold create → first output vs the raw bwrap + overlay + ``true``;
    ``commands.run("true")`` vs local ``subprocess.run("true")`` + one HTTP round trip (``/health``);
-   a no-op authenticated call vs a bare uvicorn app's round trip; peers (raw ``runsc``, PyPI ``gvisor``);
+   a no-op authenticated call vs a bare uvicorn app's round trip; peers (raw ``runsc``, PyPI ``gvisor``,
+   Corral's own gVisor backend);
    create latency vs concurrent creators (cold);
 2. warm pool (pool of 50): 50 concurrent creates, p50 and p99, vs 50 concurrent no-op calls (and
    those vs a bare uvicorn app at 50 concurrent); the same creates through the SDK's
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import platform
 import subprocess
 import sys
@@ -157,6 +159,28 @@ def peers(cold: Figure, samples: int) -> list[Figure]:
     return figures
 
 
+def gvisor_backend(srv: Server, cold: Figure, samples: int) -> Figure:
+    """Our own gVisor backend (``isolation: "gvisor"``) next to our bwrap, same server, same run."""
+    times = []
+    with srv.client() as client:
+        for i in range(samples + 1):
+            started = time.perf_counter()
+            r = client.post("/v1/sandboxes", json={"timeout": 60, "isolation": "gvisor"})
+            if r.status_code != 201:
+                return Figure("cold create -> output, gVisor backend", "ms", cold.ours, None,
+                              f"not available here ({r.status_code})", "report")
+            sid = r.json()["id"]
+            with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as out:
+                for line in out.iter_lines():
+                    if json.loads(line)["type"] == "stdout":
+                        break
+            if i:
+                times.append(time.perf_counter() - started)
+            client.delete(f"/v1/sandboxes/{sid}")
+    return Figure("cold create -> output: bwrap backend vs our gVisor backend", "ms", cold.ours, p50(times) * MS,
+                  "Corral, isolation gvisor", "report", None, extra={"baseline": times})
+
+
 # block 2: the warm pool
 def noop_burst(url: str, key: str, n: int) -> list[float]:
     """n concurrent no-op authenticated calls on n open connections (what the API costs at that load)."""
@@ -250,6 +274,7 @@ def main() -> None:
         cold = cold_create(srv, args.samples)
         figures += [cold, run_true(srv, args.samples * 3), api_overhead(srv, args.samples * 10)]
         figures += peers(cold, max(4, args.samples // 4))
+        figures.append(gvisor_backend(srv, cold, max(4, args.samples // 4)))
         cold_curve = concurrency(srv.url, srv.api_key, [1, 10, n], repeat=10)
 
     step(f"warm pool: {n} concurrent creates")
