@@ -9,7 +9,9 @@ escapes this module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any, TypeVar
 
@@ -30,6 +32,13 @@ def _timeout(config: ConnectionConfig, request_timeout: float | None, read: floa
     return httpx.Timeout(limit) if read is False else httpx.Timeout(limit, read=read)
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context per process (httpx's defaults: SSL_CERT_FILE/DIR, else certifi). Building one
+    per client loads the CA bundle each time: tens of ms per ``Sandbox.create()``."""
+    return httpx.create_ssl_context()
+
+
 class SyncHTTP:
     """Sends ``Call``s with an ``httpx.Client``. Thread-safe."""
 
@@ -40,6 +49,7 @@ class SyncHTTP:
             headers=config.headers(),
             timeout=config.request_timeout,
             transport=transport,
+            verify=_tls(),
         )
 
     def _errors(self, call: Call[Any]) -> contextlib.AbstractContextManager[None]:
@@ -127,6 +137,7 @@ class AsyncHTTP:
             headers=config.headers(),
             timeout=config.request_timeout,
             transport=transport,
+            verify=_tls(),
         )
 
     def _errors(self, call: Call[Any]) -> contextlib.AbstractContextManager[None]:

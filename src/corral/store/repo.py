@@ -34,6 +34,10 @@ class Store:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False}
+            # store calls run in the server's worker threads (64): keep their connections open rather
+            # than reopening (and re-running the pragmas) whenever more than 5 are busy
+            if url.startswith("sqlite:///") and ":memory:" not in url:
+                kwargs["pool_size"], kwargs["max_overflow"] = 32, 64
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
