@@ -49,11 +49,11 @@ def raw_primitive(rootfs: Path, samples: int) -> list[float]:
     return times
 
 
-def ours(client: httpx.Client, samples: int) -> list[float]:
+def ours(client: httpx.Client, samples: int, template: str = "base") -> list[float]:
     times = []
     for _ in range(samples):
         started = time.perf_counter()
-        sid = client.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
+        sid = client.post("/v1/sandboxes", json={"template": template, "timeout": 60}).raise_for_status().json()["id"]
         with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as r:
             for line in r.iter_lines():
                 if json.loads(line)["type"] == "stdout":

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from create_latency import ours as start_times
+
 from conftest import make_data_dir, remove_data_dir, start_server
 
 THREE_STEPS = """\
@@ -49,20 +51,6 @@ def build(client: httpx.Client, name: str, dockerfile: str, **options: object) -
     return time.perf_counter() - started
 
 
-def start_times(client: httpx.Client, template: str, samples: int) -> list[float]:
-    times = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        sid = client.post("/v1/sandboxes", json={"template": template, "timeout": 60}).raise_for_status().json()["id"]
-        with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as r:
-            for line in r.iter_lines():
-                if json.loads(line)["type"] == "stdout":
-                    times.append(time.perf_counter() - started)
-                    break
-        client.delete(f"/v1/sandboxes/{sid}")
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=20)
@@ -80,9 +68,9 @@ def main() -> None:
             cold = build(client, "bench-three", THREE_STEPS)
             warm = [build(client, "bench-three", THREE_STEPS) for _ in range(5)]
             build(client, "bench-derived", derived)
-            start_times(client, "code-interpreter", 3)
-            base = start_times(client, "code-interpreter", args.samples)
-            mine = start_times(client, "bench-derived", args.samples)
+            start_times(client, 3, "code-interpreter")
+            base = start_times(client, args.samples, "code-interpreter")
+            mine = start_times(client, args.samples, "bench-derived")
     finally:
         server.stop()
         remove_data_dir(data)

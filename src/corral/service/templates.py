@@ -54,6 +54,7 @@ class Templates:
         self.layer_store = layers
         self.images_dir = images_dir
         self._built: dict[str, TemplateInfo] = {}
+        self._dirs: dict[str, TemplateInfo] = {}  # directory templates seen so far (fixed while serving)
 
     def rootfs(self, name: str) -> Path:
         return self.dir / name / "rootfs"
@@ -73,8 +74,11 @@ class Templates:
             raise InvalidRequest(f"template: {name!r} is not a valid template name")
         if name in self._built:
             return self._built[name]
+        if name in self._dirs:
+            return self._dirs[name]
         if is_built(self.rootfs(name)):  # built-in, or a rootfs an operator placed in the templates dir
-            return self.builtin(name)
+            self._dirs[name] = self.builtin(name)  # found once: no stat per sandbox create
+            return self._dirs[name]
         known = ", ".join(repr(n) for n in self.names()) or "none"
         raise NotFound(f"template {name!r} does not exist (templates: {known})")
 

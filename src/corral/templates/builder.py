@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import posixpath
 import secrets
 import string
+import tarfile
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -403,8 +405,6 @@ def _real_rel(path: Path, root: Path) -> str:
 
 
 def _is_archive(path: Path) -> bool:
-    import tarfile
-
     try:
         return tarfile.is_tarfile(path)
     except OSError:
@@ -421,7 +421,5 @@ def _user_name(user: str | None) -> str:
 
 
 def _derived_key(parent: str, what: dict[str, Any]) -> str:
-    import json
-
     doc = json.dumps({"format": "corral-layer-v1", "parent": parent, "extra": what}, sort_keys=True)
     return "sha256:" + hashlib.sha256(doc.encode()).hexdigest()
