@@ -12,6 +12,7 @@ import os
 import secrets
 import stat
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -296,6 +297,12 @@ def test_sandbox_processes_hold_no_host_files(api: httpx.Client, server: Server,
     harmless /dev ones, and host-network sockets only the agent's listener and its connections.
     Twin: the agent's listener is found (the audit sees what it should)."""
     run_command(api, sandbox, "nohup sleep 600 >/dev/null 2>&1 &", user="user")
+    # the detached sleep may still be in exec (its loader holds libc open): wait until it settled
+    deadline = time.monotonic() + 10
+    while not any(Path(f"/proc/{p}/comm").read_text().strip() == "sleep" and len(os.listdir(f"/proc/{p}/fd")) <= 3
+                  for p in host_pids(sandbox) if Path(f"/proc/{p}").exists()):
+        assert time.monotonic() < deadline, "the sleep never settled"
+        time.sleep(0.01)  # polling another process's exec, not synchronising with the server
     root_dev = os.stat(server.data_dir).st_dev  # the host's filesystem
     overlay = next(Path(f"{server.data_dir}.run").glob(f"*/{sandbox}"))
     allowed_devs = {os.stat(disk_mount(server, sandbox)).st_dev, os.stat(overlay).st_dev}
