@@ -107,14 +107,14 @@ def node_backends(
     sandboxes_dir: Path, mounts_dir: Path, runsc_root: Path, runtime: AgentRuntime, cgroups: Cgroups,
     id_offset: int, on_exit: OnExit, network: Network | None, default: str,
 ) -> Backends:
-    """Every backend this host can run (bwrap always; gVisor if runsc is installed). Only bwrap
-    sandboxes are networked: gVisor's have loopback only (docs/gvisor.md)."""
+    """Every backend this host can run (bwrap always; gVisor if runsc is installed), sharing the
+    instance's network (addresses, nftables table, DNS forwarder)."""
     args = (sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit)
     backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args, network)}
     missing: dict[str, str] = {}
     why = runsc_missing()
     if why is None:
-        backends["gvisor"] = GvisorBackend(*args, state_root=runsc_root)
+        backends["gvisor"] = GvisorBackend(*args, state_root=runsc_root, network=network)
     else:
         missing["gvisor"] = why
     return Backends(backends, default, missing)

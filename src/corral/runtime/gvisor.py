@@ -16,10 +16,11 @@ import socket
 from pathlib import Path
 
 from corral.agent.client import AgentClient, DonatedAgentClient, Donor
-from corral.runtime import gvisor_priv
+from corral.runtime import gvisor_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec
 from corral.runtime.bwrap import BwrapBackend, _Live
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
+from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, plan
 
 SYNC_TIMEOUT = 30.0
@@ -40,25 +41,37 @@ class GvisorBackend(BwrapBackend):
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
-        on_exit: OnExit, state_root: Path,
+        on_exit: OnExit, state_root: Path, network: Network | None = None,
     ) -> None:
-        super().__init__(sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit)
+        super().__init__(sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit, network)
         self.state_root = state_root  # runsc --root: this server's containers only
         self._donors: dict[str, Donor] = {}
 
     async def create(self, spec: SandboxSpec) -> None:
-        if spec.network.networked:
-            raise RuntimeFailure(
-                f"sandbox {spec.sandbox_id}: gVisor sandboxes have loopback only in this version (runsc --network=none)"
-            )
+        net = self.network
+        if spec.network.networked and net is None:
+            raise RuntimeFailure(f"sandbox {spec.sandbox_id}: networking is disabled on this server (CORRAL_NETWORK)")
+        networked = net is not None and spec.network.networked
         p = plan(
             spec, sandboxes_dir=self.sandboxes_dir, mounts_dir=self.mounts_dir, runtime=self.runtime,
             agent_src=self.agent_src, id_offset=self.id_offset,
+            net_dirs=tuple(net.dirs()) if net and networked else (),
+            net_files=tuple(net.files()) if net and networked else (),
         )
+        netns_fd = -1
         try:
-            bundle = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups)
+            netns = None
+            if net is not None and networked:
+                # The netns is made and plugged before runsc starts, so the sandbox never runs unplugged;
+                # this fd holds it until the sentry lives in it.
+                att = net.reserve(spec.sandbox_id, spec.network)
+                assert att is not None
+                netns_fd = await asyncio.to_thread(netns_priv.new_netns)
+                netns = f"/proc/{os.getpid()}/fd/{netns_fd}"
+                await asyncio.to_thread(net.plug, att, netns)
+            bundle = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns)
             process, control = await asyncio.to_thread(
-                gvisor_priv.spawn, p, bundle, self.state_root, self.cgroups
+                gvisor_priv.spawn, p, bundle, self.state_root, self.cgroups, networked
             )
             self._donors[spec.sandbox_id] = Donor(control)
             loop = asyncio.get_running_loop()
@@ -71,6 +84,9 @@ class GvisorBackend(BwrapBackend):
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
+        finally:
+            if netns_fd >= 0:
+                os.close(netns_fd)
 
     async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
         """The whole sandbox ends when it outgrows its cgroup (gVisor has no OOM killer of its own)."""
@@ -85,11 +101,24 @@ class GvisorBackend(BwrapBackend):
             await super()._report_exit(sandbox_id, live, code)
 
     async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
+        """A connection to ``port`` on the sandbox's address, from the host over its veth: netstack
+        owns the sandbox's loopback, so no host socket can reach ``127.0.0.1`` there (a server
+        listening on loopback only is unreachable; docs/gvisor.md)."""
         self._require(sandbox_id)
-        raise RuntimeFailure(
-            f"sandbox {sandbox_id}: ports of gVisor sandboxes are not reachable from the host in this version "
-            "(netstack runs with --network=none)"
-        )
+        att = self.network.attachment(sandbox_id) if self.network else None
+        if att is None:
+            raise RuntimeFailure(
+                f"sandbox {sandbox_id}: a gVisor sandbox without a network (network='none') has no port "
+                "reachable from the host"
+            )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (str(att.address), port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def agent(self, sandbox_id: str) -> AgentClient:
         donor = self._donors.get(sandbox_id)
@@ -128,6 +157,8 @@ class GvisorBackend(BwrapBackend):
             donor.close()
 
     async def _teardown(self, sandbox_id: str) -> None:
+        if self.network is not None:
+            await self.network.release(sandbox_id)
         await asyncio.to_thread(
             gvisor_priv.teardown, (self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id), sandbox_id,
             self.cgroups, self.state_root,

@@ -6,7 +6,8 @@ The steps, in order (docs/gvisor.md lists them too):
    bound read-only (``mounts_priv``, as for bwrap); cgroups with limits; ``bundle/config.json``.
 2. ``spawn``: a root shell writes its own pid into the sandbox's cgroups (every hierarchy) and execs
    ``runsc run``, so runsc, its gofer and its sentry start inside the limits; the agent's control
-   socket is the container's stdin.
+   socket is the container's stdin. A networked sandbox's netns (made and plugged by the server
+   before) is named in the config; runsc moves its veth's address and routes into netstack.
 3. ``delete``: after the processes are gone, ``runsc delete --force`` removes runsc's state.
 """
 
@@ -24,9 +25,20 @@ from corral.runtime.cgroups_priv import Cgroups, Limits
 from corral.runtime.plan import LaunchPlan
 
 _JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+# This runsc takes any netns in which /proc/sys/net/core/rmem_default exists for the host's and
+# refuses it; since Linux 6.x every netns has that file. So runsc gets a mount namespace of its own
+# (host mounts still propagate into it) where an empty read-only tmpfs covers /proc/sys/net. Its
+# gofer, in a user namespace, may mount a procfs only while one procfs there is fully visible: a
+# second, uncovered procfs is mounted on the sandbox's empty ``proc`` dir for that.
+_HIDE_NET_SYSCTLS = [
+    "unshare", "--mount", "--propagation", "slave", "/bin/sh", "-c",
+    'mount -t proc -o nosuid,nodev,noexec corral-proc "$0" && '
+    'mount -t tmpfs -o ro,size=4k,mode=555 corral-nosysctl /proc/sys/net || exit 125; exec "$@"',
+]
 
-def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Path:
-    """Disk, root, cgroups and the OCI bundle; returns the bundle dir."""
+
+def prepare(plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None) -> Path:
+    """Disk, root, cgroups and the OCI bundle (``netns``: the plugged netns' path); returns the bundle dir."""
     d = plan.sandbox_dir
     d.mkdir(mode=0o700)
     plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -36,20 +48,23 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Path:
     cgroups.create(plan.sandbox_id, limits)
     bundle = d / "bundle"
     bundle.mkdir(mode=0o700)
-    (bundle / "config.json").write_text(json.dumps(oci_spec.config(plan), indent=1))
+    (bundle / "config.json").write_text(json.dumps(oci_spec.config(plan, netns), indent=1))
     return bundle
 
 
 def spawn(
-    plan: LaunchPlan, bundle: Path, state_root: Path, cgroups: Cgroups,
+    plan: LaunchPlan, bundle: Path, state_root: Path, cgroups: Cgroups, networked: bool = False,
 ) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """Start ``runsc run`` inside the sandbox's cgroups; returns it and the host end of the control socket."""
     state_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     procs = [str(cgroups.group(base) / plan.sandbox_id / "cgroup.procs") for base in cgroups.hierarchies()]
     argv = [
         "/bin/sh", "-c", _JOIN_CGROUPS, "corral-join", *procs, "--",
-        *oci_spec.runsc_flags(state_root), "run", f"--bundle={bundle}", plan.sandbox_id,
+        *([*_HIDE_NET_SYSCTLS, str(_proc_dir(plan))] if networked else []),
+        *oci_spec.runsc_flags(state_root, networked), "run", f"--bundle={bundle}", plan.sandbox_id,
     ]
+    if networked:
+        _proc_dir(plan).mkdir(mode=0o700)
     host, agent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child; on the sandbox's disk
     try:
@@ -64,6 +79,10 @@ def spawn(
         agent.close()
     host.shutdown(socket.SHUT_RD)  # the host only donates; nothing the sandbox sends is ever queued
     return process, host
+
+def _proc_dir(plan: LaunchPlan) -> Path:
+    return plan.sandbox_dir / "proc"  # stays empty on the host: the mount is runsc's own
+
 
 def delete(state_root: Path, sandbox_id: str) -> None:
     """Remove runsc's record of a container whose processes are gone (or kill them first). Idempotent."""

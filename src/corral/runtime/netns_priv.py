@@ -1,7 +1,8 @@
 """Per-sandbox links and namespace entry (privileged: netlink as root, setns, sysctls, conntrack).
 
-A sandbox's netns is made by bubblewrap; before bwrap is released (``launch_priv.admit``) the
-server plugs a veth pair into it: the host end ``crl<instance><slot>`` carries the instance's
+A bwrap sandbox's netns is made by bubblewrap; a gVisor sandbox's by ``new_netns`` (held by an fd
+of the server until runsc joined it). Before the sandbox runs anything the server plugs a veth
+pair into it: the host end ``crl<instance><slot>`` carries the instance's
 gateway address, the sandbox end ``eth0`` the sandbox's /32; routes on both sides; IPv6 off.
 
 ``setns`` changes only the calling thread's namespace, so every entry happens on one dedicated
@@ -40,12 +41,19 @@ def _setns(fd: int) -> None:
         raise OSError(ctypes.get_errno(), f"setns: {os.strerror(ctypes.get_errno())}")
 
 
-def in_netns(pid: int, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in the network namespace of ``pid`` (on the namespace thread) and return."""
+NetNs = int | str  # a process whose netns is meant (pid), or a path to the netns itself
+
+
+def _ns_path(ns: NetNs) -> str:
+    return f"/proc/{ns}/ns/net" if isinstance(ns, int) else ns
+
+
+def in_netns(ns: NetNs, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in the network namespace ``ns`` (on the namespace thread) and return."""
 
     def job() -> T:
         host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(_ns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(target)
             try:
@@ -62,14 +70,38 @@ def in_netns(pid: int, fn: Callable[[], T]) -> T:
     return _NS.submit(job).result()
 
 
+def new_netns() -> int:
+    """A fresh, empty network namespace (only ``lo``, down); returns an fd that holds it. The
+    caller closes the fd once a process lives in the namespace (then the process holds it)."""
+
+    def job() -> int:
+        host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"unshare: {os.strerror(ctypes.get_errno())}")
+            try:
+                with IPRoute() as ipr:  # runsc gives netstack a loopback only if the netns' lo is up
+                    ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            finally:
+                try:
+                    _setns(host)
+                except OSError:  # see in_netns
+                    os._exit(70)
+        finally:
+            os.close(host)
+
+    return _NS.submit(job).result()
+
+
 def _sysctl(path: str, value: str) -> None:
     with open(f"/proc/sys/{path}", "w") as f:
         f.write(value)
 
 
-def plug(pid: int, veth: str, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address) -> None:
-    """Create and configure the veth pair of the sandbox whose netns is that of ``pid``."""
-    netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def plug(ns: NetNs, veth: str, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address) -> None:
+    """Create and configure the veth pair of the sandbox whose netns is ``ns``."""
+    netns = os.open(_ns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         with IPRoute() as ipr:
             try:
@@ -83,7 +115,7 @@ def plug(pid: int, veth: str, gateway: ipaddress.IPv4Address, address: ipaddress
             ipr.route("add", dst=f"{address}/32", oif=index, prefsrc=str(gateway), scope="link")
     finally:
         os.close(netns)
-    in_netns(pid, lambda: _configure_inside(gateway, address))
+    in_netns(ns, lambda: _configure_inside(gateway, address))
 
 
 def _configure_inside(gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address) -> None:

@@ -4,7 +4,9 @@ Pure (no I/O, unit-tested); ``nft_priv`` loads the text. One table ``inet corral
 server, so servers sharing a host never touch each other's rules. The evaluation order, for a
 packet from a sandbox (docs/network.md):
 
-    to the host itself (input hook)   → only DNS to the gateway, from the sandbox's own address
+    to the host itself (input hook)   → only DNS to the gateway, from the sandbox's own address,
+                                        and replies on connections the host opened from the gateway
+                                        (the server reaching a gVisor sandbox's port over its veth)
     forwarded (forward hook)          → spoofed source / IPv6 / to any sandbox: drop
                                       → established flows: accept
                                       → always-denied ranges, private ranges not opened by the operator: drop
@@ -72,6 +74,7 @@ table inet {t} {{
   }}
   chain to_host {{
     meta nfproto ipv4 iifname . ip saddr @sandboxes ip daddr {gateway} udp dport 53 accept
+    meta nfproto ipv4 iifname . ip saddr @sandboxes ip daddr {gateway} ct direction reply ct state established accept
     drop
   }}
   chain forward {{

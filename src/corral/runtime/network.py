@@ -142,10 +142,11 @@ class Network:
         self._by_id[sandbox_id] = att
         return att
 
-    def plug(self, att: Attachment, pid: int) -> None:
-        """Thread: give the sandbox's netns (that of ``pid``) its link, routes and filter rules."""
+    def plug(self, att: Attachment, ns: netns_priv.NetNs) -> None:
+        """Thread: give the sandbox's netns (that of pid ``ns``, or at path ``ns``) its link, routes
+        and filter rules."""
         assert self.gateway is not None
-        netns_priv.plug(pid, att.veth, self.gateway, att.address)
+        netns_priv.plug(ns, att.veth, self.gateway, att.address)
         nft_priv.run(netrules.attach(self.names, att.slot, att.address, att.client.policy))
         self.forwarder.clients[str(att.address)] = att.client
 

@@ -19,13 +19,15 @@ SENTRY_THREADS = 256  # host tasks of the sentry, gofer and runsc beyond one per
 ID_RANGE = 65536
 
 
-def runsc_flags(state_root: Path) -> list[str]:
-    """runsc's global flags, the same for every subcommand on one server."""
+def runsc_flags(state_root: Path, networked: bool = False) -> list[str]:
+    """runsc's global flags, the same for every subcommand on one server (``networked``: for ``run``
+    of a sandbox with a veth in its netns)."""
     return [
         "runsc",
         f"--root={state_root}",
         "--platform=ptrace",  # kvm hangs on PVM hosts; this runsc has no systrap
-        "--network=none",  # netstack with loopback only: no host interface at all
+        # netstack either way: with the veth runsc finds in the sandbox's netns, or loopback only
+        "--network=sandbox" if networked else "--network=none",
         "--ignore-cgroups",  # the launcher places runsc in the sandbox's cgroups itself
         "--file-access=exclusive",  # the gofer owns the root: the sentry may cache it
         "--host-uds=none",
@@ -44,9 +46,12 @@ def pids_limit(plan: LaunchPlan) -> int:
     return plan.limits.pids + SENTRY_THREADS
 
 
-def config(plan: LaunchPlan) -> dict[str, Any]:
+def config(plan: LaunchPlan, netns: str | None = None) -> dict[str, Any]:
     """The OCI runtime config of one sandbox: the pre-mounted overlay (with the agent's runtime bound
-    read-only under ``/.corral``) as root, ids shifted like bwrap's, the agent as its only process."""
+    read-only under ``/.corral``) as root, ids shifted like bwrap's, the agent as its only process.
+    ``netns``: the path of the network namespace the server made and plugged (networked sandboxes);
+    without it runsc makes an empty one."""
+    network: dict[str, str] = {"type": "network", **({"path": netns} if netns else {})}
     caps = list(AGENT_CAPS)
     mapping = [{"containerID": 0, "hostID": plan.id_offset, "size": ID_RANGE}]
     return {
@@ -71,9 +76,12 @@ def config(plan: LaunchPlan) -> dict[str, Any]:
              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777"]},
+            # networked: /etc/resolv.conf naming the gateway (bwrap's --ro-bind of the same file)
+            *[{"destination": inside, "type": "bind", "source": str(src), "options": ["rbind", "ro"]}
+              for src, inside in plan.net_files],
         ],
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network", "user")],
+            "namespaces": [*[{"type": t} for t in ("pid", "ipc", "uts", "mount")], network, {"type": "user"}],
             # runsc runs its gofer and sentry in a user namespace with this map: files the sandbox
             # creates are owned by host ids id_offset.., exactly as under bwrap (and commit alike)
             "uidMappings": mapping,

@@ -23,7 +23,7 @@ from corral.agent.client import AgentClient
 from corral.agent.protocol import is_unicode
 from corral.config import Settings
 from corral.runtime.backend import ISOLATIONS, Backend, RuntimeFailure, SandboxSpec, SandboxUsage
-from corral.runtime.netpolicy import INTERNET, NONE, NetworkPolicy
+from corral.runtime.netpolicy import INTERNET, NetworkPolicy
 from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
@@ -133,7 +133,7 @@ class SandboxService:
         isolation = req.isolation or ""  # a template's own isolation option goes between the two
         if isolation and isolation not in ISOLATIONS:
             raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
-        network = self._network(isolation, req.network)
+        network = self._network(req.network)
         return SandboxSpec(
             sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in template.refs), cpu=cpu,
             memory_mb=memory, disk_mb=disk, network=network, isolation=isolation,
@@ -435,13 +435,8 @@ class SandboxService:
             return None
         return self.pool.take(key)
 
-    def _network(self, isolation: str, requested: NetworkPolicy | None) -> NetworkPolicy:
-        """The network a sandbox gets: the request's (default internet); gVisor's has loopback only
-        in this version (runsc --network=none, docs/gvisor.md), so egress rules for it are refused."""
-        if (isolation or self.settings.backend) == "gvisor":
-            if requested is not None and (requested.allow or requested.deny):
-                raise InvalidRequest("network: gVisor sandboxes have loopback only in this version; no egress rules")
-            return NONE
+    def _network(self, requested: NetworkPolicy | None) -> NetworkPolicy:
+        """The network a sandbox gets: the request's (default internet), on either backend."""
         return replace(requested or INTERNET, max_connections=self.settings.net_max_connections)
 
     def _room(self) -> int:
@@ -451,7 +446,7 @@ class SandboxService:
     async def _start_pooled(self, key: PoolKey) -> str:
         """Start one sandbox for the pool: what a create of ``key.template`` with defaults would start."""
         info = self.templates.get(key.template)
-        network = self._network("", None)  # the pool holds sandboxes of the server's default isolation
+        network = self._network(None)  # the pool holds sandboxes of the server's default isolation
         spec = SandboxSpec(
             sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in info.refs), cpu=key.cpu,
             memory_mb=key.memory_mb, disk_mb=key.disk_mb, network=network,
