@@ -80,7 +80,7 @@ def test_build_from_a_directory_then_use_rebuild_and_delete(sdk_env: Server, tmp
 
     with Sandbox.create(template=name, timeout=60) as sbx:
         assert sbx.files.read("/opt/app/hello.txt") == "hello from the context\n"
-        listing = sbx.commands.run("ls -A /opt/app; readlink /opt/app/link").stdout.split()
+        listing = sbx.commands.run("cd /opt/app && printf '%s\\n' .[!.]* *; readlink link").stdout.split()
         assert listing == [".dockerignore", "hello.txt", "link", "hello.txt"]  # no secret.txt, no Dockerfile
         with pytest.raises(ConflictException, match=name):
             Template.delete(name)  # a running sandbox uses it

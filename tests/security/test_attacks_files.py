@@ -238,7 +238,8 @@ def test_links_cannot_reach_host_or_template_files(api: httpx.Client, server: Se
     for path, (sha, mode) in victims.items():
         assert (digest(rootfs / path), (rootfs / path).stat().st_mode) == (sha, mode), path
     with sandboxes(api, 1) as (other,):
-        r = run_command(api, other, "stat -c %a /usr/bin/env; wc -c < /etc/passwd; tail -c 8 /usr/bin/env")
+        mode = "python3 -c 'import os; print(oct(os.stat(\"/usr/bin/env\").st_mode & 0o7777)[2:])'"
+        r = run_command(api, other, f"{mode}; wc -c < /etc/passwd; tail -c 8 /usr/bin/env")
         assert r.stdout.split("\n")[0] == "755" and int(r.stdout.split("\n")[1]) > 0
         assert "appended" not in r.stdout
 

@@ -29,13 +29,14 @@ from sandbox_probe import (
     sandboxes,
 )
 
-from conftest import Server, run_command
+from conftest import TEST_BACKEND, Server, run_command
 
 PROBES = r"""
 import ctypes, errno, json, os, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 NR = json.loads(sys.argv[1])
+AGENT = int(sys.argv[2])  # the agent's pid: 2 under bwrap (its init is 1), 1 under gVisor
 
 def sc(name, *args):
     r = libc.syscall(ctypes.c_long(NR[name]), *(ctypes.c_long(a) for a in args))
@@ -75,12 +76,22 @@ def tcp_loopback():
     socket.create_connection(server.getsockname()).close()
 
 def read_own_cgroup():
-    assert open("/proc/self/cgroup").read()
+    open("/proc/self/cgroup").read()  # gVisor: empty (no cgroups inside)
+
+def open_made_devices():
+    for name in ("blk", "mem"):
+        try:
+            os.close(os.open(f"/tmp/{name}-{os.getuid()}", os.O_RDONLY))
+        except FileNotFoundError:
+            continue  # not made (bwrap): nothing to open
+        return  # opened: the attack worked
+    raise OSError(errno.ENXIO, "no device opened")
 
 PROBES = {
     # denied (each with its twin below)
-    "mknod_block": lambda: os.mknod("/tmp/blk", 0o600 | 0o060000, os.makedev(8, 0)),
-    "mknod_char_mem": lambda: os.mknod("/tmp/mem", 0o600 | 0o020000, os.makedev(1, 1)),
+    "mknod_block": lambda: os.mknod(f"/tmp/blk-{os.getuid()}", 0o600 | 0o060000, os.makedev(8, 0)),
+    "mknod_char_mem": lambda: os.mknod(f"/tmp/mem-{os.getuid()}", 0o600 | 0o020000, os.makedev(1, 1)),
+    "open_made_devices": open_made_devices,
     "mount_tmpfs": lambda: sc("mount", c_str(b"none"), c_str(b"/mnt"), c_str(b"tmpfs"), 0, 0),
     "mount_cgroup": lambda: sc("mount", c_str(b"none"), c_str(b"/mnt"), c_str(b"cgroup"), 0, c_str(b"memory")),
     "fsopen_tmpfs": lambda: sc("fsopen", c_str(b"tmpfs"), 0),
@@ -96,10 +107,11 @@ PROBES = {
     "unshare_mount": lambda: sc("unshare", 0x00020000),
     "setns_init_mnt": lambda: sc("setns", os.open("/proc/1/ns/mnt", os.O_RDONLY), 0),
     "ptrace_attach_init": lambda: sc("ptrace", 16, 1, 0, 0),
-    "ptrace_attach_agent": lambda: sc("ptrace", 16, 2, 0, 0),
-    "process_vm_readv_agent": lambda: sc("process_vm_readv", 2, 0, 0, 0, 0, 0),
-    "open_agent_mem": lambda: os.close(os.open("/proc/2/mem", os.O_RDONLY)),
-    "readlink_agent_fd": lambda: os.readlink("/proc/2/fd/0"),
+    "ptrace_attach_agent": lambda: sc("ptrace", 16, AGENT, 0, 0),
+    "process_vm_readv_agent": lambda: sc("process_vm_readv", AGENT, 0, 0, 0, 0, 0),
+    "open_agent_mem": lambda: os.close(os.open(f"/proc/{AGENT}/mem", os.O_RDONLY)),
+    "readlink_agent_fd": lambda: os.readlink(f"/proc/{AGENT}/fd/0"),
+    "open_agent_fd": lambda: os.close(os.open(f"/proc/{AGENT}/fd/0", os.O_RDWR)),
     "raw_socket": lambda: sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
     "packet_socket": lambda: sock(socket.AF_PACKET, socket.SOCK_RAW, 0),
     "syslog_read": lambda: sc("syslog", 3, c_str(bytes(64)), 64),
@@ -121,7 +133,7 @@ PROBES = {
     "netlink_route": lambda: sock(socket.AF_NETLINK, socket.SOCK_RAW, 0),
     "tcp_loopback": tcp_loopback,
     "read_own_cgroup": read_own_cgroup,
-    "sysctl_read": lambda: open("/proc/sys/kernel/osrelease").read(),
+    "sysctl_read": lambda: open("/proc/sys/vm/overcommit_memory").read(),
 }
 print(json.dumps({name: run(fn) for name, fn in PROBES.items()}))
 """
@@ -134,12 +146,25 @@ SYSCALLS = {  # x86_64, aarch64
     "sethostname": (170, 161),
 }
 DENIED = [
-    "mknod_block", "mknod_char_mem", "mount_tmpfs", "mount_cgroup", "fsopen_tmpfs", "umount_proc", "keyctl_session",
+    "mknod_block", "mknod_char_mem", "open_made_devices", "mount_tmpfs", "mount_cgroup", "fsopen_tmpfs",
+    "umount_proc", "keyctl_session",
     "add_key", "bpf_map_create", "perf_event_open", "userfaultfd", "io_uring_setup", "unshare_user", "unshare_net",
     "unshare_mount", "setns_init_mnt", "ptrace_attach_init", "ptrace_attach_agent", "process_vm_readv_agent",
-    "open_agent_mem", "readlink_agent_fd", "raw_socket", "packet_socket", "syslog_read", "kcore", "sysctl_write",
-    "open_by_handle_at", "init_module", "clock_settime", "sethostname",
+    "open_agent_mem", "readlink_agent_fd", "open_agent_fd", "raw_socket", "packet_socket", "syslog_read", "kcore",
+    "sysctl_write", "open_by_handle_at", "init_module", "clock_settime", "sethostname",
 ]
+GVISOR = TEST_BACKEND == "gvisor"
+AGENT_PID = 1 if GVISOR else 2
+# What gVisor's sentry serves by design where bwrap's seccomp or the host kernel refuses, and for
+# whom (docs/gvisor.md): the call succeeds inside the user-space kernel and reaches nothing on the
+# host. Its namespaces, io_uring rings, kernel log and device nodes are the sentry's own (a node
+# made there opens nothing: `open_made_devices` stays denied). gVisor's /proc shows the agent's fd
+# names (not the fds: `open_agent_fd` stays denied) to every sandbox user.
+SENTRY_SERVES = {
+    "mknod_block": {"user", "root"}, "mknod_char_mem": {"user", "root"}, "io_uring_setup": {"user", "root"},
+    "unshare_user": {"user", "root"}, "unshare_mount": {"user", "root"}, "syslog_read": {"user", "root"},
+    "readlink_agent_fd": {"user", "root"},
+}
 ALLOWED = [
     "mkfifo", "eventfd", "memfd", "fork", "own_child_mem", "own_mem", "own_ns", "udp_socket", "netlink_route",
     "tcp_loopback", "read_own_cgroup", "sysctl_read",
@@ -154,7 +179,7 @@ def probe_results(server: Server) -> dict[str, dict[str, str]]:
         put(api, sid, "/tmp/probes.py", PROBES)
         results = {}
         for user in ("user", "root"):
-            ran = run_command(api, sid, f"python3 /tmp/probes.py '{numbers}'", user=user, timeout=60)
+            ran = run_command(api, sid, f"python3 /tmp/probes.py '{numbers}' {AGENT_PID}", user=user, timeout=60)
             assert ran.exit_code == 0, ran.stderr
             results[user] = json.loads(ran.stdout.strip().splitlines()[-1])
         return results
@@ -167,8 +192,12 @@ def test_kernel_surface_is_denied(probe_results: dict[str, dict[str, str]], user
     unmount /proc, use keyrings, bpf, perf, userfaultfd, io_uring, new namespaces or another
     namespace, ptrace or read the memory/fds of init and the agent, raw and packet sockets, the
     kernel log, /proc/kcore, sysctls, file handles, modules, the clock and the hostname. Each
-    must fail (seccomp, missing capabilities, the user namespace, or a non-dumpable agent)."""
-    assert probe_results[user][probe] != "ok", f"{probe} succeeded as {user}"
+    must fail (seccomp, missing capabilities, the user namespace, or a non-dumpable agent).
+    gVisor: what its sentry serves by design (``SENTRY_SERVES``) succeeds there, inside it."""
+    if GVISOR and user in SENTRY_SERVES.get(probe, ()):
+        assert probe_results[user][probe] == "ok", f"{probe} as {user}: {probe_results[user][probe]}"
+    else:
+        assert probe_results[user][probe] != "ok", f"{probe} succeeded as {user}"
 
 
 @pytest.mark.parametrize("user", ["user", "root"])
@@ -243,7 +272,8 @@ def test_cgroup_cannot_be_left_or_changed(api: httpx.Client, server: Server, san
                 pass
         print(json.dumps({"found": found, "wrote": wrote, "own": open("/proc/self/cgroup").read()}))
     """, user="root")
-    assert result["found"] == [] and result["wrote"] == [] and result["own"]
+    assert result["found"] == [] and result["wrote"] == []
+    assert result["own"] if not GVISOR else result["own"] == ""  # gVisor has no cgroups inside at all
     members = set(host_pids(sandbox))
     assert members and all(int(pid) in members for pid in procs_file.read_text().split())
     assert {p: p.read_text() for p in limits} == before and before
@@ -321,6 +351,14 @@ def test_init_hijacked_by_root_cannot_fill_the_host_disk(api: httpx.Client, serv
     try:
         outside = {p: p.stat().st_size for p in sandbox_dir(server, sid).iterdir() if p.is_file()}
         put(api, sid, "/tmp/inject.py", INJECT)
+        if GVISOR:  # pid 1 is the non-dumpable agent itself: its memory stays closed, nothing is written
+            # (and gVisor has no /proc/1/syscall to find the pc by): opening it for writing fails
+            r = run_command(api, sid, "python3 -c 'import os; os.open(\"/proc/1/mem\", os.O_RDWR)'", user="root")
+            assert r.exit_code != 0 and "PermissionError" in r.stderr, r
+            assert (disk_mount(server, sid) / "runtime.log").stat().st_size < 1 << 20
+            assert {p: p.stat().st_size for p in outside} == outside
+            assert run_command(api, sid, "echo alive").stdout == "alive\n"
+            return
         r = api.post(f"/v1/sandboxes/{sid}/commands",
                      json={"cmd": f"python3 /tmp/inject.py {128 * 256}", "user": "root"})
         assert r.status_code == 200  # its stream ends when the agent is killed
@@ -344,7 +382,7 @@ def test_agent_memory_is_closed_to_sandbox_root(api: httpx.Client, sandbox: str)
     has the agent's uid and capabilities). The agent was dumpable until its first file operation
     as another user; now it makes itself non-dumpable at start. Checked on a fresh sandbox before
     any other file operation. Twin: root can open the memory of a process of its own."""
-    ran = run_command(api, sandbox, "exec 3</proc/2/mem && echo agent-open; sleep 60 & exec 4</proc/$!/mem && "
-                      "echo own-open; kill %1", user="root")
+    ran = run_command(api, sandbox, f"exec 3</proc/{AGENT_PID}/mem && echo agent-open; sleep 60 & "
+                      "exec 4</proc/$!/mem && echo own-open; kill %1", user="root")
     assert "agent-open" not in ran.stdout and "Permission denied" in ran.stderr
     assert "own-open" in ran.stdout

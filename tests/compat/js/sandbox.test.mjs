@@ -104,7 +104,9 @@ describe('commands and files', () => {
     await assert.rejects(sbx.files.read('/home/user/js/hello.txt'), (err) => err instanceof FileNotFoundError)
 
     // files written through the SDK are visible to commands, as the same user
-    const owner = await sbx.commands.run('stat -c %U /home/user/js/data.bin')
+    // python, not coreutils stat: gVisor's runsc rejects its statx flags (docs/gvisor.md)
+    const owner = await sbx.commands.run(
+      'python3 -c "import os, pwd; print(pwd.getpwuid(os.stat(\'/home/user/js/data.bin\').st_uid).pw_name)"')
     assert.equal(owner.stdout, 'user\n')
   })
 })
