@@ -37,7 +37,11 @@ def test_symlinks_and_dotdot_resolve_inside_the_sandbox(api: httpx.Client, run, 
         pw = api.get(base, params={"path": "/home/user/pw"}).text
         assert "user:x:1000:1000" in pw  # the sandbox's own passwd
         for path in ("/home/user/s", f"/home/user/root{secret}", f"/../../../..{secret}"):
-            assert api.get(base, params={"path": path, "user": "root"}).status_code == 404  # no such file inside
+            r = api.get(base, params={"path": path, "user": "root"})
+            if GVISOR and path.startswith("/home/user/root/"):  # this runsc: a link to `/` swallows the
+                assert r.status_code == 400 and "Is a directory" in r.text  # rest of the path (docs/gvisor.md)
+                continue
+            assert r.status_code == 404  # no such file inside
             assert "host secret" not in api.get(base, params={"path": path}).text
         assert "user:x:1000" in api.get(base, params={"path": "../../../../etc/passwd"}).text
         # writes through a symlink land inside the sandbox too
@@ -81,18 +85,30 @@ def test_no_capabilities_and_no_host_ids(server: Server, run, sandbox: str) -> N
     mapping = r.stdout.splitlines()[1].split()
     if GVISOR:  # gVisor shows its own identity map; on the host the files root makes are shifted
         assert mapping == ["0", "0", "4294967295"]
-        assert run(sandbox, "echo x > /tmp/ids-probe && sync", user="root").exit_code == 0
-        assert (disk_mount(server, sandbox) / "upper/tmp/ids-probe").stat().st_uid == 1_000_000
+        assert run(sandbox, "echo x > /opt/ids-probe && sync", user="root").exit_code == 0
+        assert (disk_mount(server, sandbox) / "upper/opt/ids-probe").stat().st_uid == 1_000_000
     else:
         assert mapping[0] == "0" and int(mapping[1]) >= 1_000_000  # sandbox root is no host user
-    root = run(sandbox, "mount -t tmpfs none /mnt 2>&1; unshare -U true 2>&1; echo done", user="root")
+    # mount(2) itself (util-linux's mount stats /mnt with flags gVisor's runsc rejects first)
+    mount = ("python3 -c 'import ctypes, os; r = ctypes.CDLL(None, use_errno=True).mount(b\"none\", b\"/mnt\", "
+             "b\"tmpfs\", 0, None); print(os.strerror(ctypes.get_errno()) if r else \"mounted\")'")
+    root = run(sandbox, f"{mount}; unshare -U true 2>&1; echo done", user="root")
     assert "permission denied" in root.stdout.lower() or "not permitted" in root.stdout.lower()
     # gVisor's sentry serves unshare itself (a namespace of the user-space kernel, nothing on the host)
     assert root.stdout.count("ermi") + root.stdout.count("not permitted") >= (1 if GVISOR else 2)
     assert run(sandbox, "apt-get --version >/dev/null && touch /etc/root-can-write", user="root").exit_code == 0
 
 
-def test_fork_bomb_hits_the_pid_limit(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+def until_ended(api: httpx.Client, sandbox_id: str) -> str:
+    """The message of a sandbox that ended on its own, once the server noticed (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while (g := api.get(f"/v1/sandboxes/{sandbox_id}")).status_code == 200:
+        assert time.monotonic() < deadline, "sandbox not marked failed after it ended"
+        time.sleep(0.05)  # polling the server's view of another process's death
+    return str(g.json()["message"])
+
+
+def test_fork_bomb_hits_the_pid_limit(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
     code = (
         "import os\nn=0\n"
         "try:\n"
@@ -102,16 +118,27 @@ def test_fork_bomb_hits_the_pid_limit(run, sandbox: str) -> None:  # type: ignor
         "except OSError as e:\n    print('stopped', n, e.errno, flush=True)\n"
         "os.killpg(0, 9)\n"  # the bomb cleans up its own process group
     )
-    r = run(sandbox, f"python3 -c \"{code}\"", timeout=60)
-    words = r.stdout.split()
-    assert words[0] == "stopped" and int(words[1]) < 1024 and words[2] == "11"  # EAGAIN
-    assert run(sandbox, "echo alive").stdout == "alive\n"
+    sid = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
+    try:
+        r = run(sid, f"python3 -c \"{code}\"", timeout=60)
+        if GVISOR:  # the host pids limit is gVisor's backstop: the sentry cannot grow, the sandbox ends
+            assert "stopped" not in r.stdout
+            assert "failed" in until_ended(api, sid)
+            return
+        words = r.stdout.split()
+        assert words[0] == "stopped" and int(words[1]) < 1024 and words[2] == "11"  # EAGAIN
+        assert run(sid, "echo alive").stdout == "alive\n"
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")
 
 
 def test_memory_limit_oom_kills_and_reports(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
     sid = api.post("/v1/sandboxes", json={"memory_mb": 256, "timeout": 60}).json()["id"]
     try:
         r = run(sid, "python3 -c \"b = bytearray(1 << 30); print(len(b))\"")
+        if GVISOR:  # no OOM killer of gVisor's own: the host's kills the sentry, the sandbox ends
+            assert "out of memory: the sandbox used more than its 256 MiB" in until_ended(api, sid)
+            return
         assert r.exit_code == 137 and "out of memory" in (r.error or "")
         assert api.get(f"/v1/sandboxes/{sid}/metrics").json()["oom_kills"] >= 1
         assert run(sid, "echo alive").stdout == "alive\n"
@@ -135,11 +162,8 @@ def test_cpu_quota_holds(api: httpx.Client, run) -> None:  # type: ignore[no-unt
 
 def test_dying_agent_marks_the_sandbox_failed(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
-    r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "kill -9 2", "user": "root"})
+    agent = 1 if GVISOR else 2  # under bwrap, bwrap's init is pid 1
+    r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": f"kill -9 {agent}", "user": "root"})
     assert r.status_code == 200  # the stream ends when the agent dies
-    deadline = time.monotonic() + 10
-    while (g := api.get(f"/v1/sandboxes/{sid}")).status_code == 200:
-        assert time.monotonic() < deadline, "sandbox not marked failed after its agent died"
-        time.sleep(0.05)
-    assert "failed" in g.json()["message"]
+    assert "failed" in until_ended(api, sid)
     assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
