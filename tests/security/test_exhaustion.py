@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sandbox_probe import new_sandbox
 
-from conftest import Server, run_command
+from conftest import TEST_BACKEND, Server, run_command
 
 HEALTH_P95_LIMIT = 0.100
 RSS_GROWTH_LIMIT = 64 << 20
@@ -58,6 +58,18 @@ def rss(server: Server) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+GVISOR = TEST_BACKEND == "gvisor"  # gVisor: a memory or pids limit ends the whole sandbox (docs/gvisor.md)
+
+
+def until_ended(api: httpx.Client, sandbox_id: str, within: float = 30) -> str:
+    """gVisor: poll until the server reports the sandbox ended on its own; returns the reason."""
+    deadline = time.monotonic() + within
+    while (g := api.get(f"/v1/sandboxes/{sandbox_id}")).status_code == 200:
+        assert time.monotonic() < deadline, f"sandbox {sandbox_id} did not end"
+        time.sleep(0.05)  # polling the server's view of another process's death
+    return str(g.json()["message"])
 
 
 def until_alive(api: httpx.Client, sandbox_id: str, within: float = 30) -> None:
@@ -148,8 +160,11 @@ def test_fork_bomb(api: httpx.Client, server: Server, neighbour: str) -> None:
     try:
         def bomb() -> None:
             r = run_command(api, sid, "bomb() { bomb | bomb & }; bomb; sleep 60", timeout=4)
-            assert r.error and "timed out" in r.error, r
+            assert r.error and ("not reachable" if GVISOR else "timed out") in r.error, r
         under_attack(server, neighbour, "fork bomb", bomb)
+        if GVISOR:  # the host pids limit ended the sandbox (gVisor enforces none of its own)
+            assert "failed" in until_ended(api, sid)
+            return
         until_alive(api, sid)
         deadline = time.monotonic() + 30  # the killed bomb's processes are being reaped: none survives
         while api.get(f"/v1/sandboxes/{sid}/metrics").json()["pids"] >= 16:
@@ -167,8 +182,13 @@ def test_memory_bomb(api: httpx.Client, server: Server, neighbour: str) -> None:
             end = time.monotonic() + 2
             while time.monotonic() < end:
                 r = run_command(api, sid, "python3 -c 'b = []\nwhile True: b.append(bytearray(16 << 20))'")
+                if GVISOR:  # no OOM killer in gVisor: the host's ends the sentry, and with it the sandbox
+                    assert "out of memory" in until_ended(api, sid)
+                    return
                 assert r.exit_code == 137 and "out of memory" in (r.error or "")
         under_attack(server, neighbour, "memory bomb", bomb)
+        if GVISOR:
+            return
         assert run_command(api, sid, "echo alive").stdout == "alive\n"
     finally:
         api.delete(f"/v1/sandboxes/{sid}")
@@ -208,8 +228,13 @@ def test_threads_and_processes(api: httpx.Client, server: Server, neighbour: str
             end = time.monotonic() + 2  # again and again for 2 s, so that p95 has samples enough
             while time.monotonic() < end:
                 r = run_command(api, sid, f"python3 -c '{code}'", timeout=60)
+                if GVISOR:  # each thread is a host stub task: the host pids limit ends the sandbox
+                    assert "failed" in until_ended(api, sid)
+                    return
                 limit = int(r.stdout.split()[0])
         under_attack(server, neighbour, "threads", spawn)
+        if GVISOR:
+            return
         assert 0 < limit < 4096
         assert run_command(api, sid, "echo alive").stdout == "alive\n"
     finally:

@@ -231,7 +231,9 @@ class Builder:
             sandbox_id=sandbox_id, layers=tuple(image.layers), cpu=self.options.cpu,
             memory_mb=self.options.memory_mb, disk_mb=self.options.disk_mb, network=parse_policy(self.options.network),
             binds=((self.build_dir, BUILD_MOUNT),),
-            isolation="bwrap",  # steps need the network, which gVisor sandboxes lack for now (docs/gvisor.md)
+            # Dockerfile steps run coreutils (ls, stat, install...), whose statx flags this runsc
+            # rejects: builds stay on bwrap whatever the default (docs/gvisor.md)
+            isolation="bwrap",
         )
         self.sandbox_env = self.backend.default_env(spec)  # e.g. the host CA bundle for pip/npm/curl
         try:
