@@ -16,9 +16,20 @@ NODE_RECENT := node -e 'const [a, b, c] = process.versions.node.split(".").map(N
 serve: deps
 	$(VENV)/bin/corral serve
 
+# The second pass runs the sandbox-using modules that matter most again with gVisor as the servers'
+# default isolation: commands, files, code interpreter, E2B SDK compat, attacks, isolation, network.
+# The conformance suite in the first pass covers both backends already; docs/gvisor.md has the matrix.
+GVISOR_PASS := tests/integration/test_commands.py tests/integration/test_files.py \
+	tests/integration/test_sandbox_api.py tests/integration/test_sdk.py tests/integration/test_code_api.py \
+	tests/integration/test_sdk_code.py tests/compat/test_e2b_envd.py tests/compat/test_e2b_interpreter.py \
+	tests/compat/test_e2b_control.py tests/compat/test_e2b_network.py tests/security/test_attacks_kernel.py \
+	tests/security/test_attacks_files.py tests/security/test_attacks_api.py tests/security/test_isolation.py \
+	tests/security/test_network.py
+
 test: deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/pytest -q
+	CORRAL_TEST_BACKEND=gvisor $(VENV)/bin/pytest -q $(GVISOR_PASS)
 
 # The whole suite with gVisor as the servers' default isolation (docs/gvisor.md lists what differs).
 test-gvisor: deps

@@ -53,3 +53,23 @@ def test_runsc_has_no_network_no_host_sockets_and_leaves_cgroups_to_us() -> None
 def test_limits_leave_room_for_the_sentry(launch: LaunchPlan) -> None:
     assert oci_spec.memory_limit_bytes(launch) == (256 + oci_spec.SENTRY_OVERHEAD_MB) << 20
     assert oci_spec.pids_limit(launch) == 100 + oci_spec.SENTRY_THREADS
+
+
+def test_a_networked_sandbox_joins_the_netns_the_server_plugged(tmp_path: Path) -> None:
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/python3.11").touch()
+    spec = SandboxSpec(sandbox_id="net1", layers=(tmp_path,), cpu=0.5, memory_mb=256, disk_mb=128)
+    launch = plan(
+        spec, sandboxes_dir=Path("/data/sandboxes"), mounts_dir=Path("/run/corral/x"),
+        runtime=AgentRuntime.find(tmp_path, "x86_64"), agent_src=Path("/src/agent"), id_offset=1_000_000,
+        net_files=((Path("/run/corral-net/x/resolv.conf"), "/etc/resolv.conf"),),
+    )
+    config = oci_spec.config(launch, "/proc/42/fd/7")
+    assert {"type": "network", "path": "/proc/42/fd/7"} in config["linux"]["namespaces"]
+    resolv = config["mounts"][-1]
+    assert resolv == {"destination": "/etc/resolv.conf", "type": "bind", "source": "/run/corral-net/x/resolv.conf",
+                      "options": ["rbind", "ro"]}
+    assert "--network=sandbox" in oci_spec.runsc_flags(Path("/r"), networked=True)
+    assert "--network=none" in oci_spec.runsc_flags(Path("/r"))
+    # without a netns runsc makes an empty one (network "none")
+    assert {"type": "network"} in oci_spec.config(launch)["linux"]["namespaces"]
