@@ -77,6 +77,13 @@ class Lab:
         self.server: subprocess.Popen[str] | None = None
 
     def start(self) -> Lab:
+        try:
+            return self._start()
+        except BaseException:  # e.g. another session's lab holds the fake hosts' routes: leave nothing
+            self.stop()
+            raise
+
+    def _start(self) -> Lab:
         ns, veth = self.netns, self.veth
         _ip("netns", "add", ns)
         _ip("link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
