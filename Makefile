@@ -21,10 +21,9 @@ serve: deps
 # The conformance suite in the first pass covers both backends already; docs/gvisor.md has the matrix.
 GVISOR_PASS := tests/integration/test_commands.py tests/integration/test_files.py \
 	tests/integration/test_sandbox_api.py tests/integration/test_sdk.py tests/integration/test_code_api.py \
-	tests/integration/test_sdk_code.py tests/compat/test_e2b_envd.py tests/compat/test_e2b_interpreter.py \
-	tests/compat/test_e2b_control.py tests/compat/test_e2b_network.py tests/security/test_attacks_kernel.py \
-	tests/security/test_attacks_files.py tests/security/test_attacks_api.py tests/security/test_isolation.py \
-	tests/security/test_network.py
+	tests/compat/test_e2b_envd.py tests/compat/test_e2b_interpreter.py tests/compat/test_e2b_control.py \
+	tests/compat/test_e2b_network.py tests/security/test_attacks_kernel.py tests/security/test_attacks_files.py \
+	tests/security/test_isolation.py tests/security/test_network.py
 
 test: deps
 	$(VENV)/bin/ruff check src tests bench
