@@ -226,7 +226,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
-server = http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H)
+server = http.server.HTTPServer((sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0", int(sys.argv[1])), H)
 if os.fork():
     os._exit(0)  # listening before the command returns: no waiting needed
 os.setsid()
@@ -234,9 +234,9 @@ server.serve_forever()
 """
 
 
-def serve(api: httpx.Client, sandbox_id: str, port: int) -> None:
-    """Start an HTTP server on ``port`` in the sandbox; returns once it listens."""
-    cmd = f"python3 -c \"$SERVE\" {port} </dev/null >/dev/null 2>&1"
+def serve(api: httpx.Client, sandbox_id: str, port: int, host: str = "0.0.0.0") -> None:
+    """Start an HTTP server on ``host``:``port`` in the sandbox; returns once it listens."""
+    cmd = f"python3 -c \"$SERVE\" {port} {host} </dev/null >/dev/null 2>&1"
     assert run_command(api, sandbox_id, cmd, envs={"SERVE": SERVE}).exit_code == 0
 
 
@@ -276,6 +276,7 @@ def test_exposed_ports_answer_through_the_api_with_the_access_token(napi: httpx.
     try:
         serve(napi, sid, 8000)
         serve(napi, other["id"], 8000)  # "none" sandboxes expose ports too
+        serve(napi, sid, 8002, "127.0.0.1")
         with httpx.Client(base_url=netserver.url, timeout=30) as anon:
             by_path = anon.get(f"/v1/sandboxes/{sid}/ports/8000/some/where", params={"q": "1"},
                                headers={"X-Access-Token": token})
@@ -299,6 +300,10 @@ def test_exposed_ports_answer_through_the_api_with_the_access_token(napi: httpx.
             assert missing.status_code == 401 and sid in missing.json()["message"]
             wrong = anon.get(f"/v1/sandboxes/{sid}/ports/8000/", headers={"X-Access-Token": other["access_token"]})
             assert wrong.status_code == 401
+            # a server on loopback only: bwrap reaches it inside the netns; under gVisor netstack owns
+            # the loopback, so the host cannot (docs/gvisor.md)
+            local = anon.get(f"/v1/sandboxes/{sid}/ports/8002/", headers={"X-Access-Token": token})
+            assert local.status_code == (502 if TEST_BACKEND == "gvisor" else 200), local.text
             closed = anon.get(f"/v1/sandboxes/{sid}/ports/8001/", headers={"X-Access-Token": token})
             assert closed.status_code == 502 and "8001" in closed.json()["message"]
         assert napi.get(f"/v1/sandboxes/{sid}/ports/8000/").status_code == 200  # an API key that may use it
