@@ -26,7 +26,7 @@ from corral.runtime.plan import LaunchPlan
 
 _JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 # This runsc takes any netns in which /proc/sys/net/core/rmem_default exists for the host's and
-# refuses it; since Linux 6.x every netns has that file. So runsc gets a mount namespace of its own
+# refuses it; on newer kernels (6.18 here) every netns has that file. So runsc gets a mount namespace of its own
 # (host mounts still propagate into it) where an empty read-only tmpfs covers /proc/sys/net. Its
 # gofer, in a user namespace, may mount a procfs only while one procfs there is fully visible: a
 # second, uncovered procfs is mounted on the sandbox's empty ``proc`` dir for that.
