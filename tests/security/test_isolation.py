@@ -104,6 +104,11 @@ def test_memory_limit_oom_kills_and_reports(api: httpx.Client, run) -> None:  # 
         assert r.exit_code == 137 and "out of memory" in (r.error or "")
         assert api.get(f"/v1/sandboxes/{sid}/metrics").json()["oom_kills"] >= 1
         assert run(sid, "echo alive").stdout == "alive\n"
+        # a later plain SIGKILL is not blamed on that OOM; a second OOM is reported again
+        r = run(sid, "kill -9 $$")
+        assert r.exit_code == 137 and r.error == "terminated by signal SIGKILL"
+        r = run(sid, "python3 -c \"b = bytearray(1 << 30); print(len(b))\"")
+        assert r.exit_code == 137 and "out of memory" in (r.error or "")
     finally:
         api.delete(f"/v1/sandboxes/{sid}")
 
