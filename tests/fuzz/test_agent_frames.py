@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corral.agent.client import Channel
 from corral.agent.copyin import owner_ids
 from corral.agent.protocol import (
     ERROR_KINDS,
@@ -31,7 +32,6 @@ from corral.agent.protocol import (
     OPS,
     AgentError,
     AgentUnavailable,
-    Channel,
     Request,
     decode_json,
     is_unicode,

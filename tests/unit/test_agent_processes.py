@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, wait_until
 
-from corral.agent import AgentError, Exit, Output
+from corral.agent.protocol import AgentError, Exit, Output
 
 __all__ = ["agent"]  # the fixture, imported from the harness
 

@@ -18,9 +18,8 @@ import pytest
 from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, start_agent, wait_until
 
 import corral.agent
-from corral.agent import AgentClient, AgentError, AgentUnavailable
-from corral.agent.client import DonatedAgentClient, Donor
-from corral.agent.protocol import ERROR_KINDS, OPS
+from corral.agent.client import AgentClient, DonatedAgentClient, Donor
+from corral.agent.protocol import ERROR_KINDS, OPS, AgentError, AgentUnavailable
 from corral.agent.server import Agent
 
 __all__ = ["agent"]  # the fixture, imported from the harness
