@@ -144,6 +144,7 @@ class Process:
         self._pump = threading.Thread(target=self._run, name=f"pump-{self.pid}", daemon=True)
 
     def start(self) -> None:
+        """Start the pump (and the timeout); until then output waits in the pipes."""
         if self._timer is not None:
             self._timer.daemon = True
             self._timer.start()
@@ -356,8 +357,7 @@ class ProcessTable:
                 process.listeners.add(listener)
             self.running[process.pid] = process
             self.finished.pop(process.pid, None)  # a reused pid no longer names the old process
-        process.start()
-        return process
+        return process  # the caller starts it (`Process.start`), right after replying
 
     def get(self, pid: int) -> Process:
         with self.lock:

@@ -143,7 +143,7 @@ class Agent:
         except BaseException:
             listener.close()
             raise
-        self._stream(chan, process, listener)
+        self._stream(chan, process, listener, start=True)
 
     def op_attach(self, chan: SyncChannel, req: Request) -> None:
         pid = req.integer("pid")
@@ -185,10 +185,16 @@ class Agent:
     def op_processes(self, chan: SyncChannel, req: Request) -> None:
         chan.send_json({"ok": True, "processes": self.processes.snapshot()})
 
-    def _stream(self, chan: SyncChannel, process: Process, listener: Listener) -> None:
-        """Reply with the pid, then forward the listener's output and exit until either side ends."""
+    def _stream(self, chan: SyncChannel, process: Process, listener: Listener, start: bool = False) -> None:
+        """Reply with the pid, then forward the listener's output and exit until either side ends.
+        With `start`, the process's pump starts after the reply went out: the reply goes first
+        (starting a thread takes a while, and the command may be one that kills the agent)."""
         try:
-            chan.send_json({"ok": True, "pid": process.pid})
+            try:
+                chan.send_json({"ok": True, "pid": process.pid})
+            finally:
+                if start:
+                    process.start()
             poller = select.poll()
             poller.register(chan.fileno(), PEER)
             poller.register(listener.fd, select.POLLIN)
