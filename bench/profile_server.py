@@ -154,9 +154,10 @@ def agent_ready(agent_src: Path, samples: int) -> tuple[list[float], int, int]:
     """Spawn → first ping reply of the agent itself (listening fd inherited, as a sandbox starts it),
     and its RssAnon / Pss_Anon in KiB once it answered."""
     times, anon, pss = [], 0, 0
-    for _ in range(samples):
+    for n in range(samples):
+        name = f"\0corral-bench-agent-{os.getpid()}-{time.monotonic_ns()}-{n}"  # the last agent may still hold its own
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-            listener.bind(f"\0corral-bench-agent-{os.getpid()}")
+            listener.bind(name)
             listener.listen(8)
             fd = listener.fileno()
             started = time.perf_counter()
@@ -164,7 +165,7 @@ def agent_ready(agent_src: Path, samples: int) -> tuple[list[float], int, int]:
                                     stderr=subprocess.DEVNULL)
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                    conn.connect(f"\0corral-bench-agent-{os.getpid()}")
+                    conn.connect(name)
                     conn.sendall(PING)
                     if not conn.recv(64):
                         raise RuntimeError("the agent closed the connection")

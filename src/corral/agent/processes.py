@@ -138,7 +138,8 @@ class Process:
         # readable once reaped (never drained): wakes the pump and stdin writers
         self._reaped_r, self._reaped_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._reaped = threading.Event()  # set after that pipe was written: the pump may close it
-        self._stdin_lock = threading.Lock()  # also guards closing the fds
+        self._stdin_lock = threading.Lock()  # one writer at a time; held while waiting for room
+        self._fd_lock = threading.Lock()  # short: the fds stay open while it (or the above) is held
         self._timed_out = False
         self._timer = threading.Timer(spec.timeout, self._on_timeout) if spec.timeout > 0 else None
         self._pump = threading.Thread(target=self._run, name=f"pump-{self.pid}", daemon=True)
@@ -168,7 +169,7 @@ class Process:
             os.killpg(self.pid, sig)
 
     def resize(self, cols: int, rows: int) -> None:
-        with self._stdin_lock:
+        with self._fd_lock:  # not the stdin lock: a writer may wait on a full terminal for long
             if self.spec.pty is None or self._stdin_fd is None:
                 raise AgentError("invalid", f"process {self.pid} has no terminal")
             _set_window_size(self._stdin_fd, cols, rows)
@@ -194,8 +195,9 @@ class Process:
                 except BrokenPipeError:
                     raise AgentError("invalid", f"process {self.pid} closed its stdin") from None
             if eof and self.spec.pty is None:
-                os.close(self._stdin_fd)
-                self._stdin_fd = None
+                with self._fd_lock:
+                    os.close(self._stdin_fd)
+                    self._stdin_fd = None
 
     def kill_group(self) -> None:
         self.signal(signal.SIGKILL)
@@ -222,7 +224,7 @@ class Process:
         self._reaped.wait()
         if self._timer is not None:
             self._timer.cancel()
-        with self._stdin_lock:
+        with self._stdin_lock, self._fd_lock:  # writers see the reaped pipe and let go
             stdin = [self._stdin_fd] if self._stdin_fd is not None else []
             for fd in {*self._outputs, self._reaped_r, self._reaped_w, *stdin}:
                 os.close(fd)
