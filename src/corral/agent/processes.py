@@ -194,6 +194,10 @@ class Process:
                     poller.poll()  # writable, or reaped
                 except BrokenPipeError:
                     raise AgentError("invalid", f"process {self.pid} closed its stdin") from None
+                except OSError as exc:
+                    if exc.errno != errno.EIO:
+                        raise
+                    raise AgentError("invalid", f"the terminal of process {self.pid} was hung up") from None
             if eof and self.spec.pty is None:
                 with self._fd_lock:
                     os.close(self._stdin_fd)
