@@ -27,8 +27,8 @@ from conftest import (
     run_command,
     start_server,
 )
-from corral.agent import AgentError, AgentUnavailable, Exit, Output
 from corral.agent.client import AgentClient
+from corral.agent.protocol import AgentError, AgentUnavailable, Exit, Output
 from corral.config import Settings
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec
 from corral.runtime.backends import Backends
