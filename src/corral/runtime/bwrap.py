@@ -86,7 +86,7 @@ class BwrapBackend:
             att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
             loop = asyncio.get_running_loop()
-            spawning = loop.run_in_executor(self._spawner, launch_priv.spawn, p, prepared, self.seccomp)
+            spawning = loop.run_in_executor(self._spawner, launch_priv.spawn, p, prepared, self.seccomp, self.cgroups)
             cancelled = False
             while True:  # a cancelled create still takes the bwrap it started, so destroy can end it
                 try:
@@ -105,7 +105,7 @@ class BwrapBackend:
                     os.close(fd)
                 raise asyncio.CancelledError
             plug = partial(net.plug, att) if net and att else None
-            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, self.cgroups, plug)
+            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, plug)
             await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
             await self.destroy(spec.sandbox_id)
