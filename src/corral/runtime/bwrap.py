@@ -99,7 +99,7 @@ class BwrapBackend:
             live = _Live(p, spawned.process, os.pidfd_open(spawned.process.pid), loop.create_future())
             self._live[spec.sandbox_id] = live
             loop.add_reader(live.pidfd, self._reap, spec.sandbox_id, live)
-            if cancelled:  # not admitted: bwrap is still blocked, outside the cgroups' reach
+            if cancelled:  # never admitted: bwrap would wait on its block fd until teardown
                 spawned.process.kill()
                 for fd in (spawned.info_r, spawned.block_w):
                     os.close(fd)
