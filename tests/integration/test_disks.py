@@ -86,3 +86,20 @@ def test_a_damaged_or_unverifiable_cached_image_is_rebuilt(sandboxes: Path) -> N
     assert cached.stat().st_ino != inode and os.getxattr(cached, "user.corral.sha256")
     cached.unlink()  # missing: built again
     assert (new_disk(sandboxes, "fourth") / "disk" / "upper").is_dir() and cached.is_file()
+
+
+def test_without_user_xattrs_the_image_is_trusted_by_its_builder_only(
+    sandboxes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*_: object) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", unsupported)
+    new_disk(sandboxes, "a")
+    cached = sandboxes.parent / mounts_priv.DISK_CACHE / "ext4-64m.img"
+    built = cached.stat().st_ino
+    new_disk(sandboxes, "b")
+    assert cached.stat().st_ino == built  # this process built it: reused
+    monkeypatch.setattr(mounts_priv, "_checked", set())  # another server process
+    new_disk(sandboxes, "c")
+    assert cached.stat().st_ino != built  # no digest to check it against: built again

@@ -148,7 +148,8 @@ def _pristine(cache: Path, size_mb: int) -> Path:
             with open(tmp, "wb") as f:
                 f.truncate(size_mb << 20)
             _run([*_MKFS, str(tmp)])
-            os.setxattr(tmp, _DIGEST_XATTR, _digest(tmp).encode())
+            with contextlib.suppress(OSError):  # no user xattrs here: trusted by this process only
+                os.setxattr(tmp, _DIGEST_XATTR, _digest(tmp).encode())
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.rename(tmp, path)  # atomic: readers see the whole image or none
