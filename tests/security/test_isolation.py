@@ -81,6 +81,35 @@ def test_no_capabilities_and_no_host_ids(run, sandbox: str) -> None:  # type: ig
     assert run(sandbox, "apt-get --version >/dev/null && touch /etc/root-can-write", user="root").exit_code == 0
 
 
+def test_cgroup_paths_show_no_host_path(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    """/proc/self/cgroup names no host cgroup (no instance dir, no sandbox id, no ``..``): the
+    sandbox's cgroup namespace is rooted at its own groups in every hierarchy, for its init too.
+    Twin: from the host, that init is in the sandbox's groups (memory, pids, cpu, cpuacct, cgroup2)."""
+    r = run(sandbox, "cat /proc/self/cgroup /proc/1/cgroup", user="root")
+    lines = r.stdout.split()
+    assert lines and all(line.split(":", 2)[2] == "/" for line in lines), lines
+    assert "corral" not in r.stdout and sandbox not in r.stdout
+    inits = [view for proc in Path("/proc").iterdir() if proc.name.isdigit() and _nspid(proc) == "1"
+             and f"/{sandbox}" in (view := _read(proc / "cgroup"))]
+    assert len(inits) == 1 and inits[0].count(f"/{sandbox}\n") >= 4, inits
+
+
+def _nspid(proc: Path) -> str | None:
+    """The pid a process has in its own pid namespace (None for the host's)."""
+    for line in _read(proc / "status").splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            return ids[-1] if len(ids) > 1 else None
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def test_fork_bomb_hits_the_pid_limit(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
     code = (
         "import os\nn=0\n"
