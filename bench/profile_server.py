@@ -6,7 +6,8 @@ Workloads (each on a fresh server, py-spy attached to it for the workload only):
 * ``pooled``: two bursts of 50 concurrent creates served from a full warm pool (the refill that
   follows runs inside the profile too);
 * ``exec``: 300 × ``commands.run("true")`` on one live sandbox through the SDK;
-* ``agent`` (no server): the agent's start-up in a raw bwrap, import by import;
+* ``agent`` (no server): the agent's start-up in a raw bwrap, import by import, and the agent's own
+  spawn → first ping reply (``--agent-src`` dirs, e.g. an older tree's, are measured in the same run);
 * ``noop``: 20 bursts of 50 concurrent no-op authenticated calls (``GET /v1/sandboxes``).
 
 py-spy samples every thread of the server process (``--idle`` off: waiting threads don't count) at
@@ -21,8 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -135,18 +139,76 @@ PROBES = {  # what the sandbox's python does before the agent answers, one step 
     "import ssl": "import ssl",
     "import the agent (corral_agent.server)": "import corral_agent.server",
 }
+PING = struct.pack(">Ic", 13, b"J") + b'{"op":"ping"}'  # one frame
 
 
-def agent_startup(samples: int = 10) -> str:
+def _bwrap(agent_src: Path) -> list[str]:
+    from figures import TEMPLATES_ROOT
+
+    return ["bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", str(TEMPLATES_ROOT), "/",
+            "--tmpfs", "/tmp", "--ro-bind", str(agent_src), "/tmp/corral_agent", "--proc", "/proc", "--dev", "/dev",
+            "--setenv", "PYTHONPATH", "/tmp", "/usr/bin/python3", "-s", "-B"]
+
+
+def agent_ready(agent_src: Path, samples: int) -> tuple[list[float], int, int]:
+    """Spawn → first ping reply of the agent itself (listening fd inherited, as a sandbox starts it),
+    and its RssAnon / Pss_Anon in KiB once it answered."""
+    times, anon, pss = [], 0, 0
+    for n in range(samples):
+        name = f"\0corral-bench-agent-{os.getpid()}-{time.monotonic_ns()}-{n}"  # the last agent may still hold its own
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(name)
+            listener.listen(8)
+            fd = listener.fileno()
+            started = time.perf_counter()
+            proc = subprocess.Popen([*_bwrap(agent_src), "-m", "corral_agent", "--listen-fd", str(fd)], pass_fds=[fd],
+                                    stderr=subprocess.DEVNULL)
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                    conn.connect(name)
+                    conn.sendall(PING)
+                    if not conn.recv(64):
+                        raise RuntimeError("the agent closed the connection")
+                times.append(time.perf_counter() - started)
+                agent = _agent_pid(proc.pid)
+                anon = _status_kib(agent, "RssAnon")
+                pss = _rollup_kib(agent, "Pss_Anon")
+            finally:
+                proc.terminate()
+                proc.wait()
+    return times, anon, pss
+
+
+def _agent_pid(bwrap: int) -> int:
+    """The python under bwrap's two processes (the deepest descendant)."""
+    pid = bwrap
+    while True:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except FileNotFoundError:
+            return pid
+        if not children:
+            return pid
+        pid = int(children[0])
+
+
+def _status_kib(pid: int, key: str) -> int:
+    return next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith(key + ":"))
+
+
+def _rollup_kib(pid: int, key: str) -> int:
+    return next(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup") if line.startswith(key + ":"))
+
+
+def agent_startup(samples: int = 10, agent_src: Path = AGENT_SRC) -> str:
     """The agent's start in a raw bwrap with the base template's python (as a sandbox runs it, with
-    ``-s -B``): wall time and anonymous memory per import step, and the slowest imports (-X importtime)."""
-    from figures import TEMPLATES_ROOT, p50
+    ``-s -B``): wall time and anonymous memory per import step, the agent's own spawn → first ping
+    reply, and the slowest imports (-X importtime)."""
+    from figures import p50
 
-    bwrap = ["bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--ro-bind", str(TEMPLATES_ROOT), "/",
-             "--tmpfs", "/tmp", "--ro-bind", str(AGENT_SRC), "/tmp/corral_agent", "--proc", "/proc", "--dev", "/dev",
-             "--setenv", "PYTHONPATH", "/tmp", "/usr/bin/python3", "-s", "-B"]
+    bwrap = _bwrap(agent_src)
     show = "; print(next(l for l in open('/proc/self/status') if l.startswith('RssAnon')).split()[1])"
-    lines = ["== agent start-up (raw bwrap, base template python, -s -B)"]
+    lines = [f"== agent start-up (raw bwrap, base template python, -s -B; agent from {agent_src})"]
     for label, code in PROBES.items():
         times, anon = [], 0
         for _ in range(samples):
@@ -155,6 +217,9 @@ def agent_startup(samples: int = 10) -> str:
             times.append(time.perf_counter() - started)
             anon = int(out.split()[-1])
         lines.append(f"  {label:<42} p50 {1000 * p50(times):6.1f} ms   RssAnon {anon / 1024:5.1f} MiB")
+    times, anon, pss = agent_ready(agent_src, samples)
+    lines.append(f"  {'the agent: spawn -> first ping reply':<42} p50 {1000 * p50(times):6.1f} ms   RssAnon "
+                 f"{anon / 1024:5.1f} MiB   Pss_Anon {pss / 1024:5.1f} MiB")
     err = subprocess.run([*bwrap, "-X", "importtime", "-c", "import corral_agent.server"], capture_output=True,
                          text=True, check=True).stderr
     rows = []
@@ -173,7 +238,13 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/corral-prof")
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--agent-src", type=Path, action="append",
+                        help="agent package dir(s) for the agent workload, compared in one run (default: this tree's)")
     args = parser.parse_args()
+    if args.workload == "agent":  # no server, no py-spy
+        for agent_src in args.agent_src or [AGENT_SRC]:
+            print(agent_startup(agent_src=agent_src), flush=True)
+        return
     if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
         sys.exit("py-spy is not installed: pip install -c constraints.txt -e '.[bench]'")
     out = Path(args.out)

@@ -20,6 +20,19 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if not value > 0:
+        raise ValueError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
 def _pool(raw: str | None) -> dict[str, int] | None:
     """``CORRAL_POOL``: ``off``, or ``template=N,...`` (ready sandboxes kept per template; default base=1)."""
     if raw is None or raw.strip() == "":
@@ -77,6 +90,7 @@ class Settings:
     insecure_registries: tuple[str, ...] = ()  # pulled over plain HTTP (loopback registries always are)
     ca_bundle: str | None = None  # for registries over HTTPS and inside networked sandboxes; default: the host's
     backend: str = "bwrap"  # the default isolation of sandboxes: bwrap or gvisor
+    header_timeout: float = 30.0  # seconds a client has to send a request's headers (slowloris)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -106,6 +120,7 @@ class Settings:
                 r.strip() for r in os.environ.get("CORRAL_INSECURE_REGISTRIES", "").split(",") if r.strip()),
             ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),
             backend=_backend(os.environ.get("CORRAL_BACKEND") or "bwrap"),
+            header_timeout=_float("CORRAL_HEADER_TIMEOUT", 30.0),
         )
 
     @property

@@ -1,9 +1,10 @@
 """Fuzzing the agent's wire protocol (`agent/protocol.py`) with hypothesis.
 
-Properties: whatever bytes arrive, `Channel.recv` yields well-formed frames and then stops with an
-`AgentError` or end of stream (`asyncio.IncompleteReadError`) — never another exception — and never
-asks its reader for more than one header or one payload of at most `MAX_PAYLOAD` bytes, so a lying
-length field can't make it buffer more. `decode_json` and `Request`'s typed accessors turn any
+Properties: whatever bytes arrive, `Channel.recv` (the host's, asyncio) and `SyncChannel.recv` (the
+agent's, a blocking socket) yield the same well-formed frames and then stop with the same
+`AgentError` or at end of stream (`EOFError`) — never another exception — and never ask their reader
+for more than one header or one payload of at most `MAX_PAYLOAD` bytes, so a lying length field
+can't make them buffer more. `decode_json` and `Request`'s typed accessors turn any
 JSON into a value of the promised type or an `AgentError`. A live agent answers hostile first
 frames with a protocol error reply (or closes), stays up, and logs no traceback.
 """
@@ -22,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from corral.agent.client import Channel
 from corral.agent.copyin import owner_ids
 from corral.agent.protocol import (
     ERROR_KINDS,
@@ -31,8 +33,8 @@ from corral.agent.protocol import (
     OPS,
     AgentError,
     AgentUnavailable,
-    Channel,
     Request,
+    SyncChannel,
     decode_json,
     is_unicode,
 )
@@ -84,12 +86,43 @@ def read_all(data: bytes) -> tuple[list[tuple[bytes, bytes]], BaseException, lis
     return asyncio.run(go())
 
 
+class FakeSocket:
+    """Just what `SyncChannel.recv` uses of a socket, recording how many bytes each read asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.asked: list[int] = []
+
+    def recv_into(self, buf: memoryview) -> int:
+        self.asked.append(len(buf))
+        n = min(len(buf), len(self.data))
+        buf[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+def read_all_sync(data: bytes) -> tuple[list[tuple[bytes, bytes]], BaseException, list[int]]:
+    sock = FakeSocket(data)
+    chan = SyncChannel(sock)  # type: ignore[arg-type]  # recv only reads
+    frames = []
+    while True:
+        try:
+            frames.append(chan.recv())
+        except BaseException as exc:  # judged by the caller
+            return frames, exc, sock.asked
+
+
 def check_stream(data: bytes) -> list[tuple[bytes, bytes]]:
     frames, ended, asked = read_all(data)
     assert isinstance(ended, AgentError | asyncio.IncompleteReadError), repr(ended)
     if isinstance(ended, AgentError):
         assert ended.kind in ERROR_KINDS
     assert all(n <= max(HEADER.size, MAX_PAYLOAD) for n in asked), asked
+    sync_frames, sync_ended, sync_asked = read_all_sync(data)
+    assert sync_frames == frames
+    assert type(sync_ended) is (AgentError if isinstance(ended, AgentError) else EOFError), repr(sync_ended)
+    assert str(sync_ended) == str(ended) or not isinstance(ended, AgentError)
+    assert all(n <= max(HEADER.size, MAX_PAYLOAD) for n in sync_asked), sync_asked
     for kind, payload in frames:
         assert kind in KINDS and len(payload) <= MAX_PAYLOAD
         assert kind != b"Z" or payload == b""
@@ -119,8 +152,9 @@ def test_framed_sequences_with_lying_lengths(parts: list[tuple[bytes, bytes, int
 @settings(max_examples=50, deadline=None)
 @given(st.integers(MAX_PAYLOAD + 1, 2**32 - 1), KIND_BYTES)
 def test_a_huge_length_is_refused_before_any_payload_is_read(length: int, kind: bytes) -> None:
-    frames, ended, asked = read_all(HEADER.pack(length, kind) + b"x" * 1024)
-    assert frames == [] and isinstance(ended, AgentError) and asked == [HEADER.size]
+    for read in (read_all, read_all_sync):
+        frames, ended, asked = read(HEADER.pack(length, kind) + b"x" * 1024)
+        assert frames == [] and isinstance(ended, AgentError) and asked == [HEADER.size]
 
 
 @settings(max_examples=300, deadline=None)

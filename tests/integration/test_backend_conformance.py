@@ -28,8 +28,8 @@ from conftest import (
     run_command,
     start_server,
 )
-from corral.agent import AgentError, AgentUnavailable, Exit, Output
 from corral.agent.client import AgentClient
+from corral.agent.protocol import AgentError, AgentUnavailable, Exit, Output
 from corral.config import Settings
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec
 from corral.runtime.backends import Backends
@@ -307,8 +307,8 @@ def test_a_dead_runtime_is_reported() -> None:
             async def body(b: Backend, node: Node = node) -> None:
                 await b.create(spec("conf-dies"))
                 for pid in node_processes(node.data):  # the whole runtime, as a host OOM kill would
-                    with contextlib.suppress(ProcessLookupError):  # gone with an earlier one (gVisor's
-                        os.kill(pid, signal.SIGKILL)  # gofer and sentry go with runsc)
+                    with contextlib.suppress(ProcessLookupError):  # gone with one killed before it
+                        os.kill(pid, signal.SIGKILL)
                 reason = await asyncio.wait_for(node.ended("conf-dies"), EXIT_TIMEOUT)
                 assert "exited" in reason or "signal" in reason, reason
                 await b.destroy("conf-dies")

@@ -129,3 +129,19 @@ def test_huge_output_streams_with_bounded_server_memory(api: httpx.Client, serve
                 total += len(event["text"])
     assert total == 100 << 20
     assert (peak_kib() - before) / 1024 < 48
+
+
+def test_a_template_without_the_interpreter_is_a_conflict(api: httpx.Client) -> None:
+    """`base` has python3 but no Jupyter kernel: running code there is the caller's mismatch (409, naming
+    what is missing), not a server outage (503); the sandbox keeps working."""
+    sid = api.post("/v1/sandboxes", json={"template": "base", "timeout": 120}).json()["id"]
+    try:
+        r = api.post(f"/v1/sandboxes/{sid}/code", json={"code": "1 + 1", "language": "python"})
+        assert r.status_code == 409, r.text
+        assert "cannot run python code" in r.json()["message"] and "No module named" in r.json()["message"]
+        r = api.post(f"/v1/sandboxes/{sid}/contexts", json={"language": "python"})
+        assert r.status_code == 409, r.text
+        r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo still here"})
+        assert r.status_code == 200 and "still here" in r.text
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")

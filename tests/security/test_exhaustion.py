@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -364,3 +365,63 @@ def test_slowloris_clients(server: Server, neighbour: str) -> None:
         dripper.join()
         for c in conns:
             c.close()
+
+
+@pytest.fixture(scope="module")
+def impatient_server() -> Iterator[Server]:
+    """A server that gives clients 1.5 s for their request headers (CORRAL_HEADER_TIMEOUT)."""
+    from conftest import make_data_dir, remove_data_dir, start_server
+
+    data = make_data_dir()
+    srv = start_server(data, CORRAL_HEADER_TIMEOUT="1.5")
+    yield srv
+    srv.stop()
+    remove_data_dir(data)
+
+
+def _closed_by_server(conn: socket.socket, drip: bytes, pace: float, limit: float) -> float:
+    """Send ``drip`` a byte every ``pace`` seconds until the server closes the connection; the
+    seconds that took (``limit`` if it never did)."""
+    started = time.monotonic()
+    offset = 0
+    while (elapsed := time.monotonic() - started) < limit:
+        readable, _, _ = select.select([conn], [], [], pace)
+        if readable:
+            try:
+                if conn.recv(4096) == b"":
+                    return elapsed
+            except ConnectionResetError:
+                return elapsed
+        if drip:
+            with contextlib.suppress(OSError):
+                conn.send(drip[offset % len(drip):][:1])
+            offset += 1
+    return limit
+
+
+def test_slow_headers_are_cut_off_but_slow_bodies_are_not(impatient_server: Server) -> None:
+    """Attack: connections that send nothing, or trickle their headers a byte at a time, to hold
+    server sockets forever. Each is closed once its headers are 1.5 s late, however steadily it
+    trickles; a client whose headers arrive in time but whose body trickles in for longer is served."""
+    host, port = impatient_server.url.removeprefix("http://").rsplit(":", 1)
+    partial = b"GET /v1/sandboxes HTTP/1.1\r\nHost: corral\r\nX-API-Key: " + b"k" * 200
+    with socket.create_connection((host, int(port))) as silent:
+        assert 1.0 < _closed_by_server(silent, b"", 0.1, 20) < 15
+    with socket.create_connection((host, int(port))) as trickler:
+        assert 1.0 < _closed_by_server(trickler, partial, 0.05, 20) < 15
+    # the same server answers a request whose JSON body arrives over ~3 s (past the header deadline)
+    body = json.dumps({"template": "no-such-template"}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as slow_body:
+        slow_body.sendall(
+            f"POST /v1/sandboxes HTTP/1.1\r\nHost: corral\r\nX-API-Key: {impatient_server.api_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        pace = 3.0 / len(body)
+        for i in range(len(body)):
+            slow_body.sendall(body[i:i + 1])
+            select.select([], [], [], pace)  # the client's pace, not synchronisation
+        answer = b""
+        while chunk := slow_body.recv(4096):
+            answer += chunk
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 404 Not Found", answer[:300]
+    assert b"no-such-template" in rest

@@ -108,6 +108,38 @@ def until_ended(api: httpx.Client, sandbox_id: str) -> str:
     return str(g.json()["message"])
 
 
+def test_cgroup_paths_show_no_host_path(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    """/proc/self/cgroup names no host cgroup (no instance dir, no sandbox id, no ``..``): the
+    sandbox's cgroup namespace is rooted at its own groups in every hierarchy, for its init too.
+    Twin: from the host, that init is in the sandbox's groups (memory, pids, cpu, cpuacct, cgroup2)."""
+    r = run(sandbox, "cat /proc/self/cgroup /proc/1/cgroup", user="root")
+    if GVISOR:  # gVisor shows no cgroups inside at all (its sentry's groups are on the host side)
+        assert r.stdout.strip() == "", r.stdout
+        return
+    lines = r.stdout.split()
+    assert lines and all(line.split(":", 2)[2] == "/" for line in lines), lines
+    assert "corral" not in r.stdout and sandbox not in r.stdout
+    inits = [view for proc in Path("/proc").iterdir() if proc.name.isdigit() and _nspid(proc) == "1"
+             and f"/{sandbox}" in (view := _read(proc / "cgroup"))]
+    assert len(inits) == 1 and inits[0].count(f"/{sandbox}\n") >= 4, inits
+
+
+def _nspid(proc: Path) -> str | None:
+    """The pid a process has in its own pid namespace (None for the host's)."""
+    for line in _read(proc / "status").splitlines():
+        if line.startswith("NSpid:"):
+            ids = line.split()[1:]
+            return ids[-1] if len(ids) > 1 else None
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def test_fork_bomb_hits_the_pid_limit(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
     code = (
         "import os\nn=0\n"
@@ -142,6 +174,11 @@ def test_memory_limit_oom_kills_and_reports(api: httpx.Client, run) -> None:  # 
         assert r.exit_code == 137 and "out of memory" in (r.error or "")
         assert api.get(f"/v1/sandboxes/{sid}/metrics").json()["oom_kills"] >= 1
         assert run(sid, "echo alive").stdout == "alive\n"
+        # a later plain SIGKILL is not blamed on that OOM; a second OOM is reported again
+        r = run(sid, "kill -9 $$")
+        assert r.exit_code == 137 and r.error == "terminated by signal SIGKILL"
+        r = run(sid, "python3 -c \"b = bytearray(1 << 30); print(len(b))\"")
+        assert r.exit_code == 137 and "out of memory" in (r.error or "")
     finally:
         api.delete(f"/v1/sandboxes/{sid}")
 

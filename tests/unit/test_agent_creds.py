@@ -2,7 +2,8 @@
 
 Two levels: a real agent driven through AgentClient (what a `user` caller may and may not do, and
 that root keeps full rights right after), and `creds.FileRunner` in-process (which thread switches,
-to what, that it switches back even on errors, and that it fails closed).
+to what, that it switches back even on errors, and that it fails closed). The agent switches the
+connection's own thread, never the main thread.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, TypeVar
 import pytest
 from test_agent_harness import USER_UID, RunningAgent, agent, needs_root, run, shared, user_gid
 
-from corral.agent import AgentError, libc
+from corral.agent import libc
 from corral.agent.creds import FileRunner, current
+from corral.agent.protocol import AgentError
 from corral.agent.users import resolve_user
 
 __all__ = ["agent", "shared"]  # the fixtures, imported from the harness
@@ -193,13 +195,15 @@ def test_parallel_operations_do_not_leak_credentials(agent: RunningAgent, shared
         return "denied"
 
     async def main() -> None:
-        results = await asyncio.gather(*[(as_root if i % 2 else as_user)(i) for i in range(2 * pairs)])
+        # a watch as the user stays open meanwhile: its thread switched to build it and must be back
+        async with agent.client.watch(str(home), user="user"):
+            results = await asyncio.gather(*[(as_root if i % 2 else as_user)(i) for i in range(2 * pairs)])
+            threads = thread_status(agent.process.pid)
         assert results == ["denied", "ok"] * pairs
         assert len(os.listdir(etc)) == pairs * repeats and all(name.startswith("root-") for name in os.listdir(etc))
         assert {(etc / name).stat().st_uid for name in os.listdir(etc)} == {0}
         assert {(home / name).stat().st_uid for name in os.listdir(home)} == {USER_UID}
-        threads = thread_status(agent.process.pid)
-        assert len(threads) > 2  # the loop thread and file workers
+        assert len(threads) >= 2  # the main thread and the watch's connection thread at least
         for tid, status in threads.items():  # every thread is back to the agent's own credentials
             assert status["Uid"].split()[3] == "0" and status["Gid"].split()[3] == "0", (tid, status)
             assert status["CapEff"] == threads[agent.process.pid]["CapEff"], (tid, status)
@@ -253,7 +257,7 @@ def test_kernel_drops_fs_capabilities_while_the_fsuid_is_not_0() -> None:
 
 
 def test_acting_as_switches_only_the_calling_thread_and_switches_back() -> None:
-    runner = FileRunner(workers=1)
+    runner = FileRunner()
     user = resolve_user("user")
     inside, release = threading.Event(), threading.Event()
     main_before = thread_status(os.getpid())[threading.get_native_id()]
@@ -279,11 +283,10 @@ def test_acting_as_switches_only_the_calling_thread_and_switches_back() -> None:
     assert sorted(int(g) for g in status["Groups"].split()) == sorted(set(user.groups))
     assert int(status["CapEff"], 16) == 0  # a non-root user gets no capability at all
     assert after == runner.baseline
-    runner.shutdown()
 
 
 def test_credentials_come_back_after_a_failed_operation(shared: Path) -> None:
-    runner = FileRunner(workers=1)
+    runner = FileRunner()
     private = root_only(shared, 0o700)
 
     def body() -> Any:
@@ -293,47 +296,39 @@ def test_credentials_come_back_after_a_failed_operation(shared: Path) -> None:
         return current()
 
     assert in_thread(body) == runner.baseline
-    runner.shutdown()
 
 
-def test_never_switches_the_main_or_the_event_loop_thread() -> None:
-    runner = FileRunner(workers=1)
+def test_never_switches_the_main_thread() -> None:
+    runner = FileRunner()
     with pytest.raises(AgentError) as err, runner.acting_as(resolve_user("user")):
         pytest.fail("ran on the main thread")
     assert err.value.kind == "internal"
-
-    async def on_loop() -> None:
-        with runner.acting_as(resolve_user("user")):
-            pytest.fail("ran on the loop thread")
-
     with pytest.raises(AgentError) as err:
-        in_thread(lambda: asyncio.run(on_loop()))
+        runner.run(resolve_user("user"), pytest.fail, "ran on the main thread")
     assert err.value.kind == "internal"
     assert current() == runner.baseline
-    runner.shutdown()
 
 
 def test_a_switch_that_does_not_take_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    runner = FileRunner(workers=1)
+    runner = FileRunner()
     real = libc.setfsuid
     monkeypatch.setattr(libc, "setfsuid", lambda uid: real(-1) if uid != 0 else real(uid))  # ignores the switch
     ran = []
 
-    async def main() -> None:
+    def body() -> tuple[int, int]:
         with pytest.raises(AgentError) as err:
-            await runner.run(resolve_user("user"), ran.append, "ran")
+            runner.run(resolve_user("user"), ran.append, "ran")
         assert err.value.kind == "internal" and "credentials" in err.value.message
         monkeypatch.setattr(libc, "setfsuid", real)
-        assert await runner.run(resolve_user("user"), libc.fsuid) == USER_UID  # the same worker is fine again
-        assert await runner.run(resolve_user("root"), libc.fsuid) == 0
+        # switched back in full, so the same thread is fine again
+        return runner.run(resolve_user("user"), libc.fsuid), runner.run(resolve_user("root"), libc.fsuid)
 
-    run(main())
+    assert in_thread(body) == (USER_UID, 0)
     assert ran == []
-    runner.shutdown()
 
 
-def test_a_thread_with_foreign_credentials_runs_nothing_and_is_retired() -> None:
-    runner = FileRunner(workers=1)
+def test_a_thread_with_foreign_credentials_runs_nothing_ever_again() -> None:
+    runner = FileRunner()
     ran = []
 
     def body() -> list[str]:
@@ -353,11 +348,4 @@ def test_a_thread_with_foreign_credentials_runs_nothing_and_is_retired() -> None
         return kinds
 
     assert in_thread(body) == ["internal", "internal"] and ran == []
-    old_pool = runner._pool
-
-    async def main() -> None:
-        assert await runner.run(resolve_user("root"), libc.fsuid) == 0
-        assert runner._pool is not old_pool  # a fresh pool took over
-
-    run(main())
-    runner.shutdown()
+    assert in_thread(lambda: runner.run(resolve_user("root"), libc.fsuid)) == 0  # other threads: fine

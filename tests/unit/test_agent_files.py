@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_agent_harness import USER_UID, RunningAgent, agent, needs_root, run, shared, user_gid, wait_until
 
-from corral.agent import AgentError
+from corral.agent.protocol import AgentError
 
 __all__ = ["agent", "shared"]  # the fixtures, imported from the harness
 

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from corral.agent import AgentClient, Exit, Output
+from corral.agent.client import AgentClient
+from corral.agent.protocol import Exit, Output
 
 T = TypeVar("T")
 SAFETY_TIMEOUT = 20.0  # a hung test fails instead of hanging; never used to wait for something

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import pwd
 import signal
+import struct
+import termios
 import time
 from pathlib import Path
 
 import pytest
 from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, wait_until
 
-from corral.agent import AgentError, Exit, Output
+from corral.agent.protocol import AgentError, Exit, Output
 
 __all__ = ["agent"]  # the fixture, imported from the harness
 
@@ -122,6 +125,34 @@ def test_pty_output_and_resize(agent: RunningAgent) -> None:
         assert out.endswith(b"43 132\r\n") and err == b"" and exit_ == Exit(0, None, None)
         info = [p for p in await agent.client.processes() if p["pid"] == stream.pid]
         assert info == []
+
+    run(main())
+
+
+def test_resize_is_not_held_up_by_a_stdin_write_waiting_for_a_full_terminal(agent: RunningAgent) -> None:
+    script = "stty raw -echo && echo ready && exec sleep 60"  # raw: a full input queue blocks the writer
+
+    def queued(pid: int) -> int:
+        """Bytes waiting in the input queue of the sleeper's terminal (TIOCINQ on its stdin)."""
+        fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCINQ, b"\0\0\0\0"))[0]
+        finally:
+            os.close(fd)
+
+    async def main() -> None:
+        stream = await agent.client.exec(["sh", "-c", script], pty={"cols": 80, "rows": 24})
+        await read_until(stream, b"ready")
+        writing = asyncio.ensure_future(agent.client.stdin(stream.pid, b"x" * (256 * 1024)))
+        await wait_until(lambda: queued(stream.pid) >= 4095, "the terminal's input queue is full")
+        await asyncio.wait_for(agent.client.resize(stream.pid, 100, 40), 10)
+        assert not writing.done()  # the sleeper reads nothing: the write still waits for room
+        await agent.client.signal(stream.pid, signal.SIGKILL)
+        try:  # the write ends too: the hung-up terminal takes the rest, or the exit is seen first
+            await writing
+        except AgentError as exc:
+            assert exc.kind in ("not_found", "invalid"), exc
+        assert (await collect(stream))[2] == Exit(128 + signal.SIGKILL, signal.SIGKILL, None)
 
     run(main())
 

@@ -18,9 +18,8 @@ import pytest
 from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, start_agent, wait_until
 
 import corral.agent
-from corral.agent import AgentClient, AgentError, AgentUnavailable
-from corral.agent.client import DonatedAgentClient, Donor
-from corral.agent.protocol import ERROR_KINDS, OPS
+from corral.agent.client import AgentClient, DonatedAgentClient, Donor
+from corral.agent.protocol import ERROR_KINDS, OPS, AgentError, AgentUnavailable
 from corral.agent.server import Agent
 
 __all__ = ["agent"]  # the fixture, imported from the harness
@@ -117,6 +116,21 @@ def test_agent_sources_import_only_the_stdlib_and_themselves() -> None:
             for name in names:
                 top = name.split(".")[0]
                 assert top == "__future__" or top in sys.stdlib_module_names, f"{source.name}: {name}"
+
+
+# Each costs the agent's start (every cold create) and its heap (every idle sandbox) milliseconds or
+# MiB: asyncio alone pulled in ssl, logging, concurrent.futures and inspect (docs/performance.md).
+EXPENSIVE = ("asyncio", "ssl", "logging", "concurrent", "inspect", "typing", "dataclasses", "argparse",
+             "tarfile", "shutil", "secrets", "hashlib", "email", "http", "urllib", "tempfile", "pathlib")
+
+
+def test_agent_start_path_imports_nothing_expensive(tmp_path: Path) -> None:
+    shutil.copytree(AGENT_DIR, tmp_path / "corral_agent", ignore=shutil.ignore_patterns("__pycache__"))
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import corral_agent.server; print(*sys.modules)"
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert "corral_agent.server" in out
+    assert sorted({name.split(".")[0] for name in out} & set(EXPENSIVE)) == []
 
 
 @pytest.mark.parametrize("form", ["directory", "module"])

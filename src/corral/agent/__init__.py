@@ -1,15 +1,3 @@
-"""The in-sandbox agent (stdlib only, relative imports only) and its host-side asyncio client."""
-
-from .client import AgentClient, FileReader, ProcessStream, Watcher
-from .protocol import AgentError, AgentUnavailable, Exit, Output
-
-__all__ = [
-    "AgentClient",
-    "AgentError",
-    "AgentUnavailable",
-    "Exit",
-    "FileReader",
-    "Output",
-    "ProcessStream",
-    "Watcher",
-]
+"""The in-sandbox agent (stdlib only, relative imports only; see server.py) and, in `client`, its
+host-side asyncio client. This package imports nothing: the agent's start-up pays for every module,
+so host code imports `corral.agent.client` and `corral.agent.protocol` by name."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
@@ -21,19 +22,64 @@ from typing import Any
 from .protocol import (
     DATA,
     END,
+    HEADER,
     JSON,
+    KINDS,
     MAX_PAYLOAD,
     STDERR,
     STDOUT,
     AgentError,
     AgentUnavailable,
-    Channel,
     Exit,
     Output,
     decode_json,
 )
 
 WRITE_CHUNK = 256 * 1024
+
+
+class Channel:
+    """One framed connection to an agent. One task sends and one task receives at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def send(self, kind: bytes, payload: bytes = b"") -> None:
+        if len(payload) > MAX_PAYLOAD:
+            raise AgentError("too_large", f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        self._writer.write(HEADER.pack(len(payload), kind))
+        if payload:
+            self._writer.write(payload)
+        await self._writer.drain()
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.send(JSON, json.dumps(message, separators=(",", ":")).encode())
+
+    async def recv(self) -> tuple[bytes, bytes]:
+        """Next frame; raises asyncio.IncompleteReadError at end of stream, AgentError if malformed."""
+        length, kind = HEADER.unpack(await self._reader.readexactly(HEADER.size))
+        if kind not in KINDS:
+            raise AgentError("invalid", f"unknown frame kind {kind!r}")
+        if length > MAX_PAYLOAD:
+            raise AgentError("too_large", f"frame length {length} exceeds {MAX_PAYLOAD}")
+        if kind == END and length:
+            raise AgentError("invalid", "END frame must be empty")
+        return kind, await self._reader.readexactly(length) if length else b""
+
+    async def recv_json(self) -> dict[str, Any]:
+        kind, payload = await self.recv()
+        if kind != JSON:
+            raise AgentError("invalid", f"expected a JSON frame, got {kind!r}")
+        return decode_json(payload)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):  # the peer may be gone already
+            await self._writer.wait_closed()
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@
 The builder binds the checked build context read-only under ``/.corral/build`` and sends a flat list of
 items: each a source under that bind and a destination path. Destinations are resolved by the kernel
 in the sandbox's own mount namespace, so a symlink in the image (``/app -> /etc``) is followed inside
-the sandbox, as Docker does, and can never reach the host. Runs in a worker thread; blocks.
+the sandbox, as Docker does, and can never reach the host. Blocks; imported on first use (tarfile
+and shutil are not on the agent's start path).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import pwd
 import shutil
 import stat
 import tarfile
-from typing import Any
 
 from .protocol import AgentError, error_from_os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SOURCE_ROOT = "/.corral/build/"
 

@@ -1,10 +1,10 @@
 """Filesystem operations for the agent: entries, listings, streamed reads and atomic writes.
 
-Functions here block; the server runs every one of them through `creds.FileRunner`, in a worker
-thread holding the requesting user's filesystem credentials, so the kernel checks permissions exactly
-as for that user, and what they create belongs to that user. Paths are used exactly as given (the
-agent lives in the sandbox's mount namespace, so the kernel resolves symlinks and `..` inside the
-sandbox). Every OSError leaves this module as an AgentError (see `protocol.error_from_os`).
+Functions here block; the server runs every one of them through `creds.FileRunner`, on the
+connection's thread while it holds the requesting user's filesystem credentials, so the kernel
+checks permissions exactly as for that user, and what they create belongs to that user. Paths are
+used exactly as given (the agent lives in the sandbox's mount namespace, so the kernel resolves
+symlinks and `..` inside the sandbox). Every OSError leaves this module as an AgentError (see `protocol.error_from_os`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import errno
 import grp
 import os
 import pwd
-import secrets
-import shutil
 import stat
-from collections.abc import Iterator
-from typing import Any
 
 from .protocol import AgentError, error_from_os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 READ_CHUNK = 256 * 1024
 MAX_LIST_ENTRIES = 20_000
@@ -189,7 +190,7 @@ class FileWriter:
                 raise AgentError("is_dir", f"Is a directory: {path}")
             self.mode = mode if mode is not None else stat.S_IMODE(st.st_mode) if st else 0o644
             self.target = target
-            self.temp = os.path.join(os.path.dirname(target), TEMP_PREFIX + secrets.token_hex(8))
+            self.temp = os.path.join(os.path.dirname(target), TEMP_PREFIX + os.urandom(8).hex())
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
             self.fd: int | None = os.open(self.temp, flags, 0o600)
 
@@ -221,12 +222,20 @@ class FileWriter:
             os.unlink(self.temp)
 
 
+def load_shutil() -> None:
+    """Import shutil for `remove` and `rename`, which use it: on first use (it costs the agent's
+    start-up a few ms) and before switching credentials (a user may not be able to read the stdlib)."""
+    import shutil  # noqa: F401
+
+
 def remove(path: str) -> None:
     """Remove `path`; a directory goes with its whole tree, symlinks are removed, never followed."""
     with os_errors(path):
         if not os.path.islink(path) and os.path.realpath(path) == "/":
             raise AgentError("invalid", "refusing to remove /")
         if stat.S_ISDIR(os.lstat(path).st_mode):
+            import shutil  # loaded by `load_shutil` already
+
             shutil.rmtree(path)
         else:
             os.unlink(path)
@@ -243,5 +252,7 @@ def rename(src: str, dst: str) -> dict[str, Any]:
         except OSError as exc:
             if exc.errno != errno.EXDEV:  # another mount: copy, then delete
                 raise
+            import shutil
+
             shutil.move(src, dst)
     return entry(dst)

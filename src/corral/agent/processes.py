@@ -1,46 +1,53 @@
 """Process table: commands spawned on pipes or a PTY, their output fanned out to listeners, reaping.
 
-Everything here runs on the agent's event loop thread and is not thread-safe. Output is read in
-chunks as produced and handed to each listener's bounded queue; a full queue makes the reader wait,
-so a slow caller slows the process down (its pipe fills) instead of growing the agent's memory. With
-no listener the output is read and dropped, and the process keeps running.
+Each running process has one pump thread (and a timer thread if it has a timeout): the pump polls
+the process's output fds and a pipe that turns readable once the process is reaped, and hands each
+chunk to every listener's bounded queue. A full queue makes the pump wait, so a slow caller slows
+the process down (its pipe fills) instead of growing the agent's memory. With no listener the output
+is read and dropped, and the process keeps running. The main thread reaps children
+(`ProcessTable.reap`, on SIGCHLD) under the table's lock, which `spawn` holds too, so no child is
+reaped before it is in the table.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import errno
 import fcntl
-import logging
 import os
+import select
 import signal
 import struct
 import subprocess
 import termios
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import threading
+import time
 
 from . import libc
-from .protocol import STDERR, STDOUT, AgentError, Exit, error_from_os
+from .log import log_exception
+from .protocol import STDERR, STDOUT, AgentError, Exit, Frozen, error_from_os
 from .users import User
 
-log = logging.getLogger("corral.agent")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 CHUNK = 64 * 1024
-LISTENER_QUEUE = 16  # frames queued per listener before the output reader waits for it
+LISTENER_QUEUE = 16  # frames queued per listener before the pump waits for it
 FINISHED_KEPT = 256
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 Item = tuple[bytes, bytes] | Exit  # (frame kind, output bytes), or the final exit
 
 
-@dataclass(frozen=True, slots=True)
-class Spec:
+class Spec(Frozen):
     """What an exec request asked for, already validated."""
 
+    __match_args__ = ("cmd", "env", "cwd", "user", "stdin", "pty", "tag", "timeout")
+    __slots__ = __match_args__
     cmd: list[str]
     env: dict[str, str]
     cwd: str | None
@@ -50,23 +57,61 @@ class Spec:
     tag: str | None
     timeout: float
 
+    def __init__(
+        self,
+        cmd: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        user: User,
+        stdin: bool,
+        pty: tuple[int, int] | None,
+        tag: str | None,
+        timeout: float,
+    ) -> None:
+        super().__init__(cmd, env, cwd, user, stdin, pty, tag, timeout)
+
 
 class Listener:
-    """One attached caller: a bounded queue, drained by that caller's connection."""
+    """One attached caller: a bounded queue, filled by the process's pump and drained by the caller's
+    connection thread, which polls `fd` (readable while items wait) together with its socket."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(LISTENER_QUEUE)
+        self._cond = threading.Condition()
+        self._items: collections.deque[Item] = collections.deque()
         self.closed = False
+        self.fd, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
-    async def put(self, item: Item) -> None:
-        if not self.closed:
-            await self.queue.put(item)
+    def put(self, item: Item) -> None:
+        """Queue `item`, waiting while the queue is full; dropped once closed."""
+        with self._cond:
+            while len(self._items) >= LISTENER_QUEUE and not self.closed:
+                self._cond.wait()
+            if self.closed:
+                return
+            self._items.append(item)
+            if len(self._items) == 1:  # at most one byte waits in the pipe
+                os.write(self._wake, b"\0")
+
+    def take(self) -> list[Item]:
+        """Everything queued so far (empty if nothing is)."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.fd, 1)
+            self._cond.notify_all()
+            return items
 
     def close(self) -> None:
-        """Stop accepting items and empty the queue, which releases any reader waiting on it."""
-        self.closed = True
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        """Stop accepting items and empty the queue, which releases a pump waiting on it."""
+        with self._cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._items.clear()
+            self._cond.notify_all()
+            os.close(self.fd)
+            os.close(self._wake)
 
 
 class Process:
@@ -90,13 +135,21 @@ class Process:
         self._stdin_fd = stdin_fd
         self._on_finish = on_finish
         self._status: int | None = None
-        self._reaped = asyncio.Event()
-        self._wakers: set[asyncio.Future[None]] = set()
-        self._stdin_lock = asyncio.Lock()
+        # readable once reaped (never drained): wakes the pump and stdin writers
+        self._reaped_r, self._reaped_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._reaped = threading.Event()  # set after that pipe was written: the pump may close it
+        self._stdin_lock = threading.Lock()  # one writer at a time; held while waiting for room
+        self._fd_lock = threading.Lock()  # short: the fds stay open while it (or the above) is held
         self._timed_out = False
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(spec.timeout, self._on_timeout) if spec.timeout > 0 else None
-        self._task = loop.create_task(self._run())
+        self._timer = threading.Timer(spec.timeout, self._on_timeout) if spec.timeout > 0 else None
+        self._pump = threading.Thread(target=self._run, name=f"pump-{self.pid}", daemon=True)
+
+    def start(self) -> None:
+        """Start the pump (and the timeout); until then output waits in the pipes."""
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        self._pump.start()
 
     def info(self) -> dict[str, Any]:
         pty = {"cols": self.spec.pty[0], "rows": self.spec.pty[1]} if self.spec.pty else None
@@ -116,28 +169,39 @@ class Process:
             os.killpg(self.pid, sig)
 
     def resize(self, cols: int, rows: int) -> None:
-        if self.spec.pty is None or self._stdin_fd is None:
-            raise AgentError("invalid", f"process {self.pid} has no terminal")
-        _set_window_size(self._stdin_fd, cols, rows)
+        with self._fd_lock:  # not the stdin lock: a writer may wait on a full terminal for long
+            if self.spec.pty is None or self._stdin_fd is None:
+                raise AgentError("invalid", f"process {self.pid} has no terminal")
+            _set_window_size(self._stdin_fd, cols, rows)
 
-    async def write_stdin(self, data: bytes, eof: bool) -> None:
+    def write_stdin(self, data: bytes, eof: bool) -> None:
         """Write all of `data` (waiting while the pipe is full), then optionally close stdin."""
-        async with self._stdin_lock:
+        with self._stdin_lock:
             if self._stdin_fd is None:
                 raise AgentError("invalid", f"process {self.pid} has no open stdin")
             view = memoryview(data + (b"\x04" if eof and self.spec.pty else b""))
+            poller: select.poll | None = None
             while view:
                 if self._status is not None:
                     raise AgentError("not_found", f"process {self.pid} has exited")
                 try:
                     view = view[os.write(self._stdin_fd, view) :]
                 except BlockingIOError:
-                    await self._wait_fd(self._stdin_fd, readable=False)
+                    if poller is None:
+                        poller = select.poll()
+                        poller.register(self._stdin_fd, select.POLLOUT)
+                        poller.register(self._reaped_r, select.POLLIN)
+                    poller.poll()  # writable, or reaped
                 except BrokenPipeError:
                     raise AgentError("invalid", f"process {self.pid} closed its stdin") from None
+                except OSError as exc:
+                    if exc.errno != errno.EIO:
+                        raise
+                    raise AgentError("invalid", f"the terminal of process {self.pid} was hung up") from None
             if eof and self.spec.pty is None:
-                os.close(self._stdin_fd)
-                self._stdin_fd = None
+                with self._fd_lock:
+                    os.close(self._stdin_fd)
+                    self._stdin_fd = None
 
     def kill_group(self) -> None:
         self.signal(signal.SIGKILL)
@@ -145,28 +209,30 @@ class Process:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def reaped(self, status: int) -> None:
-        """Called by the table once waitpid returned this process's status."""
+        """Called by the table (under its lock) once waitpid returned this process's status."""
         self._status = status
         self._popen.returncode = os.waitstatus_to_exitcode(status)  # Popen must never waitpid again
-        for waker in self._wakers:
-            wake(waker)
+        os.write(self._reaped_w, b"\0")
         self._reaped.set()
 
     def _on_timeout(self) -> None:
-        self._timed_out = True
-        self.kill_group()
+        if self._status is None:
+            self._timed_out = True
+            self.kill_group()
 
-    async def _run(self) -> None:
-        pumps = [self._pump(fd, kind) for fd, kind in self._outputs.items()]
-        for failure in await asyncio.gather(*pumps, return_exceptions=True):
-            if isinstance(failure, Exception):
-                log.error("reading output of process %d: %r", self.pid, failure)
-        await self._reaped.wait()
+    def _run(self) -> None:
+        try:
+            self._pump_output()
+        except Exception:
+            log_exception(f"reading output of process {self.pid}")
+        self._reaped.wait()
         if self._timer is not None:
             self._timer.cancel()
-        for fd in {*self._outputs, *([self._stdin_fd] if self._stdin_fd is not None else [])}:
-            os.close(fd)
-        self._stdin_fd = None
+        with self._stdin_lock, self._fd_lock:  # writers see the reaped pipe and let go
+            stdin = [self._stdin_fd] if self._stdin_fd is not None else []
+            for fd in {*self._outputs, self._reaped_r, self._reaped_w, *stdin}:
+                os.close(fd)
+            self._stdin_fd = None
         status = self._status if self._status is not None else 0
         if os.WIFSIGNALED(status):
             sig: int | None = os.WTERMSIG(status)
@@ -177,38 +243,46 @@ class Process:
         result = Exit(code, sig, error)
         self._on_finish(self, result)
         for listener in list(self.listeners):
-            await listener.put(result)
+            listener.put(result)
 
-    async def _pump(self, fd: int, kind: bytes) -> None:
-        while data := await self._read(fd):
+    def _pump_output(self) -> None:
+        """Forward output until every fd ended, or the process was reaped and its pipes are empty."""
+        poller = select.poll()
+        for fd in self._outputs:
+            poller.register(fd, READABLE)
+        poller.register(self._reaped_r, select.POLLIN)
+        open_fds = set(self._outputs)
+        while open_fds:
+            for fd, _ in poller.poll():
+                if fd == self._reaped_r:  # read what is left, then stop (a background child may hold the pipe)
+                    for out in list(open_fds):
+                        while (data := self._read(out)) is not None:
+                            self._deliver(out, data)
+                            if not data:
+                                break
+                    return
+                data = self._read(fd)
+                if data is not None:
+                    self._deliver(fd, data)
+                    if not data:
+                        poller.unregister(fd)
+                        open_fds.discard(fd)
+
+    def _deliver(self, fd: int, data: bytes) -> None:
+        if data:
             for listener in list(self.listeners):
-                await listener.put((kind, data))
+                listener.put((self._outputs[fd], data))
 
-    async def _read(self, fd: int) -> bytes:
-        """Next chunk, or b"" at end: EOF/EIO, or the pipe is empty after the process was reaped."""
-        while True:
-            try:
-                return os.read(fd, CHUNK)
-            except BlockingIOError:
-                if self._status is not None:
-                    return b""  # everything the process wrote before exiting has been read
-            except OSError as exc:
-                if exc.errno == errno.EIO:  # PTY: every slave fd is closed
-                    return b""
-                raise
-            await self._wait_fd(fd, readable=True)
-
-    async def _wait_fd(self, fd: int, readable: bool) -> None:
-        """Wait until `fd` is ready, or the process is reaped (whichever comes first)."""
-        loop = asyncio.get_running_loop()
-        waker: asyncio.Future[None] = loop.create_future()
-        (loop.add_reader if readable else loop.add_writer)(fd, wake, waker)
-        self._wakers.add(waker)
+    def _read(self, fd: int) -> bytes | None:
+        """Next chunk, b"" at its end (EOF, or EIO on a PTY whose slave fds are all closed), None if empty."""
         try:
-            await waker
-        finally:
-            self._wakers.discard(waker)
-            (loop.remove_reader if readable else loop.remove_writer)(fd)
+            return os.read(fd, CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
 
 
 class ProcessTable:
@@ -217,11 +291,11 @@ class ProcessTable:
     def __init__(self) -> None:
         self.running: dict[int, Process] = {}
         self.finished: collections.OrderedDict[int, Exit] = collections.OrderedDict()
+        self.lock = threading.Lock()
 
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Reap children on SIGCHLD, including orphans adopted as a child subreaper."""
+    def install(self) -> None:
+        """Adopt orphans as a child subreaper, so that `reap` collects them too."""
         libc.set_child_subreaper()
-        loop.add_signal_handler(signal.SIGCHLD, self.reap)
 
     def spawn(self, spec: Spec, listener: Listener | None = None) -> Process:
         user = spec.user
@@ -236,102 +310,116 @@ class ProcessTable:
 
         parent_fds: list[int] = []
         child_fds: list[int] = []
-        try:
-            if spec.pty:
-                master, slave = os.openpty()
-                parent_fds.append(master)
-                child_fds.append(slave)
-                _set_window_size(slave, *spec.pty)
-                if identity:  # like grantpt(): the terminal belongs to the user running on it
-                    os.fchown(slave, user.uid, -1)
-                stdio: dict[str, Any] = {"stdin": slave, "stdout": slave, "stderr": slave}
-                outputs, stdin_fd = {master: STDOUT}, master
-            else:
-                out_r, out_w = os.pipe()
-                err_r, err_w = os.pipe()
-                parent_fds += [out_r, err_r]
-                child_fds += [out_w, err_w]
-                stdin: int = subprocess.DEVNULL
-                stdin_fd = None
-                if spec.stdin:
-                    stdin, stdin_fd = os.pipe()
-                    parent_fds.append(stdin_fd)
-                    child_fds.append(stdin)
-                stdio = {"stdin": stdin, "stdout": out_w, "stderr": err_w}
-                outputs = {out_r: STDOUT, err_r: STDERR}
-            for fd in parent_fds:
-                os.set_blocking(fd, False)
-            popen = subprocess.Popen(
-                spec.cmd,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=_take_controlling_tty if spec.pty else None,
-                **stdio,
-                **identity,
-            )
-        except OSError as exc:
-            for fd in parent_fds:
-                os.close(fd)
-            raise error_from_os(exc) from None
-        except subprocess.SubprocessError as exc:
-            for fd in parent_fds:
-                os.close(fd)
-            raise AgentError("internal", f"could not start {spec.cmd[0]!r}: {exc}") from None
-        finally:
-            for fd in child_fds:
-                os.close(fd)
+        with self.lock:  # the reaper waits: the child may exit before it is in the table
+            try:
+                if spec.pty:
+                    master, slave = os.openpty()
+                    parent_fds.append(master)
+                    child_fds.append(slave)
+                    _set_window_size(slave, *spec.pty)
+                    if identity:  # like grantpt(): the terminal belongs to the user running on it
+                        os.fchown(slave, user.uid, -1)
+                    stdio: dict[str, Any] = {"stdin": slave, "stdout": slave, "stderr": slave}
+                    outputs, stdin_fd = {master: STDOUT}, master
+                else:
+                    out_r, out_w = os.pipe()
+                    err_r, err_w = os.pipe()
+                    parent_fds += [out_r, err_r]
+                    child_fds += [out_w, err_w]
+                    stdin: int = subprocess.DEVNULL
+                    stdin_fd = None
+                    if spec.stdin:
+                        stdin, stdin_fd = os.pipe()
+                        parent_fds.append(stdin_fd)
+                        child_fds.append(stdin)
+                    stdio = {"stdin": stdin, "stdout": out_w, "stderr": err_w}
+                    outputs = {out_r: STDOUT, err_r: STDERR}
+                for fd in parent_fds:
+                    os.set_blocking(fd, False)
+                popen = subprocess.Popen(
+                    spec.cmd,
+                    env=env,
+                    cwd=cwd,
+                    start_new_session=True,
+                    close_fds=True,
+                    preexec_fn=_take_controlling_tty if spec.pty else None,
+                    **stdio,
+                    **identity,
+                )
+            except OSError as exc:
+                for fd in parent_fds:
+                    os.close(fd)
+                raise error_from_os(exc) from None
+            except subprocess.SubprocessError as exc:
+                for fd in parent_fds:
+                    os.close(fd)
+                raise AgentError("internal", f"could not start {spec.cmd[0]!r}: {exc}") from None
+            finally:
+                for fd in child_fds:
+                    os.close(fd)
 
-        process = Process(popen, spec, cwd, outputs, stdin_fd, self._finished)
-        if listener is not None:
-            process.listeners.add(listener)
-        self.running[process.pid] = process
-        self.finished.pop(process.pid, None)  # a reused pid no longer names the old process
-        return process
+            process = Process(popen, spec, cwd, outputs, stdin_fd, self._finished)
+            if listener is not None:
+                process.listeners.add(listener)
+            self.running[process.pid] = process
+            self.finished.pop(process.pid, None)  # a reused pid no longer names the old process
+        return process  # the caller starts it (`Process.start`), right after replying
 
     def get(self, pid: int) -> Process:
-        process = self.running.get(pid)
+        with self.lock:
+            process = self.running.get(pid)
         if process is None:
             raise AgentError("not_found", f"no running process with pid {pid}")
         return process
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [p.info() for p in self.running.values()]
+
     def attach(self, pid: int, listener: Listener) -> Process | Exit:
         """Add a listener to a running process and return it, or return a finished process's exit."""
-        process = self.running.get(pid)
-        if process is not None:
-            process.listeners.add(listener)
-            return process
-        if pid in self.finished:
-            return self.finished[pid]
+        with self.lock:
+            process = self.running.get(pid)
+            if process is not None:
+                process.listeners.add(listener)
+                return process
+            if pid in self.finished:
+                return self.finished[pid]
         raise AgentError("not_found", f"no process with pid {pid}")
+
+    def detach(self, process: Process, listener: Listener) -> None:
+        with self.lock:
+            process.listeners.discard(listener)
 
     def reap(self) -> None:
         """Collect every exited child; orphans adopted by the subreaper are just discarded."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            process = self.running.get(pid)
-            if process is not None:
-                process.reaped(status)
+        with self.lock:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid == 0:
+                    return
+                process = self.running.get(pid)
+                if process is not None:
+                    process.reaped(status)
 
     def _finished(self, process: Process, result: Exit) -> None:
-        self.running.pop(process.pid, None)
-        self.finished[process.pid] = result
-        while len(self.finished) > FINISHED_KEPT:
-            self.finished.popitem(last=False)
+        with self.lock:
+            self.running.pop(process.pid, None)
+            self.finished[process.pid] = result
+            while len(self.finished) > FINISHED_KEPT:
+                self.finished.popitem(last=False)
 
-    async def shutdown(self, deadline: float = 5.0) -> None:
+    def shutdown(self, deadline: float = 5.0) -> None:
         """SIGKILL every process group and any other descendant, and reap them all."""
-        for process in list(self.running.values()):
+        with self.lock:
+            processes = list(self.running.values())
+        for process in processes:
             process.kill_group()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
-        while loop.time() < end:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
             self.reap()
             children = _children()
             if not children:
@@ -339,7 +427,7 @@ class ProcessTable:
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            await asyncio.sleep(0.01)  # poll: waiting for the kernel to finish killing them
+            time.sleep(0.01)  # poll: waiting for the kernel to finish killing them
 
 
 def _children() -> list[int]:
@@ -356,12 +444,6 @@ def _children() -> list[int]:
         if int(fields[1]) == me:
             pids.append(int(name))
     return pids
-
-
-def wake(future: asyncio.Future[None]) -> None:
-    """Resolve `future` unless already done (fd callbacks may fire more than once)."""
-    if not future.done():
-        future.set_result(None)
 
 
 def _set_window_size(fd: int, cols: int, rows: int) -> None:

@@ -9,6 +9,9 @@ Exceptions::
      └── AgentUnavailable          host side only: the agent can't be reached, or the connection
                                    dropped mid-operation (kind "unavailable", never on the wire)
 
+Nothing here imports more than json/struct/errno/math: the agent starts with it (see the server's
+docstring), and the host-side asyncio channel lives in client.py.
+
 Details the prose leaves open, as implemented:
 - A JSON null field means "absent" (the default applies). Replies are frames too, so a reply over
   1 MiB (e.g. a huge `list`) fails with `too_large`; `list` also stops at 20000 entries.
@@ -24,14 +27,15 @@ Details the prose leaves open, as implemented:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import json
 import math
+import socket
 import struct
-from dataclasses import dataclass
-from typing import Any, Literal
+
+TYPE_CHECKING = False  # typing is not imported at run time: the agent's start-up cost
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 VERSION = 1
 MAX_PAYLOAD = 1 << 20
@@ -125,21 +129,58 @@ def error_from_os(exc: OSError, path: str | None = None) -> AgentError:
     return AgentError(kind, f"{reason}: {where}" if where is not None else reason)
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Frozen:
+    """A small immutable record: its fields are the subclass's __match_args__ (and __slots__), set
+    in that order by __init__ (not `dataclasses`: it imports `inspect`, which costs the agent's
+    start-up more than all of this)."""
+
+    __match_args__: tuple[str, ...] = ()
+    __slots__ = ()
+
+    def __init__(self, *values: object) -> None:
+        for name, value in zip(self.__match_args__, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Output(Frozen):
     """A chunk of process output, exactly as produced (PTY output is reported as stdout)."""
 
+    __match_args__ = ("stream", "data")
+    __slots__ = __match_args__
     stream: Literal["stdout", "stderr"]
     data: bytes
 
+    def __init__(self, stream: Literal["stdout", "stderr"], data: bytes) -> None:
+        super().__init__(stream, data)
 
-@dataclass(frozen=True, slots=True)
-class Exit:
+
+class Exit(Frozen):
     """How a process ended: exit_code is 128+signal for signal deaths, like a shell's $?."""
 
+    __match_args__ = ("exit_code", "signal", "error")
+    __slots__ = __match_args__
     exit_code: int
     signal: int | None
     error: str | None
+
+    def __init__(self, exit_code: int, signal: int | None, error: str | None) -> None:
+        super().__init__(exit_code, signal, error)
 
     def to_event(self) -> dict[str, Any]:
         return {"event": "exit", "exit_code": self.exit_code, "signal": self.signal, "error": self.error}
@@ -177,63 +218,81 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return value
 
 
-class Channel:
-    """One framed connection. One task sends and one task receives at a time."""
+class SyncChannel:
+    """The agent's side of one framed connection: a blocking socket, served by one thread."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.sent = False  # whether any frame went out yet
 
-    async def send(self, kind: bytes, payload: bytes = b"") -> None:
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
         if len(payload) > MAX_PAYLOAD:
             raise AgentError("too_large", f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
         self.sent = True
-        self._writer.write(HEADER.pack(len(payload), kind))
-        if payload:
-            self._writer.write(payload)
-        await self._writer.drain()
+        header = HEADER.pack(len(payload), kind)
+        if len(payload) < 65536:
+            self.sock.sendall(header + payload)
+        else:  # no copy of a large payload
+            self.sock.sendall(header)
+            self.sock.sendall(payload)
 
-    async def send_json(self, message: dict[str, Any]) -> None:
-        await self.send(JSON, json.dumps(message, separators=(",", ":")).encode())
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.send(JSON, json.dumps(message, separators=(",", ":")).encode())
 
-    async def recv(self) -> tuple[bytes, bytes]:
-        """Next frame; raises asyncio.IncompleteReadError at end of stream, AgentError if malformed."""
-        length, kind = HEADER.unpack(await self._reader.readexactly(HEADER.size))
+    def recv(self) -> tuple[bytes, bytes]:
+        """Next frame; raises EOFError at end of stream, AgentError if malformed."""
+        length, kind = HEADER.unpack(self._exactly(HEADER.size))
         if kind not in KINDS:
             raise AgentError("invalid", f"unknown frame kind {kind!r}")
         if length > MAX_PAYLOAD:
             raise AgentError("too_large", f"frame length {length} exceeds {MAX_PAYLOAD}")
         if kind == END and length:
             raise AgentError("invalid", "END frame must be empty")
-        return kind, await self._reader.readexactly(length) if length else b""
+        return kind, self._exactly(length) if length else b""
 
-    async def recv_json(self) -> dict[str, Any]:
-        kind, payload = await self.recv()
+    def recv_json(self) -> dict[str, Any]:
+        kind, payload = self.recv()
         if kind != JSON:
             raise AgentError("invalid", f"expected a JSON frame, got {kind!r}")
         return decode_json(payload)
 
-    async def discard_until_closed(self) -> None:
-        """Read and drop whatever the peer sends until it closes its side."""
-        while await self._reader.read(65536):
-            pass
+    def discard(self) -> bool:
+        """Read and drop what the peer sent (call when readable); False once it closed its side."""
+        return bool(self.sock.recv(65536))
 
-    async def discard_until_end(self) -> None:
+    def discard_until_end(self) -> None:
         """Drop frames up to an END frame, so closing leaves nothing unread (no ECONNRESET)."""
         try:
-            while (await self.recv())[0] != END:
+            while self.recv()[0] != END:
                 pass
         except (AgentError, EOFError, ConnectionError):
             pass
 
     def close(self) -> None:
-        self._writer.close()
+        """Close, first dropping what the peer already sent: closing a unix socket with unread data
+        resets the connection, and the peer could lose the reply it has not read yet."""
+        try:
+            for _ in range(64):  # bounded: a peer that keeps sending is just reset
+                if not self.sock.recv(65536, socket.MSG_DONTWAIT):
+                    break
+        except OSError:  # nothing more (EAGAIN), or the connection is gone already
+            pass
+        self.sock.close()
 
-    async def aclose(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):  # the peer may be gone already
-            await self._writer.wait_closed()
+    def _exactly(self, size: int) -> bytes:
+        """`size` bytes (at most one header or MAX_PAYLOAD: checked before), or EOFError."""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if not n:
+                raise EOFError(f"connection closed after {got} of {size} bytes")
+            got += n
+        return bytes(buf)
 
 
 class Request:

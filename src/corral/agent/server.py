@@ -1,79 +1,123 @@
 """The agent's server: one operation per connection, accepted on the inherited listening socket or
 donated by the host over an inherited control socket (the gVisor backend).
 
-Everything runs on one asyncio event loop thread; blocking filesystem work goes to the worker threads
-of a `FileRunner`, each operation with the requesting user's filesystem credentials.
+Threads, blocking sockets, no event loop: the agent's start-up is most of a cold sandbox create and
+its heap most of an idle sandbox's memory, so it imports only what it uses (no asyncio, ssl, logging,
+concurrent.futures, typing or dataclasses; copy_in's tarfile/shutil on first use). The main thread
+polls the listening (or control) socket and a signal wakeup pipe: it starts one thread per
+connection, reaps children on SIGCHLD and shuts down on SIGTERM/SIGINT (or, with donated connections,
+the control socket's end). A connection's thread reads the request, runs its op — file operations
+with the requesting user's filesystem credentials, switched on that thread only (creds.py) — and
+polls its socket with the process output or watch it streams, so a caller that goes away detaches.
+Each running process has a pump thread (processes.py).
+
 A connection's failure (malformed frame, bad field, dropped peer, a bug in a handler) ends that
 connection with a structured error where possible and never touches the others.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
 import binascii
-import logging
+import contextlib
 import os
+import select
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+import threading
+import time
 
-from . import copyin, files, libc
+from . import files, libc
 from .creds import FileRunner
+from .log import log, log_exception
 from .processes import Listener, Process, ProcessTable, Spec
-from .protocol import DATA, END, OPS, VERSION, AgentError, Channel, Exit, Request
+from .protocol import DATA, END, OPS, VERSION, AgentError, Exit, Request, SyncChannel
 from .users import User, resolve_user
 from .watch import Watch
 
-log = logging.getLogger("corral.agent")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
-Handler = Callable[[Channel, Request], Awaitable[None]]
+    Handler = Callable[[SyncChannel, Request], None]
+
+USAGE = "usage: corral-agent (--listen-fd N | --control-fd N)"
+SHUTDOWN_GRACE = 2.0  # seconds for connection threads to unwind at shutdown
+PEER = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 class Agent:
-    """Serves connections; owns the process table and the file workers. Not thread-safe: create and
-    use it on one event loop thread only."""
+    """Serves connections, one thread each; owns the process table and the file credentials."""
 
     def __init__(self) -> None:
         self.processes = ProcessTable()
         self.fs = FileRunner()
         self.handlers: dict[str, Handler] = {op: getattr(self, f"op_{op}") for op in OPS}
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def start(self, conn: socket.socket) -> None:
+        """Serve `conn` on a new thread."""
+        conn.setblocking(True)
+        thread = threading.Thread(target=self.handle, args=(conn,), name="conn", daemon=True)
+        with self._lock:
+            self._connections[conn] = thread
+        try:
+            thread.start()
+        except RuntimeError as exc:  # can't start a new thread (a thread limit): this one only
+            log("ERROR", f"cannot serve a connection: {exc}")
+            with self._lock:
+                self._connections.pop(conn, None)
+            conn.close()
+
+    def handle(self, conn: socket.socket) -> None:
         """Serve one connection: read the request, run its op, reply with an error if it fails."""
-        chan = Channel(reader, writer)
+        chan = SyncChannel(conn)
 
-        async def reply_error(error: AgentError) -> None:
+        def reply_error(error: AgentError) -> None:
             if not chan.sent:  # once a reply went out, the stream just ends
-                await chan.send_json(error.to_reply())
+                chan.send_json(error.to_reply())
 
         try:
             try:
-                request = Request(await chan.recv_json())
-                await self.handlers[request.op](chan, request)
+                request = Request(chan.recv_json())
+                self.handlers[request.op](chan, request)
             except AgentError as exc:
-                await reply_error(exc)
+                reply_error(exc)
             except (EOFError, ConnectionError):
                 raise
             except Exception as exc:
-                log.exception("internal error")
-                await reply_error(AgentError("internal", f"{type(exc).__name__}: {exc}"))
+                log_exception("internal error")
+                reply_error(AgentError("internal", f"{type(exc).__name__}: {exc}"))
         except (EOFError, ConnectionError):
             pass  # the peer went away
-        except asyncio.CancelledError:
-            pass  # agent shutdown; this is the connection task's outermost frame, nobody awaits it
+        except Exception:
+            log_exception("connection failed")
         finally:
+            with self._lock:
+                self._connections.pop(conn, None)
             chan.close()
+
+    def close_connections(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Shut every connection's socket down (their threads unwind, writes drop their temp files)
+        and give the threads `grace` seconds to end."""
+        with self._lock:
+            connections = list(self._connections.items())
+        for conn, _ in connections:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                conn.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + grace
+        for _, thread in connections:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- processes ----------------------------------------------------------------------------
 
-    async def op_ping(self, chan: Channel, req: Request) -> None:
-        await chan.send_json({"ok": True, "version": VERSION})
+    def op_ping(self, chan: SyncChannel, req: Request) -> None:
+        chan.send_json({"ok": True, "version": VERSION})
 
-    async def op_exec(self, chan: Channel, req: Request) -> None:
+    def op_exec(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
         cmd = req.texts("cmd")
         if not cmd:
@@ -92,161 +136,213 @@ class Agent:
             tag=req.optional_text("tag"),
             timeout=timeout,
         )
+        self.fs.check()  # the child inherits this thread's credentials
         listener = Listener()
-        process = self.processes.spawn(spec, listener)
-        await _stream(chan, process, listener)
+        try:
+            process = self.processes.spawn(spec, listener)
+        except BaseException:
+            listener.close()
+            raise
+        self._stream(chan, process, listener, start=True)
 
-    async def op_attach(self, chan: Channel, req: Request) -> None:
+    def op_attach(self, chan: SyncChannel, req: Request) -> None:
         pid = req.integer("pid")
         listener = Listener()
-        found = self.processes.attach(pid, listener)
+        try:
+            found = self.processes.attach(pid, listener)
+        except BaseException:
+            listener.close()
+            raise
         if isinstance(found, Exit):
-            await chan.send_json({"ok": True, "pid": pid})
-            await chan.send_json(found.to_event())
+            listener.close()
+            chan.send_json({"ok": True, "pid": pid})
+            chan.send_json(found.to_event())
         else:
-            await _stream(chan, found, listener)
+            self._stream(chan, found, listener)
 
-    async def op_stdin(self, chan: Channel, req: Request) -> None:
+    def op_stdin(self, chan: SyncChannel, req: Request) -> None:
         pid, eof = req.integer("pid"), req.flag("eof", False)
         try:
             data = base64.b64decode(req.text("data", ""), validate=True)
         except (binascii.Error, ValueError):
             raise AgentError("invalid", "stdin: data must be base64") from None
-        await self.processes.get(pid).write_stdin(data, eof)
-        await chan.send_json({"ok": True})
+        self.processes.get(pid).write_stdin(data, eof)
+        chan.send_json({"ok": True})
 
-    async def op_signal(self, chan: Channel, req: Request) -> None:
+    def op_signal(self, chan: SyncChannel, req: Request) -> None:
         pid, sig = req.integer("pid"), req.integer("signal")
         if sig not in signal.valid_signals():
             raise AgentError("invalid", f"signal: {sig} is not a signal number")
         self.processes.get(pid).signal(sig)
-        await chan.send_json({"ok": True})
+        chan.send_json({"ok": True})
 
-    async def op_resize(self, chan: Channel, req: Request) -> None:
+    def op_resize(self, chan: SyncChannel, req: Request) -> None:
         pid = req.integer("pid")
         cols, rows = _pty_size({"cols": req.integer("cols"), "rows": req.integer("rows")}) or (0, 0)
         self.processes.get(pid).resize(cols, rows)
-        await chan.send_json({"ok": True})
+        chan.send_json({"ok": True})
 
-    async def op_processes(self, chan: Channel, req: Request) -> None:
-        running = [p.info() for p in self.processes.running.values()]
-        await chan.send_json({"ok": True, "processes": running})
+    def op_processes(self, chan: SyncChannel, req: Request) -> None:
+        chan.send_json({"ok": True, "processes": self.processes.snapshot()})
+
+    def _stream(self, chan: SyncChannel, process: Process, listener: Listener, start: bool = False) -> None:
+        """Reply with the pid, then forward the listener's output and exit until either side ends.
+        With `start`, the process's pump starts after the reply went out: the reply goes first
+        (starting a thread takes a while, and the command may be one that kills the agent)."""
+        try:
+            try:
+                chan.send_json({"ok": True, "pid": process.pid})
+            finally:
+                if start:
+                    process.start()
+            poller = select.poll()
+            poller.register(chan.fileno(), PEER)
+            poller.register(listener.fd, select.POLLIN)
+            while True:
+                for fd, _ in poller.poll():
+                    if fd != listener.fd:
+                        if not chan.discard():
+                            return  # the caller detached; the process runs on
+                        continue
+                    for item in listener.take():
+                        if isinstance(item, Exit):
+                            chan.send_json(item.to_event())
+                            return
+                        chan.send(*item)
+        finally:
+            self.processes.detach(process, listener)
+            listener.close()
 
     # -- files --------------------------------------------------------------------------------
 
-    async def op_stat(self, chan: Channel, req: Request) -> None:
+    def op_stat(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
-        entry = await self.fs.run(user, files.entry, user.resolve(req.path()))
-        await chan.send_json({"ok": True, "entry": entry})
+        entry = self.fs.run(user, files.entry, user.resolve(req.path()))
+        chan.send_json({"ok": True, "entry": entry})
 
-    async def op_list(self, chan: Channel, req: Request) -> None:
+    def op_list(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
         path = user.resolve(req.path())
         depth = req.integer("depth", 1)
         if depth < 1:
             raise AgentError("invalid", "list: depth must be >= 1")
-        entries = await self.fs.run(user, files.list_entries, path, depth)
-        await chan.send_json({"ok": True, "entries": entries})
+        entries = self.fs.run(user, files.list_entries, path, depth)
+        chan.send_json({"ok": True, "entries": entries})
 
-    async def op_read(self, chan: Channel, req: Request) -> None:
+    def op_read(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
         path = user.resolve(req.path())
-        fd, entry = await self.fs.run(user, files.open_for_read, path)
+        fd, entry = self.fs.run(user, files.open_for_read, path)
         try:
-            await chan.send_json({"ok": True, "entry": entry})
+            chan.send_json({"ok": True, "entry": entry})
             try:
-                while chunk := await self.fs.run(user, files.read_chunk, fd, path):
-                    await chan.send(DATA, chunk)
+                while chunk := files.read_chunk(fd, path):  # the open fd needs no credentials
+                    chan.send(DATA, chunk)
             except AgentError as exc:  # mid-stream: a JSON error frame instead of END
-                await chan.send_json(exc.to_reply())
+                chan.send_json(exc.to_reply())
                 return
-            await chan.send(END)
+            chan.send(END)
         finally:
             os.close(fd)
 
-    async def op_write(self, chan: Channel, req: Request) -> None:
+    def op_write(self, chan: SyncChannel, req: Request) -> None:
         writer: files.FileWriter | None = None
+        user: User | None = None
         try:  # every error, a bad user or path too, is answered after the DATA frames are drained
             user = _user(req)
             path = user.resolve(req.path())
             mode = None if req.fields.get("mode") is None else req.integer("mode")
             if mode is not None and not 0 <= mode <= 0o7777:
                 raise AgentError("invalid", "write: mode must be within 0..0o7777")
-            writer = await self.fs.run(user, files.FileWriter, path, mode)
-            while (frame := await chan.recv())[0] != END:
+            writer = self.fs.run(user, files.FileWriter, path, mode)
+            while (frame := chan.recv())[0] != END:
                 if frame[0] != DATA:
                     raise AgentError("invalid", "write: expected DATA or END frames after the request")
-                await self.fs.run(user, writer.write, frame[1])
-            entry = await self.fs.run(user, writer.commit)
+                self.fs.run(user, writer.write, frame[1])
+            entry = self.fs.run(user, writer.commit)
         except AgentError as exc:
-            if writer is not None:
-                self.fs.submit(user, writer.abort)
-            await chan.send_json(exc.to_reply())
-            await chan.discard_until_end()  # so closing leaves nothing unread for the client
+            self._abort(user, writer)
+            chan.send_json(exc.to_reply())
+            chan.discard_until_end()  # so closing leaves nothing unread for the client
             return
         except BaseException:
-            if writer is not None:
-                self.fs.submit(user, writer.abort)  # no awaiting here: we may be being cancelled
+            self._abort(user, writer)  # the peer went away: drop the temp file
             raise
-        await chan.send_json({"ok": True, "entry": entry})
+        chan.send_json({"ok": True, "entry": entry})
 
-    async def op_mkdir(self, chan: Channel, req: Request) -> None:
+    def _abort(self, user: User | None, writer: files.FileWriter | None) -> None:
+        if user is None or writer is None:
+            return
+        try:
+            self.fs.run(user, writer.abort)
+        except Exception as exc:
+            log("WARNING", f"dropping the temp file of a failed write failed: {exc}")
+
+    def op_mkdir(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
-        created = await self.fs.run(user, files.make_dirs, user.resolve(req.path()))
-        await chan.send_json({"ok": True, "created": created})
+        created = self.fs.run(user, files.make_dirs, user.resolve(req.path()))
+        chan.send_json({"ok": True, "created": created})
 
-    async def op_remove(self, chan: Channel, req: Request) -> None:
+    def op_remove(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
-        await self.fs.run(user, files.remove, user.resolve(req.path()))
-        await chan.send_json({"ok": True})
+        files.load_shutil()
+        self.fs.run(user, files.remove, user.resolve(req.path()))
+        chan.send_json({"ok": True})
 
-    async def op_rename(self, chan: Channel, req: Request) -> None:
+    def op_rename(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
         src, dst = user.resolve(req.path("src")), user.resolve(req.path("dst"))
-        await chan.send_json({"ok": True, "entry": await self.fs.run(user, files.rename, src, dst)})
+        files.load_shutil()
+        chan.send_json({"ok": True, "entry": self.fs.run(user, files.rename, src, dst)})
 
-    async def op_watch(self, chan: Channel, req: Request) -> None:
+    def op_watch(self, chan: SyncChannel, req: Request) -> None:
         user = _user(req)
         path = user.resolve(req.path())
-        watch = await self.fs.run(user, Watch, path, req.flag("recursive", False), self.fs, user)
+        watch = self.fs.run(user, Watch, path, req.flag("recursive", False))
         try:
-            await chan.send_json({"ok": True})
-
-            async def forward() -> None:
-                while not watch.ended:
-                    for event in await watch.next_events():
-                        await chan.send_json(event)
-
-            await _until_peer_closes(chan, forward())
+            chan.send_json({"ok": True})
+            poller = select.poll()
+            poller.register(chan.fileno(), PEER)
+            poller.register(watch.fd, select.POLLIN)
+            while not watch.ended:
+                for fd, _ in poller.poll():
+                    if fd != watch.fd:
+                        if not chan.discard():
+                            return  # the caller stopped watching
+                        continue
+                    for event in self.fs.run(user, watch.read_events):
+                        chan.send_json(event)
         finally:
             watch.close()
 
-
-    async def op_copy_in(self, chan: Channel, req: Request) -> None:
+    def op_copy_in(self, chan: SyncChannel, req: Request) -> None:
         items = req.fields.get("items")
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise AgentError("invalid", "copy_in: items must be a list of objects")
         chmod = None if req.fields.get("chmod") is None else req.integer("chmod")
         if chmod is not None and not 0 <= chmod <= 0o7777:
             raise AgentError("invalid", "copy_in: chmod must be within 0..0o7777")
-        root = resolve_user("root")
-        written = await self.fs.run(root, copyin.copy_in, items, req.optional_text("chown"), chmod)
-        await chan.send_json({"ok": True, "written": written})
+        from . import copyin  # template builds only: tarfile and shutil stay off the start path
 
-    async def op_port_open(self, chan: Channel, req: Request) -> None:
+        root = resolve_user("root")
+        written = self.fs.run(root, copyin.copy_in, items, req.optional_text("chown"), chmod)
+        chan.send_json({"ok": True, "written": written})
+
+    def op_port_open(self, chan: SyncChannel, req: Request) -> None:
         port = req.integer("port")
         if not 1 <= port <= 65535:
             raise AgentError("invalid", "port_open: port must be within 1..65535")
-        await chan.send_json({"ok": True, "open": await _accepts(port)})
+        chan.send_json({"ok": True, "open": _accepts(port)})
 
 
-async def _accepts(port: int) -> bool:
-    for host in ("127.0.0.1", "::1"):
+def _accepts(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-        except (OSError, TimeoutError):
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                probe.connect((host, port))
+        except OSError:  # refused, timed out, or no such address family
             continue
-        writer.close()
         return True
     return False
 
@@ -265,125 +361,109 @@ def _pty_size(pty: dict[str, Any] | None) -> tuple[int, int] | None:
     return cols, rows
 
 
-async def _stream(chan: Channel, process: Process, listener: Listener) -> None:
-    """Reply with the pid, then forward the listener's output and exit until either side ends."""
-    try:
-        await chan.send_json({"ok": True, "pid": process.pid})
-
-        async def forward() -> None:
-            while True:
-                item = await listener.queue.get()
-                if isinstance(item, Exit):
-                    await chan.send_json(item.to_event())
-                    return
-                await chan.send(*item)
-
-        await _until_peer_closes(chan, forward())
-    finally:
-        process.listeners.discard(listener)
-        listener.close()
-
-
-async def _until_peer_closes(chan: Channel, work: Coroutine[Any, Any, None]) -> None:
-    """Run `work` until it ends or the peer closes the connection (which detaches the caller)."""
-    task = asyncio.ensure_future(work)
-    peer = asyncio.ensure_future(chan.discard_until_closed())
-    try:
-        await asyncio.wait({task, peer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        task.cancel()
-        peer.cancel()
-        await asyncio.gather(task, peer, return_exceptions=True)
-    if not task.cancelled():
-        task.result()  # re-raise what went wrong while forwarding
-
-
 # -- process entry point ------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="corral-agent", description="Corral in-sandbox agent.")
-    channel = parser.add_mutually_exclusive_group(required=True)
-    channel.add_argument("--listen-fd", type=int, help="inherited listening unix socket")
-    channel.add_argument(
-        "--control-fd", type=int, help="inherited connected unix socket; each connection arrives on it as an fd"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="corral-agent: %(levelname)s %(message)s")
-    donated = args.control_fd is not None
-    fd = args.control_fd if donated else args.listen_fd
+    args = sys.argv[1:] if argv is None else argv
+    parsed = _parse_args(args)
+    if parsed is None:
+        print(f"{USAGE}\ncorral-agent: error: bad arguments: {' '.join(args)[:200]}", file=sys.stderr)
+        return 2
+    donated, fd = parsed
     try:
         sock = _channel_socket(fd, listening=not donated)
     except ValueError as exc:
-        log.error("%s", exc)
+        log("ERROR", str(exc))
         return 2
     _close_stray_fds(keep=fd)
     # Otherwise sandbox root (same uid, same capabilities) could rewrite the agent through
     # /proc/<pid>/mem until the first file operation as another user happens to clear the flag.
     libc.set_not_dumpable()
     if os.geteuid() != 0:
-        log.warning("running as uid %d, not root: processes and file operations only work as this user", os.geteuid())
+        log("WARNING", f"running as uid {os.geteuid()}, not root: processes and file operations only work as this user")
     os.umask(0o022)
-    asyncio.run(serve(sock, donated=donated))
+    serve(sock, donated=donated)
     return 0
 
 
-async def serve(sock: socket.socket, donated: bool = False) -> None:
+def _parse_args(args: list[str]) -> tuple[bool, int] | None:
+    """(donated, fd) from `--listen-fd N` or `--control-fd N` (also `--name=N`); None if malformed."""
+    if len(args) == 1 and "=" in args[0]:
+        args = args[0].split("=", 1)
+    if len(args) != 2 or args[0] not in ("--listen-fd", "--control-fd"):
+        return None
+    if not (args[1].isascii() and args[1].isdigit()):
+        return None
+    return args[0] == "--control-fd", int(args[1])
+
+
+def serve(sock: socket.socket, donated: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (or, with donated connections, the control socket's end), then
     kill and reap every process the agent started."""
-    loop = asyncio.get_running_loop()
     agent = Agent()
-    agent.processes.install(loop)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if donated:
-        server: asyncio.AbstractServer | None = None
-        accepting = loop.create_task(_serve_donated(sock, agent.handle))
-        accepting.add_done_callback(lambda _: stop.set())
-    else:
-        server = await asyncio.start_unix_server(agent.handle, sock=sock)
+    agent.processes.install()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _note_signal)  # the wakeup fd carries the number; handled below
+    sock.setblocking(False)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     try:
-        await stop.wait()
+        while True:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    signals = os.read(wake_r, 512)
+                    agent.processes.reap()
+                    if signal.SIGTERM in signals or signal.SIGINT in signals:
+                        return
+                elif donated:
+                    if not _receive_donated(sock, agent):
+                        return  # the host closed the control socket: the sandbox ends
+                else:
+                    _accept(sock, agent)
     finally:
-        if server is not None:
-            server.close()
-        else:
-            accepting.cancel()
-        await agent.processes.shutdown()
-        # file workers stay up: cancelled writes still queue their clean-up while asyncio.run winds
-        # down, and interpreter exit waits for the queued work (as it would for asyncio's executor)
+        sock.close()
+        agent.processes.shutdown()
+        agent.close_connections()
+        signal.set_wakeup_fd(previous)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
-async def _serve_donated(control: socket.socket, handle: Callable[..., Awaitable[None]]) -> None:
-    """Accept connections the host donates: each message on ``control`` carries connected sockets
-    (SCM_RIGHTS), each served like an accepted connection. Returns when the host closes ``control``
-    (the server is gone, so the sandbox should end too)."""
-    loop = asyncio.get_running_loop()
-    control.setblocking(False)
-    tasks: set[asyncio.Task[None]] = set()
-    while True:
-        try:
-            msg, fds, _, _ = socket.recv_fds(control, 64, 16, socket.MSG_CMSG_CLOEXEC)
-        except (BlockingIOError, InterruptedError):
-            readable = loop.create_future()
-            loop.add_reader(control, readable.set_result, None)
-            try:
-                await readable
-            finally:
-                loop.remove_reader(control)
+def _note_signal(signum: int, frame: object) -> None:
+    """A Python-level handler must exist for the wakeup fd to see the signal; the loop acts on it."""
+
+
+def _accept(listener: socket.socket, agent: Agent) -> None:
+    try:
+        conn, _ = listener.accept()
+    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+        return
+    except OSError as exc:  # EMFILE and the like: this connection only, keep serving
+        log("WARNING", f"accept failed: {exc}")
+        return
+    agent.start(conn)
+
+
+def _receive_donated(control: socket.socket, agent: Agent) -> bool:
+    """Serve the connections one message on ``control`` carries (SCM_RIGHTS), each like an accepted
+    one; False once the host closed ``control`` (the server is gone, so the sandbox should end too)."""
+    try:
+        msg, fds, _, _ = socket.recv_fds(control, 64, 16, socket.MSG_CMSG_CLOEXEC)
+    except (BlockingIOError, InterruptedError):
+        return True
+    if not msg and not fds:
+        return False
+    for fd in fds:
+        conn = socket.socket(fileno=fd)
+        if conn.family != socket.AF_UNIX or conn.type != socket.SOCK_STREAM:
+            conn.close()  # only the host sends here; anything else is dropped
             continue
-        if not msg and not fds:
-            return
-        for fd in fds:
-            conn = socket.socket(fileno=fd)
-            if conn.family != socket.AF_UNIX or conn.type != socket.SOCK_STREAM:
-                conn.close()  # only the host sends here; anything else is dropped
-                continue
-            reader, writer = await asyncio.open_unix_connection(sock=conn)
-            task = loop.create_task(handle(reader, writer))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        agent.start(conn)
+    return True
 
 
 def _channel_socket(fd: int, listening: bool) -> socket.socket:
@@ -412,4 +492,4 @@ def _close_stray_fds(keep: int) -> None:
                 os.close(fd)
             except OSError:
                 continue  # the directory fd of the listing itself, already closed
-            log.warning("closed inherited fd %d", fd)
+            log("WARNING", f"closed inherited fd {fd}")

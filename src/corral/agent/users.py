@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass
 
-from .protocol import AgentError
+from .protocol import AgentError, Frozen
 
 DEFAULT_UID = 1000  # the protocol's "user" when no passwd entry is named "user"
 
 
-@dataclass(frozen=True, slots=True)
-class User:
+class User(Frozen):
     """Who a process runs as, or who owns the files an operation creates."""
 
+    __match_args__ = ("name", "uid", "gid", "home", "shell", "groups")
+    __slots__ = __match_args__
     name: str
     uid: int
     gid: int
     home: str
     shell: str
     groups: tuple[int, ...]
+
+    def __init__(self, name: str, uid: int, gid: int, home: str, shell: str, groups: tuple[int, ...]) -> None:
+        super().__init__(name, uid, gid, home, shell, groups)
 
     def resolve(self, path: str) -> str:
         """A caller's path as the kernel should see it: relative paths start at the home directory."""

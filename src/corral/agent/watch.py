@@ -6,27 +6,25 @@ is seen, and report what was already inside it as `create`, so nothing created i
 (at the price of an occasional duplicate). Temp files of the agent's own writes are hidden.
 
 All inotify and directory work runs through the `FileRunner` as the watching user, so a user can
-only watch (and recursively discover) directories it may read.
+only watch (and recursively discover) directories it may read; the server polls `Watch.fd` with the
+connection's socket and calls `read_events` when it is readable.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import logging
 import os
 import struct
 import threading
-from typing import Any
 
 from . import libc
-from .creds import FileRunner
 from .files import TEMP_PREFIX, os_errors
-from .processes import wake
+from .log import log
 from .protocol import error_from_os
-from .users import User
 
-log = logging.getLogger("corral.agent")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
@@ -58,20 +56,19 @@ READ_SIZE = 64 * 1024
 
 
 class Watch:
-    """One inotify instance on a directory. Blocking methods run in `runner`'s worker threads as
-    `user`, one at a time (a lock orders them against `close`); `ended` turns true when the directory
-    itself goes away. Construct it through the runner too: `await runner.run(user, Watch, ...)`."""
+    """One inotify instance on a directory. Construct it and call `read_events` through the
+    `FileRunner` as the watching user (a lock orders them against `close`); `ended` turns true when
+    the directory itself goes away."""
 
-    def __init__(self, path: str, recursive: bool, runner: FileRunner, user: User) -> None:
+    def __init__(self, path: str, recursive: bool) -> None:
         self.root = path
         self.recursive = recursive
-        self._runner = runner
-        self._user = user
         self.ended = False
         self._lock = threading.Lock()
         self._dirs: dict[int, str] = {}  # watch descriptor -> directory relative to root ("" = root)
         with os_errors(path):
             self._fd = libc.inotify_init()
+        self.fd = self._fd  # to poll, until `close`
         try:
             with os_errors(path):
                 self._root_wd = libc.inotify_add_watch(self._fd, path, MASK)
@@ -82,28 +79,14 @@ class Watch:
             os.close(self._fd)
             raise
 
-    async def next_events(self) -> list[dict[str, Any]]:
-        """Wait for the next batch of events (empty once `ended`)."""
-        loop = asyncio.get_running_loop()
-        while not self.ended:
-            events = await self._runner.run(self._user, self._read_events)
-            if events or self.ended:
-                return events
-            ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self._fd, wake, ready)
-            try:
-                await ready
-            finally:
-                loop.remove_reader(self._fd)
-        return []
-
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
 
-    def _read_events(self) -> list[dict[str, Any]]:
+    def read_events(self) -> list[dict[str, Any]]:
+        """The events waiting now (empty if none, or once closed)."""
         with self._lock:
             if self._fd < 0:
                 return []
@@ -123,7 +106,7 @@ class Watch:
 
     def _translate(self, wd: int, mask: int, name: str) -> list[dict[str, Any]]:
         if mask & IN_Q_OVERFLOW:
-            log.warning("inotify queue overflow under %s: events were lost", self.root)
+            log("WARNING", f"inotify queue overflow under {self.root}: events were lost")
             return []
         base = self._dirs.get(wd)
         if base is None:
@@ -169,7 +152,7 @@ class Watch:
                     if exc.errno == errno.ENOSPC and not report:  # the inotify watch limit
                         raise error_from_os(exc, full) from None
                     if exc.errno not in (errno.ENOENT, errno.EACCES, errno.EPERM):  # gone, or not the user's
-                        log.warning("cannot watch %s: %s", full, exc)
+                        log("WARNING", f"cannot watch {full}: {exc}")
                     continue
             try:
                 with os.scandir(full) as it:

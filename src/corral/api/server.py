@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from corral.api.http_protocol import protocol_class
 from corral.config import Settings
 from corral.runtime.host import HostUnsupported, check_host
 from corral.runtime.rootfs import RECIPES, RootfsError, build, build_lock, host_mirror, is_current
@@ -46,5 +47,5 @@ def serve(settings: Settings | None = None) -> None:
     print(f"corral: listening on http://{settings.host}:{settings.port} (data: {settings.data_dir})", flush=True)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-        loop="uvloop", http="httptools", timeout_graceful_shutdown=10,
+        loop="uvloop", http=protocol_class(settings.header_timeout), timeout_graceful_shutdown=10,
     )

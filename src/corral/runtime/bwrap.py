@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,9 @@ class BwrapBackend:
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
             compileall.compile_dir(package, quiet=2, workers=1)
         self.seccomp = build_filter()
+        # One thread spawns every bwrap, off the event loop: --die-with-parent follows the spawning
+        # thread, so it must live as long as the backend (a pool thread could come and go).
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-spawn")
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -81,14 +85,27 @@ class BwrapBackend:
         try:
             att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
-            # Spawned from the loop's thread: bwrap's --die-with-parent follows the spawning thread.
-            spawned = launch_priv.spawn(p, prepared, self.seccomp)
             loop = asyncio.get_running_loop()
+            spawning = loop.run_in_executor(self._spawner, launch_priv.spawn, p, prepared, self.seccomp, self.cgroups)
+            cancelled = False
+            while True:  # a cancelled create still takes the bwrap it started, so destroy can end it
+                try:
+                    spawned = await asyncio.shield(spawning)
+                    break
+                except asyncio.CancelledError:
+                    if spawning.cancelled():
+                        raise
+                    cancelled = True
             live = _Live(p, spawned.process, os.pidfd_open(spawned.process.pid), loop.create_future())
             self._live[spec.sandbox_id] = live
             loop.add_reader(live.pidfd, self._reap, spec.sandbox_id, live)
+            if cancelled:  # never admitted: bwrap would wait on its block fd until teardown
+                spawned.process.kill()
+                for fd in (spawned.info_r, spawned.block_w):
+                    os.close(fd)
+                raise asyncio.CancelledError
             plug = partial(net.plug, att) if net and att else None
-            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, self.cgroups, plug)
+            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, plug)
             await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
             await self.destroy(spec.sandbox_id)
@@ -240,6 +257,7 @@ class BwrapBackend:
         await asyncio.to_thread(self.cgroups.close)
         if self.network is not None:
             await self.network.close()
+        self._spawner.shutdown(wait=False)  # every sandbox is gone; the idle thread just exits
 
     # networking (see runtime/network.py)
     def default_env(self, spec: SandboxSpec) -> dict[str, str]:

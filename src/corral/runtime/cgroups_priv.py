@@ -96,7 +96,9 @@ def _kill_and_rmdir(path: Path) -> None:
     """Kill every process in a cgroup directory, then remove it (children first)."""
     if not path.is_dir():
         return
-    for child in [p for p in path.iterdir() if p.is_dir()]:
+    with os.scandir(path) as entries:  # d_type from cgroupfs: no stat per control file
+        children = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    for child in children:
         _kill_and_rmdir(child)
     freeze_file = path / "cgroup.freeze"  # a paused sandbox: thawed, so its processes can exit
     if freeze_file.exists():

@@ -8,11 +8,13 @@ The steps, in order (docs/security.md lists them too):
    and code read-only into it; create its cgroups with limits; bind the agent's listening unix
    socket (host-only path).
 2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset``, handing it the seccomp
-   program; the only host path it resolves is the root's mount point (in the 0711 mounts dir); it
-   creates all namespaces and then blocks before doing anything inside them.
-3. ``admit``: read bwrap's child pid, move both bwrap processes into the cgroups, write the
-   user-namespace maps (sandbox 0..65535 → host ``id_offset``..+65535), plug the sandbox's
-   network into its (still idle) netns (``network``/``netns_priv``), then unblock bwrap.
+   program: a ``sh`` stub (same uid) is moved into the sandbox's cgroups (every hierarchy) and only
+   then execs bwrap, so bwrap, and its cgroup namespace, start inside them; the only host path it
+   resolves is the root's mount point (in the 0711 mounts dir); it creates all namespaces and then
+   blocks before doing anything inside them.
+3. ``admit``: read bwrap's child pid, write the user-namespace maps (sandbox 0..65535 → host
+   ``id_offset``..+65535), plug the sandbox's network into its (still idle) netns
+   (``network``/``netns_priv``), then unblock bwrap.
 
 From then on bwrap mounts the root, drops to the agent's capability set, installs seccomp and
 execs the agent. Nothing in a sandbox ever runs as a host id below ``id_offset``.
@@ -21,8 +23,10 @@ execs the agent. Nothing in a sandbox ever runs as a host id below ``id_offset``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,8 +69,20 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
     return Prepared(listener=listener, socket_path=path)
 
 
-def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes) -> Spawned:
-    """Start bwrap as the unprivileged id-offset uid; it blocks until ``admit`` releases it."""
+# Waits for one line on stdin (sent once its pid is in the cgroups), then becomes bwrap; on EOF
+# (the server died first) it exits.
+_STUB = 'read -r _ && exec "$@" </dev/null'
+
+
+@functools.cache
+def _bwrap() -> str:
+    """bwrap's absolute path, so the stub's exec searches no PATH."""
+    return shutil.which("bwrap") or "bwrap"
+
+
+def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes, cgroups: Cgroups) -> Spawned:
+    """Start bwrap as the unprivileged id-offset uid inside the sandbox's cgroups (so its cgroup
+    namespace is rooted at the sandbox's own groups); it blocks until ``admit`` releases it."""
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
     seccomp_fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
@@ -76,12 +92,21 @@ def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes) -> Spawne
     log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
-            plan.argv(fds),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            ["/bin/sh", "-c", _STUB, "corral-bwrap", _bwrap(), *plan.argv(fds)[1:]],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
             pass_fds=(fds.block, fds.info, fds.seccomp, fds.listen),
             user=plan.id_offset, group=plan.id_offset, extra_groups=[],
             start_new_session=True,
         )
+        try:
+            cgroups.attach(plan.sandbox_id, process.pid)
+            assert process.stdin is not None
+            process.stdin.write(b"go\n")
+            process.stdin.close()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
     except BaseException:
         os.close(info_r)
         os.close(block_w)
@@ -94,11 +119,10 @@ def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes) -> Spawne
     return Spawned(process=process, info_r=info_r, block_w=block_w)
 
 
-def admit(
-    plan: LaunchPlan, spawned: Spawned, cgroups: Cgroups, plug: Callable[[int], None] | None = None
-) -> int:
-    """Place bwrap in the cgroups, map ids, plug its network (``plug(child pid)``: the netns exists,
-    nothing runs in it yet), release it. Returns the sandbox's init pid (host view)."""
+def admit(plan: LaunchPlan, spawned: Spawned, plug: Callable[[int], None] | None = None) -> int:
+    """Map ids, plug its network (``plug(child pid)``: the netns exists, nothing runs in it yet),
+    release it. Returns the sandbox's init pid (host view). bwrap and its child are in the
+    sandbox's cgroups since ``spawn``."""
     try:
         data = b""
         while b"}" not in data:
@@ -107,8 +131,6 @@ def admit(
                 raise RuntimeError("bubblewrap exited before creating the sandbox namespaces")
             data += chunk
         child = int(json.loads(data[: data.index(b"}") + 1])["child-pid"])
-        cgroups.attach(plan.sandbox_id, spawned.process.pid)
-        cgroups.attach(plan.sandbox_id, child)
         mapping = f"0 {plan.id_offset} {ID_RANGE}\n"
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{child}/{name}", "w") as f:

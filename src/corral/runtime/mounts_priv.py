@@ -10,6 +10,12 @@ sandbox's ``/``, with the agent's runtime and code bound read-only under ``/.cor
 
 Writes inside the sandbox land in ``disk/upper`` and stop at the image size (ENOSPC), so a full
 disk never eats host RAM or the host's free space beyond the limit.
+
+No ``mkfs`` or ``mount`` process per sandbox: ``<data>/disk-images/`` holds one pristine empty image
+per size (built once, atomically; checked against its digest once per process and rebuilt when
+missing or corrupt). Each sandbox gets a sparse copy of it (only its data extents; reflinked where
+the filesystem can) with a fresh ext4 UUID, attached with the loop-control ioctls and mounted
+with mount(2).
 """
 
 from __future__ import annotations
@@ -17,14 +23,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
+import fcntl
+import hashlib
 import os
 import shutil
+import struct
 import subprocess
+import threading
+import uuid
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MNT_DETACH = 2
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_NOATIME, MS_BIND = 1, 2, 4, 32, 1024, 4096
 
 
 class MountError(RuntimeError):
@@ -86,15 +98,199 @@ def create_disk(sandbox_dir: Path, size_mb: int, owner: int) -> Path:
     image = sandbox_dir / "disk.img"
     mountpoint = sandbox_dir / "disk"
     mountpoint.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(size_mb * 1024 * 1024)
-    _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "nodiscard", str(image)])
-    _run(["mount", "-o", "loop,noatime", str(image), str(mountpoint)])
+    cache = sandbox_dir.parent.parent / DISK_CACHE
+    for attempt in range(2):
+        pristine = _pristine(cache, size_mb)
+        _sparse_copy(pristine, image)
+        try:
+            _set_uuid(image)
+            _mount_loop(image, mountpoint)
+            break
+        except MountError:
+            if attempt:
+                raise
+            _forget(pristine)  # a corrupt cached image: build it again, once
+            image.unlink()
     upper = mountpoint / "upper"
     upper.mkdir()
     (mountpoint / "work").mkdir()
     os.chown(upper, owner, owner)
     return upper
+
+
+# --- the pristine image cache -------------------------------------------------------------------
+
+DISK_CACHE = "disk-images"  # in the data dir, beside sandboxes/
+MAX_CACHED = 8  # image sizes kept; callers choose sizes, so the cache is bounded
+_MKFS = ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal,metadata_csum_seed", "-E", "nodiscard"]
+_DIGEST_XATTR = "user.corral.sha256"
+_lock = threading.Lock()
+_checked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of cached images whose digest matched
+
+
+def _pristine(cache: Path, size_mb: int) -> Path:
+    """The cached empty image of this size, built (or rebuilt) if missing or corrupt."""
+    path = cache / f"ext4-{size_mb}m.img"
+    with _lock:
+        try:
+            st = path.stat()
+            if (st.st_dev, st.st_ino) not in _checked:
+                if st.st_size != size_mb << 20 or _digest(path) != os.getxattr(path, _DIGEST_XATTR).decode():
+                    raise ValueError(f"{path} does not match its digest")
+                _checked.add((st.st_dev, st.st_ino))
+            os.utime(path)  # most recently used: evicted last
+            return path
+        except (OSError, ValueError):
+            pass
+        cache.mkdir(mode=0o700, exist_ok=True)
+        tmp = cache / f".build-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.truncate(size_mb << 20)
+            _run([*_MKFS, str(tmp)])
+            with contextlib.suppress(OSError):  # no user xattrs here: trusted by this process only
+                os.setxattr(tmp, _DIGEST_XATTR, _digest(tmp).encode())
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.rename(tmp, path)  # atomic: readers see the whole image or none
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        st = path.stat()
+        _checked.add((st.st_dev, st.st_ino))
+        _evict(cache, keep=path)
+        return path
+
+
+def _forget(path: Path) -> None:
+    with _lock, contextlib.suppress(FileNotFoundError):
+        st = path.stat()
+        _checked.discard((st.st_dev, st.st_ino))
+        path.unlink()
+
+
+def _evict(cache: Path, keep: Path) -> None:
+    images = sorted(cache.glob("ext4-*.img"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in [p for p in images if p != keep][MAX_CACHED - 1:]:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+
+
+def _extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the data extents of a sparse file."""
+    out: list[tuple[int, int]] = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        offset = os.lseek(fd, start, os.SEEK_HOLE)
+        out.append((start, offset - start))
+    return out
+
+
+def _digest(path: Path) -> str:
+    """sha256 over the data extents and their offsets (holes read as zeros: not hashed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h.update(struct.pack("<Q", size))
+        for start, length in _extents(f.fileno(), size):
+            h.update(struct.pack("<QQ", start, length))
+            h.update(os.pread(f.fileno(), length, start))
+    return h.hexdigest()
+
+
+def _sparse_copy(src: Path, dst: Path) -> None:
+    """Copy only the data extents (copy_file_range: in-kernel, a reflink on XFS/btrfs)."""
+    with open(src, "rb") as s, open(dst, "xb") as d:
+        size = os.fstat(s.fileno()).st_size
+        d.truncate(size)
+        for start, length in _extents(s.fileno(), size):
+            done = 0
+            while done < length:
+                n = os.copy_file_range(s.fileno(), d.fileno(), length - done, start + done, start + done)
+                if n == 0:
+                    raise MountError(f"copying {src}: unexpected end of file")
+                done += n
+
+
+# --- ext4 superblock: a fresh UUID per copy -----------------------------------------------------
+
+_SB, _SB_LEN = 1024, 1024
+_SB_MAGIC, _SB_INCOMPAT, _SB_UUID, _SB_CSUM = 0x38, 0x60, 0x68, 0x3FC  # ro_compat follows incompat
+_RO_COMPAT_METADATA_CSUM, _INCOMPAT_CSUM_SEED = 0x400, 0x2000
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c_raw(data: bytes, crc: int = 0xFFFFFFFF) -> int:
+    """CRC32C without the final inversion (as ext4 stores it)."""
+    for b in data:
+        crc = _CRC32C[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def _set_uuid(image: Path) -> None:
+    """Give a copy its own filesystem UUID (statfs's f_fsid and the kernel's messages derive from
+    it; identical ones would make every sandbox's disk look like one filesystem). The image's
+    metadata checksums use the stored seed (``metadata_csum_seed``), so only the superblock's own
+    checksum changes. The backup superblocks keep the pristine UUID, as after a kernel-side change."""
+    with open(image, "rb+") as f:
+        sb = bytearray(os.pread(f.fileno(), _SB_LEN, _SB))
+        incompat, ro_compat = struct.unpack_from("<II", sb, _SB_INCOMPAT)
+        if sb[_SB_MAGIC:_SB_MAGIC + 2] != b"\x53\xef" or not incompat & _INCOMPAT_CSUM_SEED:
+            raise MountError(f"{image}: not an ext4 image with a checksum seed")
+        sb[_SB_UUID:_SB_UUID + 16] = uuid.uuid4().bytes
+        if ro_compat & _RO_COMPAT_METADATA_CSUM:
+            struct.pack_into("<I", sb, _SB_CSUM, crc32c_raw(bytes(sb[:_SB_CSUM])))
+        os.pwrite(f.fileno(), sb, _SB)
+
+
+# --- loop devices -------------------------------------------------------------------------------
+
+LOOP_CTL_GET_FREE, LOOP_CONFIGURE, LO_FLAGS_AUTOCLEAR = 0x4C82, 0x4C0A, 4
+_LOOP_INFO64 = struct.Struct("<5Q4I64s64s32s2Q")  # struct loop_info64
+_LOOP_CONFIG = struct.Struct(f"<II{_LOOP_INFO64.size}s64x")  # struct loop_config
+
+
+def _mount_loop(image: Path, target: Path) -> None:
+    """Attach ``image`` to a free loop device (auto-cleared: it goes with its last user, the mount
+    or, if we die first, our fd) and mount it at ``target``."""
+    with open(image, "rb+") as backing:
+        for _ in range(64):  # another process may take the free device before we configure it
+            with open("/dev/loop-control", "rb") as ctl:
+                index = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            dev = f"/dev/loop{index}"
+            fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                info = _LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, LO_FLAGS_AUTOCLEAR,
+                                         str(image).encode()[:63], b"", b"", 0, 0)
+                try:
+                    fcntl.ioctl(fd, LOOP_CONFIGURE, _LOOP_CONFIG.pack(backing.fileno(), 0, info))
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        continue
+                    raise MountError(f"attaching {image} to {dev} failed: {exc.strerror}") from exc
+                _mount(dev, target, "ext4", "", MS_NOATIME | MS_NOSUID | MS_NODEV)
+                return
+            finally:
+                os.close(fd)  # the mount holds the device now; without one it detaches here
+    raise MountError(f"attaching {image}: no free loop device")
 
 
 def mount_root(root: Path, disk: Path, lowers: list[Path], ro_binds: list[tuple[Path, str]]) -> None:

@@ -57,7 +57,7 @@ class AgentRuntime:
         """The runtime's python inside a sandbox (for the agent, or a helper the host runs there)."""
         return [
             f"{RT_DIR}/{self.loader}", "--library-path", f"{RT_DIR}/{self.libdir}",
-            f"{RT_DIR}/{self.python}", "-s", "-B",
+            f"{RT_DIR}/{self.python}", "-S", "-s", "-B",  # no site: stdlib only, ~5 ms less per start
         ]
 
 

@@ -298,6 +298,7 @@ class BuildService:
         blog = self._logs[row.id]
         steps: list[StepState] = []
         state, error, detail = "failed", None, None
+        finished = None  # set once the record is final (a ready build's, with its template)
         try:
             base = await self._base(dockerfile.base.base, blog, principal)
             env = dict(base.config.env) or {"PATH": DEFAULT_PATH}
@@ -316,9 +317,13 @@ class BuildService:
                 config=config.to_json(), build_id=row.id, owner_key_id=principal.key_id, public=req.public,
                 created_at=previous.created_at if previous and previous.created_at else created, updated_at=created,
             )
-            await asyncio.to_thread(self.store.put_template, record)
+            done = now()
+            await asyncio.to_thread(
+                self.store.finish_build, row.id, record, state="ready", error=None, error_detail=None,
+                finished_at=done, steps=[s.to_json() for s in steps],
+            )
+            finished, state = done, "ready"
             self.templates.put(TemplateInfo.from_row(record))
-            state = "ready"
             blog.emit({"type": "log", "step": None, "stream": "system", "ts": now().timestamp(),
                        "text": f"template {req.name!r} is ready: {built.steps_run} steps run, "
                                f"{built.steps_cached} from the cache\n"})
@@ -336,20 +341,23 @@ class BuildService:
             log.exception("build %s failed unexpectedly", row.id)
             error = f"internal error: {exc}"
         finally:
-            finished = now()
+            recorded = finished is not None
+            ts = now()  # events stay in time order (a ready build's record was closed before its last log line)
+            finished = finished or ts
             if error:
                 blog.emit({"type": "log", "step": None, "stream": "system", "text": f"error: {error}\n",
-                           "ts": finished.timestamp()})
+                           "ts": ts.timestamp()})
             try:
-                await asyncio.to_thread(
-                    self.store.update_build, row.id, state=state, error=error, error_detail=detail,
-                    finished_at=finished, steps=[s.to_json() for s in steps],
-                )
+                if not recorded:
+                    await asyncio.to_thread(
+                        self.store.update_build, row.id, state=state, error=error, error_detail=detail,
+                        finished_at=finished, steps=[s.to_json() for s in steps],
+                    )
                 await asyncio.to_thread(shutil.rmtree, files, True)
             finally:
                 # the record is final before the log says so: a follower may read it right after
                 self._running.pop(req.name, None)
-                blog.emit({"type": "status", "state": state, "error": error, "ts": finished.timestamp()})
+                blog.emit({"type": "status", "state": state, "error": error, "ts": ts.timestamp()})
                 blog.close()
                 self._logs.pop(row.id, None)
                 self._tasks.pop(row.id, None)

@@ -75,7 +75,7 @@ async def start(
 
 
 async def events(
-    sandbox_id: str, stream: ProcessStream, oom_kills: Callable[[], Awaitable[int]] | None = None,
+    sandbox_id: str, stream: ProcessStream, oom_killed: Callable[[], Awaitable[bool]] | None = None,
     announce: bool = True,
 ) -> AsyncIterator[dict[str, Any]]:
     """The event stream of one process; closes (detaches from) the process stream when done."""
@@ -83,7 +83,6 @@ async def events(
         "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
         "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
     }
-    ooms_before = await oom_kills() if oom_kills else 0
     try:
         if announce:
             yield {"type": "start", "pid": stream.pid}
@@ -99,7 +98,7 @@ async def events(
                         yield {"type": name, "data": rest}
                 error = event.error
                 if error is None and event.signal is not None:
-                    error = await _signal_reason(event.signal, oom_kills, ooms_before)
+                    error = await _signal_reason(event.signal, oom_killed)
                 yield {"type": "exit", "exit_code": event.exit_code, "error": error}
                 return
         yield {"type": "exit", "exit_code": -1, "error": f"sandbox {sandbox_id}: lost contact with the process"}
@@ -109,8 +108,8 @@ async def events(
         await stream.close()
 
 
-async def _signal_reason(sig: int, oom_kills: Callable[[], Awaitable[int]] | None, ooms_before: int) -> str:
-    if sig == signals.SIGKILL and oom_kills is not None and await oom_kills() > ooms_before:
+async def _signal_reason(sig: int, oom_killed: Callable[[], Awaitable[bool]] | None) -> str:
+    if sig == signals.SIGKILL and oom_killed is not None and await oom_killed():
         return "killed: out of memory (the sandbox's memory limit was reached)"
     try:
         return f"terminated by signal {signals.Signals(sig).name}"

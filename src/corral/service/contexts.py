@@ -21,7 +21,7 @@ from typing import Any
 from corral.agent.client import AgentClient, ProcessStream
 from corral.agent.protocol import AgentError, Output
 from corral.service.agent_errors import translate
-from corral.service.errors import InvalidRequest, NotFound, Unavailable
+from corral.service.errors import Conflict, InvalidRequest, NotFound, Unavailable
 
 log = logging.getLogger("corral.contexts")
 DRIVERS = "/.corral/lib/corral_interp"
@@ -69,6 +69,7 @@ class Context:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pid: int | None = None
     reader: asyncio.Task[None] | None = None
+    stderr_tail: bytes = b""  # the driver's last stderr bytes (why it would not start)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     cell: asyncio.Queue[dict[str, Any] | None] | None = None  # events of the running cell; None = driver gone
     alive: bool = False
@@ -229,10 +230,16 @@ class Contexts:
     # the driver process
     async def _start(self, agent: AgentClient, ctx: Context) -> None:
         ctx.ready = asyncio.Event()
-        with _translated(ctx):
-            stream = await agent.exec(driver_argv(ctx.language, ctx.cwd), env=dict(ctx.envs), cwd=ctx.cwd,
-                                      user=ctx.user, stdin=True, tag=f"context:{ctx.id}", timeout=0)
-        ctx.pid, ctx.alive = stream.pid, True
+        argv = driver_argv(ctx.language, ctx.cwd)
+        try:
+            stream = await agent.exec(argv, env=dict(ctx.envs), cwd=ctx.cwd, user=ctx.user, stdin=True,
+                                      tag=f"context:{ctx.id}", timeout=0)
+        except AgentError as exc:
+            if exc.kind == "not_found" and exc.message.endswith(f": {argv[0]}"):
+                raise Conflict(f"sandbox {ctx.sandbox_id}: its template cannot run {ctx.language} code ({argv[0]} "
+                               "is missing); use the code-interpreter template or one built FROM it") from exc
+            raise translate(exc, ctx.sandbox_id) from exc
+        ctx.pid, ctx.alive, ctx.stderr_tail = stream.pid, True, b""
         ctx.reader = asyncio.get_running_loop().create_task(self._read(ctx, stream))
         try:
             async with asyncio.timeout(READY_TIMEOUT):
@@ -242,8 +249,13 @@ class Contexts:
             raise Unavailable(f"sandbox {ctx.sandbox_id}: the {ctx.language} interpreter did not start "
                               f"within {READY_TIMEOUT:.0f}s") from exc
         if not ctx.alive:
-            raise Unavailable(f"sandbox {ctx.sandbox_id}: the {ctx.language} interpreter exited at start "
-                              "(is this a code-interpreter template?)")
+            lines = [line.strip() for line in ctx.stderr_tail.decode(errors="replace").splitlines() if line.strip()]
+            missing = [line for line in lines if "No module named" in line or "Cannot find module" in line]
+            if missing:
+                raise Conflict(f"sandbox {ctx.sandbox_id}: its template cannot run {ctx.language} code "
+                               f"({missing[-1]}); use the code-interpreter template or one built FROM it")
+            last = lines[-1] if lines else "no output"
+            raise Unavailable(f"sandbox {ctx.sandbox_id}: the {ctx.language} interpreter exited at start: {last}")
 
     async def _stop(self, agent: AgentClient, ctx: Context) -> None:
         if ctx.pid is not None and ctx.alive:
@@ -262,6 +274,7 @@ class Contexts:
                     break
                 if event.stream == "stderr":
                     log.debug("context %s: %s", ctx.id, event.data[:500])
+                    ctx.stderr_tail = (ctx.stderr_tail + event.data)[-2048:]
                     continue
                 buffer += event.data
                 while b"\n" in buffer:

@@ -71,6 +71,7 @@ class SandboxService:
         self._envs: dict[str, dict[str, str]] = {}
         self._defaults: dict[str, tuple[str | None, str | None]] = {}  # the template's user and workdir
         self._tokens: dict[str, str] = {}  # per-sandbox access token for its data plane (ports)
+        self._ooms_seen: dict[str, int] = {}  # OOM kills already reported per sandbox
         self._owners: dict[str, str] = {}  # live sandbox → owner key id (no store read on the exec path)
         self._creating = 0
         self._paused: set[str] = set()  # frozen in place, no timer
@@ -341,14 +342,23 @@ class SandboxService:
         except OSError as exc:
             raise Unreachable(f"sandbox {sandbox_id}: nothing answers on port {port} ({exc.strerror})") from exc
 
-    def oom_counter(self, sandbox_id: str) -> Callable[[], Awaitable[int]]:
-        async def count() -> int:
-            try:
-                return await self.backend.oom_kills(sandbox_id)
-            except (RuntimeFailure, OSError):
-                return 0
+    def oom_check(self, sandbox_id: str) -> Callable[[], Awaitable[bool]]:
+        """For a process that died of SIGKILL: did the kernel's OOM killer do it? True when the
+        sandbox's OOM-kill counter rose since the last check (a fresh sandbox's cgroup starts at 0;
+        each OOM kill is counted once, so no read is needed while commands run normally)."""
 
-        return count
+        async def killed_by_oom() -> bool:
+            try:
+                count = await self.backend.oom_kills(sandbox_id)
+            except (RuntimeFailure, OSError):
+                return False
+            seen = self._ooms_seen.get(sandbox_id, 0)
+            if count <= seen:
+                return False
+            self._ooms_seen[sandbox_id] = seen + 1
+            return True
+
+        return killed_by_oom
 
     def access_token(self, sandbox_id: str) -> str | None:
         """The token that opens this sandbox's ports (envd, interpreter); useless for any other."""
@@ -401,6 +411,7 @@ class SandboxService:
         self._envs.pop(sandbox_id, None)
         self._defaults.pop(sandbox_id, None)
         self._tokens.pop(sandbox_id, None)
+        self._ooms_seen.pop(sandbox_id, None)
         self._owners.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
         await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)

@@ -157,6 +157,16 @@ class Store:
                     setattr(row, name, value)
             return row
 
+    def finish_build(self, build_id: str, template: TemplateRow, **changes: Any) -> None:
+        """Publish a build's template and close its record in one transaction: after a crash the
+        template is visible only with its build ``ready``."""
+        with self.session() as s:
+            s.merge(template)
+            row = s.get(BuildRow, build_id)
+            if row is not None:
+                for name, value in changes.items():
+                    setattr(row, name, value)
+
     def fail_unfinished_builds(self, reason: str) -> list[str]:
         """Builds a previous run left in progress: mark them failed (their layers were never published)."""
         with self.session() as s:

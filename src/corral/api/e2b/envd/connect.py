@@ -91,15 +91,30 @@ def decode_message(payload: bytes) -> dict[str, Any]:
 
 
 class EnvelopeReader:
-    """Splits a request body into messages as its bytes arrive (push-style; not thread-safe)."""
+    """Splits a request body into messages as its bytes arrive (push-style; not thread-safe).
+
+    A malformed envelope raises ``ConnectError`` — after the messages before it were handed out
+    (from the next ``feed`` or ``finish``), so how the body was chunked never changes what is read."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._error: ConnectError | None = None
         self.ended = False
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
+        if self._error is not None:
+            raise self._error
         self._buffer += data
-        messages = []
+        messages: list[dict[str, Any]] = []
+        try:
+            self._split(messages)
+        except ConnectError as exc:
+            if not messages:
+                raise
+            self._error = exc
+        return messages
+
+    def _split(self, messages: list[dict[str, Any]]) -> None:
         while len(self._buffer) >= _HEADER.size:
             flags, length = _HEADER.unpack_from(self._buffer)
             if length > MAX_MESSAGE:
@@ -107,16 +122,17 @@ class EnvelopeReader:
             if flags & COMPRESSED:
                 raise ConnectError("internal", "compressed request messages are not supported")
             if len(self._buffer) < _HEADER.size + length:
-                break
+                return
             payload = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
             del self._buffer[: _HEADER.size + length]
             if flags & END_STREAM:
                 self.ended = True
                 continue
             messages.append(decode_message(payload))
-        return messages
 
     def finish(self) -> None:
+        if self._error is not None:
+            raise self._error
         if self._buffer:
             raise ConnectError("invalid_argument", "request body ends inside an envelope")
 

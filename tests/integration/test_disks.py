@@ -1,0 +1,105 @@
+"""Sandbox disks (mounts_priv.create_disk): copies of a cached pristine image, each its own
+filesystem, full at its size, rebuilt from scratch when the cached image is damaged, and gone
+without a trace (mount, loop device) after destroy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import make_data_dir
+from corral.runtime import mounts_priv
+
+OWNER = 1_000_000
+
+
+@pytest.fixture
+def sandboxes() -> Iterator[Path]:
+    data = make_data_dir()
+    (data / "sandboxes").mkdir()
+    yield data / "sandboxes"
+    for d in (data / "sandboxes").iterdir():
+        mounts_priv.destroy(d, data / "no-root")
+    assert mounts_priv.mounted_under(data) == []
+    assert str(data) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    shutil.rmtree(data)
+
+
+def new_disk(sandboxes: Path, name: str, size_mb: int = 64) -> Path:
+    d = sandboxes / name
+    d.mkdir()
+    mounts_priv.create_disk(d, size_mb, owner=OWNER)
+    return d
+
+
+def blkid(image: Path, tag: str) -> str:
+    probe = subprocess.run(["blkid", "-p", "-o", "value", "-s", tag, str(image)], capture_output=True, text=True)
+    return probe.stdout.strip()
+
+
+def test_disks_are_separate_filesystems_with_their_own_uuid(sandboxes: Path) -> None:
+    a, b = new_disk(sandboxes, "a"), new_disk(sandboxes, "b")
+    assert blkid(a / "disk.img", "UUID") != blkid(b / "disk.img", "UUID") != ""
+    assert os.statvfs(a / "disk").f_fsid != os.statvfs(b / "disk").f_fsid
+    check = subprocess.run(["e2fsck", "-fn", str(a / "disk.img")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr  # checksums still match after the UUID change
+    upper = a / "disk" / "upper"
+    assert upper.stat().st_uid == OWNER and (a / "disk" / "work").is_dir()
+    (upper / "mine").write_text("a")
+    assert not (b / "disk" / "upper" / "mine").exists()
+    used, total = mounts_priv.disk_usage(a)
+    assert 56 << 20 < total <= 64 << 20 and 0 < used < 8 << 20  # less ext4 metadata
+    # the copy is sparse: far less allocated than its size
+    assert os.stat(a / "disk.img").st_blocks * 512 < 8 << 20
+
+
+def test_a_disk_is_full_at_its_size(sandboxes: Path) -> None:
+    d = new_disk(sandboxes, "full", size_mb=64)
+    with open(d / "disk" / "upper" / "big", "wb") as f, pytest.raises(OSError, match="No space"):
+        for _ in range(80):
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    assert os.stat(d / "disk.img").st_size == 64 << 20
+
+
+def test_a_damaged_or_unverifiable_cached_image_is_rebuilt(sandboxes: Path) -> None:
+    new_disk(sandboxes, "first")
+    cached = sandboxes.parent / mounts_priv.DISK_CACHE / "ext4-64m.img"
+    assert blkid(cached, "TYPE") == "ext4"
+    with open(cached, "rb+") as f:  # scribbled over in place, after this process checked its digest
+        f.seek(1024)
+        f.write(b"\xff" * 256)
+    assert blkid(cached, "TYPE") == ""
+    assert (new_disk(sandboxes, "second") / "disk" / "upper").is_dir()  # its copy did not mount: rebuilt
+    assert blkid(cached, "TYPE") == "ext4"
+    replaced = cached.with_name("replaced")  # a new file without the digest xattr: not trusted
+    shutil.copyfile(cached, replaced)
+    os.rename(replaced, cached)
+    inode = cached.stat().st_ino
+    assert (new_disk(sandboxes, "third") / "disk" / "upper").is_dir()
+    assert cached.stat().st_ino != inode and os.getxattr(cached, "user.corral.sha256")
+    cached.unlink()  # missing: built again
+    assert (new_disk(sandboxes, "fourth") / "disk" / "upper").is_dir() and cached.is_file()
+
+
+def test_without_user_xattrs_the_image_is_trusted_by_its_builder_only(
+    sandboxes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*_: object) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", unsupported)
+    new_disk(sandboxes, "a")
+    cached = sandboxes.parent / mounts_priv.DISK_CACHE / "ext4-64m.img"
+    built = cached.stat().st_ino
+    new_disk(sandboxes, "b")
+    assert cached.stat().st_ino == built  # this process built it: reused
+    monkeypatch.setattr(mounts_priv, "_checked", set())  # another server process
+    new_disk(sandboxes, "c")
+    assert cached.stat().st_ino != built  # no digest to check it against: built again
