@@ -315,6 +315,8 @@ def test_bad_requests_get_clear_errors(api: httpx.Client) -> None:
     r = submit(api, "base", "FROM base\n")
     assert r.status_code == 400 and "built-in" in r.json()["message"]
     assert submit(api, "ok", "FROM base\n", memory_mb=1).status_code == 400
+    r = submit(api, "ok", "FROM base\n", isolation="firecracker")
+    assert r.status_code == 400 and "isolation" in r.json()["message"]
     r = api.post("/v1/templates", content=b"FROM base", headers={"Content-Type": "text/plain"})
     assert r.status_code == 400
     r = api.post("/v1/templates", data={"build": "{not json"}, files={"context": ("c", b"x")})
@@ -322,6 +324,22 @@ def test_bad_requests_get_clear_errors(api: httpx.Client) -> None:
     r = api.post("/v1/templates", data={"build": json.dumps({"name": "t", "dockerfile": "FROM base\n"})},
                  files={"context": ("c.tar", b"this is not a tar archive")})
     assert r.status_code == 400 and "tar" in r.json()["message"]
+
+
+def test_a_template_chooses_its_sandboxes_isolation(api: httpx.Client) -> None:
+    """Built with isolation=gvisor, a template's sandboxes run under gVisor's kernel unless a create
+    asks for another isolation; the template's info shows the choice."""
+    ready(api, "strong", "FROM base\nRUN echo built > /opt/mark\n", isolation="gvisor")
+    assert api.get("/v1/templates/strong").json()["config"]["isolation"] == "gvisor"
+    strong, weak = sandbox(api, "strong"), sandbox(api, "strong", isolation="bwrap")
+    try:
+        host_kernel = os.uname().release
+        assert sh(api, strong, "cat /opt/mark; uname -r") != f"built\n{host_kernel}\n"  # gVisor's own kernel
+        assert sh(api, strong, "cat /opt/mark") == "built\n"
+        assert sh(api, weak, "cat /opt/mark; uname -r") == f"built\n{host_kernel}\n"
+    finally:
+        kill(api, strong)
+        kill(api, weak)
 
 
 def test_hostile_context_archive_is_refused(api: httpx.Client, srv: Server) -> None:

@@ -45,6 +45,8 @@ class BuildBody(BaseModel):
     ready_cmd: str | None = Field(default=None, description="create returns once this exits 0")
     ready_port: int | None = Field(default=None, description="create returns once this port accepts")
     public: bool = Field(default=False, description="visible to every API key (default: the builder's key)")
+    isolation: str | None = Field(default=None, description="bwrap or gvisor: the default isolation of the "
+                                  "template's sandboxes (a create's own isolation wins); default: the server's")
 
 
 @router.post("/v1/templates", status_code=202)

@@ -194,6 +194,8 @@ def build(
     ready_port: Annotated[int | None, typer.Option("--ready-port", help="Sandboxes are ready once it accepts.")]
     = None,
     public: Annotated[bool, typer.Option("--public", help="Visible to every API key, not just this one.")] = False,
+    isolation: Annotated[str | None, typer.Option(help="Default isolation of its sandboxes: bwrap or gvisor.")]
+    = None,
 ) -> None:
     """Build (or rebuild) a template from a Dockerfile, showing each step as it runs."""
     _check_file(file, "'--file' / '-f'", "file")
@@ -202,7 +204,7 @@ def build(
     options: dict[str, Any] = dict(
         context=root, build_args=pairs(build_arg, "--build-arg"), cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb,
         no_cache=no_cache, timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port,
-        public=public,
+        public=public, isolation=isolation,
     )
     console = out_console()
     live = console.is_terminal
@@ -259,7 +261,7 @@ def info(
         ("ready cmd", c.ready_cmd or "-"), ("ready port", str(c.ready_port or "-")),
         ("cpu", str(c.cpu or "-")), ("memory", f"{c.memory_mb} MiB" if c.memory_mb else "-"),
         ("labels", " ".join(f"{k}={v}" for k, v in c.labels.items()) or "-"),
-        ("ports", " ".join(c.exposed_ports) or "-"),
+        ("ports", " ".join(c.exposed_ports) or "-"), ("isolation", c.isolation or "server default"),
     ]
     console = out_console()
     grid = Table.grid(padding=(0, 2))

@@ -111,6 +111,7 @@ class TemplateConfig:
     memory_mb: int | None
     labels: dict[str, str]
     exposed_ports: list[str]
+    isolation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ def _config(data: Any) -> TemplateConfig:
         memory_mb=_opt(int, c.get("memory_mb")),
         labels={str(k): str(v) for k, v in (c.get("labels") or {}).items()},
         exposed_ports=[str(p) for p in c.get("exposed_ports") or ()],
+        isolation=c.get("isolation") or None,
     )
 
 

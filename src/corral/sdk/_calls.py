@@ -473,6 +473,7 @@ def build_options(
     ready_cmd: str | None = None,
     ready_port: int | None = None,
     public: bool = False,
+    isolation: str | None = None,
 ) -> dict[str, Any]:
     """The JSON options of ``POST /v1/templates`` (unset ones take the server's defaults)."""
     return _drop_none(
@@ -488,6 +489,7 @@ def build_options(
         ready_cmd=ready_cmd,
         ready_port=ready_port,
         public=public,
+        isolation=isolation,
     )
 
 

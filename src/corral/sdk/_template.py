@@ -69,6 +69,7 @@ class Template:
         ready_cmd: str | None = None,
         ready_port: int | None = None,
         public: bool = False,
+        isolation: str | None = None,
         on_progress: ProgressHandler | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -84,6 +85,7 @@ class Template:
         ``no_cache`` rebuilds every step. ``start_cmd`` runs when a sandbox starts (instead of CMD);
         sandbox creation waits until ``ready_cmd`` exits 0 or ``ready_port`` accepts connections.
         ``public`` makes the template visible to every API key (default: only this key and the admin's).
+        ``isolation`` (``"bwrap"`` or ``"gvisor"``) is the default isolation of the template's sandboxes.
         ``on_progress`` receives every ``BuildEvent`` of the build's log, in order, as it happens.
 
         Raises ``BuildException`` (with the failed line, exit code and output tail) if the build
@@ -93,6 +95,7 @@ class Template:
         settings = dict(
             build_args=build_args, cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, no_cache=no_cache,
             timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port, public=public,
+            isolation=isolation,
         )
         options, upload = _prepare(dockerfile, name, context, settings)
         http = SyncHTTP(ConnectionConfig.resolve(api_key, api_url, request_timeout))
@@ -214,6 +217,7 @@ class AsyncTemplate:
         ready_cmd: str | None = None,
         ready_port: int | None = None,
         public: bool = False,
+        isolation: str | None = None,
         on_progress: AsyncProgressHandler | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -227,6 +231,7 @@ class AsyncTemplate:
         settings = dict(
             build_args=build_args, cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, no_cache=no_cache,
             timeout=timeout, start_cmd=start_cmd, ready_cmd=ready_cmd, ready_port=ready_port, public=public,
+            isolation=isolation,
         )
         options, upload = await asyncio.to_thread(_prepare, dockerfile, name, context, settings)
         http = AsyncHTTP(ConnectionConfig.resolve(api_key, api_url, request_timeout))

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 from corral.agent.protocol import is_unicode
 from corral.config import Settings
-from corral.runtime.backend import Backend
+from corral.runtime.backend import ISOLATIONS, Backend
 from corral.service.auth import Principal
 from corral.service.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from corral.service.templates import BUILTIN, NAME, TemplateInfo, Templates
@@ -59,6 +59,7 @@ class BuildRequest:
     ready_cmd: str | None = None
     ready_port: int | None = None
     public: bool = False
+    isolation: str | None = None
 
 
 class BuildLog:
@@ -200,6 +201,8 @@ class BuildService:
             raise InvalidRequest(f"disk_mb: must be between 64 and 1048576, got {disk}")
         if not 1 <= timeout <= 6 * 3600:
             raise InvalidRequest(f"timeout: must be between 1 and 21600 seconds, got {timeout}")
+        if req.isolation is not None and req.isolation not in ISOLATIONS:
+            raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {req.isolation!r}")
         if req.ready_port is not None and not 1 <= req.ready_port <= 65535:
             raise InvalidRequest(f"ready_port: must be a TCP port (1..65535), got {req.ready_port}")
         for k, v in req.build_args.items():
@@ -236,7 +239,7 @@ class BuildService:
                 options={"build_args": req.build_args, "cpu": options.cpu, "memory_mb": options.memory_mb,
                          "disk_mb": options.disk_mb, "no_cache": options.no_cache, "timeout": options.timeout,
                          "start_cmd": req.start_cmd, "ready_cmd": req.ready_cmd, "ready_port": req.ready_port,
-                         "public": req.public},
+                         "public": req.public, "isolation": req.isolation},
             )
             await asyncio.to_thread(self.store.add_build, row)
         except BaseException:
@@ -407,6 +410,8 @@ def _with_options(config: TemplateConfig, req: BuildRequest, options: BuildOptio
         config = replace(config, ready_cmd=req.ready_cmd or None)
     if req.ready_port is not None:
         config = replace(config, ready_port=req.ready_port)
+    if req.isolation is not None:
+        config = replace(config, isolation=req.isolation)
     if req.cpu is not None:
         config = replace(config, cpu=options.cpu)
     if req.memory_mb is not None:

@@ -131,7 +131,7 @@ class SandboxService:
             for k in mapping:
                 if not k or "=" in k or "\0" in k or "\0" in str(mapping[k]) or not is_unicode(k + str(mapping[k])):
                     raise InvalidRequest(f"{name}: invalid key {k!r}")
-        isolation = req.isolation or ""  # a template's own isolation option goes between the two
+        isolation = req.isolation or template.config.isolation or ""  # "": the server's default
         if isolation and isolation not in ISOLATIONS:
             raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         network = self._network(req.network)
@@ -439,7 +439,8 @@ class SandboxService:
             return None
         if req.network is not None and req.network != INTERNET:
             return None
-        if req.isolation and req.isolation != self.settings.backend:
+        pooled = self.templates.config(req.template).isolation or self.settings.backend
+        if (spec.isolation or self.settings.backend) != pooled:
             return None
         key = self._pool_key(req.template)
         if (key.cpu, key.memory_mb, key.disk_mb) != (spec.cpu, spec.memory_mb, spec.disk_mb):
@@ -457,10 +458,10 @@ class SandboxService:
     async def _start_pooled(self, key: PoolKey) -> str:
         """Start one sandbox for the pool: what a create of ``key.template`` with defaults would start."""
         info = self.templates.get(key.template)
-        network = self._network(None)  # the pool holds sandboxes of the server's default isolation
-        spec = SandboxSpec(
+        network = self._network(None)
+        spec = SandboxSpec(  # the isolation a create with defaults gets: the template's, else the server's
             sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in info.refs), cpu=key.cpu,
-            memory_mb=key.memory_mb, disk_mb=key.disk_mb, network=network,
+            memory_mb=key.memory_mb, disk_mb=key.disk_mb, network=network, isolation=info.config.isolation or "",
         )
         await self.backend.create(spec)
         config = info.config

@@ -24,6 +24,7 @@ class TemplateConfig:
     memory_mb: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     exposed_ports: tuple[str, ...] = ()
+    isolation: str | None = None  # bwrap or gvisor for its sandboxes; None: the server's default
 
     def with_env(self, pairs: tuple[tuple[str, str], ...]) -> TemplateConfig:
         merged = dict(self.env)
@@ -36,7 +37,7 @@ class TemplateConfig:
             "start_cmd": list(self.start_cmd) if self.start_cmd is not None else None,
             "ready_cmd": self.ready_cmd, "ready_port": self.ready_port, "ready_timeout": self.ready_timeout,
             "cpu": self.cpu, "memory_mb": self.memory_mb, "labels": dict(self.labels),
-            "exposed_ports": list(self.exposed_ports),
+            "exposed_ports": list(self.exposed_ports), "isolation": self.isolation,
         }
 
     @classmethod
@@ -51,6 +52,7 @@ class TemplateConfig:
             cpu=data.get("cpu"), memory_mb=data.get("memory_mb"),
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             exposed_ports=tuple(str(p) for p in data.get("exposed_ports") or ()),
+            isolation=data.get("isolation") or None,
         )
 
 
