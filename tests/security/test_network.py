@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import TEST_BACKEND, Server, run_command, sandbox_address
+from conftest import Server, run_command, sandbox_address
 from netlab import DOMAIN, METADATA, PRIVATE_CLOSED, PRIVATE_OPEN, PUBLIC_A, PUBLIC_B, PUBLIC_C
 
 PROBE = r"""
@@ -280,10 +280,10 @@ def test_exposed_ports_answer_through_the_api_with_the_access_token(napi: httpx.
         with httpx.Client(base_url=netserver.url, timeout=30) as anon:
             by_path = anon.get(f"/v1/sandboxes/{sid}/ports/8000/some/where", params={"q": "1"},
                                headers={"X-Access-Token": token})
-            # bwrap: the server connects to 127.0.0.1 inside the sandbox's netns; gVisor: netstack owns
-            # the sandbox's loopback, so the server connects to its address over the veth (docs/gvisor.md)
-            inside = "127.0.0.1" if TEST_BACKEND == "bwrap" else sandbox_address(napi, sid)
-            assert by_path.status_code == 200 and by_path.text == f"hello from {inside}:8000 path /some/where?q=1\n"
+            # the connection arrives from the sandbox's own loopback (bwrap: the server connects inside the
+            # sandbox's netns; gVisor: the agent relays it, netstack owns that loopback)
+            assert by_path.status_code == 200
+            assert by_path.text == "hello from 127.0.0.1:8000 path /some/where?q=1\n"
             by_host = anon.get("/x", headers={"Host": f"8000-{sid}.{DOMAIN}", "X-Access-Token": token})
             assert by_host.status_code == 200 and "path /x" in by_host.text
             by_headers = anon.get("/y", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000",
@@ -291,19 +291,14 @@ def test_exposed_ports_answer_through_the_api_with_the_access_token(napi: httpx.
             assert by_headers.status_code == 200 and "path /y" in by_headers.text
             none_mode = anon.get(f"/v1/sandboxes/{other['id']}/ports/8000/",
                                  headers={"X-Access-Token": other["access_token"]})
-            if TEST_BACKEND == "bwrap":
-                assert none_mode.status_code == 200
-            else:  # a gVisor sandbox without a network has no link the host could reach
-                assert none_mode.status_code == 404 and "network='none'" in none_mode.json()["message"]
+            assert none_mode.status_code == 200 and "hello from 127.0.0.1:8000" in none_mode.text
 
             missing = anon.get(f"/v1/sandboxes/{sid}/ports/8000/")
             assert missing.status_code == 401 and sid in missing.json()["message"]
             wrong = anon.get(f"/v1/sandboxes/{sid}/ports/8000/", headers={"X-Access-Token": other["access_token"]})
             assert wrong.status_code == 401
-            # a server on loopback only: bwrap reaches it inside the netns; under gVisor netstack owns
-            # the loopback, so the host cannot (docs/gvisor.md)
             local = anon.get(f"/v1/sandboxes/{sid}/ports/8002/", headers={"X-Access-Token": token})
-            assert local.status_code == (502 if TEST_BACKEND == "gvisor" else 200), local.text
+            assert local.status_code == 200, local.text  # a server on loopback only is reachable too
             closed = anon.get(f"/v1/sandboxes/{sid}/ports/8001/", headers={"X-Access-Token": token})
             assert closed.status_code == 502 and "8001" in closed.json()["message"]
         assert napi.get(f"/v1/sandboxes/{sid}/ports/8000/").status_code == 200  # an API key that may use it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import shutil
@@ -225,3 +226,62 @@ def test_agent_refuses_a_listening_socket_as_its_control_fd(tmp_path: Path) -> N
             pass_fds=[listener.fileno()], capture_output=True, timeout=10,
         )
     assert proc.returncode == 2 and b"not a connected AF_UNIX stream socket" in proc.stderr
+
+
+def _loopback_server() -> tuple[socket.socket, int]:
+    """A listening TCP socket on 127.0.0.1 and its port (the test plays the server by hand)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    return listener, int(listener.getsockname()[1])
+
+
+async def _relay_round(client: AgentClient, listener: socket.socket, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    relayed = await client.relay(port)
+    conn, _ = await loop.sock_accept(listener)
+    with conn, relayed:
+        await loop.sock_sendall(conn, b"hello\n")  # the server speaks first: nothing may be lost
+        assert await loop.sock_recv(relayed, 100) == b"hello\n"
+        await loop.sock_sendall(relayed, b"ping")
+        assert await loop.sock_recv(conn, 100) == b"ping"
+        relayed.shutdown(socket.SHUT_WR)  # the caller's EOF reaches the server...
+        assert await loop.sock_recv(conn, 100) == b""
+        await loop.sock_sendall(conn, b"bye")  # ...which can still answer
+        conn.shutdown(socket.SHUT_WR)
+        assert await loop.sock_recv(relayed, 100) == b"bye"
+        assert await loop.sock_recv(relayed, 100) == b""
+
+
+def test_relay_splices_a_loopback_port_both_ways_on_both_transports(agent: RunningAgent) -> None:
+    """`relay` (gVisor's exposed ports): the agent connects to 127.0.0.1:port and the caller's socket
+    then carries raw bytes both ways, half-closes included; nothing listening is a not_found error."""
+    listener, port = _loopback_server()
+    listener.setblocking(False)
+    with listener:
+        run(_relay_round(agent.client, listener, port))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = int(probe.getsockname()[1])
+        with pytest.raises(AgentError) as caught:
+            run(agent.client.relay(free))
+        assert caught.value.kind == "not_found" and str(free) in caught.value.message
+        with pytest.raises(AgentError) as caught:
+            run(agent.client.relay(0))
+        assert caught.value.kind == "invalid"
+
+        host, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = subprocess.Popen([sys.executable, "-m", "corral.agent", "--control-fd", str(theirs.fileno())],
+                                   pass_fds=[theirs.fileno()])
+        theirs.close()
+
+        async def donated() -> None:
+            donor = Donor(host)
+            await _relay_round(DonatedAgentClient(donor, "test agent"), listener, port)
+            donor.close()
+
+        try:
+            run(donated())
+            assert process.wait(timeout=10) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

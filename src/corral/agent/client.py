@@ -125,6 +125,18 @@ class AgentClient:
             raise AgentUnavailable(f"cannot reach agent at {self.socket_path}: {exc!r}") from exc
         return Channel(reader, writer)
 
+    async def _connect_socket(self) -> socket.socket:
+        """A raw (non-blocking) connection to the agent, for callers that take over its bytes."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await asyncio.get_running_loop().sock_connect(sock, self.socket_path)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            raise AgentUnavailable(f"cannot reach agent at {self.socket_path}: {exc!r}") from exc
+        return sock
+
     async def _open(self, request: dict[str, Any]) -> tuple[Channel, dict[str, Any]]:
         """Connect, send `request` and return the channel with the (ok) reply."""
         chan = await self._connect()
@@ -250,6 +262,25 @@ class AgentClient:
 
     async def port_open(self, port: int) -> bool:
         return bool(_field(await self._call({"op": "port_open", "port": port}), "open", bool))
+
+    async def relay(self, port: int) -> socket.socket:
+        """A connection to ``port`` on the sandbox's loopback, spliced by the agent: the returned
+        socket carries the raw bytes. The reply is read frame-exactly, so nothing after it is lost.
+        Raises AgentError ``not_found`` when nothing listens there."""
+        loop = asyncio.get_running_loop()
+        sock = await self._connect_socket()
+        try:
+            with _transport_errors("relay"):
+                payload = json.dumps({"op": "relay", "port": port}).encode()
+                await loop.sock_sendall(sock, HEADER.pack(len(payload), JSON) + payload)
+                length, kind = HEADER.unpack(await _recv_exactly(sock, HEADER.size))
+                if kind != JSON or length > MAX_PAYLOAD:
+                    raise AgentError("invalid", f"relay: malformed reply frame {kind!r}")
+                _check(decode_json(await _recv_exactly(sock, length)))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def watch(self, path: str, recursive: bool = False, user: str = "user") -> Watcher:
         """`async with client.watch(p) as w:` then `async for event in w` (dicts with op and name)."""
@@ -409,6 +440,17 @@ class Watcher:
         return event
 
 
+async def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise EOFError("the agent closed the connection")
+        data += chunk
+    return data
+
+
 class Donor:
     """The host end of an agent's control socket (``agent --control-fd``): each ``connect`` makes a
     socket pair and sends one end to the agent (SCM_RIGHTS), which serves it as an accepted
@@ -421,7 +463,18 @@ class Donor:
         self._waiting = asyncio.Lock()  # one writability waiter per fd and loop
 
     async def connect(self, timeout: float) -> Channel:
+        mine = await self.connect_socket(timeout)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=mine)
+        except BaseException:
+            mine.close()
+            raise
+        return Channel(reader, writer)
+
+    async def connect_socket(self, timeout: float) -> socket.socket:
+        """A donated connection as a raw non-blocking socket."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine.setblocking(False)
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -430,13 +483,12 @@ class Donor:
                         break
                     except (BlockingIOError, InterruptedError):
                         await self._writable()  # the agent is slow (or paused): queue full
-            reader, writer = await asyncio.open_unix_connection(sock=mine)
         except BaseException:
             mine.close()
             raise
         finally:
             theirs.close()
-        return Channel(reader, writer)
+        return mine
 
     async def _writable(self) -> None:
         async with self._waiting:
@@ -462,5 +514,11 @@ class DonatedAgentClient(AgentClient):
     async def _connect(self) -> Channel:
         try:
             return await self.donor.connect(self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise AgentUnavailable(f"cannot reach agent of {self.socket_path}: {exc!r}") from exc
+
+    async def _connect_socket(self) -> socket.socket:
+        try:
+            return await self.donor.connect_socket(self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise AgentUnavailable(f"cannot reach agent of {self.socket_path}: {exc!r}") from exc

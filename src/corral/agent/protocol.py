@@ -67,6 +67,7 @@ OPS: dict[str, str] = {
     "watch": "Stream create/write/remove/rename/chmod events under a directory.",
     "copy_in": "Template builds: copy staged files from /.corral/build into the image as root (COPY/ADD).",
     "port_open": "Whether something accepts TCP connections on a loopback port (template readiness).",
+    "relay": "Connect to a loopback port inside; after the ok reply the connection carries its raw bytes.",
 }
 
 ERROR_KINDS = (

@@ -334,6 +334,57 @@ class Agent:
             raise AgentError("invalid", "port_open: port must be within 1..65535")
         chan.send_json({"ok": True, "open": _accepts(port)})
 
+    def op_relay(self, chan: SyncChannel, req: Request) -> None:
+        port = req.integer("port")
+        if not 1 <= port <= 65535:
+            raise AgentError("invalid", "relay: port must be within 1..65535")
+        upstream = _loopback(port, 5.0)
+        if upstream is None:
+            raise AgentError("not_found", f"nothing accepts connections on 127.0.0.1:{port} or [::1]:{port}")
+        with upstream:
+            chan.send_json({"ok": True})
+            _splice(chan.sock, upstream)
+
+
+def _loopback(port: int, timeout: float) -> socket.socket | None:
+    """A TCP connection to ``port`` on 127.0.0.1 (else ::1) inside the sandbox, or None."""
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        except OSError:  # refused, timed out, or no such address family
+            sock.close()
+            continue
+        sock.settimeout(None)
+        return sock
+    return None
+
+
+def _splice(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until both directions have ended (an EOF is passed on as a shutdown)."""
+    peers = {a.fileno(): (a, b), b.fileno(): (b, a)}
+    poller = select.poll()
+    for fd in peers:
+        poller.register(fd, select.POLLIN)
+    reading = len(peers)
+    while reading:
+        for fd, _ in poller.poll():
+            src, dst = peers[fd]
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            try:
+                if data:
+                    dst.sendall(data)
+                    continue
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:  # the other side is gone: nothing more can flow either way
+                return
+            poller.unregister(fd)
+            reading -= 1
+
 
 def _accepts(port: int) -> bool:
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):

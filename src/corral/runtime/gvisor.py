@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import socket
 from pathlib import Path
 
 from corral.agent.client import AgentClient, DonatedAgentClient, Donor
+from corral.agent.protocol import AgentError, AgentUnavailable
 from corral.runtime import gvisor_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec
 from corral.runtime.bwrap import BwrapBackend, _Live
@@ -101,24 +103,15 @@ class GvisorBackend(BwrapBackend):
             await super()._report_exit(sandbox_id, live, code)
 
     async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
-        """A connection to ``port`` on the sandbox's address, from the host over its veth: netstack
-        owns the sandbox's loopback, so no host socket can reach ``127.0.0.1`` there (a server
-        listening on loopback only is unreachable; docs/gvisor.md)."""
+        """A connection to ``port`` on the sandbox's loopback, spliced by its agent: netstack owns the
+        sandbox's network, so no host socket can enter it (and a ``none`` sandbox has no veth)."""
         self._require(sandbox_id)
-        att = self.network.attachment(sandbox_id) if self.network else None
-        if att is None:
-            raise RuntimeFailure(
-                f"sandbox {sandbox_id}: a gVisor sandbox without a network (network='none') has no port "
-                "reachable from the host"
-            )
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, (str(att.address), port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+            return await self.agent(sandbox_id).relay(port)
+        except AgentUnavailable as exc:
+            raise RuntimeFailure(f"sandbox {sandbox_id}: its agent is unreachable: {exc.message}") from exc
+        except AgentError as exc:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, exc.message) from exc
 
     def agent(self, sandbox_id: str) -> AgentClient:
         donor = self._donors.get(sandbox_id)

@@ -74,7 +74,6 @@ table inet {t} {{
   }}
   chain to_host {{
     meta nfproto ipv4 iifname . ip saddr @sandboxes ip daddr {gateway} udp dport 53 accept
-    meta nfproto ipv4 iifname . ip saddr @sandboxes ip daddr {gateway} ct direction reply ct state established accept
     drop
   }}
   chain forward {{
