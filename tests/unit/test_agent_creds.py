@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from test_agent_harness import USER_UID, RunningAgent, agent, needs_root, run, shared, user_gid
+from test_agent_harness import USER_UID, RunningAgent, agent, needs_root, run, shared, user_gid, wait_until
 
 from corral.agent import libc
 from corral.agent.creds import FileRunner, current
@@ -198,7 +198,9 @@ def test_parallel_operations_do_not_leak_credentials(agent: RunningAgent, shared
         # a watch as the user stays open meanwhile: its thread switched to build it and must be back
         async with agent.client.watch(str(home), user="user"):
             results = await asyncio.gather(*[(as_root if i % 2 else as_user)(i) for i in range(2 * pairs)])
-            threads = thread_status(agent.process.pid)
+            # the watch's thread switches to the user while it reads each event the writes above made:
+            # wait (bounded) for a moment when every thread is at rest; a leaked switch never gets there
+            threads = await wait_until(lambda: _at_rest(thread_status(agent.process.pid)), "threads at rest")
         assert results == ["denied", "ok"] * pairs
         assert len(os.listdir(etc)) == pairs * repeats and all(name.startswith("root-") for name in os.listdir(etc))
         assert {(etc / name).stat().st_uid for name in os.listdir(etc)} == {0}
@@ -209,6 +211,13 @@ def test_parallel_operations_do_not_leak_credentials(agent: RunningAgent, shared
             assert status["CapEff"] == threads[agent.process.pid]["CapEff"], (tid, status)
 
     run(main())
+
+
+def _at_rest(threads: dict[int, dict[str, str]]) -> dict[int, dict[str, str]] | None:
+    """``threads`` if every one has the agent's own filesystem ids (fsuid/fsgid 0), else None."""
+    if all(t["Uid"].split()[3] == "0" and t["Gid"].split()[3] == "0" for t in threads.values()):
+        return threads
+    return None
 
 
 CREDENTIAL_FIELDS = ("Uid", "Gid", "Groups", "CapEff", "CapPrm")
