@@ -24,7 +24,6 @@ from .protocol import (
     END,
     HEADER,
     JSON,
-    KINDS,
     MAX_PAYLOAD,
     STDERR,
     STDOUT,
@@ -33,6 +32,7 @@ from .protocol import (
     Exit,
     Output,
     decode_json,
+    parse_header,
 )
 
 WRITE_CHUNK = 256 * 1024
@@ -58,13 +58,7 @@ class Channel:
 
     async def recv(self) -> tuple[bytes, bytes]:
         """Next frame; raises asyncio.IncompleteReadError at end of stream, AgentError if malformed."""
-        length, kind = HEADER.unpack(await self._reader.readexactly(HEADER.size))
-        if kind not in KINDS:
-            raise AgentError("invalid", f"unknown frame kind {kind!r}")
-        if length > MAX_PAYLOAD:
-            raise AgentError("too_large", f"frame length {length} exceeds {MAX_PAYLOAD}")
-        if kind == END and length:
-            raise AgentError("invalid", "END frame must be empty")
+        length, kind = parse_header(await self._reader.readexactly(HEADER.size))
         return kind, await self._reader.readexactly(length) if length else b""
 
     async def recv_json(self) -> dict[str, Any]:
@@ -273,9 +267,9 @@ class AgentClient:
             with _transport_errors("relay"):
                 payload = json.dumps({"op": "relay", "port": port}).encode()
                 await loop.sock_sendall(sock, HEADER.pack(len(payload), JSON) + payload)
-                length, kind = HEADER.unpack(await _recv_exactly(sock, HEADER.size))
-                if kind != JSON or length > MAX_PAYLOAD:
-                    raise AgentError("invalid", f"relay: malformed reply frame {kind!r}")
+                length, kind = parse_header(await _recv_exactly(sock, HEADER.size))
+                if kind != JSON:
+                    raise AgentError("invalid", f"relay: expected a JSON reply, got {kind!r}")
                 _check(decode_json(await _recv_exactly(sock, length)))
         except BaseException:
             sock.close()

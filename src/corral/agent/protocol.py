@@ -219,6 +219,18 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return value
 
 
+def parse_header(header: bytes) -> tuple[int, bytes]:
+    """(payload length, kind) of a frame header; AgentError if it is malformed (both sides use it)."""
+    length, kind = HEADER.unpack(header)
+    if kind not in KINDS:
+        raise AgentError("invalid", f"unknown frame kind {kind!r}")
+    if length > MAX_PAYLOAD:
+        raise AgentError("too_large", f"frame length {length} exceeds {MAX_PAYLOAD}")
+    if kind == END and length:
+        raise AgentError("invalid", "END frame must be empty")
+    return length, kind
+
+
 class SyncChannel:
     """The agent's side of one framed connection: a blocking socket, served by one thread."""
 
@@ -245,13 +257,7 @@ class SyncChannel:
 
     def recv(self) -> tuple[bytes, bytes]:
         """Next frame; raises EOFError at end of stream, AgentError if malformed."""
-        length, kind = HEADER.unpack(self._exactly(HEADER.size))
-        if kind not in KINDS:
-            raise AgentError("invalid", f"unknown frame kind {kind!r}")
-        if length > MAX_PAYLOAD:
-            raise AgentError("too_large", f"frame length {length} exceeds {MAX_PAYLOAD}")
-        if kind == END and length:
-            raise AgentError("invalid", "END frame must be empty")
+        length, kind = parse_header(self._exactly(HEADER.size))
         return kind, self._exactly(length) if length else b""
 
     def recv_json(self) -> dict[str, Any]:
