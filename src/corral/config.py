@@ -91,6 +91,7 @@ class Settings:
     ca_bundle: str | None = None  # for registries over HTTPS and inside networked sandboxes; default: the host's
     backend: str = "bwrap"  # the default isolation of sandboxes: bwrap or gvisor
     header_timeout: float = 30.0  # seconds a client has to send a request's headers (slowloris)
+    agent_zygote: bool = True  # bwrap agents forked from one pre-imported python (off: python per sandbox)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -121,6 +122,7 @@ class Settings:
             ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),
             backend=_backend(os.environ.get("CORRAL_BACKEND") or "bwrap"),
             header_timeout=_float("CORRAL_HEADER_TIMEOUT", 30.0),
+            agent_zygote=(os.environ.get("CORRAL_AGENT_ZYGOTE") or "on").lower() not in ("off", "0", "false", "no"),
         )
 
     @property

@@ -324,54 +324,56 @@ def test_host_network_is_unreachable(api: httpx.Client, server: Server, sandbox:
         abstract.close()
 
 
-# x86_64: lea rsi,[rip]; and rsi,~0xfff; mov r12d,COUNT;
-#   loop: write(1, rsi, 4096); dec r12d; jnz loop;  park: pause(); jmp park
-INJECT = r"""
-import os, struct, sys
-count = int(sys.argv[1])
-pc = int(open("/proc/1/syscall").read().split()[-1], 16)
-code = (bytes.fromhex("488d3500000000" "4881e600f0ffff") + b"\x41\xbc" + struct.pack("<I", count)
-        + bytes.fromhex("b801000000" "bf01000000" "ba00100000" "0f05" "41ffcc" "75ea" "b822000000" "0f05" "ebf7"))
-fd = os.open("/proc/1/mem", os.O_RDWR)
-os.pwrite(fd, code, pc)
-os.close(fd)
-os.kill(2, 9)  # the agent dies: init returns from wait4 into the injected loop
+# Sandbox root opens every fd of the sandbox's pid 1 (same uid, dumpable) through /proc and writes
+# 128 MiB through each that opens.
+FLOOD = r"""
+import errno, os
+print(sorted(os.readlink(f"/proc/1/fd/{fd}") for fd in os.listdir("/proc/1/fd")))
+chunk, written = b"x" * (1 << 20), 0
+for fd in os.listdir("/proc/1/fd"):
+    try:
+        out = os.open(f"/proc/1/fd/{fd}", os.O_WRONLY | os.O_APPEND)
+    except OSError as e:
+        print("refused:", errno.errorcode[e.errno])
+        continue
+    try:
+        for _ in range(128):
+            written += os.write(out, chunk)
+    except OSError as e:
+        print("stopped:", errno.errorcode[e.errno])
+print("written:", written)
 """
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="the injected code is x86_64 machine code")
 def test_init_hijacked_by_root_cannot_fill_the_host_disk(api: httpx.Client, server: Server) -> None:
-    """Attack (found and fixed): sandbox root rewrites the code of the sandbox's init (bwrap's pid
-    1, same uid, dumpable) through /proc/1/mem so that it writes 128 MiB to its stdout, which the
-    runtime opened before the sandbox started. That fd used to be a log file on the host's disk,
-    outside every limit: any sandbox could fill the host's disk. Now the log lives on the
-    sandbox's own disk image: the flood stops at the 64 MiB disk limit and no host file grows.
-    Twin: the flood really ran (the sandbox's disk filled up) and the sandbox can still be killed."""
+    """Attack (found and fixed): sandbox root makes the sandbox's pid 1 (same uid, dumpable) write to
+    the fds the runtime opened for it before the sandbox started. Found by rewriting bwrap's init
+    through /proc/1/mem to write 128 MiB to its stdout, a log file on the host's disk then, outside
+    every limit: any sandbox could fill the host's disk. Fixed by putting the log on the sandbox's
+    own disk image (a flood stopped at the disk limit); since the agent zygote, pid 1 is a sleep
+    that holds only /dev/null (the log is the agent's, which is not dumpable), so root finds
+    nothing to hijack or reopen. Twin: the flood ran through every fd of pid 1 (128 MiB each)."""
     sid = new_sandbox(api, disk_mb=64, timeout=120)
     try:
         outside = {p: p.stat().st_size for p in sandbox_dir(server, sid).iterdir() if p.is_file()}
-        put(api, sid, "/tmp/inject.py", INJECT)
+        log = disk_mount(server, sid) / "runtime.log"
+        logged = log.stat().st_size
+        put(api, sid, "/tmp/flood.py", FLOOD)
         if GVISOR:  # pid 1 is the non-dumpable agent itself: its memory stays closed, nothing is written
-            # (and gVisor has no /proc/1/syscall to find the pc by): opening it for writing fails
             r = run_command(api, sid, "python3 -c 'import os; os.open(\"/proc/1/mem\", os.O_RDWR)'", user="root")
             assert r.exit_code != 0 and "PermissionError" in r.stderr, r
-            assert (disk_mount(server, sid) / "runtime.log").stat().st_size < 1 << 20
+            assert log.stat().st_size < 1 << 20
             assert {p: p.stat().st_size for p in outside} == outside
             assert run_command(api, sid, "echo alive").stdout == "alive\n"
             return
-        r = api.post(f"/v1/sandboxes/{sid}/commands",
-                     json={"cmd": f"python3 /tmp/inject.py {128 * 256}", "user": "root"})
-        assert r.status_code == 200  # its stream ends when the agent is killed
-        disk = disk_mount(server, sid)
-        deadline = time.monotonic() + 30
-        while (st := os.statvfs(disk)).f_bavail * st.f_frsize > 4 << 20:  # a host-side observation of a
-            assert time.monotonic() < deadline, "the flood did not reach the disk image"  # separate process
-            time.sleep(0.05)
-        log = disk / "runtime.log"
-        assert log.stat().st_size > 32 << 20  # the flood landed here…
-        assert log.stat().st_size < 64 << 20  # …and stopped at the disk limit
+        r = run_command(api, sid, "python3 /tmp/flood.py", user="root", timeout=60)
+        held = r.stdout.splitlines()[0]
+        assert held == str(["/dev/null"] * 3), r  # stdin, stdout, stderr; nothing else
+        assert f"written: {3 * 128 << 20}" in r.stdout, r
+        assert log.stat().st_size == logged
         for path, size in outside.items():
             assert path.stat().st_size == size, f"{path} grew"
+        assert run_command(api, sid, "echo alive").stdout == "alive\n"
     finally:
         assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
     assert not sandbox_dir(server, sid).exists()

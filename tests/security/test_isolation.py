@@ -57,7 +57,8 @@ def test_processes_hostname_and_network_are_private(run, sandbox: str) -> None: 
     lines = r.stdout.splitlines()
     assert lines[0] != socket.gethostname() and lines[0] == sandbox
     assert int(lines[1]) < 10  # only the sandbox's own processes
-    assert ("corral_agent" if GVISOR else "bwrap") in lines[2]  # gVisor: the agent itself is pid 1
+    # gVisor: the agent itself is pid 1; bwrap: a waiting sleep (the agent comes from the zygote)
+    assert ("corral_agent" if GVISOR else "sleep infinity") in lines[2]
     links = sorted(line.split(":")[1].strip().split("@")[0] for line in lines[3:] if line)
     assert links == ["eth0", "lo"]  # its own loopback and veth end (docs/network.md), no host interface
 
@@ -199,7 +200,7 @@ def test_cpu_quota_holds(api: httpx.Client, run) -> None:  # type: ignore[no-unt
 
 def test_dying_agent_marks_the_sandbox_failed(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
-    agent = 1 if GVISOR else 2  # under bwrap, bwrap's init is pid 1
+    agent = 1 if GVISOR else 2  # under bwrap, a waiting sleep is pid 1
     r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": f"kill -9 {agent}", "user": "root"})
     assert r.status_code == 200  # the stream ends when the agent dies
     assert "failed" in until_ended(api, sid)

@@ -18,7 +18,7 @@ def rootfs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def make(rootfs: Path) -> list[str]:
+def make(rootfs: Path, listen: int | None = 13) -> list[str]:
     spec = SandboxSpec(sandbox_id="abc123", layers=(rootfs,), cpu=0.5, memory_mb=256, disk_mb=128)
     p = plan(
         spec,
@@ -35,7 +35,7 @@ def make(rootfs: Path) -> list[str]:
         (Path("/src/interpreter"), "/.corral/lib/corral_interp"),
     ]
     assert p.sandbox_dir == Path("/data/sandboxes/abc123")
-    return p.argv(Fds(block=10, info=11, seccomp=12, listen=13))
+    return p.argv(Fds(block=10, info=11, seccomp=12, listen=listen))
 
 
 def test_every_namespace_is_unshared(rootfs: Path) -> None:
@@ -67,6 +67,17 @@ def test_agent_runs_on_the_runtime_loader(rootfs: Path) -> None:
     cmd = argv[argv.index("--") + 1 :]
     assert cmd[0] == "/.corral/rt/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
     assert "/.corral/rt/usr/bin/python3.11" in cmd and cmd[-2:] == ["--listen-fd", "13"]
+
+
+def test_with_the_zygote_pid_1_only_waits_and_has_no_capabilities(rootfs: Path) -> None:
+    argv = make(rootfs, listen=None)
+    assert "--as-pid-1" in argv and "--cap-add" not in argv and argv[argv.index("--cap-drop") + 1] == "ALL"
+    cmd = argv[argv.index("--") + 1 :]
+    assert cmd[0] == "/.corral/rt/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" and "/.corral/rt/usr/bin/bash" in cmd
+    script = cmd[-1]
+    assert script.startswith("printf . && exec ") and "/.corral/rt/usr/bin/sleep infinity" in script
+    assert " 10<&-" in script and " 12<&-" in script  # the block and seccomp fds bwrap leaves it
+    assert "--listen-fd" not in argv and "python3.11" not in " ".join(cmd)
 
 
 def test_missing_interpreter_is_a_clear_error(tmp_path: Path) -> None:

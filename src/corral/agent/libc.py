@@ -14,7 +14,14 @@ import os
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+SECCOMP_MODE_FILTER = 2
+CAP_LAST_POSSIBLE = 63
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # Syscall numbers of the credential calls (32-bit ids on both), by `uname -m`.
@@ -27,6 +34,10 @@ _AARCH64 = {
     "setresuid": 147, "getresuid": 148, "setresgid": 149, "getresgid": 150,
 }
 SYSCALLS = {"x86_64": _X86_64, "aarch64": _AARCH64, "arm64": _AARCH64}
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 class _CapHeader(ctypes.Structure):
@@ -48,6 +59,7 @@ def _lib() -> ctypes.CDLL:
         lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        lib.setns.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.syscall.restype = ctypes.c_long  # variadic: arguments are passed as explicit ctypes values
         _libc = lib
     return _libc
@@ -85,6 +97,39 @@ def set_not_dumpable() -> None:
     """Make the calling process non-dumpable: sandbox processes, root included (it lacks
     CAP_SYS_PTRACE), can then no longer open its /proc/<pid>/mem, fds or environment."""
     _check(_lib().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Join the namespaces of ``fd`` (a pidfd with several CLONE_NEW* flags joins them all at once)."""
+    _check(_lib().setns(fd, nstype), "setns")
+
+
+def limit_capabilities(mask: int) -> None:
+    """Keep exactly the capabilities in ``mask``: bounding, permitted, effective, inheritable and
+    ambient sets all equal to it afterwards (what bwrap's --cap-drop ALL --cap-add ... leaves its
+    command). Needs CAP_SETPCAP for the bounding set, which ``mask`` itself may leave out."""
+    lib = _lib()
+    for cap in range(CAP_LAST_POSSIBLE + 1):
+        if not mask >> cap & 1 and lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == errno.EINVAL:  # past the kernel's last capability
+                break
+            _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
+    capset(mask, mask, mask)
+    for cap in range(CAP_LAST_POSSIBLE + 1):
+        if mask >> cap & 1:
+            _check(lib.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), f"ambient raise {cap}")
+
+
+def install_seccomp(program: bytes) -> None:
+    """Set no_new_privs and install ``program`` (a raw ``struct sock_filter[]``) as a seccomp filter
+    of the calling thread; inherited by every child and never removed."""
+    if not program or len(program) % 8 or len(program) // 8 > 0xFFFF:
+        raise ValueError("a seccomp program is a non-empty array of 8-byte instructions")
+    lib = _lib()
+    _check(lib.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    _check(lib.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
 
 
 # -- per-thread credentials (raw syscalls: they change the calling thread only) -----------------

@@ -422,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{USAGE}\ncorral-agent: error: bad arguments: {' '.join(args)[:200]}", file=sys.stderr)
         return 2
     donated, fd = parsed
+    return serve_listening(fd, donated=donated)
+
+
+def serve_listening(fd: int, donated: bool = False) -> int:
+    """Serve on the inherited socket ``fd`` (listening, or the control socket of donated connections)."""
     try:
         sock = _channel_socket(fd, listening=not donated)
     except ValueError as exc:

@@ -105,12 +105,12 @@ class Backends:
 
 def node_backends(
     sandboxes_dir: Path, mounts_dir: Path, runsc_root: Path, runtime: AgentRuntime, cgroups: Cgroups,
-    id_offset: int, on_exit: OnExit, network: Network | None, default: str,
+    id_offset: int, on_exit: OnExit, network: Network | None, default: str, zygote: bool = True,
 ) -> Backends:
     """Every backend this host can run (bwrap always; gVisor if runsc is installed), sharing the
     instance's network (addresses, nftables table, DNS forwarder)."""
     args = (sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit)
-    backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args, network)}
+    backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args, network, zygote=zygote)}
     missing: dict[str, str] = {}
     why = runsc_missing()
     if why is None:

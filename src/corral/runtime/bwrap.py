@@ -28,6 +28,7 @@ from corral.runtime.netpolicy import NetworkPolicy
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
 from corral.runtime.seccomp import build_filter
+from corral.runtime.zygote import Zygote, start_agent
 
 READY_TIMEOUT = 20.0
 
@@ -39,6 +40,7 @@ class _Live:
     pidfd: int
     exited: asyncio.Future[int]  # bwrap's exit code, set when the pidfd says it is gone
     init_pid: int = 0  # the sandbox's pid 1 (bwrap's child), host view
+    agent_pidfd: int = -1  # an agent from the zygote: readable once it exited
     destroying: bool = False
     frozen: bool = False
 
@@ -50,7 +52,7 @@ class BwrapBackend:
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
-        on_exit: OnExit, network: Network | None = None,
+        on_exit: OnExit, network: Network | None = None, zygote: bool = True,
     ) -> None:
         self.sandboxes_dir = sandboxes_dir
         self.mounts_dir = mounts_dir
@@ -67,6 +69,8 @@ class BwrapBackend:
         # One thread spawns every bwrap, off the event loop: --die-with-parent follows the spawning
         # thread, so it must live as long as the backend (a pool thread could come and go).
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-spawn")
+        # Agents forked from one pre-imported python (docs/architecture.md, "The agent zygote").
+        self.zygote = Zygote(runtime, self.agent_src, self.seccomp, id_offset) if zygote else None
         self._live: dict[str, _Live] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -82,11 +86,17 @@ class BwrapBackend:
             net_dirs=tuple(net.dirs()) if net and spec.network.networked else (),
             net_files=tuple(net.files()) if net and spec.network.networked else (),
         )
+        prepared: launch_priv.Prepared | None = None
+        spawned: launch_priv.Spawned | None = None
         try:
             att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
             loop = asyncio.get_running_loop()
-            spawning = loop.run_in_executor(self._spawner, launch_priv.spawn, p, prepared, self.seccomp, self.cgroups)
+            zygote = self.zygote
+            if zygote is not None:  # started by the spawner thread: it lives as long as the backend
+                await loop.run_in_executor(self._spawner, zygote.start)
+            spawning = loop.run_in_executor(
+                self._spawner, launch_priv.spawn, p, prepared, self.seccomp, self.cgroups, zygote is not None)
             cancelled = False
             while True:  # a cancelled create still takes the bwrap it started, so destroy can end it
                 try:
@@ -106,8 +116,18 @@ class BwrapBackend:
                 raise asyncio.CancelledError
             plug = partial(net.plug, att) if net and att else None
             live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, plug)
+            if zygote is not None and spawned.ready is not None:
+                agent = await asyncio.to_thread(
+                    start_agent, zygote, spec.sandbox_id, p.root, live.init_pid, prepared.listener, p.log_path,
+                    spawned.ready, self.cgroups, READY_TIMEOUT)
+                live.agent_pidfd = agent.pidfd
+                loop.add_reader(agent.pidfd, self._agent_exited, live)
             await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
+            if prepared is not None:
+                prepared.listener.close()
+            if spawned is not None and spawned.ready is not None:
+                spawned.ready.close()
             await self.destroy(spec.sandbox_id)
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
@@ -129,10 +149,25 @@ class BwrapBackend:
         finally:
             ping.cancel()
 
+    def _agent_exited(self, live: _Live) -> None:
+        """An agent from the zygote is gone: end its sandbox (bwrap's exit then reports it), as when
+        an agent that bwrap started exits."""
+        self._forget_agent(live)
+        if not live.destroying and live.init_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(live.init_pid, signal.SIGKILL)
+
+    def _forget_agent(self, live: _Live) -> None:
+        if live.agent_pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(live.agent_pidfd)
+            os.close(live.agent_pidfd)
+            live.agent_pidfd = -1
+
     def _reap(self, sandbox_id: str, live: _Live) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(live.pidfd)
         os.close(live.pidfd)
+        self._forget_agent(live)
         code = live.process.wait()
         if not live.exited.done():
             live.exited.set_result(code)
@@ -257,6 +292,8 @@ class BwrapBackend:
         await asyncio.to_thread(self.cgroups.close)
         if self.network is not None:
             await self.network.close()
+        if self.zygote is not None:
+            await asyncio.to_thread(self.zygote.close)
         self._spawner.shutdown(wait=False)  # every sandbox is gone; the idle thread just exits
 
     # networking (see runtime/network.py)

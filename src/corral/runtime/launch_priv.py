@@ -8,8 +8,9 @@ The steps, in order (docs/security.md lists them too):
    and code read-only into it; create its cgroups with limits; bind the agent's listening unix
    socket (host-only path).
 2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset``, handing it the seccomp
-   program: a ``sh`` stub (same uid) is moved into the sandbox's cgroups (every hierarchy) and only
-   then execs bwrap, so bwrap, and its cgroup namespace, start inside them; the only host path it
+   program: a ``sh`` stub is moved into the sandbox's cgroups (every hierarchy) and only then execs
+   ``setsid``, ``setpriv`` (to ``id_offset``, no groups, no capabilities) and bwrap, so bwrap, and
+   its cgroup namespace, start inside them; the only host path it
    resolves is the root's mount point (in the 0711 mounts dir); it creates all namespaces and then
    blocks before doing anything inside them.
 3. ``admit``: read bwrap's child pid, write the user-namespace maps (sandbox 0..65535 → host
@@ -17,13 +18,16 @@ The steps, in order (docs/security.md lists them too):
    (``network``/``netns_priv``), then unblock bwrap.
 
 From then on bwrap mounts the root, drops to the agent's capability set, installs seccomp and
-execs the agent. Nothing in a sandbox ever runs as a host id below ``id_offset``.
+execs the agent; or, with the agent zygote (``corral.runtime.zygote``), execs a capability-less
+pid 1 that reports it runs, after which an agent forked from the zygote joins the sandbox.
+Nothing in a sandbox ever runs as a host id below ``id_offset``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import shutil
@@ -52,6 +56,7 @@ class Spawned:
     process: subprocess.Popen[bytes]
     info_r: int
     block_w: int
+    ready: io.FileIO | None = None  # zygote mode: pid 1 writes one byte here once it runs
 
 
 def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
@@ -69,34 +74,49 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
     return Prepared(listener=listener, socket_path=path)
 
 
-# Waits for one line on stdin (sent once its pid is in the cgroups), then becomes bwrap; on EOF
-# (the server died first) it exits.
+# Waits for one line on stdin (sent once its pid is in the cgroups), then becomes bwrap through
+# setsid and setpriv (a session of its own, then the sandbox uid); on EOF (the server died first)
+# it exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the stub:
+# a fork copies the server's page tables with the GIL held (~8 ms at 150 MiB, more when bigger).
 _STUB = 'read -r _ && exec "$@" </dev/null'
 
 
 @functools.cache
-def _bwrap() -> str:
-    """bwrap's absolute path, so the stub's exec searches no PATH."""
-    return shutil.which("bwrap") or "bwrap"
+def _tool(name: str) -> str:
+    """A host tool's absolute path, so the stub's exec searches no PATH."""
+    return shutil.which(name) or name
 
 
-def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes, cgroups: Cgroups) -> Spawned:
+def _as_sandbox_uid(uid: int, argv: list[str]) -> list[str]:
+    """``argv`` in a new session as ``uid``/``uid`` with no supplementary groups (setpriv's change of
+    uid from root leaves no capabilities, as Popen(user=...) did)."""
+    return [_tool("setsid"), _tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+            _tool(argv[0]), *argv[1:]]
+
+
+def spawn(
+    plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes, cgroups: Cgroups, zygote: bool = False,
+) -> Spawned:
     """Start bwrap as the unprivileged id-offset uid inside the sandbox's cgroups (so its cgroup
-    namespace is rooted at the sandbox's own groups); it blocks until ``admit`` releases it."""
+    namespace is rooted at the sandbox's own groups); it blocks until ``admit`` releases it.
+
+    ``zygote``: its command is a waiting pid 1 whose stdout is ``Spawned.ready_r`` and the agent
+    comes later (``zygote.start_agent``); the listener stays with the caller. Otherwise bwrap
+    runs the agent on the listener."""
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if zygote else (None, None)
     seccomp_fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
     os.write(seccomp_fd, seccomp_filter)
     os.lseek(seccomp_fd, 0, os.SEEK_SET)
-    fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=prepared.listener.fileno())
+    listen = None if zygote else prepared.listener.fileno()
+    fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=listen)
     log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
-            ["/bin/sh", "-c", _STUB, "corral-bwrap", _bwrap(), *plan.argv(fds)[1:]],
-            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-            pass_fds=(fds.block, fds.info, fds.seccomp, fds.listen),
-            user=plan.id_offset, group=plan.id_offset, extra_groups=[],
-            start_new_session=True,
+            ["/bin/sh", "-c", _STUB, "corral-bwrap", *_as_sandbox_uid(plan.id_offset, plan.argv(fds))],
+            stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log,
+            pass_fds=tuple(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None),
         )
         try:
             cgroups.attach(plan.sandbox_id, process.pid)
@@ -108,15 +128,19 @@ def spawn(plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes, cgroups: 
             process.wait()
             raise
     except BaseException:
-        os.close(info_r)
-        os.close(block_w)
+        for fd in (info_r, block_w, ready_r):
+            if fd is not None:
+                os.close(fd)
         raise
     finally:
         log.close()
-        for fd in (info_w, block_r, seccomp_fd):
-            os.close(fd)
-        prepared.listener.close()
-    return Spawned(process=process, info_r=info_r, block_w=block_w)
+        for fd in (info_w, block_r, seccomp_fd, ready_w):
+            if fd is not None:
+                os.close(fd)
+        if not zygote:
+            prepared.listener.close()
+    ready = None if ready_r is None else io.FileIO(ready_r, "rb")
+    return Spawned(process=process, info_r=info_r, block_w=block_w, ready=ready)
 
 
 def admit(plan: LaunchPlan, spawned: Spawned, plug: Callable[[int], None] | None = None) -> int:

@@ -19,6 +19,13 @@ AGENT_CAPS = (
     "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
     "CAP_SETFCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_MKNOD",
 )
+# Capability numbers (linux/capability.h) of AGENT_CAPS.
+CAP_NUMBERS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5, "CAP_SETGID": 6,
+    "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10, "CAP_SYS_CHROOT": 18, "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29,
+    "CAP_SETFCAP": 31,
+}
+AGENT_CAPS_MASK = sum(1 << CAP_NUMBERS[cap] for cap in AGENT_CAPS)
 RT_DIR = "/.corral/rt"
 AGENT_LIB = "/.corral/lib"
 AGENT_PKG = "corral_agent"
@@ -28,6 +35,11 @@ LOADERS = {
     "aarch64": ("usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "usr/lib/aarch64-linux-gnu"),
 }
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def agent_env() -> dict[str, str]:
+    """The agent's whole environment (commands get theirs from the request, not from it)."""
+    return {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "PYTHONHOME": f"{RT_DIR}/usr", "PYTHONPATH": AGENT_LIB}
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,19 @@ class AgentRuntime:
         """The agent's command line; ``channel`` says what ``fd`` is (``--listen-fd``, ``--control-fd``)."""
         return [*self.python_argv(), "-m", AGENT_PKG, channel, str(fd)]
 
+    def pid1_argv(self, close: tuple[int, ...] = ()) -> list[str]:
+        """Pid 1 of a sandbox whose agent comes from the zygote: it tells the host it runs (one byte on
+        stdout, so bwrap has finished the sandbox), then only waits, holding nothing but /dev/null
+        (sandbox root can reopen or hijack pid 1's fds: it is dumpable and has the same uid); the
+        fds bwrap leaves it (``close``) are closed. The runtime's bash and sleep, through the
+        runtime's loader, so any template works; bwrap's and bash's errors still reach the log."""
+        run = f"{RT_DIR}/{self.loader} --library-path {RT_DIR}/{self.libdir}"
+        closing = "".join(f" {fd}<&-" for fd in close)
+        return [
+            *run.split(), f"{RT_DIR}/usr/bin/bash", "--norc", "--noprofile", "-c",
+            f"printf . && exec {run} {RT_DIR}/usr/bin/sleep infinity </dev/null >/dev/null 2>&1{closing}",
+        ]
+
     def python_argv(self) -> list[str]:
         """The runtime's python inside a sandbox (for the agent, or a helper the host runs there)."""
         return [
@@ -68,7 +93,7 @@ class Fds:
     block: int  # bwrap waits on it until the user-namespace maps are written
     info: int  # bwrap reports its child pid here
     seccomp: int  # the BPF program
-    listen: int  # the agent's listening socket
+    listen: int | None  # the agent's listening socket; None: the agent comes from the zygote
 
 
 @dataclass(frozen=True)
@@ -104,14 +129,21 @@ class LaunchPlan:
         ]
 
     def argv(self, fds: Fds) -> list[str]:
-        """The bubblewrap command line: every namespace, the overlay as /, the agent's runtime read-only."""
+        """The bubblewrap command line: every namespace, the overlay as /, the agent's runtime read-only.
+
+        With an agent from the zygote (``fds.listen`` None) bwrap's command is a capability-less pid 1
+        that only waits (``--as-pid-1``: no second bwrap process); otherwise it is the agent."""
+        if fds.listen is None:
+            command, own = ["--as-pid-1"], self.runtime.pid1_argv(close=(fds.block, fds.seccomp))
+        else:
+            command, own = [a for cap in AGENT_CAPS for a in ("--cap-add", cap)], self.runtime.argv(fds.listen)
         return [
             "bwrap",
             "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
             "--unshare-cgroup",
             "--userns-block-fd", str(fds.block), "--info-fd", str(fds.info),
             "--uid", "0", "--gid", "0",
-            "--cap-drop", "ALL", *[a for cap in AGENT_CAPS for a in ("--cap-add", cap)],
+            "--cap-drop", "ALL", *command,
             "--hostname", self.sandbox_id[:63],
             "--die-with-parent",
             "--bind", str(self.root), "/",  # recursive: brings the read-only runtime binds along
@@ -119,13 +151,9 @@ class LaunchPlan:
             "--proc", "/proc",
             "--dev", "/dev",
             "--seccomp", str(fds.seccomp),
-            "--clearenv",
-            "--setenv", "PATH", SANDBOX_PATH,
-            "--setenv", "LANG", "C.UTF-8",
-            "--setenv", "PYTHONHOME", f"{RT_DIR}/usr",
-            "--setenv", "PYTHONPATH", AGENT_LIB,
+            "--clearenv", *[a for name, value in agent_env().items() for a in ("--setenv", name, value)],
             "--chdir", "/",
-            "--", *self.runtime.argv(fds.listen),
+            "--", *own,
         ]
 
 

@@ -1,0 +1,175 @@
+"""The agent zygote: one pre-imported agent per server that forks every bwrap sandbox's agent.
+
+Started once by the host (``corral.runtime.zygote``) through bwrap in a mount namespace that holds
+only the agent's runtime at the paths a sandbox sees (``/.corral/rt``, ``/.corral/lib``); it drops
+to the sandboxes' host uid (``--uid``), which owns every sandbox's user namespace, and imports the
+agent. Forking it instead of starting python per sandbox saves the interpreter's start and imports
+(~50 ms and most of an idle agent's private memory, which stays shared copy-on-write).
+
+Per sandbox the host sends, over the control socket (SOCK_SEQPACKET), ``spawn <dev> <ino>`` with four
+fds: a pidfd of the sandbox's pid 1, the agent's listening socket, the runtime log, and a ``go``
+socket. The zygote forks a *joiner*, replies ``pid <joiner>`` and forgets it. The joiner waits for
+``go`` on its socket (the host first moves it into the sandbox's cgroups and waits until bwrap has
+finished the sandbox: its pid 1 runs), joins every namespace of pid 1 at once, checks that ``/`` is
+the sandbox root the host named (device and inode), forks the agent into the pid namespace, sends
+``agent <pid>`` with a pidfd of it on the ``go`` socket and exits. The agent keeps the capabilities
+``--caps`` names (bounding, permitted, effective, inheritable, ambient: what bwrap gives its
+command), installs the seccomp program read from ``--seccomp-fd`` (with no_new_privs) and serves.
+
+The zygote is a subreaper, so agents are reparented to it and reaped here. It exits when the host
+closes the control socket (and dies with it: bwrap's --die-with-parent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+
+from . import libc
+from .log import log
+from .server import serve_listening
+
+USAGE = "usage: corral-agent-zygote --control-fd N --seccomp-fd N --uid N --caps MASK"
+# CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET (linux/sched.h)
+JOIN = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+GO_TIMEOUT = 60.0  # seconds a joiner waits for the host's go before it gives up
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts = dict(zip(args[::2], (int(v, 0) for v in args[1::2]), strict=True))
+        control, seccomp_fd, uid, caps = (opts[k] for k in ("--control-fd", "--seccomp-fd", "--uid", "--caps"))
+    except (KeyError, ValueError):
+        print(f"{USAGE}\ncorral-agent-zygote: error: bad arguments: {' '.join(args)[:200]}", file=sys.stderr)
+        return 2
+    with os.fdopen(seccomp_fd, "rb") as f:
+        program = f.read()
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # leaves no capabilities in the host's namespaces
+    libc.set_child_subreaper()
+    sock = socket.socket(fileno=control)
+    os.set_inheritable(control, False)
+    _serve(sock, program, caps)
+    return 0
+
+
+def _serve(sock: socket.socket, program: bytes, caps: int) -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, _note_signal)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                os.read(wake_r, 512)
+                _reap()
+                continue
+            try:
+                msg, fds, _, _ = socket.recv_fds(sock, 256, 8, socket.MSG_CMSG_CLOEXEC)
+            except InterruptedError:
+                continue
+            if not msg:
+                return  # the host closed the control socket
+            try:
+                pid = _fork_joiner(sock, msg, fds, program, caps, (wake_r, wake_w))
+                sock.send(f"pid {pid}".encode())
+            except Exception as exc:  # reported to the host; the zygote keeps serving
+                sock.send(f"error {exc}".encode()[:1000])
+            finally:
+                for received in fds:
+                    os.close(received)
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    """Present so the wakeup fd sees SIGCHLD; the loop reaps."""
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _fork_joiner(
+    sock: socket.socket, msg: bytes, fds: list[int], program: bytes, caps: int, wake: tuple[int, int],
+) -> int:
+    words = msg.split()
+    if len(words) != 3 or words[0] != b"spawn" or len(fds) != 4:
+        raise ValueError(f"expected 'spawn <dev> <ino>' with 4 fds, got {msg[:100]!r} with {len(fds)}")
+    root = (int(words[1]), int(words[2]))
+    pid = os.fork()
+    if pid:
+        return pid
+    # The joiner. Nothing here may return into the zygote's loop.
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (sock.detach(), *wake):
+            os.close(fd)
+        code = _join(*fds, root=root, program=program, caps=caps)
+    except BaseException as exc:  # the host reads why on the go socket
+        _report(fds[3], f"error {type(exc).__name__}: {exc}")
+    finally:
+        os._exit(code)
+
+
+def _join(pidfd: int, listen: int, log_fd: int, go: int, *, root: tuple[int, int], program: bytes, caps: int) -> int:
+    ready, _, _ = select.select([go], [], [], GO_TIMEOUT)
+    if not ready or os.read(go, 16) != b"go":
+        return 1  # the host gave up on this sandbox
+    libc.setns(pidfd, JOIN)  # root and cwd are now the sandbox's root
+    os.close(pidfd)
+    st = os.stat("/")
+    if (st.st_dev, st.st_ino) != root:
+        raise RuntimeError(f"/ after joining is {st.st_dev}:{st.st_ino}, not the sandbox root {root[0]}:{root[1]}")
+    agent = os.fork()
+    if agent == 0:
+        os.close(go)
+        _become_agent(listen, log_fd, program, caps)  # never returns
+    os.close(listen)
+    agent_fd = os.pidfd_open(agent)
+    socket.send_fds(socket.socket(fileno=go), [f"agent {agent}".encode()], [agent_fd])
+    return 0
+
+
+def _become_agent(listen: int, log_fd: int, program: bytes, caps: int) -> None:
+    code = 1
+    try:
+        null = os.open("/dev/null", os.O_RDWR)  # the sandbox's
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        for fd in (null, log_fd):
+            os.close(fd)
+        os.chdir("/")
+        os.environ["PWD"] = "/"
+        libc.limit_capabilities(caps)
+        libc.install_seccomp(program)
+        serve_listening(listen)
+        code = 0
+    except BaseException as exc:  # logged to the sandbox's runtime log
+        log("ERROR", f"agent failed to start: {type(exc).__name__}: {exc}")
+    finally:
+        os._exit(code)
+
+
+def _report(go: int, text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(go, text.encode()[:1000])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

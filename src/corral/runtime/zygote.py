@@ -1,0 +1,172 @@
+"""The host side of the agent zygote (``corral.agent.zygote``): start it, ask it for agents.
+
+bwrap sandboxes get their agent forked from one pre-imported python instead of a python started
+per sandbox (docs/architecture.md, "The agent zygote"). This module starts that process and,
+per sandbox, carries out ``start_agent``: ask for a joiner, move the joiner into the sandbox's
+cgroups, wait until the sandbox's pid 1 runs (bwrap has finished its mounts), let the joiner go
+and receive a pidfd of the agent it forked into the sandbox.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import select
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.runtime.cgroups_priv import Cgroups
+from corral.runtime.plan import AGENT_CAPS_MASK, AGENT_LIB, AGENT_PKG, INTERP_PKG, RT_DIR, AgentRuntime, agent_env
+
+REPLY_TIMEOUT = 10.0  # seconds for the zygote's and the joiner's replies (each a fork away)
+
+
+class ZygoteError(RuntimeError):
+    """The zygote or a joiner failed; the sandbox being created cannot get its agent this way."""
+
+
+@dataclass(frozen=True)
+class AgentProcess:
+    pid: int  # host view
+    pidfd: int  # readable once the agent has exited; the caller closes it
+
+
+class Zygote:
+    """One zygote per backend, started on first use and again if it died. Thread-safe."""
+
+    def __init__(self, runtime: AgentRuntime, agent_src: Path, seccomp: bytes, id_offset: int) -> None:
+        self.runtime = runtime
+        self.agent_src = agent_src
+        self.seccomp = seccomp
+        self.id_offset = id_offset
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+
+    def argv(self, control_fd: int, seccomp_fd: int) -> list[str]:
+        """bwrap as root: a mount namespace holding only the agent's runtime and code, read-only, at
+        the paths a sandbox has them; no network; the zygote drops to ``id_offset`` itself."""
+        env = [a for name, value in agent_env().items() for a in ("--setenv", name, value)]
+        return [
+            "bwrap", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+            "--tmpfs", "/",
+            "--ro-bind", str(self.runtime.rootfs), RT_DIR,
+            "--ro-bind", str(self.agent_src), f"{AGENT_LIB}/{AGENT_PKG}",
+            "--ro-bind", str(self.agent_src.parent / "interpreter"), f"{AGENT_LIB}/{INTERP_PKG}",
+            "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+            "--clearenv", *env, "--chdir", "/",
+            "--", *self.runtime.python_argv(), "-m", f"{AGENT_PKG}.zygote",
+            "--control-fd", str(control_fd), "--seccomp-fd", str(seccomp_fd),
+            "--uid", str(self.id_offset), "--caps", hex(AGENT_CAPS_MASK),
+        ]
+
+    def start(self) -> None:
+        """Start the zygote unless it runs. Call it from a thread that lives as long as the backend
+        (bwrap's --die-with-parent follows the starting thread)."""
+        with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                return
+            self._stop_locked()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            seccomp_fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
+            try:
+                os.write(seccomp_fd, self.seccomp)
+                os.lseek(seccomp_fd, 0, os.SEEK_SET)
+                self._process = subprocess.Popen(
+                    self.argv(theirs.fileno(), seccomp_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(), seccomp_fd), start_new_session=True,
+                )
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+                os.close(seccomp_fd)
+            ours.settimeout(REPLY_TIMEOUT)
+            self._control = ours
+
+    def fork_joiner(self, init_pidfd: int, listener: int, log_fd: int, go: int, root: os.stat_result) -> int:
+        """Ask for a joiner of the sandbox whose pid 1 ``init_pidfd`` is; returns its pid."""
+        with self._lock:
+            if self._control is None:
+                raise ZygoteError("the agent zygote is not running")
+            try:
+                socket.send_fds(self._control, [f"spawn {root.st_dev} {root.st_ino}".encode()],
+                                [init_pidfd, listener, log_fd, go])
+                reply = self._control.recv(1024)
+            except OSError as exc:  # it died: the next create starts a new one
+                self._stop_locked()
+                raise ZygoteError(f"the agent zygote is gone: {exc}") from exc
+        if not reply:
+            raise ZygoteError("the agent zygote exited")
+        kind, _, rest = reply.decode(errors="replace").partition(" ")
+        if kind != "pid" or not rest.isdigit():
+            raise ZygoteError(f"the agent zygote refused: {rest[:300]}")
+        return int(rest)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop_locked()
+
+    def _stop_locked(self) -> None:
+        if self._control is not None:
+            self._control.close()  # the zygote exits on EOF
+            self._control = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+
+def start_agent(
+    zygote: Zygote, sandbox_id: str, root: Path, init_pid: int, listener: socket.socket, log_path: Path,
+    ready: io.FileIO, cgroups: Cgroups, timeout: float,
+) -> AgentProcess:
+    """Fork the sandbox's agent from ``zygote`` into the namespaces of its pid 1 (``init_pid``).
+
+    ``ready`` is the pipe pid 1 writes one byte to once it runs, i.e. once bwrap has set the sandbox
+    up; only then may anything join its mount namespace. Closes ``listener`` and ``ready``."""
+    go, joiner_go = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        init_pidfd = os.pidfd_open(init_pid)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            joiner = zygote.fork_joiner(init_pidfd, listener.fileno(), log_fd, joiner_go.fileno(), os.stat(root))
+        finally:
+            for fd in (init_pidfd, log_fd):
+                os.close(fd)
+            joiner_go.close()
+            listener.close()
+        cgroups.attach(sandbox_id, joiner)  # the agent is forked by it, so it starts inside them
+        _wait_ready(ready, timeout)
+        go.send(b"go")
+        go.settimeout(REPLY_TIMEOUT)
+        try:
+            msg, fds, _, _ = socket.recv_fds(go, 1024, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError as exc:
+            raise ZygoteError(f"no agent from the zygote: {exc}") from exc
+    finally:
+        go.close()
+        ready.close()
+        listener.close()
+    text = msg.decode(errors="replace")
+    kind, _, rest = text.partition(" ")
+    if kind != "agent" or not rest.isdigit() or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ZygoteError(f"the agent did not start: {text[:300] or 'the joiner exited'}")
+    return AgentProcess(pid=int(rest), pidfd=fds[0])
+
+
+def _wait_ready(ready: io.FileIO, timeout: float) -> None:
+    readable, _, _ = select.select([ready], [], [], timeout)
+    if not readable:
+        raise ZygoteError(f"the sandbox's pid 1 was not running after {timeout:.0f}s")
+    if ready.read(1) != b".":
+        raise ZygoteError("the sandbox's pid 1 exited before it was ready")
