@@ -384,7 +384,10 @@ def test_bash_errors(sh: Driver) -> None:
 
 def test_bash_interrupt(sh: Driver) -> None:
     sh.run("KEPT=yes")
-    cell = sh.interrupted("echo started; for i in 1 2 3; do sleep 100; done; echo not reached", started="started")
+    # "started" comes from the process the SIGINT must reach (a signal that lands while bash forks
+    # the next command is only seen by bash once that command returns, as at a terminal)
+    cell = sh.interrupted("for i in 1 2 3; do sh -c 'echo started; exec sleep 100'; done; echo not reached",
+                          started="started")
     assert cell.error is not None and cell.error["name"] == "Interrupted"
     assert "not reached" not in cell.stdout
     assert sh.run("echo $KEPT").stdout == "yes\n"
