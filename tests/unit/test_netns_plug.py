@@ -158,3 +158,19 @@ def test_answers_to_an_abandoned_request_are_skipped() -> None:
         rtnl._seq += 1
         found = netns_priv._get_link(rtnl, "lo")
         assert found is not None and found[0] == 1
+
+
+def test_host_sockets_are_reused_one_thread_at_a_time_and_dropped_when_left_mid_request() -> None:
+    pool = netns_priv._HostSockets(keep=2)
+    with pool.lend() as a, pool.lend() as b:
+        assert a is not b  # lent to one user at a time
+    with pool.lend() as again:
+        assert again in (a, b)
+    with pytest.raises(netns_priv.NetlinkError), pool.lend() as c:  # a refusal leaves it clean
+        c.request((netns_priv.RTM_DELLINK, 0, netns_priv._link() + netns_priv._name("crl-no-such")))
+    with pool.lend() as d:
+        assert d is c
+        d.clean = False  # as if interrupted between send and the last answer
+    with pool.lend() as e:
+        assert e is not d
+    assert d._sock.fileno() == -1  # closed, not lent again

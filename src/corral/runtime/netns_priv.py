@@ -127,8 +127,9 @@ def _name(name: str) -> bytes:
 class _Rtnl:
     """A NETLINK_ROUTE socket of the network namespace of the thread that made it (a socket keeps
     its netns for life, whichever thread uses it later). Not thread-safe: one thread at a time
-    (host sockets are lent by ``_HostSockets``). Replies to an abandoned request (an exception
-    between send and read) are recognised by their sequence number and dropped."""
+    (host sockets are lent by ``_HostSockets``). ``clean`` is False while answers to a request are
+    unread (an exception between send and the last answer); answers to such an abandoned request
+    are recognised by their sequence number and dropped, answers not from the kernel too."""
 
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
@@ -141,6 +142,7 @@ class _Rtnl:
             self._sock.close()
             raise
         self._seq = 0
+        self.clean = True  # False from a send until every answer to it was read
 
     def close(self) -> None:
         self._sock.close()
@@ -161,14 +163,17 @@ class _Rtnl:
             out += _HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags, first + i, 0)
             out += body
         self._seq = first + len(messages) - 1
+        self.clean = False
         self._sock.send(out)
         replies: list[list[bytes]] = [[] for _ in messages]
         errors: dict[int, NetlinkError] = {}
         open_ = set(range(len(messages)))
         while open_:
-            data, _, msg_flags, _ = self._sock.recvmsg(1 << 16)
+            data, _, msg_flags, sender = self._sock.recvmsg(1 << 16)
             if msg_flags & socket.MSG_TRUNC:
                 raise NetlinkError(errno.EMSGSIZE, "netlink answer larger than 64 KiB")
+            if sender[0] != 0:
+                continue  # not from the kernel
             offset = 0
             while offset + _HDR.size <= len(data):
                 size, kind, flags, seq, _ = _HDR.unpack_from(data, offset)
@@ -184,6 +189,7 @@ class _Rtnl:
                     open_.discard(i)
                 else:
                     replies[i].append(payload)
+        self.clean = True
         if errors:
             raise errors[min(errors)]
         return replies
@@ -218,19 +224,15 @@ class _HostSockets:
             rtnl = _Rtnl()
         try:
             yield rtnl
-        except NetlinkError:  # a refusal leaves the socket clean
+        finally:
             self._give_back(rtnl)
-            raise
-        except BaseException:  # anything else may have left it mid-request
-            rtnl.close()
-            raise
-        self._give_back(rtnl)
 
     def _give_back(self, rtnl: _Rtnl) -> None:
-        with self._lock:
-            if len(self._idle) < self._keep:
-                self._idle.append(rtnl)
-                return
+        if rtnl.clean:  # not left mid-request (by an exception between send and the last answer)
+            with self._lock:
+                if len(self._idle) < self._keep:
+                    self._idle.append(rtnl)
+                    return
         rtnl.close()
 
 
