@@ -7,6 +7,7 @@ change to every thread of the process, and the agent must switch just the callin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -97,6 +98,12 @@ def set_not_dumpable() -> None:
     """Make the calling process non-dumpable: sandbox processes, root included (it lacks
     CAP_SYS_PTRACE), can then no longer open its /proc/<pid>/mem, fds or environment."""
     _check(_lib().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
+def malloc_trim() -> None:
+    """Give free heap memory back to the kernel (glibc; elsewhere nothing happens)."""
+    with contextlib.suppress(AttributeError):
+        _lib().malloc_trim(0)
 
 
 def setns(fd: int, nstype: int) -> None:

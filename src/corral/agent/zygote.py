@@ -23,6 +23,7 @@ closes the control socket (and dies with it: bwrap's --die-with-parent).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)  # leaves no capabilities in the host's namespaces
     libc.set_child_subreaper()
+    # Agents share the zygote's heap copy-on-write: a collection in an agent would write to every
+    # object header (and copy its page), so the imported objects move out of the collector's view,
+    # and free heap goes back to the kernel before any fork.
+    gc.collect()
+    gc.freeze()
+    libc.malloc_trim()
     sock = socket.socket(fileno=control)
     os.set_inheritable(control, False)
     _serve(sock, program, caps)
