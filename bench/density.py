@@ -4,7 +4,8 @@ One server (pool off), sandboxes from the default template ``base`` with the def
 by 4 concurrent callers and left idle. At each checkpoint (0 and the ``--at`` counts) it takes a memory
 snapshot and measures cold create → first output (``--samples`` sandboxes, killed again):
 
-* per sandbox, summed over its processes (bwrap's two and the agent, found through its memory cgroup):
+* per sandbox, summed over its processes (bwrap's monitor, pid 1 — bwrap's init, or with the agent
+  zygote the runtime's ``sleep`` — and the agent, found through its memory cgroup):
   PSS and RSS from ``/proc/<pid>/smaps_rollup``, split anon / file;
 * the kernel's charge to its memory cgroup (``memory.usage_in_bytes``/``memory.current``, ``kmem``);
 * the server's RSS growth, and ``/proc/meminfo`` (slab, page tables, kernel stacks, available) growth,
@@ -14,7 +15,9 @@ snapshot and measures cold create → first output (``--samples`` sandboxes, kil
   (more mounts, more processes) from Corral's.
 
 The headline per sandbox: its processes' PSS + the server's RSS growth + the host's kernel growth
-(slab, page tables, kernel stacks); the same with RSS instead of PSS counts every shared page again.
+(slab, page tables, kernel stacks). The RSS figure (the issue's "agent + bookkeeping") is its
+processes' RSS + the server's RSS growth: every shared page counted again per process; the kernel's
+objects are not RSS and are reported beside it.
 
 Baseline (same run): ``python3 -c 'import time; time.sleep()'`` with the base template's interpreter
 in a raw bwrap (all namespaces), i.e. the floor any Python agent pays.
@@ -91,9 +94,12 @@ def snapshot(srv: Server, ids: list[str]) -> Snapshot:
         for pid in (group / "cgroup.procs").read_text().split():
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                waits = b"sleep\0infinity" in Path(f"/proc/{pid}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            kind = "bwrap" if comm == "bwrap" else "agent" if comm.startswith(("python", "ld-linux")) else "other"
+            # pid 1 with the agent zygote is the runtime's sleep (started through the runtime's loader)
+            kind = "bwrap" if comm == "bwrap" else "pid1" if waits else \
+                "agent" if comm.startswith(("python", "ld-linux")) else "other"
             total = snap.procs.setdefault(kind, {"count": 0})
             total["count"] += 1
             for key, value in rollup(pid).items():
@@ -147,7 +153,7 @@ def breakdown(base: Snapshot, snap: Snapshot) -> dict[str, float]:
     kernel = sum(max(0.0, per[f"host_{k}_growth"]) for k in ("slab", "pagetables", "kernelstack"))
     per["kernel"] = kernel
     per["overhead"] = per["process_pss"] + max(0.0, per["server_rss_growth"]) + kernel
-    per["overhead_rss"] = per["process_rss"] + max(0.0, per["server_rss_growth"]) + kernel
+    per["overhead_rss"] = per["process_rss"] + max(0.0, per["server_rss_growth"])
     return per
 
 

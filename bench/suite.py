@@ -181,6 +181,15 @@ def gvisor_backend(srv: Server, cold: Figure, samples: int) -> Figure:
                   "Corral, isolation gvisor", "report", None, extra={"baseline": times})
 
 
+def without_zygote(cold: Figure, samples: int) -> Figure:
+    """The same cold create on a server that starts python per sandbox (the agent before the zygote)."""
+    with server(CORRAL_AGENT_ZYGOTE="off") as srv, srv.client() as client:
+        create_to_output(client, 3)
+        times = create_to_output(client, samples)
+    return Figure("cold create -> output: agent zygote vs python per sandbox", "ms", cold.ours, p50(times) * MS,
+                  "CORRAL_AGENT_ZYGOTE=off", "report", None, extra={"baseline": times})
+
+
 # block 2: the warm pool
 def noop_burst(url: str, key: str, n: int) -> list[float]:
     """n concurrent no-op authenticated calls on n open connections (what the API costs at that load)."""
@@ -276,6 +285,7 @@ def main() -> None:
         figures += peers(cold, max(4, args.samples // 4))
         figures.append(gvisor_backend(srv, cold, max(4, args.samples // 4)))
         cold_curve = concurrency(srv.url, srv.api_key, [1, 10, n], repeat=10)
+    figures.append(without_zygote(cold, max(10, args.samples // 2)))
 
     step(f"warm pool: {n} concurrent creates")
     with server(CORRAL_POOL=f"base={n}", CORRAL_POOL_MAX=str(n)) as srv:
@@ -309,14 +319,17 @@ def main() -> None:
                           note=f"{len(dense_errors)} errors; killed all in {float(dense['kill_s']):.0f} s"))  # type: ignore[arg-type]
     figures.append(Figure(f"host overhead per idle sandbox at {last['live']}", "MiB", per["overhead"], floor,
                           "idle python3 in raw bwrap (PSS)", "<= 15 MiB", lambda o, _r: o <= 15,
-                          note=f"agent PSS {per['agent_pss']:.1f} (anon {per['agent_pss_anon']:.1f}), bwrap×2 "
+                          note=f"agent PSS {per['agent_pss']:.1f} (anon {per['agent_pss_anon']:.1f}), pid 1 "
+                               f"{per.get('pid1_pss', 0.0):.2f}, bwrap×{per.get('bwrap_count', 0):.0f} "
                                f"{per['bwrap_pss']:.2f}, kernel (slab, page tables, stacks) {per['kernel']:.2f}, "
                                f"server {per['server_rss_growth']:.2f}; host MemAvailable fell "
                                f"{per['host_used_growth']:.1f} MiB/sandbox", extra={"checkpoints": points}))
-    figures.append(Figure(f"same, counted with RSS (shared pages once per process) at {last['live']}", "MiB",
-                          per["overhead_rss"], None, "-", "<= 15 MiB", lambda o, _r: o <= 15,
-                          note=f"agent RSS {per['agent_rss']:.1f}, of it file-backed pages shared by all agents "
-                               f"{per['agent_rss'] - per['agent_pss_anon']:.1f}"))
+    figures.append(Figure(f"same, processes' RSS + server growth (shared pages once per process) at {last['live']}",
+                          "MiB", per["overhead_rss"], None, "-", "<= 15 MiB RSS", lambda o, _r: o <= 15,
+                          note=f"agent RSS {per['agent_rss']:.1f} (of it shared with the zygote and all agents "
+                               f"{per['agent_rss'] - per['agent_private_dirty']:.1f}), pid 1 "
+                               f"{per.get('pid1_rss', 0.0):.1f}, bwrap {per['bwrap_rss']:.1f}; kernel objects (not "
+                               f"RSS) {per['kernel']:.2f} more"))
 
     step("plots")
     plots = Path(args.plots)
