@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from sandbox_probe import disk_mount
 
-from conftest import TEST_BACKEND, Server
+from conftest import TEST_BACKEND, Server, corral_cgroups, mounts_under
 
 GVISOR = TEST_BACKEND == "gvisor"  # where gVisor differs by design, each backend's side is asserted (docs/gvisor.md)
 
@@ -198,10 +198,13 @@ def test_cpu_quota_holds(api: httpx.Client, run) -> None:  # type: ignore[no-unt
         api.delete(f"/v1/sandboxes/{sid}")
 
 
-def test_dying_agent_marks_the_sandbox_failed(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
+def test_dying_agent_marks_the_sandbox_failed(api: httpx.Client, server: Server, run) -> None:  # type: ignore[no-untyped-def]
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
     agent = 1 if GVISOR else 2  # under bwrap, a waiting sleep is pid 1
     r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": f"kill -9 {agent}", "user": "root"})
     assert r.status_code == 200  # the stream ends when the agent dies
     assert "failed" in until_ended(api, sid)
+    # marked failed first, torn down after: a DELETE in between waits for the teardown to finish
     assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
+    assert not [m for m in mounts_under(server.data_dir) if sid in m]
+    assert not any(sid in c for c in corral_cgroups())

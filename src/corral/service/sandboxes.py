@@ -78,6 +78,9 @@ class SandboxService:
         self._changing: set[str] = set()  # being paused or resumed right now
         self.contexts = Contexts()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Sandboxes being ended (record, then teardown): a second end, or a DELETE of one already
+        # marked ended, waits for the same teardown instead of answering while it still runs.
+        self._ending: dict[str, asyncio.Task[None]] = {}
         self._pooled: set[str] = set()  # served from the warm pool (reported by create)
         self.pool: WarmPool | None = None
         if settings.pool is not None:
@@ -210,7 +213,7 @@ class SandboxService:
 
     async def kill(self, principal: Principal, sandbox_id: str) -> None:
         row = await self.get(principal, sandbox_id, live=False)
-        if row.state in LIVE_STATES:
+        if row.state in LIVE_STATES or sandbox_id in self._ending:
             await self._end(sandbox_id, "ended", "killed by request")
 
     async def set_timeout(self, principal: Principal, sandbox_id: str, timeout: int) -> SandboxRow:
@@ -404,6 +407,16 @@ class SandboxService:
         task.add_done_callback(self._tasks.discard)
 
     async def _end(self, sandbox_id: str, state: str, reason: str) -> None:
+        """Mark the sandbox ended and tear it down; returns once it is gone (a sandbox already
+        ending is waited for, keeping the first state and reason)."""
+        task = self._ending.get(sandbox_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._end_now(sandbox_id, state, reason))
+            self._ending[sandbox_id] = task
+            task.add_done_callback(lambda _: self._ending.pop(sandbox_id, None))
+        await asyncio.shield(task)
+
+    async def _end_now(self, sandbox_id: str, state: str, reason: str) -> None:
         timer = self._timers.pop(sandbox_id, None)
         if timer is not None:
             timer.cancel()
