@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -58,8 +59,8 @@ def spawn(
     """Start ``runsc run`` inside the sandbox's cgroups; returns it and the host end of the control socket."""
     state_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     procs = [str(cgroups.group(base) / plan.sandbox_id / "cgroup.procs") for base in cgroups.hierarchies()]
-    argv = [
-        "/bin/sh", "-c", _JOIN_CGROUPS, "corral-join", *procs, "--",
+    argv = [  # setsid(1) rather than start_new_session: CPython forks (not vforks) the server for that
+        shutil.which("setsid") or "setsid", "/bin/sh", "-c", _JOIN_CGROUPS, "corral-join", *procs, "--",
         *([*_HIDE_NET_SYSCTLS, str(_proc_dir(plan))] if networked else []),
         *oci_spec.runsc_flags(state_root, networked), "run", f"--bundle={bundle}", plan.sandbox_id,
     ]
@@ -69,7 +70,7 @@ def spawn(
     log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child; on the sandbox's disk
     try:
         process = subprocess.Popen(
-            argv, stdin=agent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            argv, stdin=agent, stdout=log, stderr=subprocess.STDOUT,
         )
     except BaseException:
         host.close()
