@@ -9,12 +9,14 @@ import pwd
 import signal
 import struct
 import termios
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, wait_until
 
+from corral.agent.processes import Deadlines
 from corral.agent.protocol import AgentError, Exit, Output
 
 __all__ = ["agent"]  # the fixture, imported from the harness
@@ -110,6 +112,45 @@ def test_timeout_sigkills_a_group_that_ignores_sigterm(agent: RunningAgent) -> N
         await wait_until(lambda: not alive(sleeper), "the sleeper in the group is dead too")
 
     run(main())
+
+
+def test_timeouts_of_concurrent_processes_each_fire_once_and_finished_ones_never(agent: RunningAgent) -> None:
+    async def main() -> None:
+        started = time.monotonic()
+        long = [await agent.client.exec(["sleep", "100"], timeout=t) for t in (1.2, 0.4, 0.8)]
+        quick = await agent.client.exec(["true"], timeout=0.6)
+        assert (await collect(quick))[2] == Exit(0, None, None)  # done before its deadline: not killed
+        exits = await asyncio.gather(*[collect(stream) for stream in long])
+        assert [e[2].signal for e in exits] == [signal.SIGKILL] * 3
+        assert all("timed out after" in (e[2].error or "") for e in exits)
+        assert 1.2 <= time.monotonic() - started < 10
+
+    run(main())
+
+
+def test_deadlines_fire_in_order_once_and_not_after_cancel() -> None:
+    deadlines = Deadlines()
+    fired: list[str] = []
+    done = threading.Event()
+
+    def note(name: str) -> None:
+        fired.append(name)
+        if name == "last":
+            done.set()
+
+    deadlines.add(0.3, lambda: note("last"))
+    deadlines.add(0.1, lambda: note("second"))
+    cancelled = deadlines.add(0.05, lambda: note("cancelled"))
+    deadlines.add(0.02, lambda: note("first"))  # earlier than what the thread already waits for
+    deadlines.cancel(cancelled)
+    keys = [deadlines.add(60, lambda: note("never")) for _ in range(1000)]
+    for key in keys:  # many cancelled entries: the heap is compacted, it stays bounded
+        deadlines.cancel(key)
+    deadlines.add(0.01, lambda: note("after-cancels"))
+    assert done.wait(10)
+    assert [name for name in fired if name != "after-cancels"] == ["first", "second", "last"]
+    assert fired.count("after-cancels") == 1 and "cancelled" not in fired and "never" not in fired
+    assert len(deadlines._heap) <= 2 * len(deadlines._due) + 65
 
 
 def test_pty_output_and_resize(agent: RunningAgent) -> None:

@@ -1,6 +1,6 @@
 """Process table: commands spawned on pipes or a PTY, their output fanned out to listeners, reaping.
 
-Each running process has one pump thread (and a timer thread if it has a timeout): the pump polls
+Each running process has one pump thread (timeouts are kept by one `Deadlines` thread): the pump polls
 the process's output fds and a pipe that turns readable once the process is reaped, and hands each
 chunk to every listener's bounded queue. A full queue makes the pump wait, so a slow caller slows
 the process down (its pipe fills) instead of growing the agent's memory. With no listener the output
@@ -15,6 +15,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import heapq
 import os
 import select
 import signal
@@ -125,6 +126,7 @@ class Process:
         outputs: dict[int, bytes],
         stdin_fd: int | None,
         on_finish: Callable[[Process, Exit], None],
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.pid = popen.pid
         self.spec = spec
@@ -141,14 +143,14 @@ class Process:
         self._stdin_lock = threading.Lock()  # one writer at a time; held while waiting for room
         self._fd_lock = threading.Lock()  # short: the fds stay open while it (or the above) is held
         self._timed_out = False
-        self._timer = threading.Timer(spec.timeout, self._on_timeout) if spec.timeout > 0 else None
+        self._deadlines = deadlines if spec.timeout > 0 else None
+        self._deadline: int | None = None  # its key in `deadlines`
         self._pump = threading.Thread(target=self._run, name=f"pump-{self.pid}", daemon=True)
 
     def start(self) -> None:
         """Start the pump (and the timeout); until then output waits in the pipes."""
-        if self._timer is not None:
-            self._timer.daemon = True
-            self._timer.start()
+        if self._deadlines is not None:
+            self._deadline = self._deadlines.add(self.spec.timeout, self._on_timeout)
         self._pump.start()
 
     def info(self) -> dict[str, Any]:
@@ -226,8 +228,8 @@ class Process:
         except Exception:
             log_exception(f"reading output of process {self.pid}")
         self._reaped.wait()
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._deadlines is not None and self._deadline is not None:
+            self._deadlines.cancel(self._deadline)
         with self._stdin_lock, self._fd_lock:  # writers see the reaped pipe and let go
             stdin = [self._stdin_fd] if self._stdin_fd is not None else []
             for fd in {*self._outputs, self._reaped_r, self._reaped_w, *stdin}:
@@ -285,6 +287,54 @@ class Process:
             raise
 
 
+class Deadlines:
+    """Timeouts of every process, kept by one thread (started on first use) instead of a timer thread
+    per process. `add` returns a key for `cancel`; a deadline that passes calls its function on that
+    thread, which must be quick (`Process._on_timeout` sends a signal). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []  # (monotonic deadline, key); cancelled keys stay until compacted
+        self._due: dict[int, Callable[[], None]] = {}  # the keys not cancelled yet
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def add(self, seconds: float, fn: Callable[[], None]) -> int:
+        with self._cond:
+            key = self._next = self._next + 1
+            self._due[key] = fn
+            heapq.heappush(self._heap, (time.monotonic() + seconds, key))
+            if len(self._heap) > 2 * len(self._due) + 64:  # bounded by the live ones
+                self._heap = [entry for entry in self._heap if entry[1] in self._due]
+                heapq.heapify(self._heap)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][1] == key:
+                self._cond.notify()  # earlier than what the thread waits for
+        return key
+
+    def cancel(self, key: int) -> None:
+        with self._cond:
+            self._due.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][1] not in self._due:
+                        heapq.heappop(self._heap)
+                    delay = self._heap[0][0] - time.monotonic() if self._heap else None
+                    if delay is not None and delay <= 0:
+                        fn = self._due.pop(heapq.heappop(self._heap)[1])
+                        break
+                    self._cond.wait(delay)
+            try:
+                fn()
+            except Exception:
+                log_exception("a process timeout")
+
+
 class ProcessTable:
     """All processes the agent started: running ones, and the exits of the last 256 finished."""
 
@@ -292,6 +342,7 @@ class ProcessTable:
         self.running: dict[int, Process] = {}
         self.finished: collections.OrderedDict[int, Exit] = collections.OrderedDict()
         self.lock = threading.Lock()
+        self._deadlines = Deadlines()
 
     def install(self) -> None:
         """Adopt orphans as a child subreaper, so that `reap` collects them too."""
@@ -358,7 +409,7 @@ class ProcessTable:
                 for fd in child_fds:
                     os.close(fd)
 
-            process = Process(popen, spec, cwd, outputs, stdin_fd, self._finished)
+            process = Process(popen, spec, cwd, outputs, stdin_fd, self._finished, self._deadlines)
             if listener is not None:
                 process.listeners.add(listener)
             self.running[process.pid] = process
