@@ -23,7 +23,7 @@ class Services:
     builds: BuildService
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:  # async: a plain def would hop to a worker thread
     svc: Services | None = getattr(request.app.state, "services", None)
     if svc is None:
         raise Unavailable("server is starting; try again shortly")
