@@ -48,8 +48,11 @@ class Channel:
     async def send(self, kind: bytes, payload: bytes = b"") -> None:
         if len(payload) > MAX_PAYLOAD:
             raise AgentError("too_large", f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-        self._writer.write(HEADER.pack(len(payload), kind))
-        if payload:
+        header = HEADER.pack(len(payload), kind)
+        if len(payload) < 65536:  # one write (one syscall, one wake-up of the agent), as the agent does
+            self._writer.write(header + payload)
+        else:  # no copy of a large payload
+            self._writer.write(header)
             self._writer.write(payload)
         await self._writer.drain()
 
