@@ -49,7 +49,8 @@ async def run(
     stream = await commands.start(
         agent, sandbox_id, commands.CommandRequest(**fields), svc.sandboxes.envs(sandbox_id)
     )
-    return event_response(request, commands.events(sandbox_id, stream, svc.sandboxes.oom_check(sandbox_id)))
+    events = commands.events(sandbox_id, stream, svc.sandboxes.oom_check(sandbox_id))
+    return event_response(request, events, final=commands.is_exit)
 
 
 @router.get("")
@@ -66,7 +67,8 @@ async def attach(sandbox_id: str, pid: int, request: Request, svc: ServicesDep, 
     agent = await svc.sandboxes.agent(who, sandbox_id)
     with translating(sandbox_id):
         stream = await agent.attach(pid)
-    return event_response(request, commands.events(sandbox_id, stream, svc.sandboxes.oom_check(sandbox_id)))
+    events = commands.events(sandbox_id, stream, svc.sandboxes.oom_check(sandbox_id))
+    return event_response(request, events, final=commands.is_exit)
 
 
 @router.post("/{pid}/stdin", status_code=204)

@@ -74,6 +74,11 @@ async def start(
         raise translate(exc, sandbox_id) from exc
 
 
+def is_exit(event: dict[str, Any]) -> bool:
+    """Whether `event` is the exit, the last event of a stream from `events`."""
+    return event.get("type") == "exit"
+
+
 async def events(
     sandbox_id: str, stream: ProcessStream, oom_killed: Callable[[], Awaitable[bool]] | None = None,
     announce: bool = True,

@@ -22,6 +22,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from corral.api.streaming import EndingStreamingResponse, Last
+
 UNARY_TYPE = "application/json"
 STREAM_TYPE = "application/connect+json"
 MAX_MESSAGE = 4 << 20  # a request message larger than this is refused (stdin chunks, paths: all small)
@@ -199,11 +201,11 @@ def stream_response(messages: AsyncIterable[dict[str, Any]]) -> StreamingRespons
             async for message in messages:
                 yield envelope(message)
         except ConnectError as exc:
-            yield end_of_stream(exc)
+            yield Last(end_of_stream(exc))
             return
-        yield end_of_stream()
+        yield Last(end_of_stream())
 
-    return StreamingResponse(body(), media_type=STREAM_TYPE, headers={"Cache-Control": "no-store"})
+    return EndingStreamingResponse(body(), media_type=STREAM_TYPE, headers={"Cache-Control": "no-store"})
 
 
 async def paced(
