@@ -6,7 +6,8 @@ chunk to every listener's bounded queue. A full queue makes the pump wait, so a 
 the process down (its pipe fills) instead of growing the agent's memory. With no listener the output
 is read and dropped, and the process keeps running. The main thread reaps children
 (`ProcessTable.reap`, on SIGCHLD) under the table's lock, which `spawn` holds too, so no child is
-reaped before it is in the table.
+reaped before it is in the table; a pump whose process's output ended first tries to collect that
+one child itself (`ProcessTable._reap_one`, same lock), which saves the exit a hand-off.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class Process:
         stdin_fd: int | None,
         on_finish: Callable[[Process, Exit], None],
         deadlines: Deadlines | None = None,
+        reap: Callable[[Process], None] | None = None,
     ) -> None:
         self.pid = popen.pid
         self.spec = spec
@@ -136,6 +138,7 @@ class Process:
         self._outputs = outputs
         self._stdin_fd = stdin_fd
         self._on_finish = on_finish
+        self._reap = reap
         self._status: int | None = None
         # readable once reaped (never drained): wakes the pump and stdin writers
         self._reaped_r, self._reaped_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -210,6 +213,9 @@ class Process:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def reaped_already(self) -> bool:
+        return self._status is not None
+
     def reaped(self, status: int) -> None:
         """Called by the table (under its lock) once waitpid returned this process's status."""
         self._status = status
@@ -227,6 +233,8 @@ class Process:
             self._pump_output()
         except Exception:
             log_exception(f"reading output of process {self.pid}")
+        if self._reap is not None and not self._reaped.is_set():
+            self._reap(self)  # its output ended: most likely it exited, collect it without the main thread
         self._reaped.wait()
         if self._deadlines is not None and self._deadline is not None:
             self._deadlines.cancel(self._deadline)
@@ -409,7 +417,7 @@ class ProcessTable:
                 for fd in child_fds:
                     os.close(fd)
 
-            process = Process(popen, spec, cwd, outputs, stdin_fd, self._finished, self._deadlines)
+            process = Process(popen, spec, cwd, outputs, stdin_fd, self._finished, self._deadlines, self._reap_one)
             if listener is not None:
                 process.listeners.add(listener)
             self.running[process.pid] = process
@@ -455,6 +463,20 @@ class ProcessTable:
                 process = self.running.get(pid)
                 if process is not None:
                     process.reaped(status)
+
+    def _reap_one(self, process: Process) -> None:
+        """Collect `process` if it has exited (called by its pump once its output ended), so its exit
+        goes out without waiting for the main thread's turn on SIGCHLD. Under the lock, and only while
+        not reaped yet: its pid cannot have been reused, so the waitpid names this process."""
+        with self.lock:
+            if process.pid not in self.running or process.reaped_already():
+                return
+            try:
+                pid, status = os.waitpid(process.pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == process.pid:
+                process.reaped(status)
 
     def _finished(self, process: Process, result: Exit) -> None:
         with self.lock:
