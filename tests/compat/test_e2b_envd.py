@@ -87,6 +87,7 @@ def test_run_in_foreground_as_the_default_user(sbx: Sandbox) -> None:
 def test_run_with_envs_cwd_and_root(sbx: Sandbox) -> None:
     result = sbx.commands.run('echo "$GREETING"; pwd; echo "$E2B_SANDBOX_ID"', envs={"GREETING": "hello"}, cwd="/tmp")
     assert result.stdout == f"hello\n/tmp\n{sbx.sandbox_id}\n"
+    assert sbx.commands.run('echo "$E2B_SANDBOX $E2B_TEMPLATE_ID"').stdout == "true base\n"  # as envd sets them
     assert sbx.commands.run('echo "$SANDBOX_WIDE"').stdout == "from create\n"
     assert sbx.commands.run('echo "$SANDBOX_WIDE"', envs={"SANDBOX_WIDE": "mine"}).stdout == "mine\n"
     assert sbx.commands.run("whoami; echo ~", user="root").stdout == "root\n/root\n"
@@ -332,6 +333,7 @@ def test_health_and_envs(server: Server, sbx: Sandbox) -> None:
         assert envd.get("/health").status_code == 204
         envs = envd.get("/envs").json()
     assert envs["E2B_SANDBOX"] == "true" and envs["E2B_SANDBOX_ID"] == sbx.sandbox_id
+    assert envs["E2B_TEMPLATE_ID"] == "base"
     assert envs["SANDBOX_WIDE"] == "from create"
 
 

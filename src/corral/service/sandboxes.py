@@ -73,6 +73,7 @@ class SandboxService:
         self._tokens: dict[str, str] = {}  # per-sandbox access token for its data plane (ports)
         self._ooms_seen: dict[str, int] = {}  # OOM kills already reported per sandbox
         self._owners: dict[str, str] = {}  # live sandbox → owner key id (no store read on the exec path)
+        self._templates: dict[str, str] = {}  # live sandbox → its template (no store read on the exec path)
         self._creating = 0
         self._paused: set[str] = set()  # frozen in place, no timer
         self._changing: set[str] = set()  # being paused or resumed right now
@@ -174,6 +175,7 @@ class SandboxService:
         self._defaults[spec.sandbox_id] = (config.user, config.workdir)
         self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
         self._owners[spec.sandbox_id] = principal.key_id
+        self._templates[spec.sandbox_id] = req.template
         if config.start_cmd or config.ready_cmd or config.ready_port:
             try:
                 await startup.start_and_wait(
@@ -374,6 +376,10 @@ class SandboxService:
     def envs(self, sandbox_id: str) -> dict[str, str]:
         return dict(self._envs.get(sandbox_id, {}))
 
+    def template_of(self, sandbox_id: str) -> str | None:
+        """The template of a live sandbox this server created (None: not known here, ask the store)."""
+        return self._templates.get(sandbox_id)
+
     def default_user(self, sandbox_id: str) -> str:
         """Who commands run as when the caller names nobody: the template's USER, else ``user``."""
         user = self._defaults.get(sandbox_id, (None, None))[0]
@@ -426,6 +432,7 @@ class SandboxService:
         self._tokens.pop(sandbox_id, None)
         self._ooms_seen.pop(sandbox_id, None)
         self._owners.pop(sandbox_id, None)
+        self._templates.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
         await asyncio.to_thread(self.store.end_sandbox, sandbox_id, state, reason)
         try:
@@ -508,6 +515,7 @@ class SandboxService:
         self._defaults[spec.sandbox_id] = (config.user, config.workdir)
         self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
         self._owners[spec.sandbox_id] = principal.key_id
+        self._templates[spec.sandbox_id] = req.template
         self._pooled.add(spec.sandbox_id)
         self._schedule(spec.sandbox_id, expires)
         return row

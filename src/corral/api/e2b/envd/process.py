@@ -88,10 +88,13 @@ def home_relative(path: str) -> str:
 async def global_envs(call: Call) -> dict[str, str]:
     """What envd puts in every process's environment: E2B's markers, then the sandbox's envs."""
     sandboxes = call.services.sandboxes
-    row = await asyncio.to_thread(sandboxes.store.sandbox, call.sandbox_id)
+    template = sandboxes.template_of(call.sandbox_id)  # kept in memory: no store read (and thread hop) per call
+    if template is None:
+        row = await asyncio.to_thread(sandboxes.store.sandbox, call.sandbox_id)
+        template = None if row is None else row.template
     envs = {"E2B_SANDBOX": "true", "E2B_SANDBOX_ID": call.sandbox_id}
-    if row is not None:
-        envs["E2B_TEMPLATE_ID"] = row.template
+    if template is not None:
+        envs["E2B_TEMPLATE_ID"] = template
     return {**envs, **sandboxes.envs(call.sandbox_id)}
 
 
