@@ -27,7 +27,7 @@ from corral.runtime.zygote import AgentProcess, Zygote, ZygoteError, start_agent
 
 NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
 STATUS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
-          "Seccomp_filters", "Umask")
+          "Seccomp_filters", "Umask", "SigBlk", "SigIgn", "SigCgt")
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,21 @@ def test_a_forked_agent_gets_what_bwrap_gives_its_own(server: Server, exec_serve
     assert forked == started
 
 
+def test_each_agent_has_a_session_and_process_group_of_its_own(server: Server, api: httpx.Client) -> None:
+    """Agents share no session or process group with the zygote or each other, so a kill(0, ...)
+    from one (or a group signal) reaches nothing outside its own sandbox."""
+    ids = [api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"] for _ in range(2)]
+    try:
+        agents = [_agent_of(_init_of(sid)) for sid in ids]
+        zygote = _own_zygote(server)
+        groups = {(os.getsid(pid), os.getpgid(pid)) for pid in [*agents, zygote]}
+        assert len(groups) == 3, groups
+        assert len({sid for sid, _ in groups}) == 3 and len({pgid for _, pgid in groups}) == 3
+    finally:
+        for sid in ids:
+            assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
+
+
 def _own_zygote(server: Server) -> int:
     """Host pid of the python zygote of ``server`` (its bwrap is a child of the server)."""
     for proc in Path("/proc").iterdir():
@@ -174,4 +189,8 @@ def _join(zygote: Zygote, sid: str, init: int, root: Path, sock_path: Path, inst
     log = sock_path.with_suffix(".log")
     log.touch()
     ready = io.FileIO(ready_r, "rb")
-    return start_agent(zygote, sid, root, init, listener, log, ready, detect(instance=instance), 10)
+    init_pidfd = os.pidfd_open(init)
+    try:
+        return start_agent(zygote, sid, root, init_pidfd, listener, log, ready, detect(instance=instance), 10)
+    finally:
+        os.close(init_pidfd)

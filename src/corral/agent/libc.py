@@ -14,6 +14,7 @@ import os
 
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
+PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
@@ -92,6 +93,11 @@ def set_child_subreaper() -> bool:
         return _lib().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Have the kernel send ``signum`` to the calling process when its parent exits."""
+    _check(_lib().prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
 
 
 def set_not_dumpable() -> None:

@@ -8,7 +8,7 @@ agent. Forking it instead of starting python per sandbox saves the interpreter's
 
 Per sandbox the host sends, over the control socket (SOCK_SEQPACKET), ``spawn <dev> <ino>`` with four
 fds: a pidfd of the sandbox's pid 1, the agent's listening socket, the runtime log, and a ``go``
-socket. The zygote forks a *joiner*, replies ``pid <joiner>`` and forgets it. The joiner waits for
+socket. The zygote forks a *joiner*, replies ``pid <joiner>`` with a pidfd of it and forgets it. The joiner waits for
 ``go`` on its socket (the host first moves it into the sandbox's cgroups and waits until bwrap has
 finished the sandbox: its pid 1 runs), joins every namespace of pid 1 at once, checks that ``/`` is
 the sandbox root the host named (device and inode), forks the agent into the pid namespace, sends
@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)  # leaves no capabilities in the host's namespaces
+    # The uid change cleared bwrap's --die-with-parent: arm it again (bwrap, our parent, dies with
+    # the server), and make sure it was not already gone in between.
+    libc.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() == 1:
+        return 1
+    libc.set_not_dumpable()
     libc.set_child_subreaper()
     # Agents share the zygote's heap copy-on-write: a collection in an agent would write to every
     # object header (and copy its page), so the imported objects move out of the collector's view,
@@ -87,7 +93,11 @@ def _serve(sock: socket.socket, program: bytes, caps: int) -> None:
                 return  # the host closed the control socket
             try:
                 pid = _fork_joiner(sock, msg, fds, program, caps, (wake_r, wake_w))
-                sock.send(f"pid {pid}".encode())
+                joiner = os.pidfd_open(pid)  # the host moves it by pid: this tells it the pid is still its
+                try:
+                    socket.send_fds(sock, [f"pid {pid}".encode()], [joiner])
+                finally:
+                    os.close(joiner)
             except Exception as exc:  # reported to the host; the zygote keeps serving
                 sock.send(f"error {exc}".encode()[:1000])
             finally:
@@ -134,6 +144,11 @@ def _fork_joiner(
 
 
 def _join(pidfd: int, listen: int, log_fd: int, go: int, *, root: tuple[int, int], program: bytes, caps: int) -> int:
+    os.dup2(log_fd, 2)  # not the server's stderr, which the zygote inherited
+    # A session (and process group) per sandbox, led by this short-lived joiner: the agent shares
+    # none with the zygote or other sandboxes' agents (kill(0, ...) reaches only its own), and as
+    # no session leader it can never acquire a controlling terminal.
+    os.setsid()
     ready, _, _ = select.select([go], [], [], GO_TIMEOUT)
     if not ready or os.read(go, 16) != b"go":
         return 1  # the host gave up on this sandbox

@@ -13,11 +13,12 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import corral.agent
 from corral.agent.client import AgentClient
@@ -28,9 +29,10 @@ from corral.runtime.netpolicy import NetworkPolicy
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
 from corral.runtime.seccomp import build_filter
-from corral.runtime.zygote import Zygote, start_agent
+from corral.runtime.zygote import AgentProcess, Zygote, start_agent
 
 READY_TIMEOUT = 20.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class _Live:
     pidfd: int
     exited: asyncio.Future[int]  # bwrap's exit code, set when the pidfd says it is gone
     init_pid: int = 0  # the sandbox's pid 1 (bwrap's child), host view
+    init_pidfd: int = -1  # a pidfd of it: signals never reach a process that reused its pid
     agent_pidfd: int = -1  # an agent from the zygote: readable once it exited
     destroying: bool = False
     frozen: bool = False
@@ -88,6 +91,7 @@ class BwrapBackend:
         )
         prepared: launch_priv.Prepared | None = None
         spawned: launch_priv.Spawned | None = None
+        handed = False
         try:
             att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
@@ -115,23 +119,47 @@ class BwrapBackend:
                     os.close(fd)
                 raise asyncio.CancelledError
             plug = partial(net.plug, att) if net and att else None
-            live.init_pid = await asyncio.to_thread(launch_priv.admit, p, spawned, plug)
+            try:
+                live.init_pid = await self._step(live, launch_priv.admit, p, spawned, plug)
+            finally:
+                live.init_pidfd = spawned.init_pidfd
             if zygote is not None and spawned.ready is not None:
-                agent = await asyncio.to_thread(
-                    start_agent, zygote, spec.sandbox_id, p.root, live.init_pid, prepared.listener, p.log_path,
-                    spawned.ready, self.cgroups, READY_TIMEOUT)
+                handed = True  # start_agent owns (and closes) the listener and the ready pipe
+                agent = await self._step(
+                    live, start_agent, zygote, spec.sandbox_id, p.root, live.init_pidfd, prepared.listener,
+                    p.log_path, spawned.ready, self.cgroups, READY_TIMEOUT)
                 live.agent_pidfd = agent.pidfd
                 loop.add_reader(agent.pidfd, self._agent_exited, live)
             await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
-            if prepared is not None:
+            if not handed and prepared is not None:
                 prepared.listener.close()
-            if spawned is not None and spawned.ready is not None:
+            if not handed and spawned is not None and spawned.ready is not None:
                 spawned.ready.close()
             await self.destroy(spec.sandbox_id)
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
+
+    async def _step(self, live: _Live, step: Callable[..., T], *args: Any) -> T:
+        """Run a blocking launch step in a thread. A create cancelled meanwhile lets the step finish
+        first (it owns fds and processes the cleanup needs; pid 1 is killed so that nothing waits
+        for it), releases what the step returned and then stops."""
+        job = asyncio.ensure_future(asyncio.to_thread(step, *args))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            self._kill_init(live)
+            await asyncio.wait({job})
+            if not job.cancelled() and job.exception() is None and isinstance(job.result(), AgentProcess):
+                os.close(job.result().pidfd)
+            raise
+
+    def _kill_init(self, live: _Live) -> None:
+        """SIGKILL the sandbox's pid 1 (its pid namespace, and with it every process inside, ends)."""
+        if live.init_pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(live.init_pidfd, signal.SIGKILL)
 
     async def _wait_ready(self, sandbox_id: str, live: _Live) -> None:
         ping = asyncio.ensure_future(self.agent(sandbox_id).ping())
@@ -153,9 +181,8 @@ class BwrapBackend:
         """An agent from the zygote is gone: end its sandbox (bwrap's exit then reports it), as when
         an agent that bwrap started exits."""
         self._forget_agent(live)
-        if not live.destroying and live.init_pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(live.init_pid, signal.SIGKILL)
+        if not live.destroying:
+            self._kill_init(live)
 
     def _forget_agent(self, live: _Live) -> None:
         if live.agent_pidfd >= 0:
@@ -246,14 +273,15 @@ class BwrapBackend:
             live.destroying = True
             # Killing the namespace's init first lets bwrap reap it and exit, so no orphan zombies;
             # the cgroup kill in teardown then catches anything that escaped the pid namespace.
-            if live.init_pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(live.init_pid, signal.SIGKILL)
+            self._kill_init(live)
             if live.frozen:  # the kill lands now; thawed, bwrap can reap its child and exit
                 with contextlib.suppress(OSError, CgroupUnavailable):
                     await asyncio.to_thread(self.cgroups.thaw, sandbox_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(live.exited), 5)
+            if live.init_pidfd >= 0:  # closed only here: no launch step of this sandbox runs any more
+                os.close(live.init_pidfd)
+                live.init_pidfd = -1
 
     async def _teardown(self, sandbox_id: str) -> None:
         if self.network is not None:

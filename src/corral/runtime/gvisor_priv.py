@@ -59,8 +59,11 @@ def spawn(
     """Start ``runsc run`` inside the sandbox's cgroups; returns it and the host end of the control socket."""
     state_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     procs = [str(cgroups.group(base) / plan.sandbox_id / "cgroup.procs") for base in cgroups.hierarchies()]
-    argv = [  # setsid(1) rather than start_new_session: CPython forks (not vforks) the server for that
-        shutil.which("setsid") or "setsid", "/bin/sh", "-c", _JOIN_CGROUPS, "corral-join", *procs, "--",
+    # setsid(1) rather than start_new_session: CPython forks (not vforks) the server for that. A
+    # child of Popen is never a process-group leader, so setsid(1) execs in place (it forks for one).
+    argv = [
+        shutil.which("setsid", path=launch_priv.SYSTEM_PATH) or "setsid",
+        "/bin/sh", "-c", _JOIN_CGROUPS, "corral-join", *procs, "--",
         *([*_HIDE_NET_SYSCTLS, str(_proc_dir(plan))] if networked else []),
         *oci_spec.runsc_flags(state_root, networked), "run", f"--bundle={bundle}", plan.sandbox_id,
     ]

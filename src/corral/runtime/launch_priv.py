@@ -57,6 +57,7 @@ class Spawned:
     info_r: int
     block_w: int
     ready: io.FileIO | None = None  # zygote mode: pid 1 writes one byte here once it runs
+    init_pidfd: int = -1  # set by ``admit``: a pidfd of the sandbox's pid 1, opened while it waits
 
 
 def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
@@ -81,10 +82,14 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
 _STUB = 'read -r _ && exec "$@" </dev/null'
 
 
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 @functools.cache
 def _tool(name: str) -> str:
-    """A host tool's absolute path, so the stub's exec searches no PATH."""
-    return shutil.which(name) or name
+    """A host tool's absolute path from the system dirs (never the server's PATH: the stub runs
+    them as root), so the stub's exec searches no PATH."""
+    return shutil.which(name, path=SYSTEM_PATH) or name
 
 
 def _as_sandbox_uid(uid: int, argv: list[str]) -> list[str]:
@@ -145,8 +150,8 @@ def spawn(
 
 def admit(plan: LaunchPlan, spawned: Spawned, plug: Callable[[int], None] | None = None) -> int:
     """Map ids, plug its network (``plug(child pid)``: the netns exists, nothing runs in it yet),
-    release it. Returns the sandbox's init pid (host view). bwrap and its child are in the
-    sandbox's cgroups since ``spawn``."""
+    release it. Returns the sandbox's init pid (host view); ``spawned.init_pidfd`` is a pidfd of it.
+    bwrap and its child are in the sandbox's cgroups since ``spawn``."""
     try:
         data = b""
         while b"}" not in data:
@@ -155,6 +160,7 @@ def admit(plan: LaunchPlan, spawned: Spawned, plug: Callable[[int], None] | None
                 raise RuntimeError("bubblewrap exited before creating the sandbox namespaces")
             data += chunk
         child = int(json.loads(data[: data.index(b"}") + 1])["child-pid"])
+        spawned.init_pidfd = os.pidfd_open(child)  # it waits for us, so the pid is still its own
         mapping = f"0 {plan.id_offset} {ID_RANGE}\n"
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{child}/{name}", "w") as f:

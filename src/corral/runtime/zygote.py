@@ -88,24 +88,29 @@ class Zygote:
             ours.settimeout(REPLY_TIMEOUT)
             self._control = ours
 
-    def fork_joiner(self, init_pidfd: int, listener: int, log_fd: int, go: int, root: os.stat_result) -> int:
-        """Ask for a joiner of the sandbox whose pid 1 ``init_pidfd`` is; returns its pid."""
+    def fork_joiner(
+        self, init_pidfd: int, listener: int, log_fd: int, go: int, root: os.stat_result,
+    ) -> tuple[int, int]:
+        """Ask for a joiner of the sandbox whose pid 1 ``init_pidfd`` is; returns its pid and a pidfd
+        of it (the caller closes it)."""
         with self._lock:
             if self._control is None:
                 raise ZygoteError("the agent zygote is not running")
             try:
                 socket.send_fds(self._control, [f"spawn {root.st_dev} {root.st_ino}".encode()],
                                 [init_pidfd, listener, log_fd, go])
-                reply = self._control.recv(1024)
+                reply, fds, _, _ = socket.recv_fds(self._control, 1024, 1, socket.MSG_CMSG_CLOEXEC)
             except OSError as exc:  # it died: the next create starts a new one
                 self._stop_locked()
                 raise ZygoteError(f"the agent zygote is gone: {exc}") from exc
         if not reply:
             raise ZygoteError("the agent zygote exited")
         kind, _, rest = reply.decode(errors="replace").partition(" ")
-        if kind != "pid" or not rest.isdigit():
+        if kind != "pid" or not rest.isdigit() or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
             raise ZygoteError(f"the agent zygote refused: {rest[:300]}")
-        return int(rest)
+        return int(rest), fds[0]
 
     def close(self) -> None:
         with self._lock:
@@ -125,25 +130,29 @@ class Zygote:
 
 
 def start_agent(
-    zygote: Zygote, sandbox_id: str, root: Path, init_pid: int, listener: socket.socket, log_path: Path,
+    zygote: Zygote, sandbox_id: str, root: Path, init_pidfd: int, listener: socket.socket, log_path: Path,
     ready: io.FileIO, cgroups: Cgroups, timeout: float,
 ) -> AgentProcess:
-    """Fork the sandbox's agent from ``zygote`` into the namespaces of its pid 1 (``init_pid``).
+    """Fork the sandbox's agent from ``zygote`` into the namespaces of its pid 1 (``init_pidfd``).
 
     ``ready`` is the pipe pid 1 writes one byte to once it runs, i.e. once bwrap has set the sandbox
     up; only then may anything join its mount namespace. Closes ``listener`` and ``ready``."""
     go, joiner_go = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        init_pidfd = os.pidfd_open(init_pid)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
-            joiner = zygote.fork_joiner(init_pidfd, listener.fileno(), log_fd, joiner_go.fileno(), os.stat(root))
+            joiner, joiner_fd = zygote.fork_joiner(
+                init_pidfd, listener.fileno(), log_fd, joiner_go.fileno(), os.stat(root))
         finally:
-            for fd in (init_pidfd, log_fd):
-                os.close(fd)
+            os.close(log_fd)
             joiner_go.close()
             listener.close()
-        cgroups.attach(sandbox_id, joiner)  # the agent is forked by it, so it starts inside them
+        try:  # moved by pid: only while the pidfd says that pid is still the joiner
+            if _exited(joiner_fd):
+                raise ZygoteError("the joiner exited before it was placed")
+            cgroups.attach(sandbox_id, joiner)  # the agent is forked by it, so it starts inside them
+        finally:
+            os.close(joiner_fd)
         _wait_ready(ready, timeout)
         go.send(b"go")
         go.settimeout(REPLY_TIMEOUT)
@@ -162,6 +171,10 @@ def start_agent(
             os.close(fd)
         raise ZygoteError(f"the agent did not start: {text[:300] or 'the joiner exited'}")
     return AgentProcess(pid=int(rest), pidfd=fds[0])
+
+
+def _exited(pidfd: int) -> bool:
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _wait_ready(ready: io.FileIO, timeout: float) -> None:
