@@ -99,7 +99,7 @@ def snapshot(srv: Server, ids: list[str]) -> Snapshot:
                 continue
             # pid 1 with the agent zygote is the runtime's sleep (started through the runtime's loader)
             kind = "bwrap" if comm == "bwrap" else "pid1" if waits else \
-                "agent" if comm.startswith(("python", "ld-linux")) else "other"
+                "agent" if comm.startswith(("python", "ld-linux", "corral-agent")) else "other"
             total = snap.procs.setdefault(kind, {"count": 0})
             total["count"] += 1
             for key, value in rollup(pid).items():

@@ -15,6 +15,7 @@ import os
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
@@ -93,6 +94,12 @@ def set_child_subreaper() -> bool:
         return _lib().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def set_name(name: str) -> None:
+    """The calling thread's name (``comm``, at most 15 bytes): what ``ps -o comm`` and ``top`` show."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _lib().prctl(PR_SET_NAME, ctypes.addressof(buffer), 0, 0, 0)
 
 
 def set_parent_death_signal(signum: int) -> None:

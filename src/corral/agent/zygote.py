@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     libc.set_not_dumpable()
     libc.set_child_subreaper()
+    libc.set_name("corral-zygote")  # its forks keep its command line; the name tells them apart
     # Agents share the zygote's heap copy-on-write: a collection in an agent would write to every
     # object header (and copy its page), so the imported objects move out of the collector's view,
     # and free heap goes back to the kernel before any fork.
@@ -149,8 +150,9 @@ def _join(pidfd: int, listen: int, log_fd: int, go: int, *, root: tuple[int, int
     # none with the zygote or other sandboxes' agents (kill(0, ...) reaches only its own), and as
     # no session leader it can never acquire a controlling terminal.
     os.setsid()
-    ready, _, _ = select.select([go], [], [], GO_TIMEOUT)
-    if not ready or os.read(go, 16) != b"go":
+    poller = select.poll()
+    poller.register(go, select.POLLIN)
+    if not poller.poll(GO_TIMEOUT * 1000) or os.read(go, 16) != b"go":
         return 1  # the host gave up on this sandbox
     libc.setns(pidfd, JOIN)  # root and cwd are now the sandbox's root
     os.close(pidfd)
@@ -178,6 +180,7 @@ def _become_agent(listen: int, log_fd: int, program: bytes, caps: int) -> None:
             os.close(fd)
         os.chdir("/")
         os.environ["PWD"] = "/"
+        libc.set_name("corral-agent")
         libc.limit_capabilities(caps)
         libc.install_seccomp(program)
         serve_listening(listen)

@@ -173,13 +173,19 @@ def start_agent(
     return AgentProcess(pid=int(rest), pidfd=fds[0])
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    """poll(2), not select(2): the server holds far more than FD_SETSIZE (1024) fds at density."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def _exited(pidfd: int) -> bool:
-    return bool(select.select([pidfd], [], [], 0)[0])
+    return _readable(pidfd, 0)
 
 
 def _wait_ready(ready: io.FileIO, timeout: float) -> None:
-    readable, _, _ = select.select([ready], [], [], timeout)
-    if not readable:
+    if not _readable(ready.fileno(), timeout):
         raise ZygoteError(f"the sandbox's pid 1 was not running after {timeout:.0f}s")
     if ready.read(1) != b".":
         raise ZygoteError("the sandbox's pid 1 exited before it was ready")
