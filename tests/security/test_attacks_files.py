@@ -368,7 +368,9 @@ def test_sandbox_processes_hold_no_host_files(api: httpx.Client, server: Server,
             if link.startswith("socket:"):
                 inode = link[len("socket:["):-1]
                 if inode in host_unix:  # a socket of the host's network namespace
-                    assert comm.startswith("ld-linux") and host_unix[inode] in (agent_sock, ""), where
+                    # the agent (named corral-agent when forked from the zygote)
+                    agent = comm == "corral-agent" or comm.startswith("ld-linux")
+                    assert agent and host_unix[inode] in (agent_sock, ""), where
                     listener_seen |= host_unix[inode] == agent_sock
                 continue
             if stat.S_ISCHR(st.st_mode):
