@@ -116,11 +116,6 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(TemplateRow).order_by(TemplateRow.name)))
 
-    def put_template(self, row: TemplateRow) -> None:
-        """Insert or replace a template record (one transaction: readers see the old or the new one)."""
-        with self.session() as s:
-            s.merge(row)
-
     def delete_template(self, name: str) -> bool:
         with self.session() as s:
             row = s.get(TemplateRow, name)
