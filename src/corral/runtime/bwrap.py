@@ -97,10 +97,7 @@ class BwrapBackend:
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
             loop = asyncio.get_running_loop()
             zygote = self.zygote
-            if zygote is not None:  # started by the spawner thread: it lives as long as the backend
-                await loop.run_in_executor(self._spawner, zygote.start)
-            spawning = loop.run_in_executor(
-                self._spawner, launch_priv.spawn, p, prepared, self.seccomp, self.cgroups, zygote is not None)
+            spawning = loop.run_in_executor(self._spawner, self._spawn, p, prepared)
             cancelled = False
             while True:  # a cancelled create still takes the bwrap it started, so destroy can end it
                 try:
@@ -140,6 +137,13 @@ class BwrapBackend:
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
+
+    def _spawn(self, p: LaunchPlan, prepared: launch_priv.Prepared) -> launch_priv.Spawned:
+        """On the spawner thread: (re)start the zygote if it is not running (its --die-with-parent
+        follows this long-lived thread), then start bwrap."""
+        if self.zygote is not None:
+            self.zygote.start()
+        return launch_priv.spawn(p, prepared, self.seccomp, self.cgroups, self.zygote is not None)
 
     async def _step(self, live: _Live, step: Callable[..., T], *args: Any) -> T:
         """Run a blocking launch step in a thread. A create cancelled meanwhile lets the step finish

@@ -41,6 +41,7 @@ from pathlib import Path
 from corral.runtime import mounts_priv
 from corral.runtime.cgroups_priv import Cgroups
 from corral.runtime.plan import Fds, LaunchPlan
+from corral.runtime.seccomp import program_fd
 
 ID_RANGE = 65536
 
@@ -111,9 +112,7 @@ def spawn(
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if zygote else (None, None)
-    seccomp_fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
-    os.write(seccomp_fd, seccomp_filter)
-    os.lseek(seccomp_fd, 0, os.SEEK_SET)
+    seccomp_fd = program_fd(seccomp_filter)
     listen = None if zygote else prepared.listener.fileno()
     fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=listen)
     log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child

@@ -42,6 +42,20 @@ def agent_env() -> dict[str, str]:
     return {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "PYTHONHOME": f"{RT_DIR}/usr", "PYTHONPATH": AGENT_LIB}
 
 
+def agent_env_args() -> list[str]:
+    """``agent_env`` as bwrap's ``--setenv NAME VALUE`` arguments."""
+    return [a for name, value in agent_env().items() for a in ("--setenv", name, value)]
+
+
+def agent_binds(runtime: AgentRuntime, agent_src: Path) -> list[tuple[Path, str]]:
+    """Host dirs of the agent's runtime and code, and where a sandbox (and the zygote) has them."""
+    return [
+        (runtime.rootfs, RT_DIR),
+        (agent_src, f"{AGENT_LIB}/{AGENT_PKG}"),
+        (agent_src.parent / "interpreter", f"{AGENT_LIB}/{INTERP_PKG}"),
+    ]
+
+
 @dataclass(frozen=True)
 class AgentRuntime:
     """The interpreter the agent runs on: the base rootfs's python, started through its own loader,
@@ -121,9 +135,7 @@ class LaunchPlan:
     def ro_binds(self) -> list[tuple[Path, str]]:
         """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""
         return [
-            (self.runtime.rootfs, RT_DIR),
-            (self.agent_src, f"{AGENT_LIB}/{AGENT_PKG}"),
-            (self.agent_src.parent / "interpreter", f"{AGENT_LIB}/{INTERP_PKG}"),
+            *agent_binds(self.runtime, self.agent_src),
             *self.net_dirs,
             *self.extra_binds,
         ]
@@ -151,7 +163,7 @@ class LaunchPlan:
             "--proc", "/proc",
             "--dev", "/dev",
             "--seccomp", str(fds.seccomp),
-            "--clearenv", *[a for name, value in agent_env().items() for a in ("--setenv", name, value)],
+            "--clearenv", *agent_env_args(),
             "--chdir", "/",
             "--", *own,
         ]

@@ -37,6 +37,7 @@ __all__ = [
     "build_filter",
     "decode",
     "open_filter_fd",
+    "program_fd",
 ]
 
 # Opcodes (linux/bpf_common.h): the only four instruction shapes this filter needs.
@@ -205,9 +206,15 @@ def open_filter_fd(arch: str | None = None) -> int:
     The caller owns the fd: pass it with `subprocess.Popen(pass_fds=...)` and close it afterwards.
     bwrap reads it to EOF, so use a fresh fd per bwrap invocation.
     """
+    return program_fd(build_filter(arch))
+
+
+def program_fd(program: bytes) -> int:
+    """A close-on-exec memfd holding an already built ``program``, positioned at 0 (the caller
+    closes it)."""
     fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
     try:
-        os.write(fd, build_filter(arch))
+        os.write(fd, program)
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:
         os.close(fd)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.runtime.cgroups_priv import Cgroups
-from corral.runtime.plan import AGENT_CAPS_MASK, AGENT_LIB, AGENT_PKG, INTERP_PKG, RT_DIR, AgentRuntime, agent_env
+from corral.runtime.plan import AGENT_CAPS_MASK, AGENT_PKG, AgentRuntime, agent_binds, agent_env_args
+from corral.runtime.seccomp import program_fd
 
 REPLY_TIMEOUT = 10.0  # seconds for the zygote's and the joiner's replies (each a fork away)
 
@@ -49,15 +50,12 @@ class Zygote:
     def argv(self, control_fd: int, seccomp_fd: int) -> list[str]:
         """bwrap as root: a mount namespace holding only the agent's runtime and code, read-only, at
         the paths a sandbox has them; no network; the zygote drops to ``id_offset`` itself."""
-        env = [a for name, value in agent_env().items() for a in ("--setenv", name, value)]
+        binds = [a for src, dst in agent_binds(self.runtime, self.agent_src) for a in ("--ro-bind", str(src), dst)]
         return [
             "bwrap", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
-            "--tmpfs", "/",
-            "--ro-bind", str(self.runtime.rootfs), RT_DIR,
-            "--ro-bind", str(self.agent_src), f"{AGENT_LIB}/{AGENT_PKG}",
-            "--ro-bind", str(self.agent_src.parent / "interpreter"), f"{AGENT_LIB}/{INTERP_PKG}",
+            "--tmpfs", "/", *binds,
             "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
-            "--clearenv", *env, "--chdir", "/",
+            "--clearenv", *agent_env_args(), "--chdir", "/",
             "--", *self.runtime.python_argv(), "-m", f"{AGENT_PKG}.zygote",
             "--control-fd", str(control_fd), "--seccomp-fd", str(seccomp_fd),
             "--uid", str(self.id_offset), "--caps", hex(AGENT_CAPS_MASK),
@@ -71,10 +69,8 @@ class Zygote:
                 return
             self._stop_locked()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            seccomp_fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
+            seccomp_fd = program_fd(self.seccomp)
             try:
-                os.write(seccomp_fd, self.seccomp)
-                os.lseek(seccomp_fd, 0, os.SEEK_SET)
                 self._process = subprocess.Popen(
                     self.argv(theirs.fileno(), seccomp_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(), seccomp_fd), start_new_session=True,
