@@ -33,6 +33,11 @@ def _float(name: str, default: float) -> float:
     return value
 
 
+def _switch(name: str) -> bool:
+    """An on/off setting, on unless set to off, 0, false or no."""
+    return (os.environ.get(name) or "on").lower() not in ("off", "0", "false", "no")
+
+
 def _pool(raw: str | None) -> dict[str, int] | None:
     """``CORRAL_POOL``: ``off``, or ``template=N,...`` (ready sandboxes kept per template; default base=1)."""
     if raw is None or raw.strip() == "":
@@ -92,6 +97,7 @@ class Settings:
     backend: str = "bwrap"  # the default isolation of sandboxes: bwrap or gvisor
     header_timeout: float = 30.0  # seconds a client has to send a request's headers (slowloris)
     agent_zygote: bool = True  # bwrap agents forked from one pre-imported python (off: python per sandbox)
+    cgroup_favordynmods: bool = True  # remount cgroup2 with favordynmods: fast moves into cgroups (off: leave it)
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -109,7 +115,7 @@ class Settings:
             default_timeout=_int("CORRAL_DEFAULT_TIMEOUT", 300),
             max_timeout=_int("CORRAL_MAX_TIMEOUT", 86400),
             max_sandboxes=_int("CORRAL_MAX_SANDBOXES", 1000),
-            network=(os.environ.get("CORRAL_NETWORK") or "on").lower() not in ("off", "0", "false", "no"),
+            network=_switch("CORRAL_NETWORK"),
             net_pool=os.environ.get("CORRAL_NET_POOL") or "172.16.0.0/12",
             net_block_prefix=_int("CORRAL_NET_BLOCK_PREFIX", 20),
             net_allow_private=os.environ.get("CORRAL_NET_ALLOW_PRIVATE") or "",
@@ -122,7 +128,8 @@ class Settings:
             ca_bundle=os.environ.get("CORRAL_CA_BUNDLE") or _host_ca_bundle(),
             backend=_backend(os.environ.get("CORRAL_BACKEND") or "bwrap"),
             header_timeout=_float("CORRAL_HEADER_TIMEOUT", 30.0),
-            agent_zygote=(os.environ.get("CORRAL_AGENT_ZYGOTE") or "on").lower() not in ("off", "0", "false", "no"),
+            agent_zygote=_switch("CORRAL_AGENT_ZYGOTE"),
+            cgroup_favordynmods=_switch("CORRAL_CGROUP_FAVORDYNMODS"),
         )
 
     @property

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import httpx
 
 from conftest import Server
+from corral.runtime.cgroups_priv import detect, super_options
 
 
 def test_health_needs_no_key(server: Server) -> None:
@@ -113,3 +115,17 @@ def test_keys_can_be_created_used_and_revoked(api: httpx.Client, server: Server)
         assert "key" not in listed[created["id"]] and listed[created["id"]]["prefix"] == created["key"][:8]
         assert api.delete(f"/v1/keys/{created['id']}").status_code == 204
         assert other.get("/v1/sandboxes").status_code == 401
+
+
+def test_server_turns_on_fast_cgroup_moves(server: Server) -> None:
+    """Every create moves processes into cgroups; with cgroup2's favordynmods a move no longer
+    waits for an RCU grace period (docs/performance.md). The server turns it on where it can."""
+    driver = detect()
+    mount = driver.cgroup2_mount()
+    features = Path("/sys/kernel/cgroup/features")
+    if mount is None or not features.exists() or "favordynmods" not in features.read_text().split():
+        assert driver.favor_migrations().startswith("not available")
+        return
+    options = super_options(Path("/proc/self/mountinfo").read_text(), mount)
+    assert options is not None and "favordynmods" in options
+    assert driver.favor_migrations() == "on (already)"

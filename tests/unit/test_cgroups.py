@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from corral.runtime.cgroups_priv import CgroupUnavailable, HybridCgroups, Limits, V2Cgroups, detect
+from corral.runtime.cgroups_priv import (
+    CgroupUnavailable,
+    HybridCgroups,
+    Limits,
+    V2Cgroups,
+    detect,
+    favor_dynamic_changes,
+    super_options,
+)
 
 LIMITS = Limits(memory_bytes=256 << 20, pids=100, cpu=0.5)
 
@@ -67,3 +75,30 @@ def test_v2_limits_and_usage(tmp_path: Path) -> None:
     assert driver.existing() == {"sbx1"}
     driver.attach("sbx1", 4242)
     assert (group / "cgroup.procs").read_text() == "4242"
+
+
+MOUNTINFO = """\
+25 30 0:22 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755
+33 25 0:28 / /sys/fs/cgroup/unified rw,nosuid,nodev shared:10 - cgroup2 cgroup2 rw,nsdelegate
+40 25 0:35 / /sys/fs/cgroup/memory rw,nosuid shared:17 - cgroup cgroup rw,memory
+"""
+
+
+def test_super_options_are_the_filesystems_own() -> None:
+    assert super_options(MOUNTINFO, Path("/sys/fs/cgroup/unified")) == {"rw", "nsdelegate"}
+    assert super_options(MOUNTINFO, Path("/sys/fs/cgroup/memory")) == {"rw", "memory"}
+    assert super_options(MOUNTINFO, Path("/sys/fs/cgroup/pids")) is None
+
+
+def test_favordynmods_is_left_alone_where_the_kernel_lacks_it(tmp_path: Path) -> None:
+    features = tmp_path / "features"
+    features.write_text("nsdelegate\nmemory_localevents\n")
+    assert favor_dynamic_changes(tmp_path, features) == "not available in this kernel"
+    assert favor_dynamic_changes(tmp_path, tmp_path / "missing").startswith("not available")
+
+
+def test_favordynmods_needs_a_cgroup2_mount(tmp_path: Path) -> None:
+    features = tmp_path / "features"
+    features.write_text("nsdelegate\nfavordynmods\n")
+    assert favor_dynamic_changes(tmp_path / "nothing-here", features) == (
+        f"not available: nothing mounted at {tmp_path / 'nothing-here'}")

@@ -67,11 +67,14 @@ async def build_services(settings: Settings) -> Services:
         if service is not None:
             await service.on_runtime_exit(sandbox_id, reason)
 
+    cgroups = detect(instance=settings.instance)
+    if settings.cgroup_favordynmods:
+        log.info("cgroup2 favordynmods: %s", await asyncio.to_thread(cgroups.favor_migrations))
     network = await start_network(settings)
     try:
         backend = node_backends(
             settings.sandboxes_dir, settings.mounts_dir, settings.runsc_root, AgentRuntime.find(base),
-            detect(instance=settings.instance), settings.subid_base, on_exit, network, default=settings.backend,
+            cgroups, settings.subid_base, on_exit, network, default=settings.backend,
             zygote=settings.agent_zygote,
         )
     except RuntimeFailure as exc:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +158,17 @@ class Cgroups:
         """The cgroup2 group whose ``cgroup.freeze`` pauses this sandbox."""
         raise NotImplementedError
 
+    def cgroup2_mount(self) -> Path | None:
+        """Where the host's cgroup2 filesystem is mounted, if it is."""
+        raise NotImplementedError
+
+    def favor_migrations(self) -> str:
+        """Turn on cgroup2's ``favordynmods`` (see ``favor_dynamic_changes``); says what it did."""
+        mount = self.cgroup2_mount()
+        if mount is None:
+            return "not available: no cgroup2 mount"
+        return favor_dynamic_changes(mount)
+
     def freeze(self, sandbox_id: str) -> None:
         """Stop every process of the sandbox (cgroup2 freezer); returns once all are frozen."""
         _set_frozen(self.freezer(sandbox_id), True)
@@ -229,6 +242,9 @@ class HybridCgroups(Cgroups):
         mem = self.group(self.root / "memory") / sandbox_id
         return _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0)
 
+    def cgroup2_mount(self) -> Path | None:
+        return self.unified if (self.unified / "cgroup.procs").exists() else None
+
     def freezer(self, sandbox_id: str) -> Path:
         if not (self.unified / "cgroup.procs").exists():
             raise CgroupUnavailable(f"pausing needs the cgroup2 freezer; no cgroup2 mount at {self.unified}")
@@ -272,6 +288,52 @@ class V2Cgroups(Cgroups):
 
     def freezer(self, sandbox_id: str) -> Path:
         return self.group(self.root) / sandbox_id
+
+    def cgroup2_mount(self) -> Path:
+        return self.root
+
+
+FEATURES = Path("/sys/kernel/cgroup/features")
+FAVOR = "favordynmods"
+
+
+def super_options(mountinfo: str, mount_point: Path) -> set[str] | None:
+    """The filesystem's own (super block) options of the mount at ``mount_point``, from the text of
+    ``/proc/self/mountinfo``; None if nothing is mounted there."""
+    found = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == str(mount_point) and " - " in line:
+            found = set(line.split(" - ", 1)[1].split()[-1].split(","))  # the last mount there wins
+    return found
+
+
+def favor_dynamic_changes(mount: Path, features: Path = FEATURES) -> str:
+    """Remount cgroup2 with ``favordynmods`` if the kernel has it and it is off; says what it did.
+
+    Every create moves a process into the sandbox's cgroups. Without the option each move takes the
+    kernel's global threadgroup lock for writing, which waits for an RCU grace period when no other
+    move happened just before: 5-12 ms of a cold create on a 2-core host, against ~0.1 ms with it.
+    The kernel documents the option for exactly this use (frequent migrations), at a small cost to
+    fork and exit; since Linux 6.18 it also switches to a per-process lock and stays on until reboot.
+    The other mount options are kept (``mount -o remount`` merges them)."""
+    try:
+        supported = FAVOR in features.read_text().split()
+        with open("/proc/self/mountinfo") as f:
+            options = super_options(f.read(), mount)
+    except OSError as exc:
+        return f"not available: {exc}"
+    if not supported:
+        return "not available in this kernel"
+    if options is None:
+        return f"not available: nothing mounted at {mount}"
+    if FAVOR in options:
+        return "on (already)"
+    tool = shutil.which("mount", path="/usr/sbin:/usr/bin:/sbin:/bin") or "mount"
+    proc = subprocess.run([tool, "-o", f"remount,{FAVOR}", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"could not be turned on: {proc.stderr.strip() or proc.returncode}"
+    return "on"
 
 
 def detect(root: Path = ROOT, instance: str = "default") -> Cgroups:
