@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from corral.config import Settings
+from corral.runtime.mounts_priv import SPARE_PREFIX
 from netlab import DOMAIN, FakeDNS, Lab, lab_leftovers
 
 TEMPLATES = Path(os.environ.get("CORRAL_TEST_TEMPLATES", "/var/lib/corral/templates"))
@@ -82,6 +83,17 @@ def mounts_under(path: Path) -> list[str]:
     prefixes = (str(path).rstrip("/") + "/", f"{str(path).rstrip('/')}.run/")
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(prefixes)]
+
+
+def sandbox_mounts(path: Path) -> list[str]:
+    """``mounts_under`` less a running server's spare disks (runtime/spares.py: made ahead, mounted;
+    they go when the server stops, where the whole ``mounts_under`` must be empty)."""
+    return [m for m in mounts_under(path) if f"/sandboxes/{SPARE_PREFIX}" not in m]
+
+
+def spare_dirs(data_dir: Path) -> list[Path]:
+    sandboxes = data_dir / "sandboxes"
+    return sorted(p for p in sandboxes.iterdir() if p.name.startswith(SPARE_PREFIX)) if sandboxes.is_dir() else []
 
 
 def net_leftovers(data_dir: Path) -> list[str]:

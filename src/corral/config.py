@@ -97,6 +97,7 @@ class Settings:
     backend: str = "bwrap"  # the default isolation of sandboxes: bwrap or gvisor
     header_timeout: float = 30.0  # seconds a client has to send a request's headers (slowloris)
     agent_zygote: bool = True  # bwrap agents forked from one pre-imported python (off: python per sandbox)
+    spare_disks: int = 2  # empty disks of the default size kept mounted, ready for creates (0: none)
     cgroup_favordynmods: bool = True  # remount cgroup2 with favordynmods: fast moves into cgroups (off: leave it)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -129,6 +130,7 @@ class Settings:
             backend=_backend(os.environ.get("CORRAL_BACKEND") or "bwrap"),
             header_timeout=_float("CORRAL_HEADER_TIMEOUT", 30.0),
             agent_zygote=_switch("CORRAL_AGENT_ZYGOTE"),
+            spare_disks=_int("CORRAL_SPARE_DISKS", 2),
             cgroup_favordynmods=_switch("CORRAL_CGROUP_FAVORDYNMODS"),
         )
 

@@ -34,6 +34,7 @@ from conftest import (
     make_data_dir,
     mounts_under,
     remove_data_dir,
+    sandbox_mounts,
     sandbox_processes,
     start_server,
 )
@@ -240,7 +241,7 @@ def test_paused_sandboxes_leave_nothing_behind(monkeypatch: pytest.MonkeyPatch) 
         first.stop(signal.SIGKILL)  # no cleanup code runs
         second = start_server(data, api_key=first.api_key)
         try:
-            assert (mounts_under(data), corral_cgroups(data), sandbox_processes(data)) == ([], [], [])
+            assert (sandbox_mounts(data), corral_cgroups(data), sandbox_processes(data)) == ([], [], [])
             monkeypatch.setenv("E2B_API_URL", second.url)
             assert Sandbox.list().next_items() == []
             assert Sandbox.create(timeout=300).pause() is True

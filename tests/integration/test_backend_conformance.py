@@ -26,6 +26,8 @@ from conftest import (
     mounts_under,
     remove_data_dir,
     run_command,
+    sandbox_mounts,
+    spare_dirs,
     start_server,
 )
 from corral.agent.client import AgentClient
@@ -361,11 +363,13 @@ def test_reconcile_after_a_crash_of_the_server(kind: str) -> None:
         with first.client() as api:
             ids = [api.post("/v1/sandboxes", json={"timeout": 300}).json()["id"] for _ in range(2)]
             assert run_command(api, ids[0], "echo up").stdout == "up\n"
+        first_spares = spare_dirs(data)
         first.stop(signal.SIGKILL)
         assert mounts_under(data), "expected the crash to leave mounts for the restart to clean"
         second = start_server(data, api_key=first.api_key, CORRAL_BACKEND=kind)
         try:
-            assert mounts_under(data) == [] and corral_cgroups(data) == []
+            assert sandbox_mounts(data) == [] and corral_cgroups(data) == []
+            assert not [p for p in first_spares if p.exists()]
             assert node_processes(data) == []
             assert runsc_state(data) == []
             with second.client() as api:

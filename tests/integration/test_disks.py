@@ -4,6 +4,7 @@ without a trace (mount, loop device) after destroy."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_data_dir
+from conftest import make_data_dir, spare_dirs
 from corral.runtime import mounts_priv
+from corral.runtime.spares import DiskSpares
 
 OWNER = 1_000_000
 
@@ -103,3 +105,33 @@ def test_without_user_xattrs_the_image_is_trusted_by_its_builder_only(
     monkeypatch.setattr(mounts_priv, "_checked", set())  # another server process
     new_disk(sandboxes, "c")
     assert cached.stat().st_ino != built  # no digest to check it against: built again
+
+
+def test_spare_disks_are_made_ahead_taken_once_and_removed(sandboxes: Path) -> None:
+    async def body() -> None:
+        leftover = mounts_priv.make_spare(sandboxes, 64, OWNER)  # a crashed server's
+        spares = DiskSpares(sandboxes, OWNER, 64, 2)
+        assert spares.take(64) is None  # not started: nothing made yet
+        await spares.start()
+        assert not leftover.exists()
+        while spares.ready < 2:
+            await asyncio.sleep(0.01)  # waits for the background fill, asserted next (not a timing)
+        assert len(spare_dirs(sandboxes.parent)) == 2
+        taken = spares.take(64)
+        assert taken is not None and os.path.ismount(taken / "disk")
+        assert (taken / "disk" / "upper").stat().st_uid == OWNER and not os.listdir(taken / "disk" / "upper")
+        assert spares.take(128) is None  # only the default size is made ahead
+        mine = sandboxes / "sbx1"
+        os.rename(taken, mine)  # how a sandbox takes it (launch_priv.make_dir): the mount moves along
+        assert os.path.ismount(mine / "disk")
+        other = spares.take(64)
+        assert other is not None and os.statvfs(other / "disk").f_fsid != os.statvfs(mine / "disk").f_fsid
+        os.rename(other, sandboxes / "sbx2")
+        await spares.close()  # the ones made since are removed; taken ones are their sandboxes'
+        assert spare_dirs(sandboxes.parent) == []
+        assert [m for m in mounts_priv.mounted_under(sandboxes) if mounts_priv.SPARE_PREFIX in str(m)] == []
+        assert spares.take(64) is None  # closed: no refill
+        await asyncio.sleep(0)
+        assert spare_dirs(sandboxes.parent) == []
+
+    asyncio.run(body())

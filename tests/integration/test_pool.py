@@ -17,6 +17,7 @@ from conftest import (
     mounts_under,
     remove_data_dir,
     run_command,
+    sandbox_mounts,
     sandbox_processes,
     start_server,
 )
@@ -154,7 +155,7 @@ def test_pool_is_reconciled_after_a_crash() -> None:
         server = start_server(data, CORRAL_POOL="off")
         with server.client() as api:
             assert api.get("/v1/sandboxes").json() == []
-        assert sandbox_processes(data) == [] and not [m for m in mounts_under(data) if "/sandboxes/" in m]
+        assert sandbox_processes(data) == [] and not [m for m in sandbox_mounts(data) if "/sandboxes/" in m]
     finally:
         server.stop()
         assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []

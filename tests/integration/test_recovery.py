@@ -11,7 +11,9 @@ from conftest import (
     net_leftovers,
     remove_data_dir,
     run_command,
+    sandbox_mounts,
     sandbox_processes,
+    spare_dirs,
     start_server,
 )
 
@@ -23,13 +25,16 @@ def test_restart_after_crash_cleans_up_and_closes_records() -> None:
         with first.client() as api:
             ids = [api.post("/v1/sandboxes", json={"timeout": 300}).json()["id"] for _ in range(2)]
             assert run_command(api, ids[0], "echo up").stdout == "up\n"
+        first_spares = spare_dirs(data)  # empty disks made ahead, mounted (runtime/spares.py)
+        assert first_spares, "expected the server to keep spare disks"
         first.stop(signal.SIGKILL)  # no cleanup code runs
         assert mounts_under(data), "expected the crash to leave mounts for the restart to clean"
         assert net_leftovers(data), "expected the crash to leave its nftables table"
 
         second = start_server(data, api_key=first.api_key)
         try:
-            assert mounts_under(data) == []
+            assert sandbox_mounts(data) == []
+            assert not [p for p in first_spares if p.exists()], "the crashed server's spare disks survived"
             assert corral_cgroups(data) == []
             assert sandbox_processes(data) == []
             assert [v for v in net_leftovers(data) if v.startswith("crl")] == []  # no veth of a dead sandbox

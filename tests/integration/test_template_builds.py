@@ -26,7 +26,9 @@ from conftest import (
     mounts_under,
     remove_data_dir,
     run_command,
+    sandbox_mounts,
     sandbox_processes,
+    spare_dirs,
     start_server,
 )
 
@@ -261,11 +263,11 @@ def test_ready_port_waits_for_the_start_command(api: httpx.Client) -> None:
 
 def test_failing_readiness_fails_the_create_and_leaves_nothing(api: httpx.Client, srv: Server) -> None:
     ready(api, "never-ready", "FROM base\n", start_cmd="echo starting; exit 3", ready_cmd="test -e /nope")
-    before = mounts_under(srv.data_dir)
+    before = sandbox_mounts(srv.data_dir)
     r = api.post("/v1/sandboxes", json={"template": "never-ready"})
     assert r.status_code == 503
     assert "exited with code 3" in r.json()["message"] and "starting" in r.json()["message"]
-    assert mounts_under(srv.data_dir) == before
+    assert sandbox_mounts(srv.data_dir) == before
 
 
 # --- bad input and failures ---------------------------------------------------------------------------
@@ -415,7 +417,7 @@ def test_server_killed_mid_build_leaves_no_template_and_a_consistent_cache() -> 
             assert record["state"] == "failed" and "stopped during the build" in record["error"]
             assert api.get("/v1/templates/interrupted").status_code == 404
             assert not [p for p in (data / "layers").iterdir() if p.name.startswith(".tmp-")]
-            assert sandbox_processes(data) == [] and not [m for m in mounts_under(data) if "/sandboxes/" in m]
+            assert sandbox_processes(data) == [] and not [m for m in sandbox_mounts(data) if "/sandboxes/" in m]
             again = ready(api, "interrupted", "FROM base\nRUN echo a > /a\nRUN true\n")
             assert [s["state"] for s in again["steps"]] == ["cached", "done"]  # the finished layer survived
     finally:
@@ -425,7 +427,8 @@ def test_server_killed_mid_build_leaves_no_template_and_a_consistent_cache() -> 
 
 
 def test_build_sandboxes_do_not_leak(srv: Server) -> None:
-    leftovers = [p for p in (srv.data_dir / "sandboxes").iterdir()] if (srv.data_dir / "sandboxes").exists() else []
+    sandboxes = srv.data_dir / "sandboxes"
+    leftovers = [p for p in sandboxes.iterdir() if p not in spare_dirs(srv.data_dir)] if sandboxes.exists() else []
     live = {json.loads(json.dumps(x))["id"] for x in httpx.get(
         f"{srv.url}/v1/sandboxes", headers={"X-API-Key": srv.api_key}).json()}
     assert {p.name for p in leftovers} <= live

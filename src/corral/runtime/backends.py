@@ -20,18 +20,23 @@ from corral.runtime.gvisor import GvisorBackend, runsc_missing
 from corral.runtime.netpolicy import NetworkPolicy
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime
+from corral.runtime.spares import DiskSpares
 
 
 class Backends:
     name = "backends"
 
-    def __init__(self, backends: dict[str, Backend], default: str, missing: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, backends: dict[str, Backend], default: str, missing: dict[str, str] | None = None,
+        spares: DiskSpares | None = None,
+    ) -> None:
         if default not in backends:
             raise RuntimeFailure((missing or {}).get(default) or f"no {default!r} backend on this node")
         self.backends = backends
         self.default = default
         self.missing = missing or {}
         self._where: dict[str, str] = {}  # sandbox id -> kind, from create until destroy
+        self.spares = spares  # disks made ahead, taken by every backend's creates
 
     def isolation(self, sandbox_id: str) -> str:
         return self._where.get(sandbox_id, self.default)
@@ -96,9 +101,13 @@ class Backends:
         for kind in sorted(self.backends, key=lambda k: k != "gvisor"):
             others = {i for i, k in self._where.items() if k != kind}
             stale |= set(await self.backends[kind].reconcile(keep | others))
+        if self.spares is not None:
+            await self.spares.start()
         return sorted(stale)
 
     async def close(self) -> None:
+        if self.spares is not None:
+            await self.spares.close()
         for kind in sorted(self.backends, key=lambda k: k != "gvisor"):
             await self.backends[kind].close()
 
@@ -106,15 +115,19 @@ class Backends:
 def node_backends(
     sandboxes_dir: Path, mounts_dir: Path, runsc_root: Path, runtime: AgentRuntime, cgroups: Cgroups,
     id_offset: int, on_exit: OnExit, network: Network | None, default: str, zygote: bool = True,
+    spare_disks: tuple[int, int] = (0, 0),
 ) -> Backends:
     """Every backend this host can run (bwrap always; gVisor if runsc is installed), sharing the
-    instance's network (addresses, nftables table, DNS forwarder)."""
+    instance's network (addresses, nftables table, DNS forwarder) and ``spare_disks`` (size in
+    MiB, count) made ahead."""
     args = (sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit)
-    backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args, network, zygote=zygote)}
+    size, count = spare_disks
+    spares = DiskSpares(sandboxes_dir, id_offset, size, count) if count > 0 else None
+    backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args, network, zygote=zygote, spares=spares)}
     missing: dict[str, str] = {}
     why = runsc_missing()
     if why is None:
-        backends["gvisor"] = GvisorBackend(*args, state_root=runsc_root, network=network)
+        backends["gvisor"] = GvisorBackend(*args, state_root=runsc_root, network=network, spares=spares)
     else:
         missing["gvisor"] = why
-    return Backends(backends, default, missing)
+    return Backends(backends, default, missing, spares)

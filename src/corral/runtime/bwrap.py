@@ -29,6 +29,7 @@ from corral.runtime.netpolicy import NetworkPolicy
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
 from corral.runtime.seccomp import build_filter
+from corral.runtime.spares import DiskSpares
 from corral.runtime.zygote import AgentProcess, Zygote, start_agent
 
 READY_TIMEOUT = 20.0
@@ -55,7 +56,7 @@ class BwrapBackend:
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
-        on_exit: OnExit, network: Network | None = None, zygote: bool = True,
+        on_exit: OnExit, network: Network | None = None, zygote: bool = True, spares: DiskSpares | None = None,
     ) -> None:
         self.sandboxes_dir = sandboxes_dir
         self.mounts_dir = mounts_dir
@@ -64,6 +65,7 @@ class BwrapBackend:
         self.id_offset = id_offset
         self.on_exit = on_exit
         self.network = network  # None: sandboxes get loopback only, whatever they ask
+        self.spares = spares  # disks made ahead (shared by the node's backends)
         self.agent_src = Path(corral.agent.__file__).parent
         # Sandboxes start the agent with -B (they cannot write here): byte-compile it once, ~20 ms per create.
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
@@ -92,9 +94,10 @@ class BwrapBackend:
         prepared: launch_priv.Prepared | None = None
         spawned: launch_priv.Spawned | None = None
         handed = False
+        spare = self.spares.take(p.disk_mb) if self.spares else None
         try:
             att = net.reserve(spec.sandbox_id, spec.network) if net else None
-            prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups)
+            prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups, spare)
             loop = asyncio.get_running_loop()
             zygote = self.zygote
             spawning = loop.run_in_executor(self._spawner, self._spawn, p, prepared)
@@ -134,9 +137,15 @@ class BwrapBackend:
             if not handed and spawned is not None and spawned.ready is not None:
                 spawned.ready.close()
             await self.destroy(spec.sandbox_id)
+            await self._drop_spare(spare)
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
+
+    async def _drop_spare(self, spare: Path | None) -> None:
+        """A spare a failed create took but never renamed (cancelled before its prepare ran)."""
+        if spare is not None and spare.exists():
+            await asyncio.to_thread(mounts_priv.destroy, spare, spare / "root")
 
     def _spawn(self, p: LaunchPlan, prepared: launch_priv.Prepared) -> launch_priv.Spawned:
         """On the spawner thread: (re)start the zygote if it is not running (its --die-with-parent
@@ -309,7 +318,8 @@ class BwrapBackend:
             found |= {p.name for p in self.mounts_dir.iterdir()}
         for base in (self.sandboxes_dir, self.mounts_dir):
             found |= {p.relative_to(base).parts[0] for p in mounts_priv.mounted_under(base)}
-        stale = sorted(found - keep)
+        # spare disks are no sandbox's: runtime/spares.py removes a previous process's
+        stale = sorted(i for i in found - keep if not i.startswith(mounts_priv.SPARE_PREFIX))
         for sandbox_id in stale:
             await self._teardown(sandbox_id)
         if self.network is not None:

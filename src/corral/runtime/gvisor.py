@@ -24,6 +24,7 @@ from corral.runtime.bwrap import BwrapBackend, _Live
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, plan
+from corral.runtime.spares import DiskSpares
 
 SYNC_TIMEOUT = 30.0
 
@@ -43,9 +44,9 @@ class GvisorBackend(BwrapBackend):
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
-        on_exit: OnExit, state_root: Path, network: Network | None = None,
+        on_exit: OnExit, state_root: Path, network: Network | None = None, spares: DiskSpares | None = None,
     ) -> None:
-        super().__init__(sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit, network)
+        super().__init__(sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit, network, spares=spares)
         self.state_root = state_root  # runsc --root: this server's containers only
         self._donors: dict[str, Donor] = {}
 
@@ -61,6 +62,7 @@ class GvisorBackend(BwrapBackend):
             net_files=tuple(net.files()) if net and networked else (),
         )
         netns_fd = -1
+        spare = self.spares.take(p.disk_mb) if self.spares else None
         try:
             netns = None
             if net is not None and networked:
@@ -71,7 +73,7 @@ class GvisorBackend(BwrapBackend):
                 netns_fd = await asyncio.to_thread(netns_priv.new_netns)
                 netns = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 await asyncio.to_thread(net.plug, att, netns)
-            bundle = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns)
+            bundle = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns, spare)
             process, control = await asyncio.to_thread(
                 gvisor_priv.spawn, p, bundle, self.state_root, self.cgroups, networked
             )
@@ -83,6 +85,7 @@ class GvisorBackend(BwrapBackend):
             await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
             await self.destroy(spec.sandbox_id)
+            await self._drop_spare(spare)
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc

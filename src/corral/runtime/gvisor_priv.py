@@ -38,12 +38,11 @@ _HIDE_NET_SYSCTLS = [
 ]
 
 
-def prepare(plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None) -> Path:
-    """Disk, root, cgroups and the OCI bundle (``netns``: the plugged netns' path); returns the bundle dir."""
+def prepare(plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None, spare: Path | None = None) -> Path:
+    """Disk, root, cgroups and the OCI bundle (``netns``: the plugged netns' path; ``spare``: a disk
+    made ahead, see ``launch_priv.make_dir``); returns the bundle dir."""
+    launch_priv.make_dir(plan, spare)
     d = plan.sandbox_dir
-    d.mkdir(mode=0o700)
-    plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-    mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
     mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
     limits = Limits(memory_bytes=oci_spec.memory_limit_bytes(plan), pids=oci_spec.pids_limit(plan), cpu=plan.limits.cpu)
     cgroups.create(plan.sandbox_id, limits)

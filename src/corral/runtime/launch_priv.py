@@ -61,11 +61,10 @@ class Spawned:
     init_pidfd: int = -1  # set by ``admit``: a pidfd of the sandbox's pid 1, opened while it waits
 
 
-def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
+def prepare(plan: LaunchPlan, cgroups: Cgroups, spare: Path | None = None) -> Prepared:
+    """``spare``: a disk made ahead (``mounts_priv.make_spare``) of the plan's size, taken by renaming."""
+    make_dir(plan, spare)
     d = plan.sandbox_dir
-    d.mkdir(mode=0o700)
-    plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
-    mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
     mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
     cgroups.create(plan.sandbox_id, plan.limits)
     path = d / "agent.sock"
@@ -74,6 +73,20 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups) -> Prepared:
     os.chmod(path, 0o600)
     listener.listen(256)
     return Prepared(listener=listener, socket_path=path)
+
+
+def make_dir(plan: LaunchPlan, spare: Path | None) -> None:
+    """The sandbox dir with its mounted disk: a spare renamed into place, or made now."""
+    plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    d = plan.sandbox_dir
+    if spare is not None:
+        try:
+            os.rename(spare, d)
+            return
+        except OSError:
+            mounts_priv.destroy(spare, spare / "root")
+    d.mkdir(mode=0o700)
+    mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
 
 
 # Waits for one line on stdin (sent once its pid is in the cgroups), then becomes bwrap through

@@ -118,6 +118,22 @@ def create_disk(sandbox_dir: Path, size_mb: int, owner: int) -> Path:
     return upper
 
 
+SPARE_PREFIX = ".spare-"  # in the sandboxes dir; never a sandbox id (those are lowercase alphanumerics)
+
+
+def make_spare(sandboxes_dir: Path, size_mb: int, owner: int) -> Path:
+    """An empty sandbox dir with its disk made and mounted ahead of any sandbox (``runtime/spares.py``):
+    a sandbox takes it by renaming it to its own dir (the disk's mount moves with it)."""
+    d = sandboxes_dir / f"{SPARE_PREFIX}{size_mb}m-{uuid.uuid4().hex[:16]}"
+    d.mkdir(mode=0o700)
+    try:
+        create_disk(d, size_mb, owner)
+    except BaseException:
+        destroy(d, d / "root")
+        raise
+    return d
+
+
 # --- the pristine image cache -------------------------------------------------------------------
 
 DISK_CACHE = "disk-images"  # in the data dir, beside sandboxes/

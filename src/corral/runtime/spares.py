@@ -1,0 +1,90 @@
+"""Sandbox disks made ahead: the ext4 image copy, its loop device and mount cost ~7 ms of a cold
+create (docs/performance.md), so a few empty ones of the default size wait, mounted, in the
+sandboxes dir (``mounts_priv.make_spare``). A create of that size takes one by renaming it to its
+own dir and a refill starts behind it; other sizes, or none left, make theirs on the spot.
+
+A spare never held a sandbox: each is a fresh copy of the pristine image with its own UUID, so a
+sandbox on one is the same as a sandbox on a disk made for it. Used from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from corral.runtime import mounts_priv
+
+log = logging.getLogger(__name__)
+
+
+class DiskSpares:
+    def __init__(self, sandboxes_dir: Path, owner: int, size_mb: int, count: int) -> None:
+        self.sandboxes_dir = sandboxes_dir
+        self.owner = owner
+        self.size_mb = size_mb
+        self.count = count
+        self._ready: list[Path] = []
+        self._filling: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def ready(self) -> int:
+        """Spares made and not taken."""
+        return len(self._ready)
+
+    def take(self, size_mb: int) -> Path | None:
+        """A spare of this size, or None (then the caller makes its disk itself)."""
+        spare = self._ready.pop() if size_mb == self.size_mb and self._ready else None
+        self._refill()
+        return spare
+
+    async def start(self) -> None:
+        """Remove spares a previous server process left (they are mounted: a crash), then fill.
+        Called once, after the backends' start-up reconcile."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        leftovers = [p for p in self._listed() if p not in self._ready]
+        for path in leftovers:
+            await asyncio.to_thread(_destroy, path)
+        self._refill()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._filling is not None:
+            await asyncio.wait({self._filling})  # never cancelled mid-make: that would leak its mount
+        while self._ready:
+            await asyncio.to_thread(_destroy, self._ready.pop())
+
+    def _listed(self) -> list[Path]:
+        if not self.sandboxes_dir.is_dir():
+            return []
+        return [p for p in self.sandboxes_dir.iterdir() if p.name.startswith(mounts_priv.SPARE_PREFIX)]
+
+    def _refill(self) -> None:
+        if self._started and not self._closed and self.count > 0 and self._filling is None:
+            self._filling = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        try:
+            while not self._closed and len(self._ready) < self.count:
+                try:
+                    spare = await asyncio.to_thread(
+                        mounts_priv.make_spare, self.sandboxes_dir, self.size_mb, self.owner)
+                except (OSError, mounts_priv.MountError) as exc:  # creates make their own disks meanwhile
+                    log.warning("making a spare sandbox disk failed: %s", exc)
+                    return
+                if self._closed:
+                    await asyncio.to_thread(_destroy, spare)
+                    return
+                self._ready.append(spare)
+        finally:
+            self._filling = None
+
+
+def _destroy(path: Path) -> None:
+    with contextlib.suppress(OSError, mounts_priv.MountError):
+        mounts_priv.destroy(path, path / "root")
