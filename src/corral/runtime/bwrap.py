@@ -130,7 +130,11 @@ class BwrapBackend:
                     p.log_path, spawned.ready, self.cgroups, READY_TIMEOUT)
                 live.agent_pidfd = agent.pidfd
                 loop.add_reader(agent.pidfd, self._agent_exited, live)
-            await self._wait_ready(spec.sandbox_id, live)
+                # No first ping: the agent runs (forked from the pre-imported zygote), and the
+                # listener we bound queues connections until it serves (~3.5 ms after its fork); an
+                # agent that dies instead closes it, so a waiting request fails at once.
+            else:
+                await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
             if not handed and prepared is not None:
                 prepared.listener.close()
