@@ -23,7 +23,7 @@ from corral.agent.client import AgentClient
 from corral.runtime.cgroups_priv import detect
 from corral.runtime.plan import AGENT_CAPS_MASK, AgentRuntime
 from corral.runtime.seccomp import build_filter
-from corral.runtime.zygote import AgentProcess, Zygote, ZygoteError, start_agent
+from corral.runtime.zygote import AgentProcess, Zygote, ZygoteError, finish_agent, request_joiner
 
 NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
 STATUS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
@@ -182,7 +182,7 @@ def test_a_joiner_refuses_a_root_other_than_the_sandbox_s(api: httpx.Client, tmp
 
 
 def _join(zygote: Zygote, sid: str, init: int, root: Path, sock_path: Path, instance: str) -> AgentProcess:
-    """start_agent as the server calls it, with pid 1 already reported ready."""
+    """request_joiner and finish_agent as the server calls them, with pid 1 already reported ready."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
     listener.listen(4)
@@ -194,6 +194,10 @@ def _join(zygote: Zygote, sid: str, init: int, root: Path, sock_path: Path, inst
     ready = io.FileIO(ready_r, "rb")
     init_pidfd = os.pidfd_open(init)
     try:
-        return start_agent(zygote, sid, root, init_pidfd, listener, log, ready, detect(instance=instance), 10)
+        try:
+            joiner = request_joiner(zygote, sid, root, listener, log, detect(instance=instance))
+        finally:
+            listener.close()
+        return finish_agent(joiner, init_pidfd, ready, 10)
     finally:
         os.close(init_pidfd)

@@ -6,11 +6,12 @@ to the sandboxes' host uid (``--uid``), which owns every sandbox's user namespac
 agent. Forking it instead of starting python per sandbox saves the interpreter's start and imports
 (~50 ms and most of an idle agent's private memory, which stays shared copy-on-write).
 
-Per sandbox the host sends, over the control socket (SOCK_SEQPACKET), ``spawn <dev> <ino>`` with four
-fds: a pidfd of the sandbox's pid 1, the agent's listening socket, the runtime log, and a ``go``
-socket. The zygote forks a *joiner*, replies ``pid <joiner>`` with a pidfd of it and forgets it. The joiner waits for
-``go`` on its socket (the host first moves it into the sandbox's cgroups and waits until bwrap has
-finished the sandbox: its pid 1 runs), joins every namespace of pid 1 at once, checks that ``/`` is
+Per sandbox the host sends, over the control socket (SOCK_SEQPACKET), ``spawn <dev> <ino>`` with three
+fds: the agent's listening socket, the runtime log, and a ``go`` socket; it does so while bwrap still
+sets the sandbox up. The zygote forks a *joiner*, replies ``pid <joiner>`` with a pidfd of it and forgets
+it. The joiner waits for ``go`` with a pidfd of the sandbox's pid 1 on its socket (the host first moves
+it into the sandbox's cgroups and waits until bwrap has finished the sandbox: its pid 1 runs), joins
+every namespace of pid 1 at once, checks that ``/`` is
 the sandbox root the host named (device and inode), forks the agent into the pid namespace, sends
 ``agent <pid>`` with a pidfd of it on the ``go`` socket and exits. The agent keeps the capabilities
 ``--caps`` names (bounding, permitted, effective, inheritable, ambient: what bwrap gives its
@@ -124,8 +125,8 @@ def _fork_joiner(
     sock: socket.socket, msg: bytes, fds: list[int], program: bytes, caps: int, wake: tuple[int, int],
 ) -> int:
     words = msg.split()
-    if len(words) != 3 or words[0] != b"spawn" or len(fds) != 4:
-        raise ValueError(f"expected 'spawn <dev> <ino>' with 4 fds, got {msg[:100]!r} with {len(fds)}")
+    if len(words) != 3 or words[0] != b"spawn" or len(fds) != 3:
+        raise ValueError(f"expected 'spawn <dev> <ino>' with 3 fds, got {msg[:100]!r} with {len(fds)}")
     root = (int(words[1]), int(words[2]))
     pid = os.fork()
     if pid:
@@ -139,12 +140,12 @@ def _fork_joiner(
             os.close(fd)
         code = _join(*fds, root=root, program=program, caps=caps)
     except BaseException as exc:  # the host reads why on the go socket
-        _report(fds[3], f"error {type(exc).__name__}: {exc}")
+        _report(fds[2], f"error {type(exc).__name__}: {exc}")
     finally:
         os._exit(code)
 
 
-def _join(pidfd: int, listen: int, log_fd: int, go: int, *, root: tuple[int, int], program: bytes, caps: int) -> int:
+def _join(listen: int, log_fd: int, go: int, *, root: tuple[int, int], program: bytes, caps: int) -> int:
     os.dup2(log_fd, 2)  # not the server's stderr, which the zygote inherited
     # A session (and process group) per sandbox, led by this short-lived joiner: the agent shares
     # none with the zygote or other sandboxes' agents (kill(0, ...) reaches only its own), and as
@@ -152,10 +153,19 @@ def _join(pidfd: int, listen: int, log_fd: int, go: int, *, root: tuple[int, int
     os.setsid()
     poller = select.poll()
     poller.register(go, select.POLLIN)
-    if not poller.poll(GO_TIMEOUT * 1000) or os.read(go, 16) != b"go":
+    if not poller.poll(GO_TIMEOUT * 1000):
         return 1  # the host gave up on this sandbox
-    libc.setns(pidfd, JOIN)  # root and cwd are now the sandbox's root
-    os.close(pidfd)
+    channel = socket.socket(fileno=go)
+    try:
+        msg, pidfds, _, _ = socket.recv_fds(channel, 16, 1, socket.MSG_CMSG_CLOEXEC)
+    finally:
+        channel.detach()  # stays fd ``go``: the agent's pidfd goes back on it
+    if msg != b"go" or len(pidfds) != 1:
+        for fd in pidfds:
+            os.close(fd)
+        return 1  # the host gave up on this sandbox (its end closed) or sent something else
+    libc.setns(pidfds[0], JOIN)  # root and cwd are now the sandbox's root
+    os.close(pidfds[0])
     st = os.stat("/")
     if (st.st_dev, st.st_ino) != root:
         raise RuntimeError(f"/ after joining is {st.st_dev}:{st.st_ino}, not the sandbox root {root[0]}:{root[1]}")

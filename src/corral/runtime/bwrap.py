@@ -30,7 +30,7 @@ from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
 from corral.runtime.seccomp import build_filter
 from corral.runtime.spares import DiskSpares
-from corral.runtime.zygote import AgentProcess, Zygote, start_agent
+from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, finish_agent, request_joiner
 
 READY_TIMEOUT = 20.0
 T = TypeVar("T")
@@ -93,18 +93,18 @@ class BwrapBackend:
         )
         prepared: launch_priv.Prepared | None = None
         spawned: launch_priv.Spawned | None = None
+        joiner: Joiner | None = None
         handed = False
         spare = self.spares.take(p.disk_mb) if self.spares else None
         try:
             att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups, spare)
             loop = asyncio.get_running_loop()
-            zygote = self.zygote
             spawning = loop.run_in_executor(self._spawner, self._spawn, p, prepared)
             cancelled = False
             while True:  # a cancelled create still takes the bwrap it started, so destroy can end it
                 try:
-                    spawned = await asyncio.shield(spawning)
+                    spawned, joiner = await asyncio.shield(spawning)
                     break
                 except asyncio.CancelledError:
                     if spawning.cancelled():
@@ -117,17 +117,17 @@ class BwrapBackend:
                 spawned.process.kill()
                 for fd in (spawned.info_r, spawned.block_w):
                     os.close(fd)
+                if joiner is not None:
+                    joiner.close()
                 raise asyncio.CancelledError
             plug = partial(net.plug, att) if net and att else None
             try:
                 live.init_pid = await self._step(live, launch_priv.admit, p, spawned, plug)
             finally:
                 live.init_pidfd = spawned.init_pidfd
-            if zygote is not None and spawned.ready is not None:
-                handed = True  # start_agent owns (and closes) the listener and the ready pipe
-                agent = await self._step(
-                    live, start_agent, zygote, spec.sandbox_id, p.root, live.init_pidfd, prepared.listener,
-                    p.log_path, spawned.ready, self.cgroups, READY_TIMEOUT)
+            if joiner is not None and spawned.ready is not None:
+                handed = True  # finish_agent owns (and closes) the joiner and the ready pipe
+                agent = await self._step(live, finish_agent, joiner, live.init_pidfd, spawned.ready, READY_TIMEOUT)
                 live.agent_pidfd = agent.pidfd
                 loop.add_reader(agent.pidfd, self._agent_exited, live)
                 # No first ping: the agent runs (forked from the pre-imported zygote), and the
@@ -140,6 +140,8 @@ class BwrapBackend:
                 prepared.listener.close()
             if not handed and spawned is not None and spawned.ready is not None:
                 spawned.ready.close()
+            if not handed and joiner is not None:
+                joiner.close()
             await self.destroy(spec.sandbox_id)
             await self._drop_spare(spare)
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
@@ -151,12 +153,32 @@ class BwrapBackend:
         if spare is not None and spare.exists():
             await asyncio.to_thread(mounts_priv.destroy, spare, spare / "root")
 
-    def _spawn(self, p: LaunchPlan, prepared: launch_priv.Prepared) -> launch_priv.Spawned:
+    def _spawn(self, p: LaunchPlan, prepared: launch_priv.Prepared) -> tuple[launch_priv.Spawned, Joiner | None]:
         """On the spawner thread: (re)start the zygote if it is not running (its --die-with-parent
-        follows this long-lived thread), then start bwrap."""
-        if self.zygote is not None:
-            self.zygote.start()
-        return launch_priv.spawn(p, prepared, self.seccomp, self.cgroups, self.zygote is not None)
+        follows this long-lived thread), start bwrap, then, while bwrap sets the sandbox up, have the
+        zygote fork the agent's joiner (it waits for ``finish_agent``)."""
+        if self.zygote is None:
+            return launch_priv.spawn(p, prepared, self.seccomp, self.cgroups), None
+        self.zygote.start()
+        spawned = launch_priv.spawn(p, prepared, self.seccomp, self.cgroups, zygote=True)
+        request = partial(request_joiner, self.zygote, p.sandbox_id, p.root, prepared.listener, p.log_path,
+                          self.cgroups)
+        try:
+            try:
+                joiner = request()
+            except ZygoteError:  # it died since start() looked: once more, with a new one
+                self.zygote.start()
+                joiner = request()
+            prepared.listener.close()  # the joiner has it
+            return spawned, joiner
+        except BaseException:
+            spawned.process.kill()  # blocked before the sandbox exists: gone at once
+            spawned.process.wait()
+            for fd in (spawned.info_r, spawned.block_w):
+                os.close(fd)
+            if spawned.ready is not None:
+                spawned.ready.close()
+            raise
 
     async def _step(self, live: _Live, step: Callable[..., T], *args: Any) -> T:
         """Run a blocking launch step in a thread. A create cancelled meanwhile lets the step finish

@@ -120,8 +120,8 @@ def spawn(
     namespace is rooted at the sandbox's own groups); it blocks until ``admit`` releases it.
 
     ``zygote``: its command is a waiting pid 1 whose stdout is ``Spawned.ready_r`` and the agent
-    comes later (``zygote.start_agent``); the listener stays with the caller. Otherwise bwrap
-    runs the agent on the listener."""
+    comes later (``zygote.request_joiner``, ``zygote.finish_agent``); the listener stays with the
+    caller. Otherwise bwrap runs the agent on the listener."""
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC) if zygote else (None, None)

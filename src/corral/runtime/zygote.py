@@ -2,9 +2,10 @@
 
 bwrap sandboxes get their agent forked from one pre-imported python instead of a python started
 per sandbox (docs/architecture.md, "The agent zygote"). This module starts that process and,
-per sandbox, carries out ``start_agent``: ask for a joiner, move the joiner into the sandbox's
-cgroups, wait until the sandbox's pid 1 runs (bwrap has finished its mounts), let the joiner go
-and receive a pidfd of the agent it forked into the sandbox.
+per sandbox, asks it for a joiner and moves that into the sandbox's cgroups while bwrap still sets
+the sandbox up (``request_joiner``), then waits until the sandbox's pid 1 runs (bwrap has finished
+its mounts), lets the joiner go with a pidfd of pid 1 and receives a pidfd of the agent it forked
+into the sandbox (``finish_agent``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Zygote:
         """Start the zygote unless it runs. Call it from a thread that lives as long as the backend
         (bwrap's --die-with-parent follows the starting thread)."""
         with self._lock:
-            if self._process is not None and self._process.poll() is None:
+            if self._process is not None and self._process.poll() is None and not self._hung_up():
                 return
             self._stop_locked()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -84,17 +85,14 @@ class Zygote:
             ours.settimeout(REPLY_TIMEOUT)
             self._control = ours
 
-    def fork_joiner(
-        self, init_pidfd: int, listener: int, log_fd: int, go: int, root: os.stat_result,
-    ) -> tuple[int, int]:
-        """Ask for a joiner of the sandbox whose pid 1 ``init_pidfd`` is; returns its pid and a pidfd
-        of it (the caller closes it)."""
+    def fork_joiner(self, listener: int, log_fd: int, go: int, root: os.stat_result) -> tuple[int, int]:
+        """Ask for a joiner of the sandbox whose root ``root`` is; returns its pid and a pidfd of it
+        (the caller closes it). It waits for ``go`` and the pidfd of the sandbox's pid 1."""
         with self._lock:
             if self._control is None:
                 raise ZygoteError("the agent zygote is not running")
             try:
-                socket.send_fds(self._control, [f"spawn {root.st_dev} {root.st_ino}".encode()],
-                                [init_pidfd, listener, log_fd, go])
+                socket.send_fds(self._control, [f"spawn {root.st_dev} {root.st_ino}".encode()], [listener, log_fd, go])
                 reply, fds, _, _ = socket.recv_fds(self._control, 1024, 1, socket.MSG_CMSG_CLOEXEC)
             except OSError as exc:  # it died: the next create starts a new one
                 self._stop_locked()
@@ -112,6 +110,14 @@ class Zygote:
         with self._lock:
             self._stop_locked()
 
+    def _hung_up(self) -> bool:
+        """The zygote's end of the control socket is closed: it died (bwrap may not have yet)."""
+        if self._control is None:
+            return True
+        poller = select.poll()
+        poller.register(self._control, select.POLLIN)
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+
     def _stop_locked(self) -> None:
         if self._control is not None:
             self._control.close()  # the zygote exits on EOF
@@ -125,41 +131,57 @@ class Zygote:
             self._process = None
 
 
-def start_agent(
-    zygote: Zygote, sandbox_id: str, root: Path, init_pidfd: int, listener: socket.socket, log_path: Path,
-    ready: io.FileIO, cgroups: Cgroups, timeout: float,
-) -> AgentProcess:
-    """Fork the sandbox's agent from ``zygote`` into the namespaces of its pid 1 (``init_pidfd``).
+@dataclass
+class Joiner:
+    """A joiner in the sandbox's cgroups, waiting for ``go`` (``finish_agent``)."""
 
-    ``ready`` is the pipe pid 1 writes one byte to once it runs, i.e. once bwrap has set the sandbox
-    up; only then may anything join its mount namespace. Closes ``listener`` and ``ready``."""
+    go: socket.socket  # the caller closes it: a joiner whose go socket closes exits
+
+    def close(self) -> None:
+        self.go.close()
+
+
+def request_joiner(
+    zygote: Zygote, sandbox_id: str, root: Path, listener: socket.socket, log_path: Path, cgroups: Cgroups,
+) -> Joiner:
+    """Have ``zygote`` fork the sandbox's joiner and move it into the sandbox's cgroups. Done while
+    bwrap still sets the sandbox up: the joiner only waits. The joiner gets its own ``listener``
+    (the caller closes its one)."""
     go, joiner_go = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
-            joiner, joiner_fd = zygote.fork_joiner(
-                init_pidfd, listener.fileno(), log_fd, joiner_go.fileno(), os.stat(root))
+            joiner, joiner_fd = zygote.fork_joiner(listener.fileno(), log_fd, joiner_go.fileno(), os.stat(root))
         finally:
             os.close(log_fd)
             joiner_go.close()
-            listener.close()
         try:  # moved by pid: only while the pidfd says that pid is still the joiner
             if _exited(joiner_fd):
                 raise ZygoteError("the joiner exited before it was placed")
             cgroups.attach(sandbox_id, joiner)  # the agent is forked by it, so it starts inside them
         finally:
             os.close(joiner_fd)
+    except BaseException:
+        go.close()
+        raise
+    return Joiner(go)
+
+
+def finish_agent(joiner: Joiner, init_pidfd: int, ready: io.FileIO, timeout: float) -> AgentProcess:
+    """Once the sandbox's pid 1 runs (``ready``: the pipe it writes one byte to, once bwrap has set
+    the sandbox up; only then may anything join its mount namespace), hand the joiner a pidfd of it
+    and receive a pidfd of the agent it forked into the sandbox. Closes ``ready`` and the joiner."""
+    try:
         _wait_ready(ready, timeout)
-        go.send(b"go")
-        go.settimeout(REPLY_TIMEOUT)
+        socket.send_fds(joiner.go, [b"go"], [init_pidfd])
+        joiner.go.settimeout(REPLY_TIMEOUT)
         try:
-            msg, fds, _, _ = socket.recv_fds(go, 1024, 1, socket.MSG_CMSG_CLOEXEC)
+            msg, fds, _, _ = socket.recv_fds(joiner.go, 1024, 1, socket.MSG_CMSG_CLOEXEC)
         except OSError as exc:
             raise ZygoteError(f"no agent from the zygote: {exc}") from exc
     finally:
-        go.close()
+        joiner.close()
         ready.close()
-        listener.close()
     text = msg.decode(errors="replace")
     kind, _, rest = text.partition(" ")
     if kind != "agent" or not rest.isdigit() or len(fds) != 1:
