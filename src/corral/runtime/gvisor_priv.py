@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -58,10 +57,7 @@ def spawn(
     """Start ``runsc run`` inside the sandbox's cgroups; returns it and the host end of the control socket."""
     state_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     procs = [str(cgroups.group(base) / plan.sandbox_id / "cgroup.procs") for base in cgroups.hierarchies()]
-    # setsid(1) rather than start_new_session: CPython forks (not vforks) the server for that. A
-    # child of Popen is never a process-group leader, so setsid(1) execs in place (it forks for one).
     argv = [
-        shutil.which("setsid", path=launch_priv.SYSTEM_PATH) or "setsid",
         "/bin/sh", "-c", _JOIN_CGROUPS, "corral-join", *procs, "--",
         *([*_HIDE_NET_SYSCTLS, str(_proc_dir(plan))] if networked else []),
         *oci_spec.runsc_flags(state_root, networked), "run", f"--bundle={bundle}", plan.sandbox_id,
@@ -71,8 +67,8 @@ def spawn(
     host, agent = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child; on the sandbox's disk
     try:
-        process = subprocess.Popen(
-            argv, stdin=agent, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(  # a session of its own (CPython still vforks for that)
+            argv, stdin=agent, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     except BaseException:
         host.close()

@@ -9,7 +9,7 @@ The steps, in order (docs/security.md lists them too):
    socket (host-only path).
 2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset``, handing it the seccomp
    program: a ``sh`` stub is moved into the sandbox's cgroups (every hierarchy) and only then execs
-   ``setsid``, ``setpriv`` (to ``id_offset``, no groups, no capabilities) and bwrap, so bwrap, and
+   ``setpriv`` (to ``id_offset``, no groups, no capabilities) and bwrap, so bwrap, and
    its cgroup namespace, start inside them; the only host path it
    resolves is the root's mount point (in the 0711 mounts dir); it creates all namespaces and then
    blocks before doing anything inside them.
@@ -89,10 +89,11 @@ def make_dir(plan: LaunchPlan, spare: Path | None) -> None:
     mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
 
 
-# Waits for one line on stdin (sent once its pid is in the cgroups), then becomes bwrap through
-# setsid and setpriv (a session of its own, then the sandbox uid); on EOF (the server died first)
-# it exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the stub:
-# a fork copies the server's page tables with the GIL held (~8 ms at 150 MiB, more when bigger).
+# Started in a session of its own, waits for one line on stdin (sent once its pid is in the
+# cgroups), then becomes bwrap through setpriv (the sandbox uid); on EOF (the server died first) it
+# exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the stub (it
+# does with start_new_session, not with user=): a fork copies the server's page tables with the GIL
+# held (~8-9 ms at 150 MiB, more when bigger).
 _STUB = 'read -r _ && exec "$@" </dev/null'
 
 
@@ -107,10 +108,9 @@ def _tool(name: str) -> str:
 
 
 def _as_sandbox_uid(uid: int, argv: list[str]) -> list[str]:
-    """``argv`` in a new session as ``uid``/``uid`` with no supplementary groups (setpriv's change of
-    uid from root leaves no capabilities, as Popen(user=...) did)."""
-    return [_tool("setsid"), _tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
-            _tool(argv[0]), *argv[1:]]
+    """``argv`` as ``uid``/``uid`` with no supplementary groups (setpriv's change of uid from root
+    leaves no capabilities, as Popen(user=...) did)."""
+    return [_tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", _tool(argv[0]), *argv[1:]]
 
 
 def spawn(
@@ -132,7 +132,7 @@ def spawn(
     try:
         process = subprocess.Popen(
             ["/bin/sh", "-c", _STUB, "corral-bwrap", *_as_sandbox_uid(plan.id_offset, plan.argv(fds))],
-            stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log,
+            stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log, start_new_session=True,
             pass_fds=tuple(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None),
         )
         try:
