@@ -8,7 +8,8 @@ Workloads (each on a fresh server, py-spy attached to it for the workload only):
 * ``exec``: 300 × ``commands.run("true")`` on one live sandbox through the SDK;
 * ``agent`` (no server): the agent's start-up in a raw bwrap, import by import, and the agent's own
   spawn → first ping reply (``--agent-src`` dirs, e.g. an older tree's, are measured in the same run);
-* ``noop``: 20 bursts of 50 concurrent no-op authenticated calls (``GET /v1/sandboxes``).
+* ``noop``: 20 bursts of 50 concurrent no-op authenticated calls (``GET /v1/sandboxes``);
+* ``churn``: ``bench/throughput.py``'s loop (8 creators, 4 killers, warm pool by demand) for 20 s.
 
 py-spy samples every thread of the server process (``--idle`` off: waiting threads don't count) at
 ``--rate`` Hz and writes collapsed stacks; the summary counts a function once per sample for "total"
@@ -38,6 +39,7 @@ from create_latency import ours as create_to_output
 from curves import create_burst
 from figures import Server, server
 from pool_create import wait_ready
+from throughput import churn
 
 from corral import Sandbox
 
@@ -60,6 +62,11 @@ def noop(srv: Server) -> None:
         asyncio.run(wire.burst(srv.url, srv.api_key, 50, "GET", "/v1/sandboxes"))
 
 
+def churn_loop(srv: Server) -> None:
+    """bench/throughput.py's closed loop (8 creators, 4 killers) for 20 s, warm pool by demand."""
+    asyncio.run(churn(srv.url, srv.api_key, 20, 8, 4))
+
+
 def exec_loop(srv: Server) -> None:
     sandbox = Sandbox.create(api_url=srv.url, api_key=srv.api_key)
     try:
@@ -75,6 +82,8 @@ WORKLOADS: dict[str, tuple[dict[str, str], Callable[[Server], None], Callable[[S
     "pooled": ({"CORRAL_POOL": "base=50", "CORRAL_POOL_MAX": "50"}, pooled, lambda s: wait_ready(s.url, s.api_key, 50)),
     "exec": ({}, exec_loop, None),
     "noop": ({}, noop, None),
+    "churn": ({"CORRAL_POOL": "base=16", "CORRAL_POOL_MAX": "200"}, churn_loop,
+              lambda s: wait_ready(s.url, s.api_key, 16)),
 }
 
 
