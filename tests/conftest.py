@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from corral.config import Settings
+from corral.runtime.bwrap import SHARED_RUNTIME
 from corral.runtime.mounts_priv import SPARE_PREFIX
 from netlab import DOMAIN, FakeDNS, Lab, lab_leftovers
 
@@ -86,9 +87,15 @@ def mounts_under(path: Path) -> list[str]:
 
 
 def sandbox_mounts(path: Path) -> list[str]:
-    """``mounts_under`` less a running server's spare disks (runtime/spares.py: made ahead, mounted;
-    they go when the server stops, where the whole ``mounts_under`` must be empty)."""
-    return [m for m in mounts_under(path) if f"/sandboxes/{SPARE_PREFIX}" not in m]
+    """``mounts_under`` less what a running server keeps for all sandboxes: its spare disks
+    (runtime/spares.py: made ahead, mounted) and its shared runtime (``<mounts dir>/.runtime``).
+    They go when the server stops, where the whole ``mounts_under`` must be empty."""
+    return [m for m in mounts_under(path) if not is_server_mount(m)]
+
+
+def is_server_mount(path: str) -> bool:
+    """A spare disk or the shared runtime of a server (not any sandbox's)."""
+    return f"/sandboxes/{SPARE_PREFIX}" in path or f"/{SHARED_RUNTIME}" in path
 
 
 def spare_dirs(data_dir: Path) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import Server
+from conftest import TEST_BACKEND, Server, run_command, sandbox_mounts
 from corral.runtime.cgroups_priv import detect, super_options
 
 
@@ -129,3 +129,20 @@ def test_server_turns_on_fast_cgroup_moves(server: Server) -> None:
     options = super_options(Path("/proc/self/mountinfo").read_text(), mount)
     assert options is not None and "favordynmods" in options
     assert driver.favor_migrations() == "on (already)"
+
+
+def test_a_sandbox_adds_two_mounts_to_the_hosts_table(api: httpx.Client, server: Server) -> None:
+    """Its disk and its root: the agent's runtime and the network's files are bound by bwrap inside
+    the sandbox's own mount namespace (every mount on the host is copied by each later sandbox's
+    new mount namespace: docs/performance.md, "Mounts per sandbox"). gVisor's root has them bound
+    in on the host (runsc's gofer serves the root): 4 more."""
+    before = set(sandbox_mounts(server.data_dir))
+    sid = api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
+    try:
+        new = sorted(set(sandbox_mounts(server.data_dir)) - before)
+        assert len(new) == (6 if TEST_BACKEND == "gvisor" else 2) and all(sid in m for m in new), new
+        assert new[0].endswith(f"/{sid}") and new[-1].endswith(f"/sandboxes/{sid}/disk"), new
+        r = run_command(api, sid, "touch /.corral/rt/x /.corral/certs/x", user="root")
+        assert r.exit_code != 0 and r.stderr.count("Read-only file system") == 2, r.stderr
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")

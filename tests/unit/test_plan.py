@@ -84,3 +84,22 @@ def test_missing_interpreter_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "usr/bin").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="python3"):
         AgentRuntime.find(tmp_path, "x86_64")
+
+
+def test_bwrap_binds_the_shared_runtime_inside_the_sandbox(rootfs: Path) -> None:
+    """With a shared runtime (bwrap) the launcher binds nothing of the runtime into the root on the
+    host: bwrap binds the one shared host mount read-only at the same paths, in the sandbox's own
+    mount namespace, after the root."""
+    spec = SandboxSpec(sandbox_id="abc123", layers=(rootfs,), cpu=0.5, memory_mb=256, disk_mb=128)
+    p = plan(spec, sandboxes_dir=Path("/data/sandboxes"), mounts_dir=Path("/run/corral/x"),
+             runtime=AgentRuntime.find(rootfs, "x86_64"), agent_src=Path("/src/agent"), id_offset=1_000_000,
+             shared_runtime=Path("/run/corral/x/.runtime"))
+    assert p.ro_binds() == []
+    argv = p.argv(Fds(block=10, info=11, seccomp=12, listen=None))
+    binds = [argv[i + 1 : i + 3] for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert binds == [
+        ["/run/corral/x/.runtime/rt", "/.corral/rt"],
+        ["/run/corral/x/.runtime/corral_agent", "/.corral/lib/corral_agent"],
+        ["/run/corral/x/.runtime/corral_interp", "/.corral/lib/corral_interp"],
+    ]
+    assert argv.index("--bind") < argv.index("--ro-bind")

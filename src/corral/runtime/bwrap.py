@@ -27,7 +27,7 @@ from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxU
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.netpolicy import NetworkPolicy
 from corral.runtime.network import Network
-from corral.runtime.plan import AgentRuntime, LaunchPlan, plan
+from corral.runtime.plan import AgentRuntime, LaunchPlan, agent_binds, plan
 from corral.runtime.seccomp import build_filter
 from corral.runtime.spares import DiskSpares
 from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, finish_agent, request_joiner
@@ -49,10 +49,14 @@ class _Live:
     frozen: bool = False
 
 
+SHARED_RUNTIME = ".runtime"  # in the mounts dir: the agent's runtime, bound once (LaunchPlan.runtime_binds)
+
+
 class BwrapBackend:
     """Sandboxes as bubblewrap process trees. See docs/security.md for what each layer stops."""
 
     name = "bwrap"
+    shares_runtime = True  # bwrap binds the runtime inside each sandbox from one host mount
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
@@ -80,6 +84,11 @@ class BwrapBackend:
         self._tasks: set[asyncio.Task[None]] = set()
         sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         mounts_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        # Bound once rather than into every root: each mount in the host's namespace is copied by
+        # every later sandbox's new mount namespace (docs/performance.md, "Mounts per sandbox").
+        self.shared_runtime = mounts_dir / SHARED_RUNTIME if self.shares_runtime else None
+        if self.shared_runtime is not None:
+            mounts_priv.mount_shared(self.shared_runtime, agent_binds(runtime, self.agent_src))
 
     async def create(self, spec: SandboxSpec) -> None:
         net = self.network
@@ -90,6 +99,7 @@ class BwrapBackend:
             agent_src=self.agent_src, id_offset=self.id_offset,
             net_dirs=tuple(net.dirs()) if net and spec.network.networked else (),
             net_files=tuple(net.files()) if net and spec.network.networked else (),
+            shared_runtime=self.shared_runtime,
         )
         prepared: launch_priv.Prepared | None = None
         spawned: launch_priv.Spawned | None = None
@@ -341,11 +351,11 @@ class BwrapBackend:
         if self.sandboxes_dir.is_dir():
             found |= {p.name for p in self.sandboxes_dir.iterdir() if p.is_dir()}
         if self.mounts_dir.is_dir():
-            found |= {p.name for p in self.mounts_dir.iterdir()}
+            found |= {p.name for p in self.mounts_dir.iterdir() if p.name != SHARED_RUNTIME}
         for base in (self.sandboxes_dir, self.mounts_dir):
             found |= {p.relative_to(base).parts[0] for p in mounts_priv.mounted_under(base)}
         # spare disks are no sandbox's: runtime/spares.py removes a previous process's
-        stale = sorted(i for i in found - keep if not i.startswith(mounts_priv.SPARE_PREFIX))
+        stale = sorted(i for i in found - keep if not i.startswith(mounts_priv.SPARE_PREFIX) and i != SHARED_RUNTIME)
         for sandbox_id in stale:
             await self._teardown(sandbox_id)
         if self.network is not None:
@@ -355,6 +365,8 @@ class BwrapBackend:
     async def close(self) -> None:
         for sandbox_id in list(self._live):
             await self.destroy(sandbox_id)
+        if self.shared_runtime is not None:
+            await asyncio.to_thread(mounts_priv.unmount_shared, self.shared_runtime)
         with contextlib.suppress(OSError):
             self.mounts_dir.rmdir()  # only if empty: never leave this server's run dir behind
         await asyncio.to_thread(self.cgroups.close)

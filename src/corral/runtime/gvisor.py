@@ -41,6 +41,7 @@ class GvisorBackend(BwrapBackend):
     cgroup2 freezer, exit watching); differs in how it starts, reaches, saves and stops them."""
 
     name = "gvisor"
+    shares_runtime = False  # runsc gets the runtime bound into each root (its gofer serves the root)
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,

@@ -326,6 +326,27 @@ def mount_root(root: Path, disk: Path, lowers: list[Path], ro_binds: list[tuple[
         _mount("", target, "", "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def mount_shared(where: Path, binds: list[tuple[Path, str]]) -> None:
+    """Bind each host dir of ``binds`` read-only (nosuid, nodev) at ``where/<last part of its path
+    inside>``, once for all sandboxes (``LaunchPlan.runtime_binds``); a previous process's binds
+    there are replaced."""
+    if where.exists():
+        _umount(where)  # recursive and lazy: a crashed server's binds
+    where.mkdir(mode=0o755, exist_ok=True)
+    _mount("corral-runtime", where, "tmpfs", "mode=755,size=16k", MS_NOSUID | MS_NODEV)
+    for source, inside in binds:
+        target = where / Path(inside).name
+        target.mkdir()
+        _mount(str(source), target, "", "", MS_BIND)
+        _mount("", target, "", "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def unmount_shared(where: Path) -> None:
+    if where.exists():
+        _umount(where)
+        where.rmdir()
+
+
 def destroy(sandbox_dir: Path, root: Path) -> None:
     """Unmount and delete everything of one sandbox. Idempotent; safe on half-built sandboxes.
     Never deletes through a mount: a mount point that is still mounted is left for the next try."""

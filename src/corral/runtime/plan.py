@@ -124,6 +124,10 @@ class LaunchPlan:
     net_dirs: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: the CA bundle dir
     net_files: tuple[tuple[Path, str], ...] = ()  # networked sandboxes: /etc/resolv.conf
     extra_binds: tuple[tuple[Path, str], ...] = ()
+    # bwrap: the agent's runtime and code, bound read-only once for every sandbox (``runtime_binds``)
+    # and bound from there by bwrap inside the sandbox's own mount namespace. None: bound into each
+    # root on the host (gVisor).
+    shared_runtime: Path | None = None
 
     @property
     def log_path(self) -> Path:
@@ -134,11 +138,18 @@ class LaunchPlan:
 
     def ro_binds(self) -> list[tuple[Path, str]]:
         """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""
-        return [
-            *agent_binds(self.runtime, self.agent_src),
-            *self.net_dirs,
-            *self.extra_binds,
-        ]
+        if self.shared_runtime is not None:
+            return list(self.extra_binds)
+        return [*agent_binds(self.runtime, self.agent_src), *self.net_dirs, *self.extra_binds]
+
+    def runtime_binds(self) -> list[tuple[Path, str]]:
+        """Read-only binds bwrap makes inside the sandbox (with a shared runtime): the shared runtime
+        mounts and the network's dirs (the CA bundle), from paths bwrap's uid can reach."""
+        if self.shared_runtime is None:
+            return []
+        shared = self.shared_runtime
+        runtime = [(shared / Path(inside).name, inside) for _, inside in agent_binds(self.runtime, self.agent_src)]
+        return [*runtime, *self.net_dirs]
 
     def argv(self, fds: Fds) -> list[str]:
         """The bubblewrap command line: every namespace, the overlay as /, the agent's runtime read-only.
@@ -158,7 +169,8 @@ class LaunchPlan:
             "--cap-drop", "ALL", *command,
             "--hostname", self.sandbox_id[:63],
             "--die-with-parent",
-            "--bind", str(self.root), "/",  # recursive: brings the read-only runtime binds along
+            "--bind", str(self.root), "/",  # recursive: brings the launcher's read-only binds along
+            *[a for src, dst in self.runtime_binds() for a in ("--ro-bind", str(src), dst)],
             *[a for src, dst in self.net_files for a in ("--ro-bind", str(src), dst)],
             "--proc", "/proc",
             "--dev", "/dev",
@@ -172,6 +184,7 @@ class LaunchPlan:
 def plan(
     spec: SandboxSpec, *, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, agent_src: Path,
     id_offset: int, net_dirs: tuple[tuple[Path, str], ...] = (), net_files: tuple[tuple[Path, str], ...] = (),
+    shared_runtime: Path | None = None,
 ) -> LaunchPlan:
     """Compute the launch of one sandbox (no side effects)."""
     for _, inside in spec.binds:
@@ -183,5 +196,5 @@ def plan(
         root=mounts_dir / spec.sandbox_id, layers=spec.layers,
         disk_mb=spec.disk_mb, limits=limits, id_offset=id_offset, runtime=runtime, agent_src=agent_src,
         net_dirs=net_dirs, net_files=net_files,
-        extra_binds=spec.binds,
+        extra_binds=spec.binds, shared_runtime=shared_runtime,
     )
