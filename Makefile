@@ -38,7 +38,7 @@ test-gvisor: deps
 test-long: deps
 	$(VENV)/bin/pytest -q -m long
 
-# One table of every figure against baselines from the same run (bench/suite.py; ~7 min on 2 cores).
+# One table of every figure against baselines from the same run (bench/suite.py; ~4 min on 2 cores).
 # The single scripts (bench/create_latency.py, code_roundtrip.py, net_latency.py, template_build.py,
 # pool_create.py, density.py, throughput.py, peers.py, curves.py, profile_server.py, backends.py) still run alone.
 bench: deps

@@ -65,7 +65,8 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups, spare: Path | None = None) -> Pr
     """``spare``: a disk made ahead (``mounts_priv.make_spare``) of the plan's size, taken by renaming."""
     make_dir(plan, spare)
     d = plan.sandbox_dir
-    mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
+    mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds(),
+                           tuple(inside for _, inside in plan.runtime_binds()))
     cgroups.create(plan.sandbox_id, plan.limits)
     path = d / "agent.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -309,9 +309,13 @@ def _mount_loop(image: Path, target: Path) -> None:
     raise MountError(f"attaching {image}: no free loop device")
 
 
-def mount_root(root: Path, disk: Path, lowers: list[Path], ro_binds: list[tuple[Path, str]]) -> None:
+def mount_root(
+    root: Path, disk: Path, lowers: list[Path], ro_binds: list[tuple[Path, str]], mount_points: tuple[str, ...] = (),
+) -> None:
     """Mount the sandbox's root overlay (read-only template layers under the writable disk) at
-    ``root``, then bind each host dir of ``ro_binds`` read-only at its path inside it."""
+    ``root``, then bind each host dir of ``ro_binds`` read-only at its path inside it. The dirs of
+    ``mount_points`` (paths inside) are made for binds bwrap makes later: as the sandbox's root it
+    could not create them in an image whose directories belong to someone else."""
     root.mkdir(mode=0o755)
     lower = ":".join(str(p) for p in lowers)
     options = f"lowerdir={lower},upperdir={disk}/upper,workdir={disk}/work,volatile"
@@ -319,6 +323,8 @@ def mount_root(root: Path, disk: Path, lowers: list[Path], ro_binds: list[tuple[
         _mount("overlay", root, "overlay", options)
     else:  # a deep template: mount(2) takes one page of options; the new mount API adds lowers one by one
         _mount_overlay_fsconfig(root, lowers, disk)
+    for inside in mount_points:
+        (root / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
     for source, inside in ro_binds:
         target = root / inside.lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
