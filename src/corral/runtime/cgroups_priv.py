@@ -333,7 +333,10 @@ def favor_dynamic_changes(mount: Path, features: Path = FEATURES) -> str:
     proc = subprocess.run([tool, "-o", f"remount,{FAVOR}", str(mount)], capture_output=True, text=True)
     if proc.returncode != 0:
         return f"could not be turned on: {proc.stderr.strip() or proc.returncode}"
-    return "on"
+    with open("/proc/self/mountinfo") as f:
+        after = super_options(f.read(), mount) or set()
+    # the kernel applies cgroup2's flags only from the host's cgroup namespace (not in a container)
+    return "on" if FAVOR in after else "not applied by the kernel (not the host's cgroup namespace?)"
 
 
 def detect(root: Path = ROOT, instance: str = "default") -> Cgroups:
