@@ -161,7 +161,7 @@ class BwrapBackend:
     async def _drop_spare(self, spare: Path | None) -> None:
         """A spare a failed create took but never renamed (cancelled before its prepare ran)."""
         if spare is not None and spare.exists():
-            await asyncio.to_thread(mounts_priv.destroy, spare, spare / "root")
+            await asyncio.to_thread(mounts_priv.destroy_spare, spare)
 
     def _spawn(self, p: LaunchPlan, prepared: launch_priv.Prepared) -> tuple[launch_priv.Spawned, Joiner | None]:
         """On the spawner thread: (re)start the zygote if it is not running (its --die-with-parent
@@ -351,10 +351,10 @@ class BwrapBackend:
         if self.sandboxes_dir.is_dir():
             found |= {p.name for p in self.sandboxes_dir.iterdir() if p.is_dir()}
         if self.mounts_dir.is_dir():
-            found |= {p.name for p in self.mounts_dir.iterdir() if p.name != SHARED_RUNTIME}
+            found |= {p.name for p in self.mounts_dir.iterdir()}
         for base in (self.sandboxes_dir, self.mounts_dir):
             found |= {p.relative_to(base).parts[0] for p in mounts_priv.mounted_under(base)}
-        # spare disks are no sandbox's: runtime/spares.py removes a previous process's
+        # spares and the shared runtime are no sandbox's (spares.py and mount_shared replace old ones)
         stale = sorted(i for i in found - keep if not i.startswith(mounts_priv.SPARE_PREFIX) and i != SHARED_RUNTIME)
         for sandbox_id in stale:
             await self._teardown(sandbox_id)

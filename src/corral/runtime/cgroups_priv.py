@@ -246,9 +246,10 @@ class HybridCgroups(Cgroups):
         return self.unified if (self.unified / "cgroup.procs").exists() else None
 
     def freezer(self, sandbox_id: str) -> Path:
-        if not (self.unified / "cgroup.procs").exists():
+        unified = self.cgroup2_mount()
+        if unified is None:
             raise CgroupUnavailable(f"pausing needs the cgroup2 freezer; no cgroup2 mount at {self.unified}")
-        return self.group(self.unified) / sandbox_id
+        return self.group(unified) / sandbox_id
 
 
 class V2Cgroups(Cgroups):
@@ -319,8 +320,7 @@ def favor_dynamic_changes(mount: Path, features: Path = FEATURES) -> str:
     The other mount options are kept (``mount -o remount`` merges them)."""
     try:
         supported = FAVOR in features.read_text().split()
-        with open("/proc/self/mountinfo") as f:
-            options = super_options(f.read(), mount)
+        options = _options_now(mount)
     except OSError as exc:
         return f"not available: {exc}"
     if not supported:
@@ -333,10 +333,15 @@ def favor_dynamic_changes(mount: Path, features: Path = FEATURES) -> str:
     proc = subprocess.run([tool, "-o", f"remount,{FAVOR}", str(mount)], capture_output=True, text=True)
     if proc.returncode != 0:
         return f"could not be turned on: {proc.stderr.strip() or proc.returncode}"
-    with open("/proc/self/mountinfo") as f:
-        after = super_options(f.read(), mount) or set()
     # the kernel applies cgroup2's flags only from the host's cgroup namespace (not in a container)
-    return "on" if FAVOR in after else "not applied by the kernel (not the host's cgroup namespace?)"
+    if FAVOR not in (_options_now(mount) or ()):
+        return "not applied by the kernel (not the host's cgroup namespace?)"
+    return "on"
+
+
+def _options_now(mount: Path) -> set[str] | None:
+    with open("/proc/self/mountinfo") as f:
+        return super_options(f.read(), mount)
 
 
 def detect(root: Path = ROOT, instance: str = "default") -> Cgroups:

@@ -85,7 +85,7 @@ def make_dir(plan: LaunchPlan, spare: Path | None) -> None:
             os.rename(spare, d)
             return
         except OSError:
-            mounts_priv.destroy(spare, spare / "root")
+            mounts_priv.destroy_spare(spare)
     d.mkdir(mode=0o700)
     mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
 

@@ -129,9 +129,14 @@ def make_spare(sandboxes_dir: Path, size_mb: int, owner: int) -> Path:
     try:
         create_disk(d, size_mb, owner)
     except BaseException:
-        destroy(d, d / "root")
+        destroy_spare(d)
         raise
     return d
+
+
+def destroy_spare(spare: Path) -> None:
+    """Unmount and delete a spare (it has a disk, no root)."""
+    destroy(spare, spare / "root")
 
 
 # --- the pristine image cache -------------------------------------------------------------------

@@ -87,4 +87,4 @@ class DiskSpares:
 
 def _destroy(path: Path) -> None:
     with contextlib.suppress(OSError, mounts_priv.MountError):
-        mounts_priv.destroy(path, path / "root")
+        mounts_priv.destroy_spare(path)
