@@ -24,6 +24,30 @@ def test_write_read_roundtrip_large_binary(api: httpx.Client, sandbox: str, run)
     assert run(sandbox, "sha256sum data/blob.bin | cut -d' ' -f1").stdout.strip() == digest.hexdigest()
 
 
+def test_download_length_is_exact_and_a_shrinking_file_ends_the_body_cleanly(  # type: ignore[no-untyped-def]
+        api: httpx.Client, sandbox: str, run) -> None:
+    """A small file goes out with its exact Content-Length; a large one streams chunked, so when the
+    sandbox truncates it mid-download the body ends early and well-formed (a prefix of the file)
+    instead of breaking a promised length. Twin: the truncation really landed mid-stream."""
+    base = f"/v1/sandboxes/{sandbox}/files"
+    api.put(base, params={"path": "/tmp/small"}, content=b"s" * 5000)
+    r = api.get(base, params={"path": "/tmp/small"})
+    assert r.headers["content-length"] == "5000" and r.content == b"s" * 5000
+    size = 64 * 1024 * 1024
+    pattern = b"0123456789abcdef\n"
+    assert run(sandbox, f"yes 0123456789abcdef | head -c {size} > /tmp/big").exit_code == 0
+    got = bytearray()
+    with api.stream("GET", base, params={"path": "/tmp/big"}) as r:
+        assert r.status_code == 200 and "content-length" not in r.headers
+        chunks = r.iter_bytes()
+        got += next(chunks)
+        assert run(sandbox, "truncate -s 0 /tmp/big").exit_code == 0
+        for chunk in chunks:
+            got += chunk
+    assert 0 < len(got) < size  # ended early, no transport error
+    assert bytes(got) == (pattern * (len(got) // len(pattern) + 1))[:len(got)]
+
+
 def test_relative_paths_resolve_in_home(api: httpx.Client, sandbox: str, run) -> None:  # type: ignore[no-untyped-def]
     api.put(f"/v1/sandboxes/{sandbox}/files", params={"path": "notes.txt"}, content=b"hi")
     assert run(sandbox, "cat /home/user/notes.txt").stdout == "hi"

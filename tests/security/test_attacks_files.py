@@ -149,9 +149,20 @@ def test_writes_to_host_paths_land_inside_the_sandbox(api: httpx.Client, server:
 SWAPPER = """
     import os, sys
     link, targets, stop = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
-    tmp = link + ".swap"
+    keep = sys.argv[4] if len(sys.argv) > 4 else ""  # the link's target: an API write through the link
+    tmp = link + ".swap"                               # replaces it, so it is planted again (atomically)
     swaps = 0
     while not os.path.exists(stop):
+        if keep:
+            try:
+                with open(keep) as f:
+                    stale = f.read() != "inside"
+                if stale:
+                    with open(keep + ".plant", "w") as f:
+                        f.write("inside")
+                    os.rename(keep + ".plant", keep)
+            except OSError:
+                pass
         for target in targets:
             if target == "FILE":
                 with open(tmp, "w") as f:
@@ -179,14 +190,16 @@ def test_symlink_swaps_racing_file_calls_never_reach_the_host(api: httpx.Client,
         run_command(api, sandbox, f"chmod 666 {victim}; mkdir -p /home/user/real; echo -n plain-dir > "
                     f"/home/user/real/{victim.name}; chown -R user /home/user/real", user="root")
         put(api, sandbox, "/tmp/swapper.py", textwrap.dedent(SWAPPER), user="root")
-        for link, targets in (("/home/user/race", f"FILE,{victim}"), ("/home/user/rdir", "/home/user/real,/tmp")):
-            started = run_command(api, sandbox, f"nohup python3 /tmp/swapper.py {link} {targets} /tmp/stop "
+        swappers = (("/home/user/race", f"FILE,{victim}", str(victim)), ("/home/user/rdir", "/home/user/real,/tmp", ""))
+        for link, targets, keep in swappers:
+            started = run_command(api, sandbox, f"nohup python3 /tmp/swapper.py {link} {targets} /tmp/stop {keep} "
                                   ">/dev/null 2>&1 &", user="user")
             assert started.exit_code == 0
         file_path, dir_path = "/home/user/race", f"/home/user/rdir/{victim.name}"
         seen: dict[str, set[str]] = {file_path: set(), dir_path: set()}
         # each path's two sides: what only the plain side holds, and what only the linked side can hold
-        # (the sandbox's file at the host path, or the api-write that a write through the link put there)
+        # (the sandbox's file at the host path, planted again after a write through the link replaced
+        # it, or the api-write that a write through the directory link put there)
         sides = {file_path: ({"plain"}, {"inside"}), dir_path: ({"plain-dir"}, {"inside", "api-write"})}
 
         def both_sides_seen() -> bool:

@@ -4,7 +4,6 @@ Every path is handed to the sandbox's agent, which resolves it inside the sandbo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from corral.api.deps import PrincipalDep, ServicesDep
+from corral.api.streaming import file_body
 from corral.service.agent_errors import translating
 from corral.service.errors import InvalidRequest, TooLarge
 
@@ -50,19 +50,15 @@ async def read(
 ) -> StreamingResponse:
     agent = await svc.sandboxes.agent(who, sandbox_id)
     reader = agent.read(_path(path), user=user)
+
+    async def close() -> None:
+        await reader.__aexit__(None, None, None)
+
     with translating(sandbox_id):
         opened = await reader.__aenter__()
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in opened:
-                yield chunk
-        finally:
-            await reader.__aexit__(None, None, None)
-
-    size = opened.entry.get("size")
-    headers = {"Content-Length": str(size)} if opened.entry.get("type") == "file" and size is not None else {}
-    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+        content = await file_body(aiter(opened), int(opened.entry.get("size") or 0), close)
+    headers = {} if content.length is None else {"Content-Length": str(content.length)}
+    return StreamingResponse(content.chunks, media_type="application/octet-stream", headers=headers)
 
 
 @router.put("")

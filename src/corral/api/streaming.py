@@ -1,10 +1,12 @@
-"""Event streams as NDJSON (default) or SSE, chosen by the Accept header; and the streaming response
-that may end with its last chunk (`Last`) instead of an empty one after it."""
+"""Event streams as NDJSON (default) or SSE, chosen by the Accept header; the streaming response
+that may end with its last chunk (`Last`) instead of an empty one after it; and file downloads whose
+stated length is always the length sent."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -13,6 +15,7 @@ from starlette.types import Send
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
+WHOLE_FILE_LIMIT = 1 << 20  # files up to this are read ahead and sent with their exact length
 
 
 class Last(bytes):
@@ -55,3 +58,61 @@ def event_response(
         body(), media_type=SSE if sse else NDJSON,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@dataclass
+class FileBody:
+    """A download: its chunks, and their exact total when it is known before the first byte goes out."""
+
+    chunks: AsyncIterator[bytes]
+    length: int | None
+
+
+async def _at_most(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    left = size
+    if left <= 0:
+        return
+    async for chunk in chunks:
+        yield chunk[:left]
+        left -= len(chunk)
+        if left <= 0:
+            return
+
+
+async def file_body(chunks: AsyncIterator[bytes], size: int, close: Callable[[], Awaitable[None]]) -> FileBody:
+    """A file's bytes, at most `size` (its size when opened, so a growing file ends). A file that ends
+    within WHOLE_FILE_LIMIT is read ahead and closed: its length is exact. A longer one streams with
+    no length stated, so one that shrinks while it is read (the sandbox is free to truncate it) ends
+    the body early instead of breaking a promised Content-Length. `close` runs exactly once."""
+    bounded = _at_most(chunks, size)
+    held: list[bytes] = []
+    total = 0
+    try:
+        while total <= WHOLE_FILE_LIMIT:
+            try:
+                part = await anext(bounded)
+            except StopAsyncIteration:
+                break
+            held.append(part)
+            total += len(part)
+        else:
+            return FileBody(_rest(held, bounded, close), None)
+    except BaseException:
+        await close()
+        raise
+    await close()
+    return FileBody(_rest(held, None, None), total)
+
+
+async def _rest(
+    held: list[bytes], more: AsyncIterator[bytes] | None, close: Callable[[], Awaitable[None]] | None
+) -> AsyncIterator[bytes]:
+    try:
+        while held:
+            yield held.pop(0)
+        if more is not None:
+            async for part in more:
+                yield part
+    finally:
+        if close is not None:
+            await close()

@@ -2,7 +2,8 @@
 
 Callers prove access with the sandbox's token or a signed URL (`access.authorize`). Errors are JSON ``{code, message}``
 with envd's statuses: 400 bad request or a directory, 401 credentials or user, 404 missing path,
-507 disk full. Bodies stream both ways; nothing is buffered whole on the host.
+507 disk full. Bodies stream both ways; a download of up to 1 MiB is read ahead so its
+Content-Length is exact (`streaming.file_body`), nothing larger is buffered whole on the host.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from corral.agent.protocol import AgentError, AgentUnavailable
 from corral.api.deps import Services
 from corral.api.errors import error
+from corral.api.streaming import file_body
 
 from .access import authorize
 from .process import home_relative
@@ -94,28 +96,22 @@ async def download(request: Request, services: Services) -> Response:
     except AgentError as exc:
         return _failure(exc, sandbox_id, path)
 
-    size = int(opened.entry.get("size") or 0)
+    async def close() -> None:
+        await reader.__aexit__(None, None, None)
 
-    async def body() -> AsyncIterator[bytes]:
-        """The file's bytes, at most `size` of them (Content-Length was promised before reading)."""
-        left = size
-        try:
-            async for chunk in opened:
-                if left <= 0:
-                    break
-                yield chunk[:left]
-                left -= len(chunk)
-        finally:
-            await reader.__aexit__(None, None, None)
-
+    try:
+        content = await file_body(aiter(opened), int(opened.entry.get("size") or 0), close)
+    except AgentError as exc:
+        return _failure(exc, sandbox_id, path)
     name = posixpath.basename(opened.entry.get("path") or path)
     headers = {"Content-Disposition": _disposition(name), "Vary": "Accept-Encoding", "Cache-Control": "no-store"}
     media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     if _wants_gzip(request.headers.get("accept-encoding", "")):
         headers["Content-Encoding"] = "gzip"
-        return StreamingResponse(_gzipped(body()), media_type=media_type, headers=headers)
-    headers["Content-Length"] = str(size)
-    return StreamingResponse(body(), media_type=media_type, headers=headers)
+        return StreamingResponse(_gzipped(content.chunks), media_type=media_type, headers=headers)
+    if content.length is not None:
+        headers["Content-Length"] = str(content.length)
+    return StreamingResponse(content.chunks, media_type=media_type, headers=headers)
 
 
 def _written(entry: dict[str, Any]) -> dict[str, Any]:
