@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from corral.service.auth import KEY_PATTERN, Auth, hash_key, new_key
 from corral.service.errors import InvalidRequest, NotFound, Unauthorized
+from corral.store.models import SandboxRow
 from corral.store.repo import Store
 
 
@@ -53,3 +55,36 @@ def test_configured_admin_key_wins(auth: Auth, tmp_path: Path) -> None:
     got, created = auth.ensure_admin_key(key, tmp_path / "api-key")
     assert got == key and not created and not (tmp_path / "api-key").exists()
     assert auth.check(key).admin
+
+
+def _sandbox_row(sandbox_id: str, owner: str, created: datetime) -> SandboxRow:
+    return SandboxRow(id=sandbox_id, template="base", state="starting", owner_key_id=owner, node="local",
+                      created_at=created, expires_at=created + timedelta(seconds=60), meta={"k": "v"},
+                      cpu=1.0, memory_mb=512, disk_mb=1024)
+
+
+def test_live_sandbox_rows_are_served_from_memory_and_match_the_database(tmp_path: Path) -> None:
+    """The store keeps live rows in memory: every write keeps that view equal to the database, an
+    ended row leaves it (and is still read from the database), and a store opened later on the same
+    database starts with the live rows (a crashed server's, which its start-up then ends)."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = Store(url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for i, owner in enumerate(("a", "b", "a")):
+        store.add_sandbox(_sandbox_row(f"s{i}", owner, t0 + timedelta(seconds=10 - i)))
+    assert [r.id for r in store.sandboxes(True)] == ["s2", "s1", "s0"]  # by creation time
+    assert [r.id for r in store.sandboxes(True, "a")] == ["s2", "s0"]
+    store.update_sandbox("s0", state="running", expires_at=t0 + timedelta(hours=1))
+    store.end_sandbox("s1", "ended", "killed by request")
+    assert store.live_sandbox("s1") is None and store.live_sandboxes_of("base") == ["s0", "s2"]
+    ended = store.sandbox("s1")
+    assert ended is not None and ended.state == "ended" and ended.end_reason == "killed by request"
+    assert [r.id for r in store.sandboxes(False)] == ["s2", "s1", "s0"]
+    reopened = Store(url)  # what the database holds, read back by a new store
+    for sandbox_id in ("s0", "s2"):
+        cached, stored = store.live_sandbox(sandbox_id), reopened.live_sandbox(sandbox_id)
+        assert cached is not None and stored is not None
+        assert (cached.state, cached.owner_key_id, cached.meta) == (stored.state, stored.owner_key_id, stored.meta)
+        assert cached.expires_at.replace(tzinfo=UTC) == stored.expires_at.replace(tzinfo=UTC)
+    assert [r.id for r in reopened.sandboxes(True)] == ["s2", "s0"]
+    assert store.update_sandbox("nope", state="running") is None and store.sandbox("nope") is None

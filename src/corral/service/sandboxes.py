@@ -195,7 +195,7 @@ class SandboxService:
         return updated
 
     async def get(self, principal: Principal, sandbox_id: str, live: bool = True) -> SandboxRow:
-        row = await asyncio.to_thread(self.store.sandbox, sandbox_id)
+        row = self.store.live_sandbox(sandbox_id) or await asyncio.to_thread(self.store.sandbox, sandbox_id)
         if row is None or (not principal.admin and row.owner_key_id != principal.key_id):
             raise NotFound(f"sandbox {sandbox_id} not found")
         if live and row.state not in LIVE_STATES:
@@ -208,7 +208,10 @@ class SandboxService:
         self, principal: Principal, live_only: bool = True, metadata: dict[str, str] | None = None
     ) -> list[SandboxRow]:
         owner = None if principal.admin else principal.key_id
-        rows = await asyncio.to_thread(self.store.sandboxes, live_only, owner)
+        if live_only:  # from memory
+            rows = self.store.sandboxes(True, owner)
+        else:
+            rows = await asyncio.to_thread(self.store.sandboxes, False, owner)
         if metadata:
             rows = [r for r in rows if all(r.meta.get(k) == v for k, v in metadata.items())]
         return rows

@@ -1,8 +1,15 @@
 """The store: typed reads and writes of the records. Synchronous; the service calls it off the event
-loop (``asyncio.to_thread``). Thread-safe: each call uses its own session."""
+loop (``asyncio.to_thread``), except the cached reads of live sandboxes, which never wait.
+Thread-safe: each call uses its own session.
+
+The server is the only writer of its database (one server per data dir or database URL), so the
+store keeps every live sandbox's row in memory, filled at start and kept by its own writes: the
+lookup every sandbox call makes (owner, state) costs a dict read instead of an ORM query (~0.6 ms of
+CPU). Ended rows are read from the database; the cache never holds more than the live sandboxes."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,6 +26,10 @@ LIVE_STATES = ("starting", "running", "paused")
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)  # SQLite returns naive datetimes
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -44,6 +55,10 @@ class Store:
         _drop_outdated_templates_table(self.engine)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sandbox_writes = threading.Lock()  # a write and its cache update are one step
+        self._live: dict[str, SandboxRow] = {}
+        with self.session() as s:
+            self._live = {row.id: row for row in s.scalars(select(SandboxRow).where(SandboxRow.state.in_(LIVE_STATES)))}
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -76,40 +91,60 @@ class Store:
             return True
 
     # sandboxes
+    def _keep(self, row: SandboxRow | None) -> SandboxRow | None:
+        if row is not None:
+            if row.state in LIVE_STATES:
+                self._live[row.id] = row
+            else:
+                self._live.pop(row.id, None)
+        return row
+
     def add_sandbox(self, row: SandboxRow) -> None:
-        with self.session() as s:
-            s.add(row)
+        with self._sandbox_writes:
+            with self.session() as s:
+                s.add(row)
+            self._keep(row)
+
+    def live_sandbox(self, sandbox_id: str) -> SandboxRow | None:
+        """The row of a live sandbox from memory (None: not live, or unknown); never blocks."""
+        return self._live.get(sandbox_id)
 
     def sandbox(self, sandbox_id: str) -> SandboxRow | None:
+        row = self._live.get(sandbox_id)
+        if row is not None:
+            return row
         with self.session() as s:
             return s.get(SandboxRow, sandbox_id)
 
     def sandboxes(self, live_only: bool, owner_key_id: str | None = None) -> list[SandboxRow]:
+        if live_only:
+            rows = [r for r in list(self._live.values()) if owner_key_id is None or r.owner_key_id == owner_key_id]
+            return sorted(rows, key=lambda r: _aware(r.created_at))
         with self.session() as s:
             q = select(SandboxRow).order_by(SandboxRow.created_at)
-            if live_only:
-                q = q.where(SandboxRow.state.in_(LIVE_STATES))
             if owner_key_id is not None:
                 q = q.where(SandboxRow.owner_key_id == owner_key_id)
             return list(s.scalars(q))
 
     def update_sandbox(self, sandbox_id: str, **fields: Any) -> SandboxRow | None:
-        with self.session() as s:
-            row = s.get(SandboxRow, sandbox_id)
-            if row is None:
-                return None
-            for k, v in fields.items():
-                setattr(row, k, v)
-            return row
+        with self._sandbox_writes:
+            with self.session() as s:
+                row = s.get(SandboxRow, sandbox_id)
+                if row is None:
+                    return None
+                for k, v in fields.items():
+                    setattr(row, k, v)
+            return self._keep(row)
 
     def end_sandbox(self, sandbox_id: str, state: str, reason: str) -> SandboxRow | None:
         """Close a live record; an already closed one is left as it was."""
-        with self.session() as s:
-            row = s.get(SandboxRow, sandbox_id)
-            if row is None or row.state not in LIVE_STATES:
-                return row
-            row.state, row.end_reason, row.ended_at = state, reason, now()
-            return row
+        with self._sandbox_writes:
+            with self.session() as s:
+                row = s.get(SandboxRow, sandbox_id)
+                if row is None or row.state not in LIVE_STATES:
+                    return row
+                row.state, row.end_reason, row.ended_at = state, reason, now()
+            return self._keep(row)
 
     # templates and builds
     def templates(self) -> list[TemplateRow]:
@@ -125,9 +160,7 @@ class Store:
             return True
 
     def live_sandboxes_of(self, template: str) -> list[str]:
-        with self.session() as s:
-            query = select(SandboxRow.id).where(SandboxRow.template == template, SandboxRow.state.in_(LIVE_STATES))
-            return list(s.scalars(query))
+        return [row.id for row in list(self._live.values()) if row.template == template]
 
     def add_build(self, row: BuildRow) -> None:
         with self.session() as s:
