@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -60,6 +61,47 @@ def test_streaming_callbacks_fire_before_the_command_ends(sdk_env: Server) -> No
         ended = time.monotonic()
         assert "".join(s for _, s in seen) == "1\n2\n3\n4\n5\n"
         assert seen[0][0] - started < ended - started - 0.3  # the first line came well before the end
+
+
+def _ports_to(server_port: int) -> set[int]:
+    """This process's local ports of open TCP connections to 127.0.0.1:`server_port`."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                mine.add(target[8:-1])
+    ports = set()
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in mine and remote == f"0100007F:{server_port:04X}":
+            ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+def test_calls_in_a_row_share_one_connection(sdk_env: Server) -> None:
+    """Commands, background commands and code cells read their answers to the end, so the next call
+    reuses the connection instead of opening a new one. Twin: each call did use a connection."""
+    port = int(sdk_env.url.rsplit(":", 1)[1])
+    others = _ports_to(port)  # other clients' idle connections in this process
+
+    def ours() -> set[int]:
+        return _ports_to(port) - others
+
+    with Sandbox.create(template="base", timeout=60) as sbx:
+        seen: list[set[int]] = []
+        for _ in range(3):
+            sbx.commands.run("echo x", on_stdout=lambda _line: seen.append(ours()))
+        handle = sbx.commands.run("echo y", background=True, on_stdout=lambda _line: seen.append(ours()))
+        assert handle.wait().exit_code == 0
+        sbx.commands.run("echo z", on_stdout=lambda _line: seen.append(ours()))
+        assert len(seen) == 5 and all(len(ports) == 1 for ports in seen), seen  # one connection open in each
+        assert len(set().union(*seen)) <= 2, seen  # the background command's stream is its own connection
+        cells: list[set[int]] = []
+        for _ in range(2):  # the bash driver: code cells in any template
+            sbx.run_code("echo 1", language="bash", on_stdout=lambda _m: cells.append(ours()))
+        assert len(cells) == 2 and len(cells[0]) == 1 and cells[0] == cells[1], cells
 
 
 def test_background_commands(sdk_env: Server) -> None:

@@ -42,7 +42,8 @@ async def run_code(
         ctx = contexts.get(sandbox_id, body.context_id)
     else:
         ctx = await contexts.default(agent, sandbox_id, body.language, envs)
-    return event_response(request, contexts.execute(agent, ctx, body.code, body.envs or {}, body.timeout))
+    events = contexts.execute(agent, ctx, body.code, body.envs or {}, body.timeout)
+    return event_response(request, events, final=lambda event: event.get("type") == "end_of_execution")
 
 
 @router.post("/contexts", status_code=201)

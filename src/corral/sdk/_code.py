@@ -28,7 +28,7 @@ from ._execution import (
     parse_code_event,
 )
 from ._http import AsyncHTTP, SyncHTTP
-from ._stream import EventDecoder, aevents, events
+from ._stream import EventDecoder, aevents, aread_to_end, events, read_to_end
 
 __all__ = ["AsyncCodeInterpreter", "CodeInterpreter"]
 
@@ -95,6 +95,7 @@ class CodeInterpreter:
                 if item is not None and (handler := callback_for(item, on_stdout, on_stderr, on_result, on_error)):
                     handler(item)
                 if state.finished:
+                    read_to_end(stream_events)
                     break
         finally:
             stream_events.close()
@@ -154,6 +155,7 @@ class AsyncCodeInterpreter:
                     if inspect.isawaitable(outcome):
                         await outcome
                 if state.finished:
+                    await aread_to_end(stream_events)
                     break
         finally:
             await stream_events.aclose()

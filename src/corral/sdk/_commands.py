@@ -24,7 +24,7 @@ from ._handles import (
 )
 from ._http import AsyncHTTP, SyncHTTP
 from ._models import CommandResult, ProcessInfo
-from ._stream import CommandState, EventDecoder, ExitEvent, StartEvent, aevents, events
+from ._stream import CommandState, EventDecoder, ExitEvent, StartEvent, aevents, aread_to_end, events, read_to_end
 
 __all__ = ["AsyncCommands", "Commands"]
 
@@ -130,6 +130,7 @@ class Commands:
                 if chunk is not None:
                     deliver(chunk, on_stdout, on_stderr)
                 if state.finished:
+                    read_to_end(stream_events)
                     break
         finally:
             if not owned:
@@ -254,6 +255,7 @@ class AsyncCommands:
                 if chunk is not None:
                     await adeliver(chunk, on_stdout, on_stderr)
                 if state.finished:
+                    await aread_to_end(stream_events)
                     break
         finally:
             if not owned:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ._errors import SandboxException, prefix
 from ._http import AsyncStream, SyncStream
 from ._models import CommandResult
-from ._stream import CommandState, Event
+from ._stream import CommandState, Event, aread_to_end, read_to_end
 
 if TYPE_CHECKING:
     from ._commands import AsyncCommands, Commands
@@ -127,6 +127,7 @@ class CommandHandle:
                             self._cond.notify_all()
                         deliver(chunk, self._on_stdout, self._on_stderr)
                     if self._state.finished:
+                        read_to_end(self._events)
                         break
         except BaseException as exc:  # kept for wait(); the thread must not die silently
             if not self._disconnected:
@@ -264,6 +265,7 @@ class AsyncCommandHandle:
                             self._cond.notify_all()
                         await adeliver(chunk, self._on_stdout, self._on_stderr)
                     if self._state.finished:
+                        await aread_to_end(self._events)
                         break
         except asyncio.CancelledError:
             if not self._disconnected:

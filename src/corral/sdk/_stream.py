@@ -276,3 +276,17 @@ class CommandState:
                 error=result.error,
             )
         return result
+
+
+def read_to_end(events: Iterator[Any]) -> None:
+    """Read an answer whose last event arrived to its end. The server ends the body together with
+    that event, so nothing is waited for; a body read to its end lets the HTTP connection serve the
+    next call, where closing it early would drop the connection (a new one costs a TCP handshake)."""
+    for _ in events:
+        pass
+
+
+async def aread_to_end(events: AsyncIterator[Any]) -> None:
+    """``read_to_end`` for an async stream."""
+    async for _ in events:
+        pass
