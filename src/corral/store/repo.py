@@ -127,23 +127,32 @@ class Store:
             return list(s.scalars(q))
 
     def update_sandbox(self, sandbox_id: str, **fields: Any) -> SandboxRow | None:
-        with self._sandbox_writes:
-            with self.session() as s:
-                row = s.get(SandboxRow, sandbox_id)
-                if row is None:
-                    return None
-                for k, v in fields.items():
-                    setattr(row, k, v)
-            return self._keep(row)
+        return self._update_sandbox(sandbox_id, fields, live_only=False)
 
     def end_sandbox(self, sandbox_id: str, state: str, reason: str) -> SandboxRow | None:
         """Close a live record; an already closed one is left as it was."""
+        fields = {"state": state, "end_reason": reason, "ended_at": now()}
+        return self._update_sandbox(sandbox_id, fields, live_only=True) or self.sandbox(sandbox_id)
+
+    def _update_sandbox(self, sandbox_id: str, fields: dict[str, Any], live_only: bool) -> SandboxRow | None:
+        """One UPDATE statement (a third of an ORM load-and-flush); the row answered is built from the
+        cached one when the sandbox is live. None: no such row (or, with `live_only`, no live one)."""
+        table = SandboxRow.__table__
+        columns = {SandboxRow.__mapper__.column_attrs[name].columns[0].name: value for name, value in fields.items()}
+        query = table.update().where(table.c.id == sandbox_id)
+        if live_only:
+            query = query.where(table.c.state.in_(LIVE_STATES))
         with self._sandbox_writes:
-            with self.session() as s:
-                row = s.get(SandboxRow, sandbox_id)
-                if row is None or row.state not in LIVE_STATES:
-                    return row
-                row.state, row.end_reason, row.ended_at = state, reason, now()
+            with self.engine.begin() as conn:
+                if conn.execute(query.values(**columns)).rowcount == 0:
+                    return None
+            cached = self._live.get(sandbox_id)
+            if cached is None:  # not live before: read it back
+                with self.session() as s:
+                    return self._keep(s.get(SandboxRow, sandbox_id))
+            row = SandboxRow(**{attr.key: getattr(cached, attr.key) for attr in SandboxRow.__mapper__.column_attrs})
+            for name, value in fields.items():
+                setattr(row, name, value)
             return self._keep(row)
 
     # templates and builds
