@@ -14,9 +14,7 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import shutil
-import string
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from corral.config import Settings
 from corral.runtime.backend import ISOLATIONS, Backend
 from corral.service.auth import Principal
 from corral.service.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from corral.service.ids import random_id
 from corral.service.templates import BUILTIN, NAME, TemplateInfo, Templates
 from corral.store.models import BuildRow, TemplateRow
 from corral.store.repo import Store, now
@@ -41,7 +40,6 @@ from corral.templates.model import TemplateConfig
 from corral.templates.upload_priv import UploadError, unpack_context
 
 log = logging.getLogger("corral.builds")
-ID_ALPHABET = string.ascii_lowercase + string.digits
 MAX_CONTEXT_BYTES = 2 << 30
 
 
@@ -220,7 +218,7 @@ class BuildService:
         if req.name in self._running:
             raise Conflict(f"template {req.name!r} is already being built (build {self._running[req.name]}); "
                            "wait for it to finish")
-        build_id = "".join(secrets.choice(ID_ALPHABET) for _ in range(20))
+        build_id = random_id()
         self._running[req.name] = build_id
         try:
             folder = self.dir / build_id

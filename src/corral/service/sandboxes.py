@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import socket
-import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -28,17 +27,15 @@ from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
 from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable, Unreachable
+from corral.service.ids import random_id
 from corral.service.pool import PoolKey, WarmPool
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
 from corral.store.repo import LIVE_STATES, Store, now
 
 log = logging.getLogger("corral.sandboxes")
-ID_ALPHABET = string.ascii_lowercase + string.digits
-
-
 def new_sandbox_id() -> str:
-    return "".join(secrets.choice(ID_ALPHABET) for _ in range(20))
+    return random_id()
 
 
 def utc(dt: datetime | None) -> datetime | None:
