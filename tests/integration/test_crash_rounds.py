@@ -14,6 +14,7 @@ crash lands before, inside or after any of those steps; check the sandbox disks 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -476,6 +477,16 @@ def crash_recovery(crashed: Server, delay: float) -> None:
         raise AssertionError(f"the restart exited with {server.process.returncode}:\n{server.log_text()[-3000:]}")
 
 
+def _reconcile_leftovers(data: Path, key: str) -> None:
+    """After a failed round the SIGKILLed server's sandboxes, mounts, loop devices, cgroups, network
+    namespaces and rules are still on the host (no restart followed): a server started on the same
+    data dir removes them in its start-up reconcile, then stops. Best effort: the round's failure is
+    what gets reported."""
+    with contextlib.suppress(Exception, pytest.fail.Exception):
+        cleaner = start_server(data, api_key=key, CORRAL_POOL="off")
+        cleaner.stop()
+
+
 def run_rounds(rounds: int) -> None:
     seed = int(os.environ.get("CORRAL_CRASH_SEED") or secrets.randbelow(1 << 32))
     data = make_data_dir()
@@ -503,6 +514,11 @@ def run_rounds(rounds: int) -> None:
         verify(server, previous, history, True)
         assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful exit
         assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []
+    except BaseException:
+        if server is not None and server.process.poll() is None:
+            server.stop(signal.SIGKILL)
+        _reconcile_leftovers(data, key)
+        raise
     finally:
         if server is not None and server.process.poll() is None:
             server.stop(signal.SIGKILL)
