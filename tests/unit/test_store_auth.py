@@ -88,3 +88,8 @@ def test_live_sandbox_rows_are_served_from_memory_and_match_the_database(tmp_pat
         assert cached.expires_at.replace(tzinfo=UTC) == stored.expires_at.replace(tzinfo=UTC)
     assert [r.id for r in reopened.sandboxes(True)] == ["s2", "s0"]
     assert store.update_sandbox("nope", state="running") is None and store.sandbox("nope") is None
+    # a late update (a pause or resume racing a kill) leaves an ended record ended
+    assert store.update_sandbox("s1", state="paused") is None
+    assert store.live_sandbox("s1") is None and reopened.sandbox("s1").state == "ended"  # type: ignore[union-attr]
+    again = store.end_sandbox("s1", "failed", "again")
+    assert again is not None and (again.state, again.end_reason) == ("ended", "killed by request")

@@ -56,7 +56,7 @@ async def read(
 
     with translating(sandbox_id):
         opened = await reader.__aenter__()
-        content = await file_body(aiter(opened), int(opened.entry.get("size") or 0), close)
+        content = await file_body(aiter(opened), opened.entry.get("size"), close)
     headers = {} if content.length is None else {"Content-Length": str(content.length)}
     return StreamingResponse(content.chunks, media_type="application/octet-stream", headers=headers)
 

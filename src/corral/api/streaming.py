@@ -13,9 +13,11 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Send
 
+from corral.agent.protocol import AgentError
+
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
-WHOLE_FILE_LIMIT = 1 << 20  # files up to this are read ahead and sent with their exact length
+WHOLE_FILE_LIMIT = 256 * 1024  # files up to this are read ahead (one agent chunk) and sent with their exact length
 
 
 class Last(bytes):
@@ -79,29 +81,23 @@ async def _at_most(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[byt
             return
 
 
-async def file_body(chunks: AsyncIterator[bytes], size: int, close: Callable[[], Awaitable[None]]) -> FileBody:
-    """A file's bytes, at most `size` (its size when opened, so a growing file ends). A file that ends
-    within WHOLE_FILE_LIMIT is read ahead and closed: its length is exact. A longer one streams with
-    no length stated, so one that shrinks while it is read (the sandbox is free to truncate it) ends
-    the body early instead of breaking a promised Content-Length. `close` runs exactly once."""
-    bounded = _at_most(chunks, size)
-    held: list[bytes] = []
-    total = 0
+async def file_body(chunks: AsyncIterator[bytes], size: object, close: Callable[[], Awaitable[None]]) -> FileBody:
+    """A file's bytes, at most `size` (its size when opened, as the agent reported it; a growing file
+    ends there). A file of up to WHOLE_FILE_LIMIT is read ahead and closed: its length is exact. A
+    larger one streams with no length stated, so one that shrinks while it is read (the sandbox is
+    free to truncate it) ends the body early instead of breaking a promised Content-Length.
+    `close` runs once the chunks are read (or failed), or when the streamed body ends."""
     try:
-        while total <= WHOLE_FILE_LIMIT:
-            try:
-                part = await anext(bounded)
-            except StopAsyncIteration:
-                break
-            held.append(part)
-            total += len(part)
-        else:
-            return FileBody(_rest(held, bounded, close), None)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise AgentError("internal", f"the agent reported a file size of {size!r:.40}")
+        if size > WHOLE_FILE_LIMIT:
+            return FileBody(_rest([], _at_most(chunks, size), close), None)
+        held = [part async for part in _at_most(chunks, size)]
     except BaseException:
         await close()
         raise
     await close()
-    return FileBody(_rest(held, None, None), total)
+    return FileBody(_rest(held, None, None), sum(len(part) for part in held))
 
 
 async def _rest(

@@ -8,6 +8,7 @@ by one reader at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -281,12 +282,15 @@ class CommandState:
 def read_to_end(events: Iterator[Any]) -> None:
     """Read an answer whose last event arrived to its end. The server ends the body together with
     that event, so nothing is waited for; a body read to its end lets the HTTP connection serve the
-    next call, where closing it early would drop the connection (a new one costs a TCP handshake)."""
-    for _ in events:
-        pass
+    next call, where closing it early would drop the connection (a new one costs a TCP handshake).
+    Best effort: the answer is complete, so a failure here only costs the connection."""
+    with contextlib.suppress(Exception):
+        for _ in events:
+            pass
 
 
 async def aread_to_end(events: AsyncIterator[Any]) -> None:
     """``read_to_end`` for an async stream."""
-    async for _ in events:
-        pass
+    with contextlib.suppress(Exception):
+        async for _ in events:
+            pass

@@ -9,9 +9,9 @@ ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def random_id(length: int = 20) -> str:
-    """Uniform over all ``36**length`` strings, from one random number: one ``getrandom`` call
-    (rarely two) instead of one per character; on the event loop each call may give up the GIL
-    to busy worker threads for up to the switch interval."""
+    """Uniform over all ``36**length`` strings, from one random number: one ``getrandom`` call (a
+    second for about one draw in three, rejected as out of range) instead of one or two per
+    character; on the event loop each call may give up the GIL to busy worker threads."""
     n = secrets.randbelow(len(ID_ALPHABET) ** length)
     chars = []
     for _ in range(length):

@@ -188,8 +188,7 @@ class SandboxService:
         updated = await asyncio.to_thread(
             self.store.update_sandbox, spec.sandbox_id, state="running", expires_at=expires
         )
-        assert updated is not None
-        return updated
+        return self._still_live(updated, spec.sandbox_id, "starting")
 
     async def get(self, principal: Principal, sandbox_id: str, live: bool = True) -> SandboxRow:
         row = self.store.live_sandbox(sandbox_id) or await asyncio.to_thread(self.store.sandbox, sandbox_id)
@@ -227,8 +226,7 @@ class SandboxService:
         expires = now() + timedelta(seconds=timeout)
         self._schedule(sandbox_id, expires)
         row = await asyncio.to_thread(self.store.update_sandbox, sandbox_id, expires_at=expires)
-        assert row is not None
-        return row
+        return self._still_live(row, sandbox_id, "its timeout was set")
 
     async def pause(self, principal: Principal, sandbox_id: str) -> SandboxRow:
         """Freeze every process of the sandbox and stop its timer. Conflict if already paused."""
@@ -251,8 +249,7 @@ class SandboxService:
         timer.cancel()
         self._paused.add(sandbox_id)
         paused = await asyncio.to_thread(self.store.update_sandbox, sandbox_id, state="paused")
-        assert paused is not None
-        return paused
+        return self._still_live(paused, sandbox_id, "being paused")
 
     async def resume(
         self, principal: Principal, sandbox_id: str, timeout: int | None = None
@@ -270,8 +267,7 @@ class SandboxService:
                 return row, False
             self._schedule(sandbox_id, expires)
             longer = await asyncio.to_thread(self.store.update_sandbox, sandbox_id, expires_at=expires)
-            assert longer is not None
-            return longer, False
+            return self._still_live(longer, sandbox_id, "its timeout was extended"), False
         self._claim(sandbox_id, row)
         try:
             await self.backend.thaw(sandbox_id)
@@ -288,8 +284,7 @@ class SandboxService:
         resumed = await asyncio.to_thread(
             self.store.update_sandbox, sandbox_id, state="running", expires_at=expires
         )
-        assert resumed is not None
-        return resumed, True
+        return self._still_live(resumed, sandbox_id, "being resumed"), True
 
     def is_paused(self, sandbox_id: str) -> bool:
         return sandbox_id in self._paused
@@ -399,6 +394,16 @@ class SandboxService:
         await self._end(sandbox_id, "failed", reason)
 
     # internals
+    def _still_live(self, row: SandboxRow | None, sandbox_id: str, during: str) -> SandboxRow:
+        """The updated record, or NotFound when the sandbox ended (kill, timeout, crash) meanwhile:
+        the store updates live records only, so an end is never undone by a late update."""
+        if row is not None:
+            return row
+        timer = self._timers.pop(sandbox_id, None)
+        if timer is not None:
+            timer.cancel()
+        raise NotFound(f"sandbox {sandbox_id} ended while {during}")
+
     def _schedule(self, sandbox_id: str, expires: datetime) -> None:
         old = self._timers.pop(sandbox_id, None)
         if old is not None:

@@ -127,27 +127,27 @@ class Store:
             return list(s.scalars(q))
 
     def update_sandbox(self, sandbox_id: str, **fields: Any) -> SandboxRow | None:
-        return self._update_sandbox(sandbox_id, fields, live_only=False)
+        """Change a live record; None if there is none (unknown, or it ended: a late update, e.g. a
+        pause racing a kill, must not bring an ended sandbox back)."""
+        return self._update_live(sandbox_id, fields)
 
     def end_sandbox(self, sandbox_id: str, state: str, reason: str) -> SandboxRow | None:
         """Close a live record; an already closed one is left as it was."""
         fields = {"state": state, "end_reason": reason, "ended_at": now()}
-        return self._update_sandbox(sandbox_id, fields, live_only=True) or self.sandbox(sandbox_id)
+        return self._update_live(sandbox_id, fields) or self.sandbox(sandbox_id)
 
-    def _update_sandbox(self, sandbox_id: str, fields: dict[str, Any], live_only: bool) -> SandboxRow | None:
-        """One UPDATE statement (a third of an ORM load-and-flush); the row answered is built from the
-        cached one when the sandbox is live. None: no such row (or, with `live_only`, no live one)."""
+    def _update_live(self, sandbox_id: str, fields: dict[str, Any]) -> SandboxRow | None:
+        """One UPDATE statement on a live record (a third of an ORM load-and-flush); the row answered
+        is built from the cached one. None: no live record with that id."""
         table = SandboxRow.__table__
         columns = {SandboxRow.__mapper__.column_attrs[name].columns[0].name: value for name, value in fields.items()}
-        query = table.update().where(table.c.id == sandbox_id)
-        if live_only:
-            query = query.where(table.c.state.in_(LIVE_STATES))
+        query = table.update().where(table.c.id == sandbox_id, table.c.state.in_(LIVE_STATES)).values(**columns)
         with self._sandbox_writes:
             with self.engine.begin() as conn:
-                if conn.execute(query.values(**columns)).rowcount == 0:
+                if conn.execute(query).rowcount == 0:
                     return None
             cached = self._live.get(sandbox_id)
-            if cached is None:  # not live before: read it back
+            if cached is None:  # live in the database but not cached: cannot happen (a single writer)
                 with self.session() as s:
                     return self._keep(s.get(SandboxRow, sandbox_id))
             row = SandboxRow(**{attr.key: getattr(cached, attr.key) for attr in SandboxRow.__mapper__.column_attrs})

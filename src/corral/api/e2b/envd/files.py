@@ -2,7 +2,7 @@
 
 Callers prove access with the sandbox's token or a signed URL (`access.authorize`). Errors are JSON ``{code, message}``
 with envd's statuses: 400 bad request or a directory, 401 credentials or user, 404 missing path,
-507 disk full. Bodies stream both ways; a download of up to 1 MiB is read ahead so its
+507 disk full. Bodies stream both ways; a download of up to 256 KiB is read ahead so its
 Content-Length is exact (`streaming.file_body`), nothing larger is buffered whole on the host.
 """
 
@@ -100,7 +100,7 @@ async def download(request: Request, services: Services) -> Response:
         await reader.__aexit__(None, None, None)
 
     try:
-        content = await file_body(aiter(opened), int(opened.entry.get("size") or 0), close)
+        content = await file_body(aiter(opened), opened.entry.get("size"), close)
     except AgentError as exc:
         return _failure(exc, sandbox_id, path)
     name = posixpath.basename(opened.entry.get("path") or path)
