@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 
 from corral.service.auth import KEY_PATTERN, Auth, hash_key, new_key
 from corral.service.errors import InvalidRequest, NotFound, Unauthorized
@@ -93,3 +97,43 @@ def test_live_sandbox_rows_are_served_from_memory_and_match_the_database(tmp_pat
     assert store.live_sandbox("s1") is None and reopened.sandbox("s1").state == "ended"  # type: ignore[union-attr]
     again = store.end_sandbox("s1", "failed", "again")
     assert again is not None and (again.state, again.end_reason) == ("ended", "killed by request")
+
+
+def test_concurrent_inserts_commit_together_and_a_bad_row_fails_only_its_caller(tmp_path: Path) -> None:
+    """Inserts queued while another write holds the lock go out in one transaction (group commit);
+    a row that cannot be inserted (a duplicate id) fails its own caller only."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def insert_together(rows: list[SandboxRow]) -> dict[str, Exception]:
+        errors: dict[str, Exception] = {}
+
+        def insert(row: SandboxRow) -> None:
+            try:
+                store.add_sandbox(row)
+            except Exception as exc:
+                errors[row.owner_key_id + row.id] = exc
+
+        threads = [threading.Thread(target=insert, args=(row,), daemon=True) for row in rows]
+        with store._sandbox_writes:  # another write in progress: the inserts queue up behind it
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 10
+            while len(store._queued) < len(rows) and time.monotonic() < deadline:
+                time.sleep(0.001)  # until every thread has queued its row (bounded)
+            queued = len(store._queued)
+            commits.clear()
+        for thread in threads:
+            thread.join(10)
+        assert queued == len(rows)
+        return errors
+
+    assert insert_together([_sandbox_row(f"g{i}", "a", t0 + timedelta(seconds=i)) for i in range(9)]) == {}
+    assert len(commits) == 1  # nine rows, one transaction
+    errors = insert_together([_sandbox_row("h1", "a", t0), _sandbox_row("g3", "b", t0), _sandbox_row("h2", "a", t0)])
+    assert list(errors) == ["bg3"] and isinstance(errors["bg3"], IntegrityError)
+    reopened = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert sorted(r.id for r in reopened.sandboxes(True)) == sorted(["h1", "h2", *(f"g{i}" for i in range(9))])
+    assert store.live_sandbox("g3").owner_key_id == "a"  # type: ignore[union-attr]
