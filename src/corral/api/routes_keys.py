@@ -10,18 +10,13 @@ from pydantic import BaseModel, Field
 
 from corral.api.deps import AdminDep, ServicesDep
 from corral.service.auth import new_key
-from corral.service.sandboxes import utc
+from corral.store.repo import iso as _iso
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 class KeyBody(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-
-
-def _iso(dt: Any) -> str | None:
-    dt = utc(dt)
-    return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
 @router.post("", status_code=201)

@@ -9,7 +9,6 @@ With a build context, the request is ``multipart/form-data``: a ``build`` part (
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -23,6 +22,7 @@ from corral.service.builds import MAX_CONTEXT_BYTES, BuildRequest
 from corral.service.errors import InvalidRequest, ServiceError
 from corral.service.templates import TemplateInfo
 from corral.store.models import BuildRow
+from corral.store.repo import iso as _iso
 
 router = APIRouter(tags=["templates"])
 MAX_UPLOAD = MAX_CONTEXT_BYTES  # compressed; the unpacked size is checked too
@@ -116,13 +116,6 @@ async def get_build(build_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[
 async def logs(build_id: str, request: Request, svc: ServicesDep, who: PrincipalDep,
                follow: bool = True) -> StreamingResponse:
     return event_response(request, await svc.builds.events(who, build_id, follow))
-
-
-def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    text = dt.isoformat() if dt.tzinfo else dt.isoformat() + "+00:00"
-    return text.replace("+00:00", "Z")
 
 
 def describe_build(row: BuildRow) -> dict[str, Any]:

@@ -91,24 +91,23 @@ async def file_body(chunks: AsyncIterator[bytes], size: object, close: Callable[
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise AgentError("internal", f"the agent reported a file size of {size!r:.40}")
         if size > WHOLE_FILE_LIMIT:
-            return FileBody(_rest([], _at_most(chunks, size), close), None)
+            return FileBody(_closing(_at_most(chunks, size), close), None)
         held = [part async for part in _at_most(chunks, size)]
     except BaseException:
         await close()
         raise
     await close()
-    return FileBody(_rest(held, None, None), sum(len(part) for part in held))
+    return FileBody(_replay(held), sum(len(part) for part in held))
 
 
-async def _rest(
-    held: list[bytes], more: AsyncIterator[bytes] | None, close: Callable[[], Awaitable[None]] | None
-) -> AsyncIterator[bytes]:
+async def _replay(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _closing(chunks: AsyncIterator[bytes], close: Callable[[], Awaitable[None]]) -> AsyncIterator[bytes]:
     try:
-        while held:
-            yield held.pop(0)
-        if more is not None:
-            async for part in more:
-                yield part
+        async for part in chunks:
+            yield part
     finally:
-        if close is not None:
-            await close()
+        await close()

@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 from corral.runtime.backend import SandboxUsage
 from corral.service.errors import InvalidRequest
-from corral.service.sandboxes import utc
 from corral.store.models import SandboxRow
+from corral.store.repo import iso as _iso
+from corral.store.repo import utc
 
 ENVD_VERSION = "0.5.7"
 """The envd version we advertise: it switches SDK features on (default user from the server,
@@ -49,11 +50,6 @@ def template_alias(name: str) -> str | None:
 def state(row: SandboxRow) -> str:
     """E2B knows two states of a live sandbox."""
     return "paused" if row.state == "paused" else "running"
-
-
-def _iso(dt: datetime | None) -> str | None:
-    dt = utc(dt)
-    return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
 def sandbox(row: SandboxRow, token: str | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from corral.agent.client import AgentClient
@@ -31,18 +31,9 @@ from corral.service.ids import random_id
 from corral.service.pool import PoolKey, WarmPool
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
-from corral.store.repo import LIVE_STATES, Store, now
+from corral.store.repo import LIVE_STATES, Store, iso, now, utc
 
 log = logging.getLogger("corral.sandboxes")
-def new_sandbox_id() -> str:
-    return random_id()
-
-
-def utc(dt: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every time we keep is UTC."""
-    if dt is None or dt.tzinfo is not None:
-        return dt
-    return dt.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -137,7 +128,7 @@ class SandboxService:
             raise InvalidRequest(f"isolation: must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         network = self._network(req.network)
         return SandboxSpec(
-            sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in template.refs), cpu=cpu,
+            sandbox_id=random_id(), layers=tuple(self.templates.path(r) for r in template.refs), cpu=cpu,
             memory_mb=memory, disk_mb=disk, network=network, isolation=isolation,
         )
 
@@ -485,7 +476,7 @@ class SandboxService:
         info = self.templates.get(key.template)
         network = self._network(None)
         spec = SandboxSpec(  # the isolation a create with defaults gets: the template's, else the server's
-            sandbox_id=new_sandbox_id(), layers=tuple(self.templates.path(r) for r in info.refs), cpu=key.cpu,
+            sandbox_id=random_id(), layers=tuple(self.templates.path(r) for r in info.refs), cpu=key.cpu,
             memory_mb=key.memory_mb, disk_mb=key.disk_mb, network=network, isolation=info.config.isolation or "",
         )
         await self.backend.create(spec)
@@ -528,10 +519,6 @@ class SandboxService:
 
 def describe(row: SandboxRow) -> dict[str, Any]:
     """The ``Sandbox`` JSON object of the API."""
-    def iso(dt: datetime | None) -> str | None:
-        dt = utc(dt)
-        return dt.isoformat().replace("+00:00", "Z") if dt else None
-
     return {
         "id": row.id, "template": row.template, "state": row.state, "created_at": iso(row.created_at),
         "expires_at": iso(row.expires_at), "ended_at": iso(row.ended_at), "end_reason": row.end_reason,

@@ -28,8 +28,17 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)  # SQLite returns naive datetimes
+def utc(dt: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every time we keep is UTC."""
+    if dt is None or dt.tzinfo is not None:
+        return dt
+    return dt.replace(tzinfo=UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """A stored time as the API writes it: ISO 8601 in UTC with a ``Z``."""
+    dt = utc(dt)
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -69,9 +78,9 @@ class Store:
         self._sandbox_writes = threading.Lock()  # a write and its cache update are one step
         self._queue_lock = threading.Lock()
         self._queued: list[_Insert] = []  # inserts waiting for the next group commit
-        self._live: dict[str, SandboxRow] = {}
+        live = select(SandboxRow).where(SandboxRow.state.in_(LIVE_STATES))
         with self.session() as s:
-            self._live = {row.id: row for row in s.scalars(select(SandboxRow).where(SandboxRow.state.in_(LIVE_STATES)))}
+            self._live: dict[str, SandboxRow] = {row.id: row for row in s.scalars(live)}
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -131,16 +140,19 @@ class Store:
     def _insert(self, batch: list[_Insert]) -> None:
         """Write `batch` in one transaction; if that fails, each row alone, so an error (a duplicate
         id) reaches only the caller whose row caused it. Every entry is done afterwards."""
-        try:
-            with self.session() as s:
-                s.add_all([entry.row for entry in batch])
-        except Exception:
-            for entry in batch:
-                self._insert_one(entry)
-            return
+        if len(batch) > 1:
+            try:
+                with self.session() as s:
+                    s.add_all([entry.row for entry in batch])
+            except Exception:
+                pass  # each row alone, below
+            else:
+                for entry in batch:
+                    self._keep(entry.row)
+                    entry.done = True
+                return
         for entry in batch:
-            self._keep(entry.row)
-            entry.done = True
+            self._insert_one(entry)
 
     def _insert_one(self, entry: _Insert) -> None:
         try:
@@ -166,7 +178,7 @@ class Store:
     def sandboxes(self, live_only: bool, owner_key_id: str | None = None) -> list[SandboxRow]:
         if live_only:
             rows = [r for r in list(self._live.values()) if owner_key_id is None or r.owner_key_id == owner_key_id]
-            return sorted(rows, key=lambda r: _aware(r.created_at))
+            return sorted(rows, key=lambda r: utc(r.created_at) or r.created_at)
         with self.session() as s:
             q = select(SandboxRow).order_by(SandboxRow.created_at)
             if owner_key_id is not None:
