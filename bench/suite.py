@@ -147,38 +147,74 @@ def api_overhead(srv: Server, samples: int) -> Figure:
                   extra={"ours": ours, "baseline": bare})
 
 
-def peers(cold: Figure, samples: int) -> list[Figure]:
+def peers(cold: Figure, samples: int) -> tuple[list[Figure], list[float] | None]:
+    """Raw ``runsc`` and the PyPI ``gvisor`` wrapper next to our cold create; also the wrapper's times."""
     figures = []
+    wrapper = gvisor_pypi(samples)
     for label, values in (("raw runsc (ptrace) run+exec", runsc_create_exec(TEMPLATES_ROOT, samples)),
-                          ("PyPI gvisor Sandbox()+exec", gvisor_pypi(samples))):
+                          ("PyPI gvisor Sandbox()+exec", wrapper)):
         if values is None:
             figures.append(Figure(f"peer: {label}", "ms", cold.ours, None, "not available here", "report"))
             continue
         figures.append(Figure(f"cold create -> output vs peer: {label}", "ms", cold.ours, p50(values) * MS, label,
                               "report", None, extra={"baseline": values}))
-    return figures
+    return figures, wrapper
 
 
-def gvisor_backend(srv: Server, cold: Figure, samples: int) -> Figure:
-    """Our own gVisor backend (``isolation: "gvisor"``) next to our bwrap, same server, same run."""
-    times = []
+def gvisor_to_output(client: httpx.Client, body: dict[str, object]) -> float | None:
+    """One gVisor create -> first output of ``echo`` (seconds), or None if this server cannot make one."""
+    started = time.perf_counter()
+    r = client.post("/v1/sandboxes", json={"timeout": 60, **body})
+    if r.status_code != 201:
+        return None
+    sid = r.json()["id"]
+    with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as out:
+        for line in out.iter_lines():
+            if json.loads(line)["type"] == "stdout":
+                break
+    took = time.perf_counter() - started
+    client.delete(f"/v1/sandboxes/{sid}")
+    return took
+
+
+def gvisor_backend(srv: Server, cold: Figure, samples: int) -> tuple[Figure, list[float]]:
+    """Our own gVisor backend (``isolation: "gvisor"``, pool off) next to our bwrap, same server, same run."""
+    times: list[float] = []
     with srv.client() as client:
         for i in range(samples + 1):
-            started = time.perf_counter()
-            r = client.post("/v1/sandboxes", json={"timeout": 60, "isolation": "gvisor"})
-            if r.status_code != 201:
+            took = gvisor_to_output(client, {"isolation": "gvisor"})
+            if took is None:
                 return Figure("cold create -> output, gVisor backend", "ms", cold.ours, None,
-                              f"not available here ({r.status_code})", "report")
-            sid = r.json()["id"]
-            with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as out:
-                for line in out.iter_lines():
-                    if json.loads(line)["type"] == "stdout":
-                        break
+                              "not available here", "report"), []
             if i:
-                times.append(time.perf_counter() - started)
-            client.delete(f"/v1/sandboxes/{sid}")
+                times.append(took)
     return Figure("cold create -> output: bwrap backend vs our gVisor backend", "ms", cold.ours, p50(times) * MS,
-                  "Corral, isolation gvisor", "report", None, extra={"baseline": times})
+                  "Corral, isolation gvisor", "report", None, extra={"baseline": times}), times
+
+
+def gvisor_pooled(samples: int) -> list[float]:
+    """A server whose sandboxes are gVisor by default (``CORRAL_BACKEND=gvisor``), its warm pool as
+    shipped (one ``base`` ready, more with demand): create -> first output, the pool refilled between."""
+    times: list[float] = []
+    with server(CORRAL_BACKEND="gvisor", CORRAL_POOL="base=1") as srv, srv.client() as client:
+        for i in range(samples + 1):
+            wait_ready(srv.url, srv.api_key, 1)
+            took = gvisor_to_output(client, {})
+            if took is None:
+                return []
+            if i:
+                times.append(took)
+    return times
+
+
+def gvisor_vs_wrapper(label: str, ours: list[float], wrapper: list[float] | None, note: str) -> Figure:
+    """The issue's peer target: our gVisor backend should beat the PyPI wrapper's Sandbox() + exec."""
+    if not ours or not wrapper:
+        return Figure(f"our gVisor backend ({label}) vs PyPI gvisor Sandbox()+exec", "ms", p50(ours) * MS if ours
+                      else 0.0, None, "not available here", "report")
+    return Figure(f"our gVisor backend ({label}) create -> output vs PyPI gvisor Sandbox()+exec", "ms",
+                  p50(ours) * MS, p50(wrapper) * MS, "PyPI gvisor wrapper", "ratio < 1 (beat it)",
+                  lambda _o, r: r is not None and r < 1, note=note, extra={"ours": ours, "baseline": wrapper})
 
 
 def without_zygote(cold: Figure, samples: int) -> Figure:
@@ -282,10 +318,15 @@ def main() -> None:
     with server() as srv:
         cold = cold_create(srv, args.samples)
         figures += [cold, run_true(srv, args.samples * 3), api_overhead(srv, args.samples * 10)]
-        figures += peers(cold, max(4, args.samples // 4))
-        figures.append(gvisor_backend(srv, cold, max(4, args.samples // 4)))
+        peer_figures, wrapper = peers(cold, max(4, args.samples // 4))
+        gvisor_cold, gvisor_times = gvisor_backend(srv, cold, max(4, args.samples // 4))
+        figures += [*peer_figures, gvisor_cold]
         cold_curve = concurrency(srv.url, srv.api_key, [1, 10, n], repeat=10)
     figures.append(without_zygote(cold, max(10, args.samples // 2)))
+    figures.append(gvisor_vs_wrapper("cold, pool off", gvisor_times, wrapper,
+                                     "runsc boot + the agent's start under ptrace (docs/performance.md)"))
+    figures.append(gvisor_vs_wrapper("its warm pool, as shipped", gvisor_pooled(max(4, args.samples // 4)), wrapper,
+                                     "CORRAL_BACKEND=gvisor, pool base=1; the pool refilled between creates"))
 
     step(f"warm pool: {n} concurrent creates")
     with server(CORRAL_POOL=f"base={n}", CORRAL_POOL_MAX=str(n)) as srv:
