@@ -15,14 +15,14 @@ import socket
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import corral.agent
 from corral.agent.client import AgentClient
-from corral.runtime import launch_priv, mounts_priv, netns_priv
+from corral.runtime import agent_bundle, launch_priv, mounts_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.netpolicy import NetworkPolicy
@@ -74,6 +74,8 @@ class BwrapBackend:
         # Sandboxes start the agent with -B (they cannot write here): byte-compile it once, ~20 ms per create.
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
             compileall.compile_dir(package, quiet=2, workers=1)
+        # Agents started by python (gVisor, or without the zygote) import from one file (agent_bundle).
+        self.runtime = replace(runtime, bundle=agent_bundle.build(runtime, self.agent_src))
         self.seccomp = build_filter()
         # One thread spawns every bwrap, off the event loop: --die-with-parent follows the spawning
         # thread, so it must live as long as the backend (a pool thread could come and go).

@@ -1,0 +1,136 @@
+"""Build the agent's start-up bundle: the bytecode of every pure-Python module it imports at start,
+in one file the agent reads with one open (``corral.agent.bundle`` says why: gVisor's ptrace
+platform makes each import's system calls expensive).
+
+Which modules: those a python of the server's own version imports for ``corral_agent.server``,
+found by running it once. Their bytecode: the agent's own from its ``__pycache__`` (byte-compiled
+by the backend just before), the stdlib's from the runtime rootfs's ``__pycache__`` (the runtime
+is the interpreter the agent runs on; its pycs are the ones it would load anyway). Modules whose
+bytecode is missing, of another python version, or reached through a symlink leaving the rootfs
+are left out: the agent imports those the ordinary way. Nothing here is executed or unmarshalled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from corral.agent import bundle
+from corral.runtime.plan import AGENT_LIB, AGENT_PKG, RT_DIR, AgentRuntime
+
+log = logging.getLogger(__name__)
+MAX_PYC = 4 << 20  # no stdlib module's bytecode comes near this
+KEEP_SECONDS = 7 * 86400  # bundles not used by any server start for this long are removed
+# Modules the interpreter has before ``-m`` runs the agent's ``__main__`` are not needed.
+_LIST = """
+import sys
+before = set(sys.modules)
+sys.path.insert(0, sys.argv[1])
+import {pkg}
+before.add("{pkg}")
+import {pkg}.server
+import json
+json.dump([[n, m.__spec__.origin, m.__spec__.submodule_search_locations is not None]
+           for n, m in list(sys.modules.items()) if n not in before
+           and getattr(m, "__spec__", None) is not None and (m.__spec__.origin or "").endswith(".py")], sys.stdout)
+"""
+
+
+def build(runtime: AgentRuntime, agent_src: Path) -> str | None:
+    """Write the bundle into ``agent_src/__pycache__`` (content-addressed, so servers of other
+    versions or runtimes sharing the dir keep theirs); its file name, or None if it can't be built."""
+    try:
+        modules = _collect(runtime, agent_src, _imported(agent_src))
+        if not modules:
+            return None
+        data = bundle.dump(modules)
+        name = f"bundle-{hashlib.sha256(data).hexdigest()[:20]}.bin"
+        cache = agent_src / "__pycache__"
+        _write_once(cache / name, data)
+        _prune(cache, keep=name)
+        return name
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("agent start-up bundle not built (agents import module by module): %s", exc)
+        return None
+
+
+def _imported(agent_src: Path) -> list[tuple[str, str, bool]]:
+    """(name, file, is package) of the pure-Python modules the agent imports at start."""
+    with tempfile.TemporaryDirectory(prefix="corral-bundle-") as tmp:
+        (Path(tmp) / AGENT_PKG).symlink_to(agent_src)
+        out = subprocess.run(
+            [sys.executable, "-I", "-S", "-B", "-c", _LIST.format(pkg=AGENT_PKG), tmp],
+            capture_output=True, text=True, timeout=60, check=True, stdin=subprocess.DEVNULL,
+        ).stdout
+        # the agent's files as imported through the link, so they are told apart from the stdlib's
+        return [(name, str(Path(origin).relative_to(tmp)) if origin.startswith(tmp + "/") else origin, pkg)
+                for name, origin, pkg in json.loads(out)]
+
+
+def _collect(runtime: AgentRuntime, agent_src: Path, imported: list[tuple[str, str, bool]]) -> dict[str, bundle.Entry]:
+    host_stdlib = Path(sysconfig.get_paths()["stdlib"])
+    rt_stdlib = runtime.rootfs / runtime.stdlib()
+    modules: dict[str, bundle.Entry] = {}
+    for name, origin, is_package in imported:
+        path = Path(origin)
+        if not path.is_absolute():  # one of the agent's: corral_agent/...
+            rel = path.relative_to(AGENT_PKG)
+            code = _bytecode(agent_src / rel, agent_src)
+            inside = f"{AGENT_LIB}/{AGENT_PKG}/{rel}"
+        elif path.is_relative_to(host_stdlib):
+            rel = path.relative_to(host_stdlib)
+            code = _bytecode(rt_stdlib / rel, runtime.rootfs)
+            inside = f"{RT_DIR}/{runtime.stdlib()}/{rel}"
+        else:
+            continue
+        if code is not None:
+            modules[name] = (inside, is_package, code)
+    return modules
+
+
+def _bytecode(source: Path, root: Path) -> bytes | None:
+    """The marshalled code of ``source`` from its pyc, if it is this python's version and the file
+    is a regular file inside ``root`` (no symlink may lead out of it)."""
+    pyc = Path(importlib.util.cache_from_source(str(source)))
+    try:
+        resolved = pyc.resolve(strict=True)
+        if not resolved.is_relative_to(root.resolve(strict=True)):
+            return None
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PYC:
+            return None
+        data = f.read(MAX_PYC + 1)
+    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
+        return None
+    return data[16:]  # the header: magic, flags, the source's mtime and size (or hash)
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    if path.exists():
+        os.utime(path)  # in use: not pruned
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _prune(cache: Path, keep: str) -> None:
+    now = time.time()
+    for old in cache.glob("bundle-*.bin"):
+        if old.name != keep and now - old.stat().st_mtime > KEEP_SECONDS:
+            old.unlink(missing_ok=True)
