@@ -325,7 +325,8 @@ def main() -> None:
     figures.append(without_zygote(cold, max(10, args.samples // 2)))
     figures.append(gvisor_vs_wrapper("cold, pool off", gvisor_times, wrapper,
                                      "runsc boot + the agent's start under ptrace (docs/performance.md)"))
-    figures.append(gvisor_vs_wrapper("its warm pool, as shipped", gvisor_pooled(max(4, args.samples // 4)), wrapper,
+    pooled_gvisor = gvisor_pooled(max(4, args.samples // 4)) if gvisor_times else []  # [] without runsc
+    figures.append(gvisor_vs_wrapper("its warm pool, as shipped", pooled_gvisor, wrapper,
                                      "CORRAL_BACKEND=gvisor, pool base=1; the pool refilled between creates"))
 
     step(f"warm pool: {n} concurrent creates")

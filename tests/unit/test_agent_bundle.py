@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,12 +56,18 @@ def test_the_agent_starts_from_its_bundle_and_serves(tmp_path: Path) -> None:
     # what the interpreter has before the agent's __main__ runs is not carried
     assert not {"corral_agent", "encodings", "encodings.utf_8"} & set(modules)
 
-    # the command line the backends give python (-v: each import says who loaded it)
-    command = [sys.executable, "-S", "-s", "-B", "-v", "-c", "import corral_agent.__main__", "--bundle", name]
+    # the command line the backends give the runtime, on the host's python (-v: each import says
+    # who loaded it), run from a cwd where a template could have planted a package of the same name
+    argv = replace(host_runtime(), bundle=name).argv(99)
+    at = argv.index("--listen-fd")
+    command = [sys.executable, "-v", *argv[4:at], *argv[at + 2 :]]
+    planted = tmp_path / "cwd" / "corral_agent"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text("raise SystemExit('the planted package ran')\n")
     env_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(src.parent)
     try:
-        with start_agent(command) as running:
+        with start_agent(command, cwd=str(planted.parent)) as running:
             async def main() -> None:
                 assert (await running.client.ping())["version"] == 1
                 assert (await collect(await running.client.exec(["echo", "hi"], user="root")))[0] == b"hi\n"
@@ -111,9 +118,10 @@ def test_the_bundle_argument_names_a_file_in_the_agents_own_cache_only(tmp_path:
     scanner = Path(sysconfig.get_paths()["stdlib"]) / "json" / "scanner.py"
     code = marshal.dumps(compile(scanner.read_text(), str(scanner), "exec"))
     (tmp_path / "lib" / "bundle-evil.bin").write_bytes(bundle.dump({"json.scanner": (str(scanner), False, code)}))
-    command = [sys.executable, "-S", "-s", "-B", "-v", "-c", "import corral_agent.__main__",
+    command = [sys.executable, "-S", "-s", "-B", "-P", "-v", "-c", "import corral_agent.__main__",
                "--bundle", "bundle-x/../../../bundle-evil.bin", "--listen-fd", "-1"]
     done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(src.parent)}, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2, done.stderr[-2000:]  # the agent ran (and refused the fd)
     assert "import 'json.scanner'" in done.stderr and "BundleFinder" not in done.stderr
+    assert "start-up bundle 'bundle-x/../../../bundle-evil.bin' not usable" in done.stderr

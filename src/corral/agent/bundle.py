@@ -7,10 +7,9 @@ start. The host writes the bytecode of those modules into one file next to the a
 bytecode (``corral.runtime.agent_bundle``); the agent reads it with one open and imports from
 memory. Extension modules, and anything not in the file, still import the ordinary way.
 
-Stdlib only, and only what is frozen into the interpreter: this module is imported before any other.
+Stdlib only, and only what is frozen into the interpreter: this module is imported before any other
+(so no ``from __future__ import annotations`` either: ``__future__`` would come from the disk).
 """
-
-from __future__ import annotations
 
 import marshal
 import sys
@@ -46,7 +45,7 @@ class BundleFinder:
     def create_module(self, spec: ModuleSpec) -> None:
         return None
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
         _, _, code = self._modules.pop(module.__name__)
         exec(marshal.loads(code), module.__dict__)
 

@@ -12,6 +12,7 @@ are left out: the agent imports those the ordinary way. Nothing here is executed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -46,9 +47,22 @@ json.dump([[n, m.__spec__.origin, m.__spec__.submodule_search_locations is not N
 """
 
 
+_built: dict[tuple[AgentRuntime, Path], str | None] = {}  # one build per server (both backends ask)
+
+
 def build(runtime: AgentRuntime, agent_src: Path) -> str | None:
     """Write the bundle into ``agent_src/__pycache__`` (content-addressed, so servers of other
     versions or runtimes sharing the dir keep theirs); its file name, or None if it can't be built."""
+    if (runtime, agent_src) not in _built:
+        _built[runtime, agent_src] = _build(runtime, agent_src)
+    return _built[runtime, agent_src]
+
+
+def _build(runtime: AgentRuntime, agent_src: Path) -> str | None:
+    ours = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if Path(runtime.python).name != ours:  # its bytecode differs from ours: nothing to share
+        log.info("agent start-up bundle not built: the runtime is %s, the server %s", runtime.python, ours)
+        return None
     try:
         modules = _collect(runtime, agent_src, _imported(agent_src))
         if not modules:
@@ -99,38 +113,57 @@ def _collect(runtime: AgentRuntime, agent_src: Path, imported: list[tuple[str, s
 
 
 def _bytecode(source: Path, root: Path) -> bytes | None:
-    """The marshalled code of ``source`` from its pyc, if it is this python's version and the file
-    is a regular file inside ``root`` (no symlink may lead out of it)."""
-    pyc = Path(importlib.util.cache_from_source(str(source)))
-    try:
-        resolved = pyc.resolve(strict=True)
-        if not resolved.is_relative_to(root.resolve(strict=True)):
-            return None
-        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PYC:
-            return None
-        data = f.read(MAX_PYC + 1)
-    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
+    """The marshalled code of ``source`` from its pyc, if that is a regular file reached below
+    ``root`` without any symlink and of this python's bytecode version."""
+    data = _read_beneath(root, Path(importlib.util.cache_from_source(str(source))).relative_to(root))
+    if data is None or len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
         return None
     return data[16:]  # the header: magic, flags, the source's mtime and size (or hash)
 
 
+def _read_beneath(root: Path, rel: Path) -> bytes | None:
+    """A regular file's bytes, walked to one component at a time with ``O_NOFOLLOW`` from ``root``
+    (a symlink anywhere on the way, a FIFO or device, or a file over ``MAX_PYC``: None)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rel.parts[:-1]:
+            parent, fd = fd, os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(parent)
+        parent, fd = fd, os.open(rel.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        os.close(parent)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PYC:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read(MAX_PYC + 1)
+    except OSError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def _write_once(path: Path, data: bytes) -> None:
-    if path.exists():
-        os.utime(path)  # in use: not pruned
+    try:
+        os.utime(path)  # there already (content-addressed): marked in use, so not pruned
         return
+    except FileNotFoundError:
+        pass
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _prune(cache: Path, keep: str) -> None:
+    """Remove other bundles no server has started with for ``KEEP_SECONDS`` (an agent whose bundle
+    is gone imports module by module, and says so in its log)."""
     now = time.time()
     for old in cache.glob("bundle-*.bin"):
-        if old.name != keep and now - old.stat().st_mtime > KEEP_SECONDS:
-            old.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another server may prune the same file
+            if old.name != keep and now - old.stat().st_mtime > KEEP_SECONDS:
+                old.unlink()

@@ -103,7 +103,9 @@ class AgentRuntime:
         """The runtime's python inside a sandbox (for the agent, or a helper the host runs there)."""
         return [
             f"{RT_DIR}/{self.loader}", "--library-path", f"{RT_DIR}/{self.libdir}",
-            f"{RT_DIR}/{self.python}", "-S", "-s", "-B",  # no site: stdlib only, ~5 ms less per start
+            # no site: stdlib only, ~5 ms less per start; -P: the cwd (the sandbox's / for forked agents)
+            # is never searched, so nothing in a template or written by sandbox root is imported
+            f"{RT_DIR}/{self.python}", "-S", "-s", "-B", "-P",
         ]
 
 
