@@ -456,3 +456,20 @@ def test_agent_socket_is_unreachable_from_inside(api: httpx.Client, sandbox: str
     """, user=user)
     assert result["connected"] == [], result
     assert result["own"] == "ok"
+
+
+def test_modules_planted_in_the_sandbox_root_never_run_in_the_agent(api: httpx.Client, sandbox: str) -> None:
+    """Attack: sandbox root plants `/shutil.py` and `/traceback.py` (the sandbox's `/` is the agent's
+    cwd) and then makes the agent import them late: removing a directory and moving a file need
+    `shutil`, a failing operation may format a traceback. The planted code must never run (it
+    would write a marker as the agent). Twin: the operations work."""
+    marker = f"/tmp/agent-hijacked-{secrets.token_hex(4)}"
+    for module in ("shutil", "traceback"):
+        put(api, sandbox, f"/{module}.py", f"open({marker!r}, 'w').write('ran')\n", user="root")
+    run_command(api, sandbox, "mkdir -p /tmp/d/e && touch /tmp/d/e/f /tmp/g", user="root")
+    base = f"/v1/sandboxes/{sandbox}/files"
+    assert api.delete(base, params={"path": "/tmp/d", "user": "root"}).status_code == 204
+    r = api.post(f"{base}/move", json={"src": "/tmp/g", "dst": "/tmp/h", "user": "root"})
+    assert r.status_code == 200, r.text
+    ran = run_command(api, sandbox, f"ls /tmp; test -e {marker} && echo hijacked || echo clean", user="root")
+    assert ran.stdout.split() == ["h", "clean"], ran.stdout
