@@ -471,5 +471,5 @@ def test_modules_planted_in_the_sandbox_root_never_run_in_the_agent(api: httpx.C
     assert api.delete(base, params={"path": "/tmp/d", "user": "root"}).status_code == 204
     r = api.post(f"{base}/move", json={"src": "/tmp/g", "dst": "/tmp/h", "user": "root"})
     assert r.status_code == 200, r.text
-    ran = run_command(api, sandbox, f"ls /tmp; test -e {marker} && echo hijacked || echo clean", user="root")
-    assert ran.stdout.split() == ["h", "clean"], ran.stdout
+    ran = run_command(api, sandbox, f"echo /tmp/*; test -e {marker} && echo hijacked || echo clean", user="root")
+    assert ran.stdout.split() == ["/tmp/h", "clean"], ran.stdout
