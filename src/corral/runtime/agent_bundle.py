@@ -32,7 +32,7 @@ from corral.runtime.plan import AGENT_LIB, AGENT_PKG, RT_DIR, AgentRuntime
 log = logging.getLogger(__name__)
 MAX_PYC = 4 << 20  # no stdlib module's bytecode comes near this
 KEEP_SECONDS = 7 * 86400  # bundles not used by any server start for this long are removed
-# Modules the interpreter has before ``-m`` runs the agent's ``__main__`` are not needed.
+# Modules the interpreter has before the agent's ``__main__`` runs (its own start-up, the package) are not needed.
 _LIST = """
 import sys
 before = set(sys.modules)
