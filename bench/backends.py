@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from create_latency import to_output
+
 from conftest import TEMPLATES, make_data_dir, remove_data_dir, start_server
 
 
@@ -60,17 +62,7 @@ KINDS = {  # label -> create body; gVisor sandboxes have loopback only, so bwrap
 
 
 def create_to_output(client: httpx.Client, body: dict[str, str], samples: int) -> list[float]:
-    times = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        sid = client.post("/v1/sandboxes", json={"timeout": 60, **body}).raise_for_status().json()["id"]
-        with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as r:
-            for line in r.iter_lines():
-                if json.loads(line)["type"] == "stdout":
-                    times.append(time.perf_counter() - started)
-                    break
-        client.delete(f"/v1/sandboxes/{sid}")
-    return times
+    return [to_output(client, body) for _ in range(samples)]
 
 
 def run_true(client: httpx.Client, body: dict[str, str], runs: int) -> list[float]:

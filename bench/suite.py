@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import platform
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import httpx
 import throughput
 import wire
 from create_latency import ours as create_to_output
-from create_latency import raw_primitive
+from create_latency import raw_primitive, to_output
 from curves import DOCS, concurrency, create_burst, plot_concurrency, plot_live
 from figures import TEMPLATES_ROOT, Figure, Server, load, p50, pct, save, server, table
 from peers import gvisor_pypi, runsc_create_exec
@@ -162,19 +161,11 @@ def peers(cold: Figure, samples: int) -> tuple[list[Figure], list[float] | None]
 
 
 def gvisor_to_output(client: httpx.Client, body: dict[str, object]) -> float | None:
-    """One gVisor create -> first output of ``echo`` (seconds), or None if this server cannot make one."""
-    started = time.perf_counter()
-    r = client.post("/v1/sandboxes", json={"timeout": 60, **body})
-    if r.status_code != 201:
+    """One gVisor create -> first output (seconds), or None if this server cannot make one."""
+    try:
+        return to_output(client, body)
+    except httpx.HTTPStatusError:
         return None
-    sid = r.json()["id"]
-    with client.stream("POST", f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo ready"}) as out:
-        for line in out.iter_lines():
-            if json.loads(line)["type"] == "stdout":
-                break
-    took = time.perf_counter() - started
-    client.delete(f"/v1/sandboxes/{sid}")
-    return took
 
 
 def gvisor_backend(srv: Server, cold: Figure, samples: int) -> tuple[Figure, list[float]]:

@@ -57,6 +57,7 @@ class BwrapBackend:
 
     name = "bwrap"
     shares_runtime = True  # bwrap binds the runtime inside each sandbox from one host mount
+    python_agents = False  # agents are forked from the zygote (unless it is off), not started by python
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
@@ -74,8 +75,9 @@ class BwrapBackend:
         # Sandboxes start the agent with -B (they cannot write here): byte-compile it once, ~20 ms per create.
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
             compileall.compile_dir(package, quiet=2, workers=1)
-        # Agents started by python (gVisor, or without the zygote) import from one file (agent_bundle).
-        self.runtime = replace(runtime, bundle=agent_bundle.build(runtime, self.agent_src))
+        # Agents started by python (gVisor's, or bwrap's without the zygote) import from one file.
+        if self.python_agents or not zygote:
+            self.runtime = replace(runtime, bundle=agent_bundle.build(runtime, self.agent_src))
         self.seccomp = build_filter()
         # One thread spawns every bwrap, off the event loop: --die-with-parent follows the spawning
         # thread, so it must live as long as the backend (a pool thread could come and go).

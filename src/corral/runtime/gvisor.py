@@ -42,6 +42,7 @@ class GvisorBackend(BwrapBackend):
 
     name = "gvisor"
     shares_runtime = False  # runsc gets the runtime bound into each root (its gofer serves the root)
+    python_agents = True  # the agent is each container's init, started by the runtime's python
 
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
