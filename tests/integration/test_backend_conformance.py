@@ -293,6 +293,7 @@ def test_destroy_and_commit_leave_nothing_behind(node: Node) -> None:
         assert (dest / "opt" / "layer.txt").read_text() == "built\n"
         assert (dest / "opt" / "layer.txt").stat().st_uid == ID_OFFSET
         assert (dest / "etc" / "motd").is_char_device(), "the deletion is kept as an overlay whiteout"
+        assert not (dest / "etc" / "ld.so.preload").exists(), "gVisor's stat fix-up stays out of layers"
         with pytest.raises(RuntimeFailure):
             await b.freeze("conf-commit")
 

@@ -18,6 +18,18 @@ def test_stdout_stderr_and_exit_code(run, sandbox: str) -> None:  # type: ignore
     assert r.events[0]["type"] == "start" and isinstance(r.events[0]["pid"], int)
 
 
+def test_the_everyday_file_tools_work(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    """ls, stat, cp, mv: coreutils passes AT_NO_AUTOMOUNT to statx, which Debian 12's runsc refused
+    (EINVAL) until gVisor sandboxes got the stat fix-up (docs/gvisor.md)."""
+    r = run(sandbox, "ls / && ls -la /home/user > /dev/null && stat -c '%F %U' /home/user "
+                     "&& cp /etc/hostname /tmp/h && mv /tmp/h /tmp/h2 && ls -l /tmp/h2 | cut -c1")
+    assert r.exit_code == 0, r.stderr
+    listing = r.stdout.splitlines()
+    assert {"etc", "home", "tmp", "usr"} <= set(listing) and listing[-2:] == ["directory user", "-"]
+    r = run(sandbox, "stat -c %s /", user="root")
+    assert r.exit_code == 0 and r.stdout.strip().isdigit(), r.stderr
+
+
 def test_envs_cwd_and_user(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
     sid = api.post("/v1/sandboxes", json={"envs": {"A": "1", "B": "sandbox"}, "timeout": 60}).json()["id"]
     try:

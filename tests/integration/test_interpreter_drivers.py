@@ -161,7 +161,7 @@ def kill_between_cells(driver: Driver, pid_code: str, state_code: str, lost_text
     dead = f"[ ! -e /proc/{pid} ]"
     if not reaped:
         dead += (f" || {{ [ \"$(sed 's/.*) //' /proc/{pid}/stat | cut -c1)\" = Z ] && "
-                 f"set -- /proc/{pid}/task/* && [ $# = 1 ]; }}")  # a glob: gVisor's coreutils ls fails (docs/gvisor.md)
+                 f"set -- /proc/{pid}/task/* && [ $# = 1 ]; }}")  # a zombie with one thread left
     killed = run_command(driver.client, driver.sandbox_id, f"kill -9 {pid}; until {dead}; do sleep 0.01; done")
     assert killed.exit_code == 0, killed.stderr
     cell = driver.run(state_code)

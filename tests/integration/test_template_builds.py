@@ -102,7 +102,7 @@ def sandbox(api: httpx.Client, template: str, **fields: Any) -> str:
     return str(r.json()["id"])
 
 
-# `stat -c '%U:%G %a %n'` in python: gVisor's runsc rejects coreutils' statx flags (docs/gvisor.md)
+# `stat -c '%U:%G %a %n'` of each path, in python
 OWNERS = """
 import grp, os, pwd, sys
 for name in sys.argv[1:]:

@@ -8,6 +8,7 @@ import pytest
 
 from corral.runtime import oci_spec
 from corral.runtime.backend import SandboxSpec
+from corral.runtime.gvisor_preload import Preload
 from corral.runtime.plan import AGENT_CAPS, AgentRuntime, LaunchPlan, plan
 
 
@@ -73,3 +74,13 @@ def test_a_networked_sandbox_joins_the_netns_the_server_plugged(tmp_path: Path) 
     assert "--network=none" in oci_spec.runsc_flags(Path("/r"))
     # without a netns runsc makes an empty one (network "none")
     assert {"type": "network"} in oci_spec.config(launch)["linux"]["namespaces"]
+
+
+def test_the_stat_fixup_is_bound_read_only_with_the_list_naming_it(launch: LaunchPlan) -> None:
+    config = oci_spec.config(launch, preload=Preload(Path("/run/corral/runsc/x.preload")))
+    fixup = config["mounts"][-2:]
+    assert [(m["destination"], m["source"]) for m in fixup] == [
+        ("/.corral/preload", "/run/corral/runsc/x.preload"),
+        ("/etc/ld.so.preload", "/run/corral/runsc/x.preload/ld.so.preload"),
+    ]
+    assert all(m["type"] == "bind" and {"ro", "nosuid", "nodev"} <= set(m["options"]) for m in fixup)

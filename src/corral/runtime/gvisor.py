@@ -18,10 +18,11 @@ from pathlib import Path
 
 from corral.agent.client import AgentClient, DonatedAgentClient, Donor
 from corral.agent.protocol import AgentError, AgentUnavailable
-from corral.runtime import gvisor_priv, netns_priv
+from corral.runtime import gvisor_preload, gvisor_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec
 from corral.runtime.bwrap import BwrapBackend, _Live
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
+from corral.runtime.gvisor_preload import Preload
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, plan
 from corral.runtime.spares import DiskSpares
@@ -51,6 +52,15 @@ class GvisorBackend(BwrapBackend):
         super().__init__(sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit, network, spares=spares)
         self.state_root = state_root  # runsc --root: this server's containers only
         self._donors: dict[str, Donor] = {}
+        # The stat fix-up (``gvisor_preload``), compiled at the first gVisor create of this server.
+        self.preload_dir = state_root.with_name(f"{state_root.name}.preload")
+        self._preload: asyncio.Task[Preload | None] | None = None
+        self._preloaded: set[str] = set()  # sandboxes it is bound in (their commit drops its mount point)
+
+    async def preload(self) -> Preload | None:
+        if self._preload is None:
+            self._preload = asyncio.ensure_future(asyncio.to_thread(gvisor_preload.build, self.preload_dir))
+        return await asyncio.shield(self._preload)
 
     async def create(self, spec: SandboxSpec) -> None:
         net = self.network
@@ -75,7 +85,10 @@ class GvisorBackend(BwrapBackend):
                 netns_fd = await asyncio.to_thread(netns_priv.new_netns)
                 netns = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 await asyncio.to_thread(net.plug, att, netns)
-            bundle = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns, spare)
+            fixup = await self.preload()
+            bundle, preloaded = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns, spare, fixup)
+            if preloaded:
+                self._preloaded.add(spec.sandbox_id)
             process, control = await asyncio.to_thread(
                 gvisor_priv.spawn, p, bundle, self.state_root, self.cgroups, networked
             )
@@ -139,7 +152,10 @@ class GvisorBackend(BwrapBackend):
         if done.exit_code != 0:
             await self.destroy(sandbox_id)
             raise RuntimeFailure(f"sandbox {sandbox_id}: flushing its files failed (exit {done.exit_code})")
+        preloaded = sandbox_id in self._preloaded
         await super().commit(sandbox_id, dest)
+        if preloaded:
+            await asyncio.to_thread(gvisor_preload.drop_mount_point, dest)
 
     async def _stop(self, sandbox_id: str) -> None:
         """Kill runsc, its gofer and sentry (all in the sandbox's cgroups) and wait for runsc."""
@@ -153,6 +169,7 @@ class GvisorBackend(BwrapBackend):
         donor = self._donors.pop(sandbox_id, None)
         if donor is not None:
             donor.close()
+        self._preloaded.discard(sandbox_id)
 
     async def _teardown(self, sandbox_id: str) -> None:
         if self.network is not None:
@@ -172,3 +189,5 @@ class GvisorBackend(BwrapBackend):
     async def close(self) -> None:
         await super().close()
         await asyncio.to_thread(gvisor_priv.remove_state_root, self.state_root)
+        if self._preload is not None:
+            await asyncio.to_thread(gvisor_preload.remove, self.preload_dir)

@@ -20,8 +20,9 @@ import socket
 import subprocess
 from pathlib import Path
 
-from corral.runtime import launch_priv, mounts_priv, oci_spec
+from corral.runtime import gvisor_preload, launch_priv, mounts_priv, oci_spec
 from corral.runtime.cgroups_priv import Cgroups, Limits
+from corral.runtime.gvisor_preload import Preload
 from corral.runtime.plan import LaunchPlan
 
 _JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -37,18 +38,24 @@ _HIDE_NET_SYSCTLS = [
 ]
 
 
-def prepare(plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None, spare: Path | None = None) -> Path:
+def prepare(
+    plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None, spare: Path | None = None,
+    preload: Preload | None = None,
+) -> tuple[Path, bool]:
     """Disk, root, cgroups and the OCI bundle (``netns``: the plugged netns' path; ``spare``: a disk
-    made ahead, see ``launch_priv.make_dir``); returns the bundle dir."""
+    made ahead, see ``launch_priv.make_dir``; ``preload``: the stat fix-up, unless the template has an
+    ``/etc/ld.so.preload`` of its own); returns the bundle dir and whether the fix-up is bound."""
     launch_priv.make_dir(plan, spare)
     d = plan.sandbox_dir
     mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
+    if preload is not None and gvisor_preload.template_has_own(plan.root):
+        preload = None
     limits = Limits(memory_bytes=oci_spec.memory_limit_bytes(plan), pids=oci_spec.pids_limit(plan), cpu=plan.limits.cpu)
     cgroups.create(plan.sandbox_id, limits)
     bundle = d / "bundle"
     bundle.mkdir(mode=0o700)
-    (bundle / "config.json").write_text(json.dumps(oci_spec.config(plan, netns), indent=1))
-    return bundle
+    (bundle / "config.json").write_text(json.dumps(oci_spec.config(plan, netns, preload), indent=1))
+    return bundle, preload is not None
 
 
 def spawn(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from corral.runtime import gvisor_preload
+from corral.runtime.gvisor_preload import Preload
 from corral.runtime.plan import AGENT_CAPS, AGENT_LIB, RT_DIR, SANDBOX_PATH, LaunchPlan
 
 OCI_VERSION = "1.0.2"
@@ -46,11 +48,15 @@ def pids_limit(plan: LaunchPlan) -> int:
     return plan.limits.pids + SENTRY_THREADS
 
 
-def config(plan: LaunchPlan, netns: str | None = None) -> dict[str, Any]:
+def config(plan: LaunchPlan, netns: str | None = None, preload: Preload | None = None) -> dict[str, Any]:
     """The OCI runtime config of one sandbox: the pre-mounted overlay (with the agent's runtime bound
     read-only under ``/.corral``) as root, ids shifted like bwrap's, the agent as its only process.
     ``netns``: the path of the network namespace the server made and plugged (networked sandboxes);
-    without it runsc makes an empty one."""
+    without it runsc makes an empty one. ``preload``: the stat fix-up, bound with the list naming it
+    over ``/etc/ld.so.preload`` (``gvisor_preload``)."""
+    fixup = [] if preload is None else [
+        (preload.dir, gvisor_preload.INSIDE_DIR), (preload.list_file, gvisor_preload.PRELOAD_LIST),
+    ]
     network: dict[str, str] = {"type": "network", **({"path": netns} if netns else {})}
     caps = list(AGENT_CAPS)
     mapping = [{"containerID": 0, "hostID": plan.id_offset, "size": ID_RANGE}]
@@ -79,6 +85,8 @@ def config(plan: LaunchPlan, netns: str | None = None) -> dict[str, Any]:
             # networked: /etc/resolv.conf naming the gateway (bwrap's --ro-bind of the same file)
             *[{"destination": inside, "type": "bind", "source": str(src), "options": ["rbind", "ro"]}
               for src, inside in plan.net_files],
+            *[{"destination": inside, "type": "bind", "source": str(src),
+               "options": ["rbind", "ro", "nosuid", "nodev"]} for src, inside in fixup],
         ],
         "linux": {
             "namespaces": [*[{"type": t} for t in ("pid", "ipc", "uts", "mount")], network, {"type": "user"}],
