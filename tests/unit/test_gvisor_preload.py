@@ -15,14 +15,15 @@ from corral.runtime import gvisor_preload
 AT_NO_AUTOMOUNT = 0x800
 
 
-def test_the_library_builds_and_clears_the_flag_for_any_program(tmp_path: Path) -> None:
+def test_the_library_builds_and_loads_into_any_program(tmp_path: Path) -> None:
     fixup = gvisor_preload.build(tmp_path / "preload")
     assert fixup is not None
     assert fixup.list_file.read_text() == "/.corral/preload/statx.so\n"
     for path in (fixup.dir, fixup.dir / "statx.so", fixup.list_file):  # runsc's gofer reads them as a mapped id
         assert path.stat().st_mode & 0o005 == (0o005 if path.is_dir() else 0o004)
-    # Loaded into a real program, it answers the stat family as before (the host kernel accepts the flag
-    # either way; in a sandbox the sentry only accepts it cleared), errno included.
+    # Loaded into a real program, it answers the stat family as before, errno included. (The host's
+    # kernel accepts the flag either way: that the sentry gets it cleared is shown in gVisor sandboxes,
+    # test_commands.py's test_the_everyday_file_tools_work.)
     probe = (
         "import ctypes, os\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -51,11 +52,19 @@ def test_without_a_compiler_sandboxes_start_without_it(
     assert "install gcc" in caplog.text
 
 
+def test_a_failed_build_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gvisor_preload.shutil, "which", lambda name: "/bin/false")
+    assert gvisor_preload.build(tmp_path / "preload") is None
+    assert list((tmp_path / "preload").iterdir()) == []
+
+
 def test_a_template_with_its_own_list_or_an_odd_etc_keeps_it(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     assert not gvisor_preload.template_has_own(root)  # no /etc at all: runsc makes the mount point
     (root / "etc").mkdir()
+    assert not gvisor_preload.template_has_own(root)
+    (root / "etc" / "ld.so.preload").touch()  # names nothing (or a crash's leftover mount point)
     assert not gvisor_preload.template_has_own(root)
     (root / "etc" / "ld.so.preload").write_text("/usr/lib/libjemalloc.so.2\n")
     assert gvisor_preload.template_has_own(root)

@@ -22,7 +22,6 @@ from corral.runtime import gvisor_preload, gvisor_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec
 from corral.runtime.bwrap import BwrapBackend, _Live
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
-from corral.runtime.gvisor_preload import Preload
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, plan
 from corral.runtime.spares import DiskSpares
@@ -53,14 +52,14 @@ class GvisorBackend(BwrapBackend):
         self.state_root = state_root  # runsc --root: this server's containers only
         self._donors: dict[str, Donor] = {}
         # The stat fix-up (``gvisor_preload``), compiled at the first gVisor create of this server.
-        self.preload_dir = state_root.with_name(f"{state_root.name}.preload")
-        self._preload: asyncio.Task[Preload | None] | None = None
+        self.fixup_dir = state_root.with_name(f"{state_root.name}.preload")
+        self._fixup_task: asyncio.Task[gvisor_preload.Preload | None] | None = None
         self._preloaded: set[str] = set()  # sandboxes it is bound in (their commit drops its mount point)
 
-    async def preload(self) -> Preload | None:
-        if self._preload is None:
-            self._preload = asyncio.ensure_future(asyncio.to_thread(gvisor_preload.build, self.preload_dir))
-        return await asyncio.shield(self._preload)
+    async def _fixup(self) -> gvisor_preload.Preload | None:
+        if self._fixup_task is None:
+            self._fixup_task = asyncio.create_task(asyncio.to_thread(gvisor_preload.build, self.fixup_dir))
+        return await asyncio.shield(self._fixup_task)
 
     async def create(self, spec: SandboxSpec) -> None:
         net = self.network
@@ -85,7 +84,7 @@ class GvisorBackend(BwrapBackend):
                 netns_fd = await asyncio.to_thread(netns_priv.new_netns)
                 netns = f"/proc/{os.getpid()}/fd/{netns_fd}"
                 await asyncio.to_thread(net.plug, att, netns)
-            fixup = await self.preload()
+            fixup = await self._fixup()
             bundle, preloaded = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns, spare, fixup)
             if preloaded:
                 self._preloaded.add(spec.sandbox_id)
@@ -189,5 +188,7 @@ class GvisorBackend(BwrapBackend):
     async def close(self) -> None:
         await super().close()
         await asyncio.to_thread(gvisor_priv.remove_state_root, self.state_root)
-        if self._preload is not None:
-            await asyncio.to_thread(gvisor_preload.remove, self.preload_dir)
+        if self._fixup_task is not None:
+            with contextlib.suppress(Exception):
+                await self._fixup_task  # a build still running would write after the removal
+            await asyncio.to_thread(gvisor_preload.remove, self.fixup_dir)

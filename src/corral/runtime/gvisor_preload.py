@@ -3,7 +3,7 @@
 Debian 12's runsc rejects ``AT_NO_AUTOMOUNT`` in ``statx``/``newfstatat`` (EINVAL), which coreutils
 passes on every ``ls`` and ``stat``: without the fix-up ``ls /`` fails in every gVisor sandbox.
 ``gvisor_statx.c`` clears the flag (meaningless there: the sentry has no automount points). The
-backend compiles it once at start into a dir of its own, binds that dir read-only at
+backend compiles it at its first gVisor create into a dir of its own, binds that dir read-only at
 ``/.corral/preload`` and a one-line list naming it over the sandbox's ``/etc/ld.so.preload``, which
 glibc's loader reads for every dynamically linked program (setuid ones too). A template with an
 ``/etc/ld.so.preload`` of its own keeps it (and the EINVAL). docs/gvisor.md, "The stat fix-up".
@@ -26,9 +26,10 @@ SOURCE = Path(__file__).with_name("gvisor_statx.c")
 INSIDE_DIR = "/.corral/preload"
 PRELOAD_LIST = "/etc/ld.so.preload"  # where glibc's loader looks, whatever the program
 LIBRARY = "statx.so"
-LIST = "ld.so.preload"
+LIST_FILE = "ld.so.preload"  # the list's name in the host dir
+NAME_INSIDE = Path(PRELOAD_LIST).name  # the list's name in the sandbox's /etc
 COMPILE_TIMEOUT = 60.0
-CC_FLAGS = ["-shared", "-fPIC", "-O2", "-nostdlib", "-ffreestanding", "-Wall", "-Werror"]
+CC_FLAGS = ["-shared", "-fPIC", "-O2", "-nostdlib", "-ffreestanding"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Preload:
 
     @property
     def list_file(self) -> Path:
-        return self.dir / LIST
+        return self.dir / LIST_FILE
 
 
 def build(dest: Path) -> Preload | None:
@@ -51,29 +52,26 @@ def build(dest: Path) -> Preload | None:
         log.warning("no C compiler (install gcc): gVisor sandboxes start without the stat fix-up, "
                     "so `ls` and `stat` fail there with EINVAL (docs/gvisor.md)")
         return None
-    dest.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chmod(dest, 0o755)
-    partial = dest / f".{LIBRARY}.{os.getpid()}"
+    partial = [dest / f".{LIBRARY}.{os.getpid()}", dest / f".{LIST_FILE}.{os.getpid()}"]
     try:
+        dest.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(dest, 0o755)
         done = subprocess.run(
-            [cc, *CC_FLAGS, "-o", str(partial), str(SOURCE)],
+            [cc, *CC_FLAGS, "-o", str(partial[0]), str(SOURCE)],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=COMPILE_TIMEOUT,
         )
+        if done.returncode != 0:
+            raise OSError(f"{cc} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        partial[1].write_text(f"{INSIDE_DIR}/{LIBRARY}\n")
+        for path, name in zip(partial, (LIBRARY, LIST_FILE), strict=True):
+            os.chmod(path, 0o644)
+            os.replace(path, dest / name)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("building the gVisor stat fix-up failed (%s): gVisor sandboxes start without it", exc)
+        for path in partial:
+            with contextlib.suppress(OSError):
+                path.unlink()
         return None
-    if done.returncode != 0:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
-        log.warning("building the gVisor stat fix-up failed (%s): gVisor sandboxes start without it",
-                    done.stderr.strip()[-500:])
-        return None
-    os.chmod(partial, 0o644)
-    os.replace(partial, dest / LIBRARY)
-    listing = dest / f".{LIST}.{os.getpid()}"
-    listing.write_text(f"{INSIDE_DIR}/{LIBRARY}\n")
-    os.chmod(listing, 0o644)
-    os.replace(listing, dest / LIST)
     return Preload(dest)
 
 
@@ -83,8 +81,9 @@ def remove(dest: Path) -> None:
 
 def template_has_own(root: Path) -> bool:
     """Whether the sandbox's root (a mounted overlay of untrusted layers, read without following any
-    link) has an ``/etc/ld.so.preload`` of its own, or an ``/etc`` that is not a plain dir: then the
-    sandbox keeps what its template has."""
+    link) has a non-empty ``/etc/ld.so.preload`` of its own, or anything there but a plain file, or an
+    ``/etc`` that is not a plain dir: then the sandbox keeps what its template has. An empty list
+    names nothing (and may be a fix-up's mount point a crash left in a layer): it is covered."""
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
         try:
@@ -94,8 +93,8 @@ def template_has_own(root: Path) -> bool:
         except OSError:  # a link, or not a dir
             return True
         try:
-            os.stat(LIST, dir_fd=etc, follow_symlinks=False)
-            return True
+            st = os.stat(NAME_INSIDE, dir_fd=etc, follow_symlinks=False)
+            return not (stat.S_ISREG(st.st_mode) and st.st_size == 0)
         except FileNotFoundError:
             return False
         finally:
@@ -114,9 +113,9 @@ def drop_mount_point(layer: Path) -> None:
         except OSError:
             return
         try:
-            st = os.stat(LIST, dir_fd=etc, follow_symlinks=False)
+            st = os.stat(NAME_INSIDE, dir_fd=etc, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                os.unlink(LIST, dir_fd=etc)
+                os.unlink(NAME_INSIDE, dir_fd=etc)
         except FileNotFoundError:
             pass
         finally:

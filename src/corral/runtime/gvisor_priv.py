@@ -22,7 +22,6 @@ from pathlib import Path
 
 from corral.runtime import gvisor_preload, launch_priv, mounts_priv, oci_spec
 from corral.runtime.cgroups_priv import Cgroups, Limits
-from corral.runtime.gvisor_preload import Preload
 from corral.runtime.plan import LaunchPlan
 
 _JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -40,7 +39,7 @@ _HIDE_NET_SYSCTLS = [
 
 def prepare(
     plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None, spare: Path | None = None,
-    preload: Preload | None = None,
+    preload: gvisor_preload.Preload | None = None,
 ) -> tuple[Path, bool]:
     """Disk, root, cgroups and the OCI bundle (``netns``: the plugged netns' path; ``spare``: a disk
     made ahead, see ``launch_priv.make_dir``; ``preload``: the stat fix-up, unless the template has an

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from corral.runtime import gvisor_preload
-from corral.runtime.gvisor_preload import Preload
 from corral.runtime.plan import AGENT_CAPS, AGENT_LIB, RT_DIR, SANDBOX_PATH, LaunchPlan
 
 OCI_VERSION = "1.0.2"
@@ -48,7 +47,7 @@ def pids_limit(plan: LaunchPlan) -> int:
     return plan.limits.pids + SENTRY_THREADS
 
 
-def config(plan: LaunchPlan, netns: str | None = None, preload: Preload | None = None) -> dict[str, Any]:
+def config(plan: LaunchPlan, netns: str | None = None, preload: gvisor_preload.Preload | None = None) -> dict[str, Any]:
     """The OCI runtime config of one sandbox: the pre-mounted overlay (with the agent's runtime bound
     read-only under ``/.corral``) as root, ids shifted like bwrap's, the agent as its only process.
     ``netns``: the path of the network namespace the server made and plugged (networked sandboxes);
