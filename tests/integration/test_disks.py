@@ -70,7 +70,7 @@ def test_a_disk_is_full_at_its_size(sandboxes: Path) -> None:
     assert os.stat(d / "disk.img").st_size == 64 << 20
 
 
-def test_a_damaged_or_unverifiable_cached_image_is_rebuilt(sandboxes: Path) -> None:
+def test_a_damaged_or_unverifiable_cached_image_is_rebuilt(sandboxes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     new_disk(sandboxes, "first")
     cached = sandboxes.parent / mounts_priv.DISK_CACHE / "ext4-64m.img"
     assert blkid(cached, "TYPE") == "ext4"
@@ -81,9 +81,13 @@ def test_a_damaged_or_unverifiable_cached_image_is_rebuilt(sandboxes: Path) -> N
     assert (new_disk(sandboxes, "second") / "disk" / "upper").is_dir()  # its copy did not mount: rebuilt
     assert blkid(cached, "TYPE") == "ext4"
     replaced = cached.with_name("replaced")  # a new file without the digest xattr: not trusted
+    digest = os.getxattr(cached, "user.corral.sha256")
     shutil.copyfile(cached, replaced)
     os.rename(replaced, cached)
-    inode = cached.stat().st_ino
+    st = cached.stat()
+    inode = st.st_ino
+    # even when it reuses the inode number of the image this process checked (ext4 reuses freed ones)
+    monkeypatch.setitem(mounts_priv._checked, cached, (st.st_dev, inode, digest))
     assert (new_disk(sandboxes, "third") / "disk" / "upper").is_dir()
     assert cached.stat().st_ino != inode and os.getxattr(cached, "user.corral.sha256")
     cached.unlink()  # missing: built again
@@ -102,7 +106,7 @@ def test_without_user_xattrs_the_image_is_trusted_by_its_builder_only(
     built = cached.stat().st_ino
     new_disk(sandboxes, "b")
     assert cached.stat().st_ino == built  # this process built it: reused
-    monkeypatch.setattr(mounts_priv, "_checked", set())  # another server process
+    monkeypatch.setattr(mounts_priv, "_checked", {})  # another server process
     new_disk(sandboxes, "c")
     assert cached.stat().st_ino != built  # no digest to check it against: built again
 

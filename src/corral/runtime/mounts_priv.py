@@ -146,7 +146,18 @@ MAX_CACHED = 8  # image sizes kept; callers choose sizes, so the cache is bounde
 _MKFS = ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal,metadata_csum_seed", "-E", "nodiscard"]
 _DIGEST_XATTR = "user.corral.sha256"
 _lock = threading.Lock()
-_checked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of cached images whose digest matched
+# Each cached image whose digest matched, by path: the file it was (device, inode, recorded digest).
+# The digest tells a new file apart from a deleted one whose inode number it reuses.
+_checked: dict[Path, tuple[int, int, bytes]] = {}
+
+
+def _identity(path: Path) -> tuple[int, int, bytes]:
+    st = path.stat()
+    try:
+        digest = os.getxattr(path, _DIGEST_XATTR)
+    except OSError:  # none (a file system without user xattrs: trusted by its builder only)
+        digest = b""
+    return st.st_dev, st.st_ino, digest
 
 
 def _pristine(cache: Path, size_mb: int) -> Path:
@@ -154,11 +165,11 @@ def _pristine(cache: Path, size_mb: int) -> Path:
     path = cache / f"ext4-{size_mb}m.img"
     with _lock:
         try:
-            st = path.stat()
-            if (st.st_dev, st.st_ino) not in _checked:
-                if st.st_size != size_mb << 20 or _digest(path) != os.getxattr(path, _DIGEST_XATTR).decode():
+            known = _identity(path)
+            if _checked.get(path) != known:
+                if not known[2] or path.stat().st_size != size_mb << 20 or _digest(path) != known[2].decode():
                     raise ValueError(f"{path} does not match its digest")
-                _checked.add((st.st_dev, st.st_ino))
+                _checked[path] = known
             os.utime(path)  # most recently used: evicted last
             return path
         except (OSError, ValueError):
@@ -177,16 +188,14 @@ def _pristine(cache: Path, size_mb: int) -> Path:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        st = path.stat()
-        _checked.add((st.st_dev, st.st_ino))
+        _checked[path] = _identity(path)
         _evict(cache, keep=path)
         return path
 
 
 def _forget(path: Path) -> None:
     with _lock, contextlib.suppress(FileNotFoundError):
-        st = path.stat()
-        _checked.discard((st.st_dev, st.st_ino))
+        _checked.pop(path, None)
         path.unlink()
 
 
@@ -194,6 +203,7 @@ def _evict(cache: Path, keep: Path) -> None:
     images = sorted(cache.glob("ext4-*.img"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for old in [p for p in images if p != keep][MAX_CACHED - 1:]:
         with contextlib.suppress(FileNotFoundError):
+            _checked.pop(old, None)
             old.unlink()
 
 
