@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -143,6 +144,58 @@ def test_demand_grows_a_pool_for_a_built_template(api: httpx.Client) -> None:
     assert run_command(api, str(after["id"]), "cat /version").stdout == "v2\n"  # never the old build
     for sb in (cold, warm, after):
         api.delete(f"/v1/sandboxes/{sb['id']}")
+
+
+def main_result(api: httpx.Client, sid: str, code: str) -> tuple[str | None, int | None]:
+    """The cell's main result and execution count."""
+    with api.stream("POST", f"/v1/sandboxes/{sid}/code", json={"code": code}, timeout=120) as r:
+        assert r.status_code == 200, r.read().decode()
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    text = next((e["text"] for e in events if e["type"] == "result" and e.get("is_main_result")), None)
+    count = next((e["execution_count"] for e in events if e["type"] == "number_of_executions"), None)
+    return text, count
+
+
+def test_a_pooled_code_interpreter_sandbox_has_its_kernel_running(api: httpx.Client) -> None:
+    """Like E2B's, whose kernel runs from boot: the first cell does not wait for the kernel to start.
+    The kernel is as fresh as the sandbox, and a caller's own envs get a kernel started with them."""
+    cold = create(api, template="code-interpreter")
+    assert cold["pooled"] is False
+    assert api.get(f"/v1/sandboxes/{cold['id']}/contexts").json() == []  # a cold one starts it on demand
+    wait_pool(api, 1, "code-interpreter")
+    warm = create(api, template="code-interpreter")
+    wid = str(warm["id"])
+    assert warm["pooled"] is True
+    assert [c["language"] for c in api.get(f"/v1/sandboxes/{wid}/contexts").json()] == ["python"]
+    code = "import os, socket; (socket.gethostname(), os.environ.get('ONLY_MINE'))"
+    assert main_result(api, wid, code) == (repr((wid, None)), 1)  # its first cell, in its own sandbox
+
+    wait_pool(api, 1, "code-interpreter")
+    mine = create(api, template="code-interpreter", envs={"ONLY_MINE": "yes"})
+    assert mine["pooled"] is True
+    assert main_result(api, str(mine["id"]), code) == (repr((mine["id"], "yes")), 1)
+    assert [c["language"] for c in api.get(f"/v1/sandboxes/{mine['id']}/contexts").json()] == ["python"]
+    for sb in (cold, warm, mine):
+        assert api.delete(f"/v1/sandboxes/{sb['id']}").status_code == 204
+
+
+def test_e2b_sdk_creates_are_served_from_the_pool(srv: Server, api: httpx.Client,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official SDK asks for the internet with E2B's rule order (allow beats deny) and no rules:
+    the default network, so the pool serves it (it did not, before) — with the kernel running."""
+    from e2b_code_interpreter import Sandbox
+
+    for name, value in (("E2B_API_KEY", srv.api_key), ("E2B_API_URL", srv.url), ("E2B_SANDBOX_URL", srv.url)):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("E2B_DOMAIN", raising=False)
+    api.delete(f"/v1/sandboxes/{create(api, template='code-interpreter')['id']}")  # demand for its pool
+    wait_pool(api, 1, "code-interpreter")
+    sbx = Sandbox.create(timeout=120)
+    try:
+        assert [c["language"] for c in api.get(f"/v1/sandboxes/{sbx.sandbox_id}/contexts").json()] == ["python"]
+        assert sbx.run_code("6 * 7").text == "42"
+    finally:
+        sbx.kill()
 
 
 def test_pool_is_reconciled_after_a_crash() -> None:

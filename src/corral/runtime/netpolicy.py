@@ -77,6 +77,12 @@ class NetworkPolicy:
     def networked(self) -> bool:
         return self.mode != "none"
 
+    @property
+    def plain_internet(self) -> bool:
+        """Every public address and no rules: the default network, whatever ``allow_wins`` says (it
+        orders rules, and there are none). E2B's creates come with ``allow_wins`` set."""
+        return self.mode == "internet" and not self.allow and not self.deny
+
     def name_allowed(self, name: str) -> bool:
         """May the DNS forwarder answer ``name`` for this sandbox?"""
         name = name.lower().rstrip(".")

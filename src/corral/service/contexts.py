@@ -114,6 +114,15 @@ class Contexts:
         self._defaults = {k: v for k, v in self._defaults.items() if v != ctx.id}
         await self._stop(agent, ctx)
 
+    def detach_default(self, sandbox_id: str, language: str) -> Context | None:
+        """Unregister the language's default context of the sandbox and return it (the caller stops it
+        with ``stop``): the next cell of that language starts a new one."""
+        context_id = self._defaults.pop((sandbox_id, language), None)
+        return None if context_id is None else self._by_sandbox.get(sandbox_id, {}).pop(context_id, None)
+
+    async def stop(self, agent: AgentClient, ctx: Context) -> None:
+        await self._stop(agent, ctx)
+
     def forget(self, sandbox_id: str) -> None:
         """The sandbox is gone: drop its contexts (their processes died with it)."""
         for ctx in self._by_sandbox.pop(sandbox_id, {}).values():

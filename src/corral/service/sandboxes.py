@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,6 +34,10 @@ from corral.store.models import SandboxRow
 from corral.store.repo import LIVE_STATES, Store, iso, now, utc
 
 log = logging.getLogger("corral.sandboxes")
+# Pooled sandboxes of templates with the built-in code interpreter's layers get this language's
+# default context started while they wait (``_warm_context``).
+INTERPRETER_REF = "builtin:code-interpreter"
+WARM_LANGUAGE = "python"
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,10 @@ class SandboxService:
         # marked ended, waits for the same teardown instead of answering while it still runs.
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._pooled: set[str] = set()  # served from the warm pool (reported by create)
+        self._warmed: dict[str, dict[str, str]] = {}  # pooled, default python context started with these envs
         self.pool: WarmPool | None = None
         if settings.pool is not None:
-            self.pool = WarmPool(self._start_pooled, self.backend.destroy, self._room, max_size=settings.pool_max)
+            self.pool = WarmPool(self._start_pooled, self._destroy_pooled, self._room, max_size=settings.pool_max)
 
     # lifecycle of the service
     async def start(self) -> list[str]:
@@ -379,7 +384,7 @@ class SandboxService:
         """The backend saw a sandbox die on its own (agent crash, runtime failure)."""
         if self.pool is not None and self.pool.forget(sandbox_id):
             log.warning("pooled sandbox %s died while idle: %s", sandbox_id, reason)
-            await self.backend.destroy(sandbox_id)
+            await self._destroy_pooled(sandbox_id)
             return
         log.warning("sandbox %s died: %s", sandbox_id, reason)
         await self._end(sandbox_id, "failed", reason)
@@ -404,7 +409,10 @@ class SandboxService:
         self._timers[sandbox_id] = loop.call_later(delay, self._expire, sandbox_id)
 
     def _expire(self, sandbox_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._end(sandbox_id, "ended", "timeout reached"))
+        self._background(self._end(sandbox_id, "ended", "timeout reached"))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -453,7 +461,7 @@ class SandboxService:
     def _from_pool(self, req: CreateRequest, spec: SandboxSpec) -> str | None:
         if self.pool is None or req.cpu is not None or req.memory_mb is not None or req.disk_mb is not None:
             return None
-        if req.network is not None and req.network != INTERNET:
+        if req.network is not None and not req.network.plain_internet:
             return None
         pooled = self.templates.config(req.template).isolation or self.settings.backend
         if (spec.isolation or self.settings.backend) != pooled:
@@ -481,15 +489,36 @@ class SandboxService:
         )
         await self.backend.create(spec)
         config = info.config
-        if config.start_cmd or config.ready_cmd or config.ready_port:
-            env = {**self.backend.default_env(spec), **dict(config.env)}
-            try:
+        env = {**self.backend.default_env(spec), **dict(config.env)}
+        try:
+            if config.start_cmd or config.ready_cmd or config.ready_port:
                 await startup.start_and_wait(self.backend.agent(spec.sandbox_id), spec.sandbox_id, key.template,
                                              config, env)
-            except BaseException:
-                await self.backend.destroy(spec.sandbox_id)
-                raise
+            if INTERPRETER_REF in info.refs:
+                await self._warm_context(spec.sandbox_id, env)
+        except BaseException:
+            await self._destroy_pooled(spec.sandbox_id)
+            raise
         return spec.sandbox_id
+
+    async def _warm_context(self, sandbox_id: str, envs: dict[str, str]) -> None:
+        """Start the default python context of a pooled code-interpreter sandbox before anyone asks
+        (E2B's have theirs from boot): its first cell then runs at once instead of after ~2 s of
+        kernel start. Started as a create with these envs would start it; a claim that brings
+        other envs drops it (``_claim_pooled``)."""
+        try:
+            await self.contexts.default(self.backend.agent(sandbox_id), sandbox_id, WARM_LANGUAGE, envs)
+        except (Unavailable, Conflict) as exc:  # the template lost its kernel: the first cell will say so
+            log.warning("pool: sandbox %s: its %s context did not start ahead: %s", sandbox_id, WARM_LANGUAGE,
+                        exc.message)
+            return
+        self._warmed[sandbox_id] = envs
+
+    async def _destroy_pooled(self, sandbox_id: str) -> None:
+        """Destroy a sandbox that was never handed out (drained, died idle, or failed to get ready)."""
+        self._warmed.pop(sandbox_id, None)
+        self.contexts.forget(sandbox_id)
+        await self.backend.destroy(sandbox_id)
 
     async def _claim_pooled(self, principal: Principal, req: CreateRequest, spec: SandboxSpec,
                             timeout: int) -> SandboxRow:
@@ -513,6 +542,11 @@ class SandboxService:
         self._owners[spec.sandbox_id] = principal.key_id
         self._templates[spec.sandbox_id] = req.template
         self._pooled.add(spec.sandbox_id)
+        warmed = self._warmed.pop(spec.sandbox_id, None)
+        if warmed is not None and warmed != self._envs[spec.sandbox_id]:  # the caller's envs: a new kernel
+            stale = self.contexts.detach_default(spec.sandbox_id, WARM_LANGUAGE)
+            if stale is not None:
+                self._background(self.contexts.stop(self.backend.agent(spec.sandbox_id), stale))
         self._schedule(spec.sandbox_id, expires)
         return row
 
