@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import platform
 import subprocess
 import sys
@@ -217,6 +218,35 @@ def without_zygote(cold: Figure, samples: int) -> Figure:
                   "CORRAL_AGENT_ZYGOTE=off", "report", None, extra={"baseline": times})
 
 
+def e2b_first_cell(pool: str, samples: int) -> list[float]:
+    """The official E2B SDK's code interpreter, as its users start: ``Sandbox.create()`` then
+    ``run_code("1+1")`` until the result, on a server with ``CORRAL_POOL=pool`` (the pool refilled
+    between samples when there is one)."""
+    from e2b_code_interpreter import Sandbox as E2BSandbox
+
+    times: list[float] = []
+    saved = {name: os.environ.get(name) for name in ("E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL")}
+    with server(CORRAL_POOL=pool) as srv:
+        os.environ.update(E2B_API_KEY=srv.api_key, E2B_API_URL=srv.url, E2B_SANDBOX_URL=srv.url)
+        try:
+            for i in range(samples + 1):
+                if pool != "off":
+                    wait_ready(srv.url, srv.api_key, 1)
+                started = time.perf_counter()
+                sandbox = E2BSandbox.create(timeout=120)
+                assert sandbox.run_code("1+1").text == "2"
+                if i:  # the first warms the client and the server
+                    times.append(time.perf_counter() - started)
+                sandbox.kill()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    return times
+
+
 # block 2: the warm pool
 def noop_burst(url: str, key: str, n: int) -> list[float]:
     """n concurrent no-op authenticated calls on n open connections (what the API costs at that load)."""
@@ -319,6 +349,12 @@ def main() -> None:
     pooled_gvisor = gvisor_pooled(max(4, args.samples // 4)) if gvisor_times else []  # [] without runsc
     figures.append(gvisor_vs_wrapper("its warm pool, as shipped", pooled_gvisor, wrapper,
                                      "CORRAL_BACKEND=gvisor, pool base=1; the pool refilled between creates"))
+    cell_cold = e2b_first_cell("off", 3)
+    cell_warm = e2b_first_cell("code-interpreter=1", 5)
+    figures.append(Figure("E2B code interpreter Sandbox.create() + first run_code, warm pool vs pool off", "ms",
+                          p50(cell_warm) * MS, p50(cell_cold) * MS, "CORRAL_POOL=off", "report", None,
+                          note="pooled: its python kernel started while it waited",
+                          extra={"ours": cell_warm, "baseline": cell_cold}))
 
     step(f"warm pool: {n} concurrent creates")
     with server(CORRAL_POOL=f"base={n}", CORRAL_POOL_MAX=str(n)) as srv:
