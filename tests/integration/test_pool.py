@@ -179,6 +179,23 @@ def test_a_pooled_code_interpreter_sandbox_has_its_kernel_running(api: httpx.Cli
         assert api.delete(f"/v1/sandboxes/{sb['id']}").status_code == 204
 
 
+def test_a_code_interpreter_template_whose_kernel_cannot_start_still_pools(api: httpx.Client) -> None:
+    """No `user` to run the kernel as: the pool serves the sandbox as a cold one would be, and the
+    first cell says why (it did not retry the sandbox forever)."""
+    dockerfile = "FROM code-interpreter\nRUN userdel -r user\n"
+    r = api.post("/v1/templates", json={"name": "ci-nouser", "dockerfile": dockerfile})
+    assert r.status_code == 202, r.text
+    with api.stream("GET", f"/v1/builds/{r.json()['id']}/logs") as s:
+        assert [line for line in s.iter_lines() if line][-1].find('"ready"') > 0
+    api.delete(f"/v1/sandboxes/{create(api, template='ci-nouser')['id']}")  # demand for its pool
+    wait_pool(api, 1, "ci-nouser")
+    sb = create(api, template="ci-nouser")
+    assert sb["pooled"] is True and api.get(f"/v1/sandboxes/{sb['id']}/contexts").json() == []
+    r = api.post(f"/v1/sandboxes/{sb['id']}/code", json={"code": "1"})
+    assert r.status_code == 404 and "user" in r.json()["message"], r.text
+    api.delete(f"/v1/sandboxes/{sb['id']}")
+
+
 def test_e2b_sdk_creates_are_served_from_the_pool(srv: Server, api: httpx.Client,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The official SDK asks for the internet with E2B's rule order (allow beats deny) and no rules:

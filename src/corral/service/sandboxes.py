@@ -26,7 +26,7 @@ from corral.runtime.netpolicy import INTERNET, NetworkPolicy
 from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
-from corral.service.errors import Conflict, InvalidRequest, NotFound, TooMany, Unavailable, Unreachable
+from corral.service.errors import Conflict, InvalidRequest, NotFound, ServiceError, TooMany, Unavailable, Unreachable
 from corral.service.ids import random_id
 from corral.service.pool import PoolKey, WarmPool
 from corral.service.templates import Templates
@@ -76,6 +76,7 @@ class SandboxService:
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._pooled: set[str] = set()  # served from the warm pool (reported by create)
         self._warmed: dict[str, dict[str, str]] = {}  # pooled, default python context started with these envs
+        self._pool_starting: dict[str, str | None] = {}  # getting ready for the pool -> why it died, if it did
         self.pool: WarmPool | None = None
         if settings.pool is not None:
             self.pool = WarmPool(self._start_pooled, self._destroy_pooled, self._room, max_size=settings.pool_max)
@@ -382,6 +383,9 @@ class SandboxService:
 
     async def on_runtime_exit(self, sandbox_id: str, reason: str) -> None:
         """The backend saw a sandbox die on its own (agent crash, runtime failure)."""
+        if sandbox_id in self._pool_starting:  # not pooled yet: ``_start_pooled`` gives it up
+            self._pool_starting[sandbox_id] = reason
+            return
         if self.pool is not None and self.pool.forget(sandbox_id):
             log.warning("pooled sandbox %s died while idle: %s", sandbox_id, reason)
             await self._destroy_pooled(sandbox_id)
@@ -490,27 +494,32 @@ class SandboxService:
         await self.backend.create(spec)
         config = info.config
         env = {**self.backend.default_env(spec), **dict(config.env)}
+        self._pool_starting[spec.sandbox_id] = None
         try:
             if config.start_cmd or config.ready_cmd or config.ready_port:
                 await startup.start_and_wait(self.backend.agent(spec.sandbox_id), spec.sandbox_id, key.template,
                                              config, env)
             if INTERPRETER_REF in info.refs:
                 await self._warm_context(spec.sandbox_id, env)
+            died = self._pool_starting[spec.sandbox_id]
+            if died is not None:
+                raise RuntimeFailure(f"pooled sandbox {spec.sandbox_id} died while getting ready: {died}")
         except BaseException:
             await self._destroy_pooled(spec.sandbox_id)
             raise
+        finally:
+            self._pool_starting.pop(spec.sandbox_id, None)
         return spec.sandbox_id
 
     async def _warm_context(self, sandbox_id: str, envs: dict[str, str]) -> None:
         """Start the default python context of a pooled code-interpreter sandbox before anyone asks
         (E2B's have theirs from boot): its first cell then runs at once instead of after ~2 s of
-        kernel start. Started as a create with these envs would start it; a claim that brings
-        other envs drops it (``_claim_pooled``)."""
+        kernel start. ``envs``: those of a create with defaults; a claim whose envs differ drops this
+        kernel (``_claim_pooled``). A kernel that cannot start leaves the sandbox as a cold one is."""
         try:
             await self.contexts.default(self.backend.agent(sandbox_id), sandbox_id, WARM_LANGUAGE, envs)
-        except (Unavailable, Conflict) as exc:  # the template lost its kernel: the first cell will say so
-            log.warning("pool: sandbox %s: its %s context did not start ahead: %s", sandbox_id, WARM_LANGUAGE,
-                        exc.message)
+        except (ServiceError, RuntimeFailure) as exc:  # the first cell will start it, or say why not
+            log.warning("pool: sandbox %s: its %s context did not start ahead: %s", sandbox_id, WARM_LANGUAGE, exc)
             return
         self._warmed[sandbox_id] = envs
 
@@ -533,7 +542,7 @@ class SandboxService:
         try:
             await asyncio.to_thread(self.store.add_sandbox, row)
         except BaseException:
-            await self.backend.destroy(spec.sandbox_id)
+            await self._destroy_pooled(spec.sandbox_id)
             raise
         config = self.templates.config(req.template)
         self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
