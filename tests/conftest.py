@@ -274,6 +274,22 @@ def run_command(api: httpx.Client, sandbox_id: str, cmd: str, **fields: object) 
     return Ran(out, err, int(exit_event["exit_code"]), exit_event.get("error"), events)  # type: ignore[arg-type]
 
 
+def run_code(api: httpx.Client, sandbox_id: str, code: str, **fields: object) -> list[dict[str, object]]:
+    """Run a cell through the REST API: its events (keepalives left out), ending with end_of_execution."""
+    import json
+
+    with api.stream("POST", f"/v1/sandboxes/{sandbox_id}/code", json={"code": code, **fields}, timeout=120) as r:
+        assert r.status_code == 200, r.read().decode()
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    assert events[-1] == {"type": "end_of_execution"}
+    return [e for e in events if e["type"] != "keepalive"]
+
+
+def main_text(events: list[dict[str, object]]) -> str | None:
+    """The text of a cell's main result."""
+    return next((str(e["text"]) for e in events if e["type"] == "result" and e.get("is_main_result")), None)
+
+
 @pytest.fixture
 def run(api: httpx.Client):  # type: ignore[no-untyped-def]
     def _run(sandbox_id: str, cmd: str, **fields: object) -> Ran:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Server
+from conftest import Server, main_text, run_code
 
 
 @pytest.fixture(scope="module")
@@ -24,37 +24,25 @@ def ci_sandbox(server: Server) -> Iterator[str]:
         api.delete(f"/v1/sandboxes/{sid}")
 
 
-def execute(api: httpx.Client, sid: str, code: str, **fields: object) -> list[dict[str, object]]:
-    with api.stream("POST", f"/v1/sandboxes/{sid}/code", json={"code": code, **fields}, timeout=120) as r:
-        assert r.status_code == 200, r.read().decode()
-        events = [json.loads(line) for line in r.iter_lines() if line]
-    assert events[-1] == {"type": "end_of_execution"}
-    return [e for e in events if e["type"] != "keepalive"]
-
-
-def main_text(events: list[dict[str, object]]) -> str | None:
-    return next((str(e["text"]) for e in events if e["type"] == "result" and e.get("is_main_result")), None)
-
-
 def test_python_state_output_and_result(api: httpx.Client, ci_sandbox: str) -> None:
-    execute(api, ci_sandbox, "x = 41")
-    events = execute(api, ci_sandbox, "print('hi'); x + 1")
+    run_code(api, ci_sandbox, "x = 41")
+    events = run_code(api, ci_sandbox, "print('hi'); x + 1")
     assert [e["text"] for e in events if e["type"] == "stdout"] == ["hi\n"]
     assert main_text(events) == "42"
     assert any(e["type"] == "number_of_executions" for e in events)
 
 
 def test_errors_are_data(api: httpx.Client, ci_sandbox: str) -> None:
-    error = next(e for e in execute(api, ci_sandbox, "1/0") if e["type"] == "error")
+    error = next(e for e in run_code(api, ci_sandbox, "1/0") if e["type"] == "error")
     assert error["name"] == "ZeroDivisionError" and "division by zero" in str(error["traceback"])
-    syntax = next(e for e in execute(api, ci_sandbox, "def (:") if e["type"] == "error")
+    syntax = next(e for e in run_code(api, ci_sandbox, "def (:") if e["type"] == "error")
     assert syntax["name"] == "SyntaxError"
 
 
 def test_sandbox_and_call_envs(api: httpx.Client, ci_sandbox: str) -> None:
     code = "import os; (os.environ.get('SBX'), os.environ.get('CALL'))"
-    assert main_text(execute(api, ci_sandbox, code, envs={"CALL": "x"})) == "('on', 'x')"
-    assert main_text(execute(api, ci_sandbox, code)) == "('on', None)"
+    assert main_text(run_code(api, ci_sandbox, code, envs={"CALL": "x"})) == "('on', 'x')"
+    assert main_text(run_code(api, ci_sandbox, code)) == "('on', None)"
 
 
 def test_context_crud_and_errors(api: httpx.Client, ci_sandbox: str) -> None:
@@ -62,9 +50,9 @@ def test_context_crud_and_errors(api: httpx.Client, ci_sandbox: str) -> None:
     ctx = api.post(base, json={"language": "python", "cwd": "/tmp"}).json()
     assert ctx["language"] == "python" and ctx["cwd"] == "/tmp"
     assert ctx["id"] in [c["id"] for c in api.get(base).json()]
-    assert main_text(execute(api, ci_sandbox, "import os; y = 1; os.getcwd()", context_id=ctx["id"])) == "/tmp"
+    assert main_text(run_code(api, ci_sandbox, "import os; y = 1; os.getcwd()", context_id=ctx["id"])) == "/tmp"
     assert api.post(f"{base}/{ctx['id']}/restart").status_code == 200
-    after = execute(api, ci_sandbox, "y", context_id=ctx["id"])
+    after = run_code(api, ci_sandbox, "y", context_id=ctx["id"])
     assert next(e for e in after if e["type"] == "error")["name"] == "NameError"
     assert api.delete(f"{base}/{ctx['id']}").status_code == 204
     r = api.post(f"/v1/sandboxes/{ci_sandbox}/code", json={"code": "1", "context_id": ctx["id"]})
@@ -76,19 +64,19 @@ def test_context_crud_and_errors(api: httpx.Client, ci_sandbox: str) -> None:
 
 def test_timeout_interrupts_and_keeps_state(api: httpx.Client, ci_sandbox: str) -> None:
     ctx = api.post(f"/v1/sandboxes/{ci_sandbox}/contexts", json={"language": "python"}).json()["id"]
-    execute(api, ci_sandbox, "kept = 7", context_id=ctx)
+    run_code(api, ci_sandbox, "kept = 7", context_id=ctx)
     started = time.monotonic()
-    events = execute(api, ci_sandbox, "while True: pass", context_id=ctx, timeout=2)
+    events = run_code(api, ci_sandbox, "while True: pass", context_id=ctx, timeout=2)
     assert time.monotonic() - started < 15
     assert next(e for e in events if e["type"] == "error")["name"] == "ExecutionTimeout"
-    assert main_text(execute(api, ci_sandbox, "kept", context_id=ctx)) == "7"
+    assert main_text(run_code(api, ci_sandbox, "kept", context_id=ctx)) == "7"
 
 
 def test_kernel_death_is_reported_then_recovered(api: httpx.Client, ci_sandbox: str) -> None:
     ctx = api.post(f"/v1/sandboxes/{ci_sandbox}/contexts", json={"language": "python"}).json()["id"]
-    events = execute(api, ci_sandbox, "import os; os._exit(1)", context_id=ctx)
+    events = run_code(api, ci_sandbox, "import os; os._exit(1)", context_id=ctx)
     assert next(e for e in events if e["type"] == "error")["name"] == "KernelDied"
-    assert main_text(execute(api, ci_sandbox, "1 + 1", context_id=ctx)) == "2"
+    assert main_text(run_code(api, ci_sandbox, "1 + 1", context_id=ctx)) == "2"
 
 
 def test_one_context_serialises_and_contexts_run_in_parallel(server: Server, ci_sandbox: str) -> None:
@@ -100,7 +88,7 @@ def test_one_context_serialises_and_contexts_run_in_parallel(server: Server, ci_
     def cell(ctx: str) -> None:
         with server.client() as api:
             started = time.monotonic()
-            execute(api, ci_sandbox, "import time; time.sleep(1)", context_id=ctx)
+            run_code(api, ci_sandbox, "import time; time.sleep(1)", context_id=ctx)
             spans[ctx].append((started, time.monotonic()))
 
     threads = [threading.Thread(target=cell, args=(c,)) for c in (ctxs[0], ctxs[0], ctxs[1])]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,9 +13,11 @@ from conftest import (
     TEST_BACKEND,
     Server,
     corral_cgroups,
+    main_text,
     make_data_dir,
     mounts_under,
     remove_data_dir,
+    run_code,
     run_command,
     sandbox_mounts,
     sandbox_processes,
@@ -146,14 +147,10 @@ def test_demand_grows_a_pool_for_a_built_template(api: httpx.Client) -> None:
         api.delete(f"/v1/sandboxes/{sb['id']}")
 
 
-def main_result(api: httpx.Client, sid: str, code: str) -> tuple[str | None, int | None]:
+def main_result(api: httpx.Client, sid: str, code: str) -> tuple[str | None, object]:
     """The cell's main result and execution count."""
-    with api.stream("POST", f"/v1/sandboxes/{sid}/code", json={"code": code}, timeout=120) as r:
-        assert r.status_code == 200, r.read().decode()
-        events = [json.loads(line) for line in r.iter_lines() if line]
-    text = next((e["text"] for e in events if e["type"] == "result" and e.get("is_main_result")), None)
-    count = next((e["execution_count"] for e in events if e["type"] == "number_of_executions"), None)
-    return text, count
+    events = run_code(api, sid, code)
+    return main_text(events), next((e["execution_count"] for e in events if e["type"] == "number_of_executions"), None)
 
 
 def test_a_pooled_code_interpreter_sandbox_has_its_kernel_running(api: httpx.Client) -> None:

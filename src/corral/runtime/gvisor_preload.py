@@ -84,41 +84,46 @@ def template_has_own(root: Path) -> bool:
     link) has a non-empty ``/etc/ld.so.preload`` of its own, or anything there but a plain file, or an
     ``/etc`` that is not a plain dir: then the sandbox keeps what its template has. An empty list
     names nothing (and may be a fix-up's mount point a crash left in a layer): it is covered."""
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
-        try:
-            etc = os.open("etc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
-        except FileNotFoundError:
-            return False
-        except OSError:  # a link, or not a dir
-            return True
-        try:
-            st = os.stat(NAME_INSIDE, dir_fd=etc, follow_symlinks=False)
-            return not (stat.S_ISREG(st.st_mode) and st.st_size == 0)
-        except FileNotFoundError:
-            return False
-        finally:
-            os.close(etc)
+        etc = _open_etc(root)
+    except FileNotFoundError:
+        return False
+    except OSError:  # a link, or not a dir
+        return True
+    try:
+        return _empty_list(etc) is False
     finally:
-        os.close(root_fd)
+        os.close(etc)
 
 
 def drop_mount_point(layer: Path) -> None:
     """Remove the empty file runsc made in the sandbox's upper dir to bind the list over, from a
     layer captured of it (``layer`` is untrusted content: nothing is followed)."""
-    layer_fd = os.open(layer, os.O_PATH | os.O_DIRECTORY)
     try:
-        try:
-            etc = os.open("etc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=layer_fd)
-        except OSError:
-            return
-        try:
-            st = os.stat(NAME_INSIDE, dir_fd=etc, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                os.unlink(NAME_INSIDE, dir_fd=etc)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(etc)
+        etc = _open_etc(layer)
+    except OSError:
+        return
+    try:
+        if _empty_list(etc):
+            os.unlink(NAME_INSIDE, dir_fd=etc)
     finally:
-        os.close(layer_fd)
+        os.close(etc)
+
+
+def _open_etc(root: Path) -> int:
+    """An ``O_PATH`` fd of ``root/etc`` reached without following a link (OSError: missing, a link,
+    not a dir)."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return os.open("etc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
+
+
+def _empty_list(etc: int) -> bool | None:
+    """Whether the ``ld.so.preload`` in ``etc`` is an empty regular file (None: there is none)."""
+    try:
+        st = os.stat(NAME_INSIDE, dir_fd=etc, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0

@@ -106,22 +106,23 @@ class Contexts:
 
     async def restart(self, agent: AgentClient, ctx: Context) -> None:
         async with ctx.lock:
-            await self._stop(agent, ctx)
+            await self.stop(agent, ctx)
             await self._start(agent, ctx)
 
     async def remove(self, agent: AgentClient, ctx: Context) -> None:
         self._by_sandbox.get(ctx.sandbox_id, {}).pop(ctx.id, None)
         self._defaults = {k: v for k, v in self._defaults.items() if v != ctx.id}
-        await self._stop(agent, ctx)
+        await self.stop(agent, ctx)
 
-    def detach_default(self, sandbox_id: str, language: str) -> Context | None:
-        """Unregister the language's default context of the sandbox and return it (the caller stops it
-        with ``stop``): the next cell of that language starts a new one."""
-        context_id = self._defaults.pop((sandbox_id, language), None)
-        return None if context_id is None else self._by_sandbox.get(sandbox_id, {}).pop(context_id, None)
-
-    async def stop(self, agent: AgentClient, ctx: Context) -> None:
-        await self._stop(agent, ctx)
+    def detach_default(self, sandbox_id: str, language: str, unless_envs: dict[str, str]) -> Context | None:
+        """Unregister the language's default context of the sandbox unless it was started with
+        ``unless_envs``, and return it (the caller stops it): the next cell starts a new one."""
+        context_id = self._defaults.get((sandbox_id, language))
+        ctx = self._by_sandbox.get(sandbox_id, {}).get(context_id or "")
+        if ctx is None or ctx.envs == unless_envs:
+            return None
+        del self._defaults[sandbox_id, language], self._by_sandbox[sandbox_id][ctx.id]
+        return ctx
 
     def forget(self, sandbox_id: str) -> None:
         """The sandbox is gone: drop its contexts (their processes died with it)."""
@@ -187,7 +188,7 @@ class Contexts:
                 elif timed_out and deadline is not None and loop.time() < deadline:
                     await self._interrupt(agent, ctx)  # a SIGINT that landed before the cell ran is lost
                 elif timed_out and deadline is not None and loop.time() >= deadline:
-                    await self._stop(agent, ctx)  # it ignored the interrupt: state is lost
+                    await self.stop(agent, ctx)  # it ignored the interrupt: state is lost
                     yield _error("ExecutionTimeout", f"execution exceeded {timeout:g}s and did not stop when "
                                  "interrupted; the context was restarted")
                     yield {"type": "end_of_execution"}
@@ -226,7 +227,7 @@ class Contexts:
                                 ended = True
                                 break
             if not ended:
-                await self._stop(agent, ctx)  # the next cell gets a fresh runtime rather than a wait
+                await self.stop(agent, ctx)  # the next cell gets a fresh runtime rather than a wait
         finally:
             ctx.cell = None
             ctx.lock.release()
@@ -254,7 +255,7 @@ class Contexts:
             async with asyncio.timeout(READY_TIMEOUT):
                 await ctx.ready.wait()
         except TimeoutError as exc:
-            await self._stop(agent, ctx)
+            await self.stop(agent, ctx)
             raise Unavailable(f"sandbox {ctx.sandbox_id}: the {ctx.language} interpreter did not start "
                               f"within {READY_TIMEOUT:.0f}s") from exc
         if not ctx.alive:
@@ -266,7 +267,7 @@ class Contexts:
             last = lines[-1] if lines else "no output"
             raise Unavailable(f"sandbox {ctx.sandbox_id}: the {ctx.language} interpreter exited at start: {last}")
 
-    async def _stop(self, agent: AgentClient, ctx: Context) -> None:
+    async def stop(self, agent: AgentClient, ctx: Context) -> None:
         if ctx.pid is not None and ctx.alive:
             with contextlib.suppress(AgentError):
                 await agent.signal(ctx.pid, signal.SIGKILL)

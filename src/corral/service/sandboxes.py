@@ -75,7 +75,6 @@ class SandboxService:
         # marked ended, waits for the same teardown instead of answering while it still runs.
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._pooled: set[str] = set()  # served from the warm pool (reported by create)
-        self._warmed: dict[str, dict[str, str]] = {}  # pooled, default python context started with these envs
         self._pool_starting: dict[str, str | None] = {}  # getting ready for the pool -> why it died, if it did
         self.pool: WarmPool | None = None
         if settings.pool is not None:
@@ -520,12 +519,9 @@ class SandboxService:
             await self.contexts.default(self.backend.agent(sandbox_id), sandbox_id, WARM_LANGUAGE, envs)
         except (ServiceError, RuntimeFailure) as exc:  # the first cell will start it, or say why not
             log.warning("pool: sandbox %s: its %s context did not start ahead: %s", sandbox_id, WARM_LANGUAGE, exc)
-            return
-        self._warmed[sandbox_id] = envs
 
     async def _destroy_pooled(self, sandbox_id: str) -> None:
         """Destroy a sandbox that was never handed out (drained, died idle, or failed to get ready)."""
-        self._warmed.pop(sandbox_id, None)
         self.contexts.forget(sandbox_id)
         await self.backend.destroy(sandbox_id)
 
@@ -551,11 +547,9 @@ class SandboxService:
         self._owners[spec.sandbox_id] = principal.key_id
         self._templates[spec.sandbox_id] = req.template
         self._pooled.add(spec.sandbox_id)
-        warmed = self._warmed.pop(spec.sandbox_id, None)
-        if warmed is not None and warmed != self._envs[spec.sandbox_id]:  # the caller's envs: a new kernel
-            stale = self.contexts.detach_default(spec.sandbox_id, WARM_LANGUAGE)
-            if stale is not None:
-                self._background(self.contexts.stop(self.backend.agent(spec.sandbox_id), stale))
+        stale = self.contexts.detach_default(spec.sandbox_id, WARM_LANGUAGE, unless_envs=self._envs[spec.sandbox_id])
+        if stale is not None:  # started ahead without the caller's envs: the first cell starts a new kernel
+            self._background(self.contexts.stop(self.backend.agent(spec.sandbox_id), stale))
         self._schedule(spec.sandbox_id, expires)
         return row
 
