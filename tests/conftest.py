@@ -68,6 +68,47 @@ def sandbox_processes(data_dir: Path | None = None) -> list[int]:
     return pids
 
 
+def proc_status(proc: Path) -> dict[str, str]:
+    try:
+        lines = (proc / "status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def sandbox_init(sandbox_id: str) -> int:
+    """Host pid of a bwrap sandbox's pid 1 (the process whose pid namespace it heads). Its
+    ``/proc/<pid>/root`` and ``mountinfo`` show the sandbox's files and mounts, which are in no
+    namespace of the host's."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and proc_status(proc).get("NSpid", "").split()[-1:] == ["1"]:
+            try:
+                if f"/{sandbox_id}\n" in (proc / "cgroup").read_text():
+                    return int(proc.name)
+            except OSError:
+                continue
+    raise AssertionError(f"no pid 1 of {sandbox_id} on the host")
+
+
+def sandbox_files(data_dir: Path, sandbox_id: str) -> Path:
+    """A sandbox's ``/`` as the host reaches it: bwrap's root is mounted in the sandbox's own mount
+    namespace only (reached through its pid 1), gVisor's on the host. Walk it one component at a
+    time with ``O_NOFOLLOW``: an absolute symlink inside would resolve against the host's ``/``."""
+    if TEST_BACKEND == "gvisor":
+        return Settings(data_dir=data_dir, run_dir=Path(f"{data_dir}.run")).mounts_dir / sandbox_id
+    return Path(f"/proc/{sandbox_init(sandbox_id)}/root")
+
+
+def sandbox_disk(data_dir: Path, sandbox_id: str) -> Path:
+    """A sandbox's ext4 disk as the host reaches it: gVisor's is mounted on the host; bwrap's in the
+    sandbox's own mount namespace, the one bwrap's monitor (the parent of its pid 1) runs in."""
+    disk = data_dir / "sandboxes" / sandbox_id / "disk"
+    if TEST_BACKEND == "gvisor":
+        return disk
+    monitor = proc_status(Path(f"/proc/{sandbox_init(sandbox_id)}"))["PPid"]
+    return Path(f"/proc/{monitor}/root{disk}")
+
+
 def corral_cgroups(data_dir: Path | None = None) -> list[str]:
     """Sandbox cgroups on the host: of one server (by its data dir), or of every Corral server."""
     instance = Settings(data_dir=data_dir).instance if data_dir else "*"

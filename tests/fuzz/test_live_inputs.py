@@ -28,10 +28,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import Server
+from conftest import Server, sandbox_files
 from corral.api.e2b.envd import SERVICES
 from corral.api.e2b.envd.connect import STATUS, STREAM_TYPE, UNARY_TYPE
-from corral.config import Settings
 
 ENVD = "49983"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,10 +44,6 @@ PATHS = (
     .map("".join)
     | st.integers(1, 40).map(lambda n: "/".join(["d" * 200] * n))  # past PATH_MAX
 )
-
-
-def sandbox_root(server: Server, sandbox_id: str) -> Path:
-    return Settings(data_dir=server.data_dir, run_dir=Path(f"{server.data_dir}.run")).mounts_dir / sandbox_id
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +72,7 @@ def json_error(r: httpx.Response) -> dict[str, Any]:
 
 
 def assert_inside(root: Path, path: str, data: bytes) -> None:
-    """The sandbox path an answer named holds `data`, read through the sandbox's root mount one
+    """The sandbox path an answer named holds `data`, read through the sandbox's root one
     component at a time (so no host PATH_MAX applies and no symlink or `..` can lead out of it)."""
     assert path.startswith("/"), path
     parts = [p for p in posixpath.normpath(path).split("/") if p]  # answers may say "/home/user/./x"
@@ -119,7 +114,7 @@ def test_envd_multipart_upload_filenames(
         return
     entries = r.json()
     assert len(entries) == 1 and entries[0]["type"] == "file", entries
-    assert_inside(sandbox_root(server, fuzz_sandbox), entries[0]["path"], data)
+    assert_inside(sandbox_files(server.data_dir, fuzz_sandbox), entries[0]["path"], data)
 
 
 @FUZZ
@@ -137,7 +132,7 @@ def test_envd_raw_upload_and_download_paths(
         json_error(r)
     else:
         assert not gzip, "a body that is not gzip was accepted as gzip"
-        assert_inside(sandbox_root(server, fuzz_sandbox), r.json()[0]["path"], data)
+        assert_inside(sandbox_files(server.data_dir, fuzz_sandbox), r.json()[0]["path"], data)
     got = envd.get("/files", params={"path": path})
     if got.status_code != 200:
         json_error(got)
@@ -150,7 +145,7 @@ def test_native_files_api_paths(
 ) -> None:
     data = secrets.token_bytes(40)
     base = f"/v1/sandboxes/{fuzz_sandbox}/files"
-    root = sandbox_root(server, fuzz_sandbox)
+    root = sandbox_files(server.data_dir, fuzz_sandbox)
     with server.client() as api:
         r = api.put(base, params={"path": path, "user": user}, content=data)
         event(f"status {r.status_code}")

@@ -202,7 +202,8 @@ def test_files_are_written_read_listed_and_owned_like_on_bwrap(node: Node) -> No
         out, _, _, _ = await collect(agent, "cat /etc/motd; stat -c %u /home/user/d/notes.txt 2>/dev/null || true")
         assert out.startswith(b"root may")
         # on the host, the file sits in the sandbox's disk, owned by the shifted uid of "user"
-        upper = node.settings.sandboxes_dir / "conf-files" / "disk" / "upper" / "home" / "user" / "d" / "notes.txt"
+        assert isinstance(b, BwrapBackend)  # gVisor's too: the disk as the host reaches it
+        upper = b.disk_dir("conf-files") / "upper" / "home" / "user" / "d" / "notes.txt"
         assert upper.stat().st_uid == ID_OFFSET + 1000 and upper.stat().st_size == 300_000
         await b.destroy("conf-files")
 

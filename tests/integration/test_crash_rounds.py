@@ -319,18 +319,36 @@ def _listing(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
+def _file_on_disk(settings: Settings, sandbox_id: str, path: str) -> bytes | None:
+    """``path`` inside a sandbox of a crashed server, read from its disk. bwrap's disk and root
+    were mounted in the sandbox's own mount namespace, gone with its processes: the image is read
+    once its loop device is released (ext4 flushed it on the way). gVisor's stay mounted on the host."""
+    root = settings.mounts_dir / sandbox_id
+    if os.path.ismount(root):
+        try:
+            return (root / path.lstrip("/")).read_bytes()
+        except FileNotFoundError:
+            return None
+    image = settings.sandboxes_dir / sandbox_id / "disk.img"
+    deadline = time.monotonic() + 30
+    while subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, f"{image} is still attached 30 s after the crash"
+        time.sleep(0.05)  # waits for the kernel to release it, asserted above (not a timing)
+    read = subprocess.run(["debugfs", "-R", f'cat "/upper{path}"', str(image)], capture_output=True)
+    if b"File not found" in read.stderr:
+        return None
+    assert read.returncode == 0, read.stderr
+    return read.stdout
+
+
 def check_disks_after_crash(settings: Settings, seen: Seen) -> None:
-    """Read each upload's target through the sandbox's root mount, left by the crash: one that was
+    """Read each upload's target on the sandbox's disk, left by the crash: one that was
     acknowledged is complete; one that was not is absent or complete — never partial."""
     for up in seen.uploads:
         if up.sandbox_id in seen.deleted:
             continue
-        root = settings.mounts_dir / up.sandbox_id
-        assert os.path.ismount(root), f"sandbox {up.sandbox_id}: its root is no longer mounted after the crash"
-        target = root / up.path.lstrip("/")
-        try:
-            found = target.read_bytes()
-        except FileNotFoundError:
+        found = _file_on_disk(settings, up.sandbox_id, up.path)
+        if found is None:
             assert not up.acknowledged, f"{up.path} in {up.sandbox_id}: acknowledged upload is missing"
             continue
         assert found == up.data, (

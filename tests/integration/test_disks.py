@@ -54,7 +54,7 @@ def test_disks_are_separate_filesystems_with_their_own_uuid(sandboxes: Path) -> 
     assert upper.stat().st_uid == OWNER and (a / "disk" / "work").is_dir()
     (upper / "mine").write_text("a")
     assert not (b / "disk" / "upper" / "mine").exists()
-    used, total = mounts_priv.disk_usage(a)
+    used, total = mounts_priv.disk_usage(a / "disk")
     assert 56 << 20 < total <= 64 << 20 and 0 < used < 8 << 20  # less ext4 metadata
     # the copy is sparse: far less allocated than its size
     assert os.stat(a / "disk.img").st_blocks * 512 < 8 << 20
@@ -113,27 +113,28 @@ def test_without_user_xattrs_the_image_is_trusted_by_its_builder_only(
 
 def test_spare_disks_are_made_ahead_taken_once_and_removed(sandboxes: Path) -> None:
     async def body() -> None:
-        leftover = mounts_priv.make_spare(sandboxes, 64, OWNER)  # a crashed server's
+        leftover = mounts_priv.make_spare(sandboxes, 64, OWNER)
+        os.close(leftover.mount)  # a crashed server's: its disk went with its fds
         spares = DiskSpares(sandboxes, OWNER, 64, 2)
         assert spares.take(64) is None  # not started: nothing made yet
         await spares.start()
-        assert not leftover.exists()
+        assert not leftover.path.exists()
         while spares.ready < 2:
             await asyncio.sleep(0.01)  # waits for the background fill, asserted next (not a timing)
         assert len(spare_dirs(sandboxes.parent)) == 2
+        assert mounts_priv.mounted_under(sandboxes.parent) == []  # detached: in no namespace
         taken = spares.take(64)
-        assert taken is not None and os.path.ismount(taken / "disk")
-        assert (taken / "disk" / "upper").stat().st_uid == OWNER and not os.listdir(taken / "disk" / "upper")
+        assert taken is not None and sorted(os.listdir(taken.path)) == ["disk", "disk.img"]
         assert spares.take(128) is None  # only the default size is made ahead
         mine = sandboxes / "sbx1"
-        os.rename(taken, mine)  # how a sandbox takes it (launch_priv.make_dir): the mount moves along
-        assert os.path.ismount(mine / "disk")
+        assert mounts_priv.take_spare(taken, mine)  # how a sandbox takes it (launch_priv.make_dir)
+        assert not taken.path.exists() and os.path.ismount(mine / "disk")
+        assert (mine / "disk" / "upper").stat().st_uid == OWNER and not os.listdir(mine / "disk" / "upper")
         other = spares.take(64)
-        assert other is not None and os.statvfs(other / "disk").f_fsid != os.statvfs(mine / "disk").f_fsid
-        os.rename(other, sandboxes / "sbx2")
+        assert other is not None and mounts_priv.take_spare(other, sandboxes / "sbx2")
+        assert os.statvfs(sandboxes / "sbx2" / "disk").f_fsid != os.statvfs(mine / "disk").f_fsid
         await spares.close()  # the ones made since are removed; taken ones are their sandboxes'
         assert spare_dirs(sandboxes.parent) == []
-        assert [m for m in mounts_priv.mounted_under(sandboxes) if mounts_priv.SPARE_PREFIX in str(m)] == []
         assert spares.take(64) is None  # closed: no refill
         await asyncio.sleep(0)
         assert spare_dirs(sandboxes.parent) == []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-from conftest import TEST_BACKEND, Server, run_command, sandbox_mounts
+from conftest import TEST_BACKEND, Server, run_command, sandbox_init, sandbox_mounts
 from corral.runtime.cgroups_priv import detect, super_options
 
 
@@ -131,17 +132,44 @@ def test_server_turns_on_fast_cgroup_moves(server: Server) -> None:
     assert driver.favor_migrations() == "on (already)"
 
 
-def test_a_sandbox_adds_two_mounts_to_the_hosts_table(api: httpx.Client, server: Server) -> None:
-    """Its disk and its root: the agent's runtime and the network's files are bound by bwrap inside
-    the sandbox's own mount namespace (every mount on the host is copied by each later sandbox's
-    new mount namespace: docs/performance.md, "Mounts per sandbox"). gVisor's root has them bound
-    in on the host (runsc's gofer serves the root): 4 more."""
+def _loop_backing_files() -> list[str]:
+    out = subprocess.run(["losetup", "--list", "--noheadings", "-O", "BACK-FILE"], capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
+def test_a_deleted_sandbox_leaves_no_disk_behind(api: httpx.Client, server: Server) -> None:
+    """While it runs its disk image backs a loop device; once deleted, the device is released and
+    the sandbox's files are gone (bwrap: the disk was mounted in no namespace of the host's, it
+    goes with the server's fd of it and the sandbox's processes)."""
+    sid = api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
+    image = f"/sandboxes/{sid}/disk.img"
+    assert any(image in f for f in _loop_backing_files())
+    assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
+    deadline = time.monotonic() + 10
+    while any(image in f for f in _loop_backing_files()):  # the kernel releases it as the mounts go
+        assert time.monotonic() < deadline, f"the loop device of {image} is still attached after its sandbox"
+        time.sleep(0.05)
+    assert not (server.data_dir / "sandboxes" / sid).exists()
+
+
+def test_a_sandbox_mounts_nothing_in_the_hosts_table(api: httpx.Client, server: Server) -> None:
+    """bwrap: its disk and root are mounted in a mount namespace of its own and the agent's runtime
+    and the network's files are bound by bwrap inside the sandbox's (every mount on the host is
+    copied by each later sandbox's new mount namespace and read by bwrap once per bind:
+    docs/performance.md, "A mount namespace per sandbox"). gVisor's disk and root are on the host,
+    with the runtime bound in (runsc's gofer serves the root): 6."""
     before = set(sandbox_mounts(server.data_dir))
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
     try:
         new = sorted(set(sandbox_mounts(server.data_dir)) - before)
-        assert len(new) == (6 if TEST_BACKEND == "gvisor" else 2) and all(sid in m for m in new), new
-        assert new[0].endswith(f"/{sid}") and new[-1].endswith(f"/sandboxes/{sid}/disk"), new
+        if TEST_BACKEND == "gvisor":
+            assert len(new) == 6 and all(sid in m for m in new), new
+            assert new[0].endswith(f"/{sid}") and new[-1].endswith(f"/sandboxes/{sid}/disk"), new
+        else:
+            assert new == []
+            inside = [line.split() for line in Path(f"/proc/{sandbox_init(sid)}/mountinfo").read_text().splitlines()]
+            root = next(fields for fields in inside if fields[4] == "/")
+            assert root[root.index("-") + 1] == "overlay", root
         r = run_command(api, sid, "touch /.corral/rt/x /.corral/certs/x", user="root")
         assert r.exit_code != 0 and r.stderr.count("Read-only file system") == 2, r.stderr
     finally:

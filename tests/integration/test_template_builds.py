@@ -20,12 +20,14 @@ import httpx
 import pytest
 
 from conftest import (
+    TEST_BACKEND,
     Server,
     corral_cgroups,
     make_data_dir,
     mounts_under,
     remove_data_dir,
     run_command,
+    sandbox_init,
     sandbox_mounts,
     sandbox_processes,
     spare_dirs,
@@ -197,8 +199,12 @@ def test_templates_stack_layers_and_derive(api: httpx.Client, srv: Server) -> No
     try:
         assert sh(api, sid, "cat /parent.txt /child.txt; test -e /etc/debian_version || echo deleted") == \
             "parent\nchild\ndeleted\n"
-        with open("/proc/self/mountinfo") as f:
-            root = next(line for line in f if f"/{sid} " in line and " overlay " in line)
+        if TEST_BACKEND == "gvisor":
+            mountinfo, is_root = "/proc/self/mountinfo", lambda point: point.endswith(f"/{sid}")
+        else:  # bwrap's root is mounted in the sandbox's own namespace only
+            mountinfo, is_root = f"/proc/{sandbox_init(sid)}/mountinfo", lambda point: point == "/"
+        with open(mountinfo) as f:
+            root = next(line for line in f if is_root(line.split()[4]) and " overlay " in line)
         assert root.count(str(srv.data_dir / "layers")) == 3  # three layer dirs as lower dirs
     finally:
         kill(api, sid)

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from conftest import Ran, Server, run_command
+from conftest import Ran, Server, run_command, sandbox_disk
 
 ENVD_PORT = "49983"
 
@@ -81,8 +81,8 @@ def sandbox_dir(server: Server, sandbox_id: str) -> Path:
 
 
 def disk_mount(server: Server, sandbox_id: str) -> Path:
-    """Where the sandbox's ext4 disk image is mounted on the host (the overlay's upper dir lives there)."""
-    return sandbox_dir(server, sandbox_id) / "disk"
+    """The sandbox's ext4 disk as the host reaches it (the overlay's upper dir lives there)."""
+    return sandbox_disk(server.data_dir, sandbox_id)
 
 
 def digest(path: Path) -> str:

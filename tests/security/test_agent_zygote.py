@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import corral.agent
-from conftest import Server, make_data_dir, remove_data_dir, start_server
+from conftest import Server, make_data_dir, proc_status, remove_data_dir, sandbox_init, start_server
 from corral.agent.client import AgentClient
 from corral.runtime.cgroups_priv import detect
 from corral.runtime.plan import AGENT_CAPS_MASK, AgentRuntime
@@ -40,37 +40,17 @@ def exec_server() -> Iterator[Server]:
     remove_data_dir(data)
 
 
-def _init_of(sandbox_id: str) -> int:
-    """Host pid of the sandbox's pid 1 (the process whose pid namespace it heads)."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and _status(proc).get("NSpid", "").split()[-1:] == ["1"]:
-            try:
-                if f"/{sandbox_id}\n" in (proc / "cgroup").read_text():
-                    return int(proc.name)
-            except OSError:
-                continue
-    raise AssertionError(f"no pid 1 of {sandbox_id} on the host")
-
-
 def _agent_of(init: int) -> int:
     """Host pid of the agent: pid 2 in the pid namespace of ``init``."""
     pidns = os.readlink(f"/proc/{init}/ns/pid")
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and os.readlink(proc / "ns/pid") == pidns and \
-                    _status(proc)["NSpid"].split()[-1] == "2":
+                    proc_status(proc)["NSpid"].split()[-1] == "2":
                 return int(proc.name)
         except (OSError, KeyError):
             continue
     raise AssertionError(f"no agent in the pid namespace of {init}")
-
-
-def _status(proc: Path) -> dict[str, str]:
-    try:
-        lines = (proc / "status").read_text().splitlines()
-    except OSError:
-        return {}
-    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
 def _state(api: httpx.Client) -> dict[str, object]:
@@ -80,9 +60,9 @@ def _state(api: httpx.Client) -> dict[str, object]:
         # a served command first: a create answers before the forked agent's first ping (it may
         # still be starting), and the state compared is that of an agent at work
         answers = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "echo hi"}).text.count('"hi\\n"')
-        init = _init_of(sid)
+        init = sandbox_init(sid)
         agent = _agent_of(init)
-        status = _status(Path(f"/proc/{agent}"))
+        status = proc_status(Path(f"/proc/{agent}"))
         fds = sorted(os.readlink(f"/proc/{agent}/fd/{fd}").split("[")[0] for fd in os.listdir(f"/proc/{agent}/fd"))
         root, init_root = os.stat(f"/proc/{agent}/root/"), os.stat(f"/proc/{init}/root/")
         return {
@@ -118,7 +98,7 @@ def test_each_agent_has_a_session_and_process_group_of_its_own(server: Server, a
     from one (or a group signal) reaches nothing outside its own sandbox."""
     ids = [api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"] for _ in range(2)]
     try:
-        agents = [_agent_of(_init_of(sid)) for sid in ids]
+        agents = [_agent_of(sandbox_init(sid)) for sid in ids]
         zygote = _own_zygote(server)
         groups = {(os.getsid(pid), os.getpgid(pid)) for pid in [*agents, zygote]}
         assert len(groups) == 3, groups
@@ -133,8 +113,8 @@ def _own_zygote(server: Server) -> int:
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and b"corral_agent.zygote" in (proc / "cmdline").read_bytes():
-                bwrap = int(_status(proc)["PPid"])
-                if int(_status(Path(f"/proc/{bwrap}"))["PPid"]) == server.process.pid:
+                bwrap = int(proc_status(proc)["PPid"])
+                if int(proc_status(Path(f"/proc/{bwrap}"))["PPid"]) == server.process.pid:
                     return int(proc.name)
         except (OSError, KeyError, ValueError):
             continue
@@ -160,8 +140,8 @@ def test_a_joiner_refuses_a_root_other_than_the_sandbox_s(api: httpx.Client, tmp
     """The zygote joins pid 1's namespaces only if ``/`` then is the root the host named; with the
     right root it serves a second agent in the same sandbox (the positive control)."""
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
-    init = _init_of(sid)
-    id_offset = int(_status(Path(f"/proc/{init}"))["Uid"].split()[0])
+    init = sandbox_init(sid)
+    id_offset = int(proc_status(Path(f"/proc/{init}"))["Uid"].split()[0])
     instance = next(line.split("/")[-2] for line in Path(f"/proc/{init}/cgroup").read_text().splitlines()
                     if line.endswith(f"/{sid}"))
     base = Path(os.environ.get("CORRAL_TEMPLATES_DIR") or "/var/lib/corral/templates") / "base/rootfs"
@@ -189,15 +169,16 @@ def _join(zygote: Zygote, sid: str, init: int, root: Path, sock_path: Path, inst
     ready_r, ready_w = os.pipe()
     os.write(ready_w, b".")
     os.close(ready_w)
-    log = sock_path.with_suffix(".log")
-    log.touch()
+    log = os.open(sock_path.with_suffix(".log"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     ready = io.FileIO(ready_r, "rb")
     init_pidfd = os.pidfd_open(init)
+    st = os.stat(root)
     try:
         try:
-            joiner = request_joiner(zygote, sid, root, listener, log, detect(instance=instance))
+            joiner = request_joiner(zygote, sid, (st.st_dev, st.st_ino), listener, log, detect(instance=instance))
         finally:
             listener.close()
+            os.close(log)
         return finish_agent(joiner, init_pidfd, ready, 10)
     finally:
         os.close(init_pidfd)

@@ -27,7 +27,7 @@ from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxU
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.netpolicy import NetworkPolicy
 from corral.runtime.network import Network
-from corral.runtime.plan import AgentRuntime, LaunchPlan, agent_binds, plan
+from corral.runtime.plan import LOG_NAME, AgentRuntime, LaunchPlan, agent_binds, plan
 from corral.runtime.seccomp import build_filter
 from corral.runtime.spares import DiskSpares
 from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, finish_agent, request_joiner
@@ -85,6 +85,9 @@ class BwrapBackend:
         # Agents forked from one pre-imported python (docs/architecture.md, "The agent zygote").
         self.zygote = Zygote(runtime, self.agent_src, self.seccomp, id_offset) if zygote else None
         self._live: dict[str, _Live] = {}
+        # Each sandbox's disk (an fd of its root dir) from prepare until teardown: mounted only in the
+        # sandbox's own mount namespace, it is reached through this (``disk_dir``).
+        self._disks: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         mounts_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -113,6 +116,7 @@ class BwrapBackend:
         try:
             att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups, spare)
+            self._disks[spec.sandbox_id] = prepared.disk
             loop = asyncio.get_running_loop()
             spawning = loop.run_in_executor(self._spawner, self._spawn, p, prepared)
             cancelled = False
@@ -152,6 +156,8 @@ class BwrapBackend:
         except BaseException as exc:
             if not handed and prepared is not None:
                 prepared.listener.close()
+            if prepared is not None:
+                prepared.release()
             if not handed and spawned is not None and spawned.ready is not None:
                 spawned.ready.close()
             if not handed and joiner is not None:
@@ -162,20 +168,28 @@ class BwrapBackend:
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
 
-    async def _drop_spare(self, spare: Path | None) -> None:
-        """A spare a failed create took but never renamed (cancelled before its prepare ran)."""
-        if spare is not None and spare.exists():
+    async def _drop_spare(self, spare: mounts_priv.Spare | None) -> None:
+        """A spare a failed create took but never used (cancelled before its prepare ran)."""
+        if spare is not None and spare.mount >= 0:
             await asyncio.to_thread(mounts_priv.destroy_spare, spare)
 
     def _spawn(self, p: LaunchPlan, prepared: launch_priv.Prepared) -> tuple[launch_priv.Spawned, Joiner | None]:
         """On the spawner thread: (re)start the zygote if it is not running (its --die-with-parent
         follows this long-lived thread), start bwrap, then, while bwrap sets the sandbox up, have the
         zygote fork the agent's joiner (it waits for ``finish_agent``)."""
+        try:
+            return self._spawn_sandbox(p, prepared)
+        finally:
+            prepared.release()
+
+    def _spawn_sandbox(
+        self, p: LaunchPlan, prepared: launch_priv.Prepared,
+    ) -> tuple[launch_priv.Spawned, Joiner | None]:
         if self.zygote is None:
             return launch_priv.spawn(p, prepared, self.seccomp, self.cgroups), None
         self.zygote.start()
         spawned = launch_priv.spawn(p, prepared, self.seccomp, self.cgroups, zygote=True)
-        request = partial(request_joiner, self.zygote, p.sandbox_id, p.root, prepared.listener, p.log_path,
+        request = partial(request_joiner, self.zygote, p.sandbox_id, prepared.root, prepared.listener, prepared.log,
                           self.cgroups)
         try:
             try:
@@ -221,7 +235,7 @@ class BwrapBackend:
                                              return_when=asyncio.FIRST_COMPLETED)
             if ping in finished and ping.exception() is None:
                 return
-            why = _log_tail(live.plan.log_path)
+            why = _log_tail(self.disk_dir(sandbox_id))
             if ping in finished:
                 why = f"{ping.exception()}; {why}"
             elif not finished:
@@ -258,7 +272,15 @@ class BwrapBackend:
         task.add_done_callback(self._tasks.discard)
 
     async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
-        await self.on_exit(sandbox_id, f"sandbox runtime exited with code {code}: {_log_tail(live.plan.log_path)}")
+        why = _log_tail(self.disk_dir(sandbox_id))
+        await self.on_exit(sandbox_id, f"sandbox runtime exited with code {code}: {why}")
+
+    def disk_dir(self, sandbox_id: str) -> Path:
+        """The sandbox's disk (its overlay's ``upper`` and ``work``, the runtime log) as the host reaches
+        it: through the fd held since prepare (bwrap: mounted in the sandbox's namespace only), else
+        at its mount point on the host (gVisor)."""
+        fd = self._disks.get(sandbox_id)
+        return Path(f"/proc/{os.getpid()}/fd/{fd}") if fd is not None else self.sandboxes_dir / sandbox_id / "disk"
 
     def agent(self, sandbox_id: str) -> AgentClient:
         return AgentClient(str(self.sandboxes_dir / sandbox_id / "agent.sock"))
@@ -268,7 +290,7 @@ class BwrapBackend:
         if live is None:
             raise RuntimeFailure(f"sandbox {sandbox_id} is not running on this node")
         use = await asyncio.to_thread(self.cgroups.usage, sandbox_id)
-        disk_used, disk_total = await asyncio.to_thread(mounts_priv.disk_usage, live.plan.sandbox_dir)
+        disk_used, disk_total = await asyncio.to_thread(mounts_priv.disk_usage, self.disk_dir(sandbox_id))
         return SandboxUsage(
             cpu_seconds=use.cpu_seconds, memory_bytes=use.memory_bytes,
             memory_limit_bytes=live.plan.limits.memory_bytes, disk_bytes=disk_used,
@@ -313,7 +335,7 @@ class BwrapBackend:
         await self._stop(sandbox_id)
         try:
             await asyncio.to_thread(self.cgroups.remove, sandbox_id)  # every process gone: a quiet upper
-            await asyncio.to_thread(mounts_priv.capture_upper, self.sandboxes_dir / sandbox_id, dest)
+            await asyncio.to_thread(mounts_priv.capture_upper, self.disk_dir(sandbox_id), dest)
         except (OSError, mounts_priv.MountError, CgroupUnavailable) as exc:
             raise RuntimeFailure(f"sandbox {sandbox_id}: saving its changes failed: {exc}") from exc
         finally:
@@ -339,6 +361,9 @@ class BwrapBackend:
     async def _teardown(self, sandbox_id: str) -> None:
         if self.network is not None:
             await self.network.release(sandbox_id)
+        disk = self._disks.pop(sandbox_id, None)
+        if disk is not None:  # the disk unmounts with the last of this and the sandbox's processes
+            os.close(disk)
         await asyncio.to_thread(
             launch_priv.teardown, self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id, sandbox_id,
             self.cgroups,
@@ -405,11 +430,11 @@ class BwrapBackend:
         return sock
 
 
-def _log_tail(log: Path, limit: int = 600) -> str:
-    """The end of the runtime log. Only its last bytes are read: the sandbox can make it as big as
-    its disk, and this runs on the event loop."""
+def _log_tail(disk: Path, limit: int = 600) -> str:
+    """The end of the runtime log on the sandbox's ``disk``. Only its last bytes are read: the
+    sandbox can make it as big as its disk, and this runs on the event loop."""
     try:
-        with open(log, "rb") as f:
+        with open(disk / LOG_NAME, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * limit))
             text = f.read(4 * limit).decode(errors="replace").strip()
     except OSError:

@@ -38,7 +38,7 @@ _HIDE_NET_SYSCTLS = [
 
 
 def prepare(
-    plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None, spare: Path | None = None,
+    plan: LaunchPlan, cgroups: Cgroups, netns: str | None = None, spare: mounts_priv.Spare | None = None,
     preload: gvisor_preload.Preload | None = None,
 ) -> tuple[Path, bool]:
     """Disk, root, cgroups and the OCI bundle (``netns``: the plugged netns' path; ``spare``: a disk

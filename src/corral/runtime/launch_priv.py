@@ -4,10 +4,11 @@ The steps, in order (docs/security.md lists them too):
 
 1. ``prepare``: make the sandbox dir (0700, root) with its ext4 disk, which also holds the runtime
    log that bwrap and the agent write to (sandbox root can make them write: on the disk image that
-   counts against its limit); mount the root overlay in the mounts dir and bind the agent's runtime
-   and code read-only into it; create its cgroups with limits; bind the agent's listening unix
-   socket (host-only path).
-2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset``, handing it the seccomp
+   counts against its limit), mounted with the root overlay (at its path in the mounts dir) in a
+   new mount namespace, the sandbox's own (``mountns_priv``), never the host's; create its cgroups
+   with limits; bind the agent's listening unix socket (host-only path).
+2. ``spawn``: start bubblewrap as the unprivileged host uid ``id_offset`` in that mount namespace,
+   handing it the seccomp
    program: a ``sh`` stub is moved into the sandbox's cgroups (every hierarchy) and only then execs
    ``setpriv`` (to ``id_offset``, no groups, no capabilities) and bwrap, so bwrap, and
    its cgroup namespace, start inside them; the only host path it
@@ -38,18 +39,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.runtime import mounts_priv
+from corral.runtime import mountns_priv, mounts_priv
 from corral.runtime.cgroups_priv import Cgroups
 from corral.runtime.plan import Fds, LaunchPlan
 from corral.runtime.seccomp import program_fd
 
 ID_RANGE = 65536
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
 
 
 @dataclass
 class Prepared:
     listener: socket.socket
     socket_path: Path
+    ns: int  # the sandbox's mount namespace until bwrap starts in it (``spawn`` closes it)
+    disk: int  # the sandbox's disk (its root dir): the host's way to it, for the sandbox's life
+    log: int  # the runtime log on that disk, for bwrap's and the agent's output (``spawn`` closes it)
+    root: tuple[int, int]  # (st_dev, st_ino) of the sandbox's root
+
+    def release(self) -> None:
+        """Close what only starting bwrap needs (the namespace, the log). Idempotent."""
+        for name in ("ns", "log"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
 
 
 @dataclass
@@ -61,31 +75,46 @@ class Spawned:
     init_pidfd: int = -1  # set by ``admit``: a pidfd of the sandbox's pid 1, opened while it waits
 
 
-def prepare(plan: LaunchPlan, cgroups: Cgroups, spare: Path | None = None) -> Prepared:
-    """``spare``: a disk made ahead (``mounts_priv.make_spare``) of the plan's size, taken by renaming."""
-    make_dir(plan, spare)
-    d = plan.sandbox_dir
-    mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds(),
-                           tuple(inside for _, inside in plan.runtime_binds()))
-    cgroups.create(plan.sandbox_id, plan.limits)
-    path = d / "agent.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    os.chmod(path, 0o600)
-    listener.listen(256)
-    return Prepared(listener=listener, socket_path=path)
+def prepare(plan: LaunchPlan, cgroups: Cgroups, spare: mounts_priv.Spare | None = None) -> Prepared:
+    """``spare``: a disk made ahead (``mounts_priv.make_spare``) of the plan's size, taken by renaming.
+    The disk and the root are mounted in a new mount namespace, the sandbox's own (``mountns_priv``),
+    which bwrap starts in; the host reaches the disk through ``Prepared.disk``."""
+    fds: list[int] = []
+    try:
+        with mountns_priv.fresh() as ns:
+            make_dir(plan, spare)
+            d = plan.sandbox_dir
+            mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds(),
+                                   tuple(inside for _, inside in plan.runtime_binds()))
+            fds.append(os.dup(ns))
+            fds.append(os.open(d / "disk", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            fds.append(os.open(plan.log_path, _LOG_FLAGS, 0o600))
+            root = os.stat(plan.root)
+        cgroups.create(plan.sandbox_id, plan.limits)
+        path = d / "agent.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            os.chmod(path, 0o600)
+            listener.listen(256)
+        except BaseException:
+            listener.close()
+            raise
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    ns_fd, disk, log = fds
+    return Prepared(listener=listener, socket_path=path, ns=ns_fd, disk=disk, log=log, root=(root.st_dev, root.st_ino))
 
 
-def make_dir(plan: LaunchPlan, spare: Path | None) -> None:
-    """The sandbox dir with its mounted disk: a spare renamed into place, or made now."""
+def make_dir(plan: LaunchPlan, spare: mounts_priv.Spare | None) -> None:
+    """The sandbox dir with its mounted disk (in this thread's mount namespace): a spare renamed
+    into place, or made now."""
     plan.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
     d = plan.sandbox_dir
-    if spare is not None:
-        try:
-            os.rename(spare, d)
-            return
-        except OSError:
-            mounts_priv.destroy_spare(spare)
+    if spare is not None and mounts_priv.take_spare(spare, d):
+        return
     d.mkdir(mode=0o700)
     mounts_priv.create_disk(d, plan.disk_mb, owner=plan.id_offset)
 
@@ -118,7 +147,8 @@ def spawn(
     plan: LaunchPlan, prepared: Prepared, seccomp_filter: bytes, cgroups: Cgroups, zygote: bool = False,
 ) -> Spawned:
     """Start bwrap as the unprivileged id-offset uid inside the sandbox's cgroups (so its cgroup
-    namespace is rooted at the sandbox's own groups); it blocks until ``admit`` releases it.
+    namespace is rooted at the sandbox's own groups) and mount namespace; it blocks until ``admit``
+    releases it. The caller then ``release``s ``prepared`` (the log fd may still serve the joiner).
 
     ``zygote``: its command is a waiting pid 1 whose stdout is ``Spawned.ready_r`` and the agent
     comes later (``zygote.request_joiner``, ``zygote.finish_agent``); the listener stays with the
@@ -129,13 +159,15 @@ def spawn(
     seccomp_fd = program_fd(seccomp_filter)
     listen = None if zygote else prepared.listener.fileno()
     fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=listen)
-    log = open(plan.log_path, "wb")  # noqa: SIM115 - handed to the child
+    log = prepared.log
     try:
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", _STUB, "corral-bwrap", *_as_sandbox_uid(plan.id_offset, plan.argv(fds))],
-            stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log, start_new_session=True,
-            pass_fds=tuple(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None),
-        )
+        with mountns_priv.entered(prepared.ns):  # bwrap starts in the sandbox's mount namespace
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", _STUB, "corral-bwrap", *_as_sandbox_uid(plan.id_offset, plan.argv(fds))],
+                stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log,
+                start_new_session=True,
+                pass_fds=tuple(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None),
+            )
         try:
             cgroups.attach(plan.sandbox_id, process.pid)
             assert process.stdin is not None
@@ -151,7 +183,6 @@ def spawn(
                 os.close(fd)
         raise
     finally:
-        log.close()
         for fd in (info_w, block_r, seccomp_fd, ready_w):
             if fd is not None:
                 os.close(fd)

@@ -15,7 +15,8 @@ No ``mkfs`` or ``mount`` process per sandbox: ``<data>/disk-images/`` holds one 
 per size (built once, atomically; checked against its digest once per process and rebuilt when
 missing or corrupt). Each sandbox gets a sparse copy of it (only its data extents; reflinked where
 the filesystem can) with a fresh ext4 UUID, attached with the loop-control ioctls and mounted
-with mount(2).
+detached (``fsmount``), then moved into the mount namespace that needs it (a bwrap sandbox's own,
+``mountns_priv``; the host's for gVisor).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ import struct
 import subprocess
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MNT_DETACH = 2
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_NOATIME, MS_BIND = 1, 2, 4, 32, 1024, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
 
 
 class MountError(RuntimeError):
@@ -53,7 +55,9 @@ def _mount(source: str, target: Path, fstype: str, options: str, flags: int = 0)
 MOUNT_DATA_LIMIT = 3500  # mount(2) copies at most one page (4096 bytes) of options
 _SYS = {"fsopen": 430, "fsconfig": 431, "fsmount": 432, "move_mount": 429}  # same on x86_64 and aarch64
 FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
-FSMOUNT_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 1, 4, -100
+FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
+MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 4, -100
+MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOATIME = 0x2, 0x4, 0x10
 
 
 def _syscall(name: str, *args: object) -> int:
@@ -94,49 +98,93 @@ def _umount(target: Path) -> None:
 
 
 def create_disk(sandbox_dir: Path, size_mb: int, owner: int) -> Path:
-    """Make and mount the sandbox's writable disk; return the overlay upper dir (owned by ``owner``)."""
+    """Make the sandbox's writable disk and mount it at ``sandbox_dir/disk`` (in this thread's mount
+    namespace); return the overlay upper dir (owned by ``owner``)."""
+    attach_disk(new_disk(sandbox_dir, size_mb, owner), sandbox_dir)
+    return sandbox_dir / "disk" / "upper"
+
+
+def new_disk(sandbox_dir: Path, size_mb: int, owner: int) -> int:
+    """Make ``sandbox_dir/disk.img`` with its overlay dirs (``upper`` owned by ``owner``) and the
+    ``disk`` dir to mount it on; returns the disk as a detached mount (an fd, in no namespace until
+    ``attach_disk``; closing it unmounts)."""
     image = sandbox_dir / "disk.img"
-    mountpoint = sandbox_dir / "disk"
-    mountpoint.mkdir()
+    (sandbox_dir / "disk").mkdir()
     cache = sandbox_dir.parent.parent / DISK_CACHE
     for attempt in range(2):
         pristine = _pristine(cache, size_mb)
         _sparse_copy(pristine, image)
         try:
             _set_uuid(image)
-            _mount_loop(image, mountpoint)
+            mount = _mount_loop(image)
             break
         except MountError:
             if attempt:
                 raise
             _forget(pristine)  # a corrupt cached image: build it again, once
             image.unlink()
-    upper = mountpoint / "upper"
-    upper.mkdir()
-    (mountpoint / "work").mkdir()
-    os.chown(upper, owner, owner)
-    return upper
+    try:
+        os.mkdir("upper", dir_fd=mount)
+        os.mkdir("work", dir_fd=mount)
+        os.chown("upper", owner, owner, dir_fd=mount)
+    except BaseException:
+        os.close(mount)
+        raise
+    return mount
+
+
+def attach_disk(mount: int, sandbox_dir: Path) -> None:
+    """Mount a disk of ``new_disk`` at ``sandbox_dir/disk`` in this thread's mount namespace; closes ``mount``."""
+    try:
+        _syscall("move_mount", mount, b"", AT_FDCWD, str(sandbox_dir / "disk").encode(), MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(mount)
 
 
 SPARE_PREFIX = ".spare-"  # in the sandboxes dir; never a sandbox id (those are lowercase alphanumerics)
 
 
-def make_spare(sandboxes_dir: Path, size_mb: int, owner: int) -> Path:
-    """An empty sandbox dir with its disk made and mounted ahead of any sandbox (``runtime/spares.py``):
-    a sandbox takes it by renaming it to its own dir (the disk's mount moves with it)."""
+@dataclass
+class Spare:
+    """A sandbox dir whose disk is made ahead: ``path`` holds its image, ``mount`` is the disk as a
+    detached mount (``new_disk``), attached wherever the sandbox that takes it is mounted."""
+
+    path: Path
+    mount: int
+
+
+def make_spare(sandboxes_dir: Path, size_mb: int, owner: int) -> Spare:
+    """An empty sandbox dir with its disk made ahead of any sandbox (``runtime/spares.py``): a
+    sandbox takes it by renaming it to its own dir and attaching the disk (``take_spare``)."""
     d = sandboxes_dir / f"{SPARE_PREFIX}{size_mb}m-{uuid.uuid4().hex[:16]}"
     d.mkdir(mode=0o700)
     try:
-        create_disk(d, size_mb, owner)
+        return Spare(d, new_disk(d, size_mb, owner))
     except BaseException:
-        destroy_spare(d)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(d)
         raise
-    return d
 
 
-def destroy_spare(spare: Path) -> None:
-    """Unmount and delete a spare (it has a disk, no root)."""
-    destroy(spare, spare / "root")
+def take_spare(spare: Spare, sandbox_dir: Path) -> bool:
+    """Make ``spare`` the sandbox dir ``sandbox_dir``, its disk mounted there (in this thread's mount
+    namespace). The spare is used up either way; False: it could not be renamed (and is deleted)."""
+    try:
+        os.rename(spare.path, sandbox_dir)
+    except OSError:
+        destroy_spare(spare)
+        return False
+    mount, spare.mount = spare.mount, -1
+    attach_disk(mount, sandbox_dir)
+    return True
+
+
+def destroy_spare(spare: Spare) -> None:
+    """Unmount (close) and delete a spare. Idempotent."""
+    if spare.mount >= 0:
+        os.close(spare.mount)
+        spare.mount = -1
+    destroy(spare.path, spare.path / "root")
 
 
 # --- the pristine image cache -------------------------------------------------------------------
@@ -299,9 +347,9 @@ _LOOP_INFO64 = struct.Struct("<5Q4I64s64s32s2Q")  # struct loop_info64
 _LOOP_CONFIG = struct.Struct(f"<II{_LOOP_INFO64.size}s64x")  # struct loop_config
 
 
-def _mount_loop(image: Path, target: Path) -> None:
+def _mount_loop(image: Path) -> int:
     """Attach ``image`` to a free loop device (auto-cleared: it goes with its last user, the mount
-    or, if we die first, our fd) and mount it at ``target``."""
+    or, if we die first, our fd) and mount it; returns the mount, detached (an fd)."""
     with open(image, "rb+") as backing:
         for _ in range(64):  # another process may take the free device before we configure it
             with open("/dev/loop-control", "rb") as ctl:
@@ -317,11 +365,20 @@ def _mount_loop(image: Path, target: Path) -> None:
                     if exc.errno == errno.EBUSY:
                         continue
                     raise MountError(f"attaching {image} to {dev} failed: {exc.strerror}") from exc
-                _mount(dev, target, "ext4", "", MS_NOATIME | MS_NOSUID | MS_NODEV)
-                return
+                return _detached_mount("ext4", dev, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOATIME)
             finally:
                 os.close(fd)  # the mount holds the device now; without one it detaches here
     raise MountError(f"attaching {image}: no free loop device")
+
+
+def _detached_mount(fstype: str, source: str, attrs: int) -> int:
+    fs = _syscall("fsopen", fstype.encode(), FSOPEN_CLOEXEC)
+    try:
+        _syscall("fsconfig", fs, FSCONFIG_SET_STRING, b"source", source.encode(), 0)
+        _syscall("fsconfig", fs, FSCONFIG_CMD_CREATE, None, None, 0)
+        return _syscall("fsmount", fs, FSMOUNT_CLOEXEC, attrs)
+    finally:
+        os.close(fs)
 
 
 def mount_root(
@@ -383,11 +440,11 @@ def destroy(sandbox_dir: Path, root: Path) -> None:
         shutil.rmtree(sandbox_dir)
 
 
-def capture_upper(sandbox_dir: Path, dest: Path) -> None:
+def capture_upper(disk: Path, dest: Path) -> None:
     """Copy the sandbox's overlay upper dir (its changes: files, whiteout devices, opaque xattrs,
     owners) to ``dest`` as a template layer, minus ``/.corral`` (the runtime's reserved mount points).
     The sandbox's processes must be gone. ``dest`` must not exist; its parent must."""
-    upper = sandbox_dir / "disk" / "upper"
+    upper = disk / "upper"
     if not upper.is_dir():
         raise MountError(f"{upper} is missing; nothing to capture")
     _run(["cp", "-a", "--no-target-directory", str(upper), str(dest)])
@@ -410,9 +467,9 @@ def mounted_under(base: Path) -> list[Path]:
     return out
 
 
-def disk_usage(sandbox_dir: Path) -> tuple[int, int]:
-    """(used, total) bytes of the sandbox's writable disk."""
-    st = os.statvfs(sandbox_dir / "disk")
+def disk_usage(disk: Path) -> tuple[int, int]:
+    """(used, total) bytes of the sandbox's writable disk (mounted at, or reached through, ``disk``)."""
+    st = os.statvfs(disk)
     total = st.f_blocks * st.f_frsize
     return total - st.f_bfree * st.f_frsize, total
 

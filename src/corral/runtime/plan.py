@@ -34,6 +34,7 @@ LOADERS = {
     "x86_64": ("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu"),
     "aarch64": ("usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "usr/lib/aarch64-linux-gnu"),
 }
+LOG_NAME = "runtime.log"  # on the sandbox's disk, beside the overlay's dirs (``LaunchPlan.log_path``)
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -143,7 +144,7 @@ class LaunchPlan:
         """bwrap's and the agent's stdout/stderr: on the sandbox's own disk image, beside (not in) the
         overlay's upper dir, so it is invisible by path yet everything written to it counts against the
         sandbox's disk limit (sandbox root can reach these fds through /proc and make them write)."""
-        return self.sandbox_dir / "disk" / "runtime.log"
+        return self.sandbox_dir / "disk" / LOG_NAME
 
     def ro_binds(self) -> list[tuple[Path, str]]:
         """Host dirs bound read-only into the root (by the launcher, before bwrap starts)."""

@@ -1,7 +1,8 @@
 """Sandbox disks made ahead: the ext4 image copy, its loop device and mount cost ~7 ms of a cold
 create (docs/performance.md), so a few empty ones of the default size wait, mounted, in the
-sandboxes dir (``mounts_priv.make_spare``). A create of that size takes one by renaming it to its
-own dir and a refill starts behind it; other sizes, or none left, make theirs on the spot.
+sandboxes dir, each disk a detached mount held by an fd (``mounts_priv.make_spare``). A create of
+that size takes one by renaming it to its own dir and mounting the disk there (in the sandbox's
+mount namespace) and a refill starts behind it; other sizes, or none left, make theirs on the spot.
 
 A spare never held a sandbox: each is a fresh copy of the pristine image with its own UUID, so a
 sandbox on one is the same as a sandbox on a disk made for it. Used from one event loop.
@@ -25,7 +26,7 @@ class DiskSpares:
         self.owner = owner
         self.size_mb = size_mb
         self.count = count
-        self._ready: list[Path] = []
+        self._ready: list[mounts_priv.Spare] = []
         self._filling: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -35,21 +36,22 @@ class DiskSpares:
         """Spares made and not taken."""
         return len(self._ready)
 
-    def take(self, size_mb: int) -> Path | None:
+    def take(self, size_mb: int) -> mounts_priv.Spare | None:
         """A spare of this size, or None (then the caller makes its disk itself)."""
         spare = self._ready.pop() if size_mb == self.size_mb and self._ready else None
         self._refill()
         return spare
 
     async def start(self) -> None:
-        """Remove spares a previous server process left (they are mounted: a crash), then fill.
-        Called once, after the backends' start-up reconcile."""
+        """Remove spares a previous server process left (a crash: their disks went with its fds),
+        then fill. Called once, after the backends' start-up reconcile."""
         if self._started or self._closed:
             return
         self._started = True
-        leftovers = [p for p in self._listed() if p not in self._ready]
-        for path in leftovers:
-            await asyncio.to_thread(_destroy, path)
+        mine = {spare.path for spare in self._ready}
+        for path in self._listed():
+            if path not in mine:
+                await asyncio.to_thread(_destroy, mounts_priv.Spare(path, -1))
         self._refill()
 
     async def close(self) -> None:
@@ -85,6 +87,6 @@ class DiskSpares:
             self._filling = None
 
 
-def _destroy(path: Path) -> None:
+def _destroy(spare: mounts_priv.Spare) -> None:
     with contextlib.suppress(OSError, mounts_priv.MountError):
-        mounts_priv.destroy_spare(path)
+        mounts_priv.destroy_spare(spare)

@@ -85,14 +85,14 @@ class Zygote:
             ours.settimeout(REPLY_TIMEOUT)
             self._control = ours
 
-    def fork_joiner(self, listener: int, log_fd: int, go: int, root: os.stat_result) -> tuple[int, int]:
-        """Ask for a joiner of the sandbox whose root ``root`` is; returns its pid and a pidfd of it
-        (the caller closes it). It waits for ``go`` and the pidfd of the sandbox's pid 1."""
+    def fork_joiner(self, listener: int, log_fd: int, go: int, root: tuple[int, int]) -> tuple[int, int]:
+        """Ask for a joiner of the sandbox whose root is ``root`` (st_dev, st_ino); returns its pid and
+        a pidfd of it (the caller closes it). It waits for ``go`` and the pidfd of the sandbox's pid 1."""
         with self._lock:
             if self._control is None:
                 raise ZygoteError("the agent zygote is not running")
             try:
-                socket.send_fds(self._control, [f"spawn {root.st_dev} {root.st_ino}".encode()], [listener, log_fd, go])
+                socket.send_fds(self._control, [f"spawn {root[0]} {root[1]}".encode()], [listener, log_fd, go])
                 reply, fds, _, _ = socket.recv_fds(self._control, 1024, 1, socket.MSG_CMSG_CLOEXEC)
             except OSError as exc:  # it died: the next create starts a new one
                 self._stop_locked()
@@ -142,18 +142,16 @@ class Joiner:
 
 
 def request_joiner(
-    zygote: Zygote, sandbox_id: str, root: Path, listener: socket.socket, log_path: Path, cgroups: Cgroups,
+    zygote: Zygote, sandbox_id: str, root: tuple[int, int], listener: socket.socket, log_fd: int, cgroups: Cgroups,
 ) -> Joiner:
-    """Have ``zygote`` fork the sandbox's joiner and move it into the sandbox's cgroups. Done while
-    bwrap still sets the sandbox up: the joiner only waits. The joiner gets its own ``listener``
-    (the caller closes its one)."""
+    """Have ``zygote`` fork the joiner of the sandbox whose root is ``root`` (st_dev, st_ino) and move
+    it into the sandbox's cgroups. Done while bwrap still sets the sandbox up: the joiner only waits.
+    The joiner gets its own ``listener`` and ``log_fd`` (the caller closes its ones)."""
     go, joiner_go = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
-            joiner, joiner_fd = zygote.fork_joiner(listener.fileno(), log_fd, joiner_go.fileno(), os.stat(root))
+            joiner, joiner_fd = zygote.fork_joiner(listener.fileno(), log_fd, joiner_go.fileno(), root)
         finally:
-            os.close(log_fd)
             joiner_go.close()
         try:  # moved by pid: only while the pidfd says that pid is still the joiner
             if _exited(joiner_fd):
