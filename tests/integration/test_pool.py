@@ -153,26 +153,39 @@ def main_result(api: httpx.Client, sid: str, code: str) -> tuple[str | None, obj
     return main_text(events), next((e["execution_count"] for e in events if e["type"] == "number_of_executions"), None)
 
 
+def _languages(api: httpx.Client, sid: str) -> list[str]:
+    return [c["language"] for c in api.get(f"/v1/sandboxes/{sid}/contexts").json()]
+
+
 def test_a_pooled_code_interpreter_sandbox_has_its_kernel_running(api: httpx.Client) -> None:
     """Like E2B's, whose kernel runs from boot: the first cell does not wait for the kernel to start.
-    The kernel is as fresh as the sandbox, and a caller's own envs get a kernel started with them."""
+    The kernel is as fresh as the sandbox. A caller's own envs are added to the running kernel (and
+    the processes it starts); envs python reads only when it starts get a kernel started with them."""
     cold = create(api, template="code-interpreter")
     assert cold["pooled"] is False
-    assert api.get(f"/v1/sandboxes/{cold['id']}/contexts").json() == []  # a cold one starts it on demand
+    assert _languages(api, str(cold["id"])) == []  # a cold one starts it on demand
     wait_pool(api, 1, "code-interpreter")
     warm = create(api, template="code-interpreter")
     wid = str(warm["id"])
-    assert warm["pooled"] is True
-    assert [c["language"] for c in api.get(f"/v1/sandboxes/{wid}/contexts").json()] == ["python"]
-    code = "import os, socket; (socket.gethostname(), os.environ.get('ONLY_MINE'))"
-    assert main_result(api, wid, code) == (repr((wid, None)), 1)  # its first cell, in its own sandbox
+    assert warm["pooled"] is True and _languages(api, wid) == ["python"]
+    code = ("import os, socket, subprocess, sys; (socket.gethostname(), os.environ.get('ONLY_MINE'), "
+            "subprocess.run('echo $ONLY_MINE', shell=True, capture_output=True, text=True).stdout, "
+            "sys.flags.hash_randomization)")
+    assert main_result(api, wid, code) == (repr((wid, None, "\n", 1)), 1)  # its first cell, in its own sandbox
 
     wait_pool(api, 1, "code-interpreter")
     mine = create(api, template="code-interpreter", envs={"ONLY_MINE": "yes"})
-    assert mine["pooled"] is True
-    assert main_result(api, str(mine["id"]), code) == (repr((mine["id"], "yes")), 1)
-    assert [c["language"] for c in api.get(f"/v1/sandboxes/{mine['id']}/contexts").json()] == ["python"]
-    for sb in (cold, warm, mine):
+    mid = str(mine["id"])
+    assert mine["pooled"] is True and _languages(api, mid) == ["python"]  # the kernel started ahead, kept
+    assert main_result(api, mid, code) == (repr((mid, "yes", "yes\n", 1)), 1)
+
+    wait_pool(api, 1, "code-interpreter")
+    seeded = create(api, template="code-interpreter", envs={"ONLY_MINE": "too", "PYTHONHASHSEED": "0"})
+    sid = str(seeded["id"])
+    assert seeded["pooled"] is True and _languages(api, sid) == []  # read at start: a new kernel, with them
+    assert main_result(api, sid, code) == (repr((sid, "too", "too\n", 0)), 1)
+    assert _languages(api, sid) == ["python"]
+    for sb in (cold, warm, mine, seeded):
         assert api.delete(f"/v1/sandboxes/{sb['id']}").status_code == 204
 
 
@@ -196,7 +209,8 @@ def test_a_code_interpreter_template_whose_kernel_cannot_start_still_pools(api: 
 def test_e2b_sdk_creates_are_served_from_the_pool(srv: Server, api: httpx.Client,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The official SDK asks for the internet with E2B's rule order (allow beats deny) and no rules:
-    the default network, so the pool serves it (it did not, before) — with the kernel running."""
+    the default network, so the pool serves it (it did not, before) — with the kernel running, and
+    the create's envs in it."""
     from e2b_code_interpreter import Sandbox
 
     for name, value in (("E2B_API_KEY", srv.api_key), ("E2B_API_URL", srv.url), ("E2B_SANDBOX_URL", srv.url)):
@@ -204,10 +218,10 @@ def test_e2b_sdk_creates_are_served_from_the_pool(srv: Server, api: httpx.Client
     monkeypatch.delenv("E2B_DOMAIN", raising=False)
     api.delete(f"/v1/sandboxes/{create(api, template='code-interpreter')['id']}")  # demand for its pool
     wait_pool(api, 1, "code-interpreter")
-    sbx = Sandbox.create(timeout=120)
+    sbx = Sandbox.create(timeout=120, envs={"FROM_SDK": "yes"})
     try:
         assert [c["language"] for c in api.get(f"/v1/sandboxes/{sbx.sandbox_id}/contexts").json()] == ["python"]
-        assert sbx.run_code("6 * 7").text == "42"
+        assert sbx.run_code("import os; 6 * 7, os.environ['FROM_SDK']").text == "(42, 'yes')"
     finally:
         sbx.kill()
 

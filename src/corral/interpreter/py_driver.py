@@ -51,6 +51,8 @@ PUSH_ENVS = (
     "(lambda os, e: setattr(os, '_corral_saved_envs', {{k: os.environ.get(k) for k in e}}) or os.environ.update(e))"
     "(__import__('os'), {envs!r})"
 )
+# the context's own envs, changed while it runs (a pooled sandbox's kernel given its claimer's): kept
+SET_ENVS = "__import__('os').environ.update({envs!r})"
 POP_ENVS = (
     "(lambda os: [os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)"
     " for k, v in os.__dict__.pop('_corral_saved_envs', {}).items()])(__import__('os'))"
@@ -277,6 +279,13 @@ class Driver:
             return str(exc)
         return None
 
+    def set_envs(self, envs: dict[str, str]) -> None:
+        """Add ``envs`` to the environment of this driver and of its kernel, for good (no output)."""
+        os.environ.update(envs)
+        if self.kernel.alive:
+            with contextlib.suppress(KernelGone):  # a dead kernel is restarted with them by the next cell
+                self.kernel.silent(SET_ENVS.format(envs=envs))
+
     def execute(self, request: dict[str, Any]) -> None:
         cell_id = str(request.get("id", ""))
         code = str(request.get("code", ""))
@@ -318,7 +327,7 @@ def main() -> int:
     except OSError as exc:
         wire.diag(f"cannot use {args.cwd} as working directory: {exc}")
         return 2
-    requests = wire.start_request_reader()
+    requests = wire.start_request_reader(ops=("execute", "set_envs"))
     driver = Driver(args.cwd)
     failure = driver.restart()
     if failure is not None:
@@ -327,7 +336,10 @@ def main() -> int:
     wire.emit({"type": "ready"})
     try:
         while (request := requests.get()) is not None:
-            driver.execute(request)
+            if request.get("op") == "set_envs":
+                driver.set_envs(wire.cell_envs(request))
+            else:
+                driver.execute(request)
     finally:
         driver.kernel.stop()
     return 0

@@ -98,10 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_request_reader() -> queue.Queue[dict[str, Any] | None]:
+def start_request_reader(ops: tuple[str, ...] = ("execute",)) -> queue.Queue[dict[str, Any] | None]:
     """Read requests from stdin on a daemon thread, so reading never blocks output.
 
-    The queue yields one ``execute`` request per cell, in order, and ``None`` when stdin closes.
+    The queue yields the requests whose ``op`` is one of ``ops`` (one ``execute`` per cell), in
+    order, and ``None`` when stdin closes.
     """
     requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
@@ -112,7 +113,7 @@ def start_request_reader() -> queue.Queue[dict[str, Any] | None]:
             except ValueError:
                 diag(f"ignoring a line that is not JSON: {raw[:200]!r}")
                 continue
-            if not isinstance(request, dict) or request.get("op") != "execute":
+            if not isinstance(request, dict) or request.get("op") not in ops:
                 diag(f"ignoring an unknown request: {str(request)[:200]}")
                 continue
             requests.put(request)

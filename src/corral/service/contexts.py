@@ -34,6 +34,16 @@ KEEPALIVE = 5.0
 CELL_QUEUE = 64  # events (each at most ~64 KiB of text) buffered between the driver and the caller
 
 
+# Variables an interpreter reads when it starts (or caches at import), which an already running
+# kernel would not honour if they were only added to its os.environ.
+_AT_START_PREFIXES = ("PYTHON", "LD_", "LC_", "JPY_", "JUPYTER", "IPYTHON", "MALLOC_", "OPENBLAS", "OMP_", "MKL_")
+_AT_START_NAMES = frozenset({"LANG", "LANGUAGE", "TZ", "HOME", "TMPDIR", "TEMP", "TMP", "USER", "SHELL"})
+
+
+def read_at_start(name: str) -> bool:
+    return name in _AT_START_NAMES or name.startswith(_AT_START_PREFIXES)
+
+
 def normalise_language(language: str | None) -> str:
     key = (language or "").strip().lower()
     if key not in LANGUAGES:
@@ -114,13 +124,24 @@ class Contexts:
         self._defaults = {k: v for k, v in self._defaults.items() if v != ctx.id}
         await self.stop(agent, ctx)
 
-    def detach_default(self, sandbox_id: str, language: str, unless_envs: dict[str, str]) -> Context | None:
-        """Unregister the language's default context of the sandbox unless it was started with
-        ``unless_envs``, and return it (the caller stops it): the next cell starts a new one."""
+    async def adopt_default(self, agent: AgentClient, sandbox_id: str, language: str,
+                            envs: dict[str, str]) -> Context | None:
+        """Give the sandbox's default context of ``language``, started ahead (the warm pool), the envs
+        of the create that claimed the sandbox. A python one whose new or changed variables are only
+        read at run time gets them in its running interpreter (``set_envs``); otherwise it is
+        unregistered and returned (the caller stops it): the next cell starts a new one with them."""
         context_id = self._defaults.get((sandbox_id, language))
         ctx = self._by_sandbox.get(sandbox_id, {}).get(context_id or "")
-        if ctx is None or ctx.envs == unless_envs:
+        if ctx is None or ctx.envs == envs:
             return None
+        changed = {k: v for k, v in envs.items() if ctx.envs.get(k) != v}
+        if ctx.language == "python" and ctx.alive and ctx.pid is not None and set(ctx.envs) <= set(envs) \
+                and not any(read_at_start(name) for name in changed):
+            async with ctx.lock:
+                with contextlib.suppress(AgentError):  # a driver gone meanwhile: started anew below
+                    await agent.stdin(ctx.pid, (json.dumps({"op": "set_envs", "envs": changed}) + "\n").encode())
+                    ctx.envs = dict(envs)
+                    return None
         del self._defaults[sandbox_id, language], self._by_sandbox[sandbox_id][ctx.id]
         return ctx
 

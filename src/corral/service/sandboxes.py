@@ -513,8 +513,9 @@ class SandboxService:
     async def _warm_context(self, sandbox_id: str, envs: dict[str, str]) -> None:
         """Start the default python context of a pooled code-interpreter sandbox before anyone asks
         (E2B's have theirs from boot): its first cell then runs at once instead of after ~2 s of
-        kernel start. ``envs``: those of a create with defaults; a claim whose envs differ drops this
-        kernel (``_claim_pooled``). A kernel that cannot start leaves the sandbox as a cold one is."""
+        kernel start. ``envs``: those of a create with defaults; a claim adds its own to the running
+        kernel, or drops it if they are read at start (``Contexts.adopt_default``). A kernel that
+        cannot start leaves the sandbox as a cold one is."""
         try:
             await self.contexts.default(self.backend.agent(sandbox_id), sandbox_id, WARM_LANGUAGE, envs)
         except (ServiceError, RuntimeFailure) as exc:  # the first cell will start it, or say why not
@@ -547,9 +548,10 @@ class SandboxService:
         self._owners[spec.sandbox_id] = principal.key_id
         self._templates[spec.sandbox_id] = req.template
         self._pooled.add(spec.sandbox_id)
-        stale = self.contexts.detach_default(spec.sandbox_id, WARM_LANGUAGE, unless_envs=self._envs[spec.sandbox_id])
-        if stale is not None:  # started ahead without the caller's envs: the first cell starts a new kernel
-            self._background(self.contexts.stop(self.backend.agent(spec.sandbox_id), stale))
+        agent = self.backend.agent(spec.sandbox_id)
+        stale = await self.contexts.adopt_default(agent, spec.sandbox_id, WARM_LANGUAGE, self._envs[spec.sandbox_id])
+        if stale is not None:  # its kernel cannot take the caller's envs: the first cell starts a new one
+            self._background(self.contexts.stop(agent, stale))
         self._schedule(spec.sandbox_id, expires)
         return row
 
