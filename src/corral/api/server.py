@@ -9,7 +9,7 @@ import uvicorn
 
 from corral.api.http_protocol import protocol_class
 from corral.config import Settings
-from corral.runtime.host import HostUnsupported, check_host
+from corral.runtime.host import HostUnsupported, check_host, raise_fd_limit
 from corral.runtime.rootfs import RECIPES, RootfsError, build, build_lock, host_mirror, is_current
 from corral.service.templates import Templates
 
@@ -40,6 +40,10 @@ def serve(settings: Settings | None = None) -> None:
     except HostUnsupported as exc:
         print(f"corral: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    before, after = raise_fd_limit()
+    if after > before:
+        logging.getLogger("corral").info("open files limit raised from %d to %d (sandboxes keep %d)", before, after,
+                                         before)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ensure_builtin_templates(settings)
     from corral.api.app import create_app

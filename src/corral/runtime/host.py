@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 from pathlib import Path
 
@@ -40,3 +41,30 @@ def check_host() -> None:
     if problems:
         raise HostUnsupported("this host cannot run Corral sandboxes:\n  - " + "\n  - ".join(problems))
 
+
+
+_sandbox_nofile: int | None = None
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit: each sandbox holds a few
+    fds in the server (pidfds, its disk, agent connections), so the usual soft limit of 1024 ends
+    at ~250 sandboxes. Sandboxes keep the limit the server was started with (``sandbox_nofile``).
+    Returns (before, after)."""
+    global _sandbox_nofile
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _sandbox_nofile is None:
+        _sandbox_nofile = soft
+    try:
+        ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        ceiling = 1 << 20
+    target = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return soft, max(soft, target)
+
+
+def sandbox_nofile() -> int:
+    """The soft limit of open files sandboxes start with: the server's own before ``raise_fd_limit``."""
+    return _sandbox_nofile if _sandbox_nofile is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]

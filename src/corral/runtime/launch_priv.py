@@ -41,6 +41,7 @@ from pathlib import Path
 
 from corral.runtime import mountns_priv, mounts_priv
 from corral.runtime.cgroups_priv import Cgroups
+from corral.runtime.host import sandbox_nofile
 from corral.runtime.plan import Fds, LaunchPlan
 from corral.runtime.seccomp import program_fd
 
@@ -120,11 +121,12 @@ def make_dir(plan: LaunchPlan, spare: mounts_priv.Spare | None) -> None:
 
 
 # Started in a session of its own, waits for one line on stdin (sent once its pid is in the
-# cgroups), then becomes bwrap through setpriv (the sandbox uid); on EOF (the server died first) it
-# exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the stub (it
+# cgroups), sets the soft limit of open files sandboxes get (``host.sandbox_nofile``: the server
+# raised its own), then becomes bwrap through setpriv (the sandbox uid); on EOF (the server died
+# first) it exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the stub (it
 # does with start_new_session, not with user=): a fork copies the server's page tables with the GIL
 # held (~8-9 ms at 150 MiB, more when bigger).
-_STUB = 'read -r _ && exec "$@" </dev/null'
+_STUB = 'read -r _ && ulimit -S -n "$1" && shift && exec "$@" </dev/null'
 
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -163,7 +165,8 @@ def spawn(
     try:
         with mountns_priv.entered(prepared.ns):  # bwrap starts in the sandbox's mount namespace
             process = subprocess.Popen(
-                ["/bin/sh", "-c", _STUB, "corral-bwrap", *_as_sandbox_uid(plan.id_offset, plan.argv(fds))],
+                ["/bin/sh", "-c", _STUB, "corral-bwrap", str(sandbox_nofile()),
+                 *_as_sandbox_uid(plan.id_offset, plan.argv(fds))],
                 stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log,
                 start_new_session=True,
                 pass_fds=tuple(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None),

@@ -6,10 +6,12 @@ limits, agent runtime) and says how ``runsc`` should run it; ``gvisor_priv`` car
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
 from corral.runtime import gvisor_preload
+from corral.runtime.host import sandbox_nofile
 from corral.runtime.plan import AGENT_CAPS, AGENT_LIB, RT_DIR, SANDBOX_PATH, LaunchPlan
 
 OCI_VERSION = "1.0.2"
@@ -71,6 +73,9 @@ def config(plan: LaunchPlan, netns: str | None = None, preload: gvisor_preload.P
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": True,
+            # the limit of open files the server was started with (it raised its own, runsc's with it)
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": sandbox_nofile(),
+                         "hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}],
         },
         "root": {"path": str(plan.root), "readonly": False},
         "hostname": plan.sandbox_id[:63],
