@@ -109,6 +109,19 @@ def sandbox_disk(data_dir: Path, sandbox_id: str) -> Path:
     return Path(f"/proc/{monitor}/root{disk}")
 
 
+def loop_devices_of(path: Path, wait: float = 10.0) -> list[str]:
+    """Backing files under ``path`` of attached loop devices, once none is left or after ``wait``
+    seconds (the kernel releases a sandbox's loop device as its last mount goes, just after)."""
+    deadline = time.monotonic() + wait
+    while True:
+        listed = subprocess.run(["losetup", "--list", "--noheadings", "-O", "BACK-FILE"], capture_output=True,
+                                text=True).stdout.splitlines()
+        found = [f.strip() for f in listed if f.strip().startswith(f"{path}/")]
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)  # polls the kernel's release, bounded; the result is what is asserted
+
+
 def corral_cgroups(data_dir: Path | None = None) -> list[str]:
     """Sandbox cgroups on the host: of one server (by its data dir), or of every Corral server."""
     instance = Settings(data_dir=data_dir).instance if data_dir else "*"

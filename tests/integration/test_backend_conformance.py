@@ -22,6 +22,7 @@ import pytest
 
 from conftest import (
     corral_cgroups,
+    loop_devices_of,
     make_data_dir,
     mounts_under,
     remove_data_dir,
@@ -117,6 +118,7 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
         assert corral_cgroups(data) == [], "backend left cgroups behind"
         assert node_processes(data) == [], "backend left processes behind"
         assert runsc_state(data) == [], "backend left runsc state behind"
+        assert loop_devices_of(data) == [], "backend left loop devices behind"
     finally:
         remove_data_dir(data)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import resource
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 from conftest import (
     TEST_BACKEND,
     Server,
+    loop_devices_of,
     make_data_dir,
     remove_data_dir,
     run_command,
@@ -142,24 +142,16 @@ def test_server_turns_on_fast_cgroup_moves(server: Server) -> None:
     assert driver.favor_migrations() == "on (already)"
 
 
-def _loop_backing_files() -> list[str]:
-    out = subprocess.run(["losetup", "--list", "--noheadings", "-O", "BACK-FILE"], capture_output=True, text=True)
-    return out.stdout.splitlines()
-
-
 def test_a_deleted_sandbox_leaves_no_disk_behind(api: httpx.Client, server: Server) -> None:
     """While it runs its disk image backs a loop device; once deleted, the device is released and
     the sandbox's files are gone (bwrap: the disk was mounted in no namespace of the host's, it
     goes with the server's fd of it and the sandbox's processes)."""
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
-    image = f"/sandboxes/{sid}/disk.img"
-    assert any(image in f for f in _loop_backing_files())
+    sandbox_dir = server.data_dir / "sandboxes" / sid
+    assert loop_devices_of(sandbox_dir, wait=0) == [f"{sandbox_dir}/disk.img"]
     assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
-    deadline = time.monotonic() + 10
-    while any(image in f for f in _loop_backing_files()):  # the kernel releases it as the mounts go
-        assert time.monotonic() < deadline, f"the loop device of {image} is still attached after its sandbox"
-        time.sleep(0.05)
-    assert not (server.data_dir / "sandboxes" / sid).exists()
+    assert loop_devices_of(sandbox_dir) == []
+    assert not sandbox_dir.exists()
 
 
 def test_a_sandbox_mounts_nothing_in_the_hosts_table(api: httpx.Client, server: Server) -> None:
