@@ -205,8 +205,8 @@ def test_files_are_written_read_listed_and_owned_like_on_bwrap(node: Node) -> No
         assert out.startswith(b"root may")
         # on the host, the file sits in the sandbox's disk, owned by the shifted uid of "user"
         assert isinstance(b, BwrapBackend)  # gVisor's too: the disk as the host reaches it
-        upper = b.disk_dir("conf-files") / "upper" / "home" / "user" / "d" / "notes.txt"
-        assert upper.stat().st_uid == ID_OFFSET + 1000 and upper.stat().st_size == 300_000
+        st = await b.on_disk("conf-files", lambda disk: (disk / "upper/home/user/d/notes.txt").stat())
+        assert st.st_uid == ID_OFFSET + 1000 and st.st_size == 300_000
         await b.destroy("conf-files")
 
     node.run(body)

@@ -86,7 +86,7 @@ class BwrapBackend:
         self.zygote = Zygote(runtime, self.agent_src, self.seccomp, id_offset) if zygote else None
         self._live: dict[str, _Live] = {}
         # Each sandbox's disk (an fd of its root dir) from prepare until teardown: mounted only in the
-        # sandbox's own mount namespace, it is reached through this (``disk_dir``).
+        # sandbox's own mount namespace, it is reached through this (``on_disk``).
         self._disks: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ class BwrapBackend:
                                              return_when=asyncio.FIRST_COMPLETED)
             if ping in finished and ping.exception() is None:
                 return
-            why = _log_tail(self.disk_dir(sandbox_id))
+            why = await self.on_disk(sandbox_id, _log_tail)
             if ping in finished:
                 why = f"{ping.exception()}; {why}"
             elif not finished:
@@ -272,15 +272,32 @@ class BwrapBackend:
         task.add_done_callback(self._tasks.discard)
 
     async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
-        why = _log_tail(self.disk_dir(sandbox_id))
+        why = await self.on_disk(sandbox_id, _log_tail)
         await self.on_exit(sandbox_id, f"sandbox runtime exited with code {code}: {why}")
 
-    def disk_dir(self, sandbox_id: str) -> Path:
-        """The sandbox's disk (its overlay's ``upper`` and ``work``, the runtime log) as the host reaches
-        it: through the fd held since prepare (bwrap: mounted in the sandbox's namespace only), else
-        at its mount point on the host (gVisor)."""
+    async def on_disk(self, sandbox_id: str, work: Callable[[Path], T]) -> T:
+        """``work(disk)`` in a thread, ``disk`` the sandbox's disk (its overlay's ``upper`` and ``work``,
+        the runtime log) as a path the host can use: bwrap's is mounted in the sandbox's namespace
+        only and reached through a copy of the fd held since prepare, which the thread closes when
+        done (a cancelled caller waits for it), so no teardown meanwhile can give its number to
+        another sandbox's disk; gVisor's is at its mount point on the host."""
         fd = self._disks.get(sandbox_id)
-        return Path(f"/proc/{os.getpid()}/fd/{fd}") if fd is not None else self.sandboxes_dir / sandbox_id / "disk"
+        ref = os.dup(fd) if fd is not None else -1
+        path = Path(f"/proc/{os.getpid()}/fd/{ref}") if ref >= 0 else self.sandboxes_dir / sandbox_id / "disk"
+
+        def run() -> T:
+            try:
+                return work(path)
+            finally:
+                if ref >= 0:
+                    os.close(ref)
+
+        job = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            await asyncio.wait({job})
+            raise
 
     def agent(self, sandbox_id: str) -> AgentClient:
         return AgentClient(str(self.sandboxes_dir / sandbox_id / "agent.sock"))
@@ -290,7 +307,7 @@ class BwrapBackend:
         if live is None:
             raise RuntimeFailure(f"sandbox {sandbox_id} is not running on this node")
         use = await asyncio.to_thread(self.cgroups.usage, sandbox_id)
-        disk_used, disk_total = await asyncio.to_thread(mounts_priv.disk_usage, self.disk_dir(sandbox_id))
+        disk_used, disk_total = await self.on_disk(sandbox_id, mounts_priv.disk_usage)
         return SandboxUsage(
             cpu_seconds=use.cpu_seconds, memory_bytes=use.memory_bytes,
             memory_limit_bytes=live.plan.limits.memory_bytes, disk_bytes=disk_used,
@@ -335,7 +352,7 @@ class BwrapBackend:
         await self._stop(sandbox_id)
         try:
             await asyncio.to_thread(self.cgroups.remove, sandbox_id)  # every process gone: a quiet upper
-            await asyncio.to_thread(mounts_priv.capture_upper, self.disk_dir(sandbox_id), dest)
+            await self.on_disk(sandbox_id, partial(mounts_priv.capture_upper, dest=dest))
         except (OSError, mounts_priv.MountError, CgroupUnavailable) as exc:
             raise RuntimeFailure(f"sandbox {sandbox_id}: saving its changes failed: {exc}") from exc
         finally:
@@ -432,7 +449,7 @@ class BwrapBackend:
 
 def _log_tail(disk: Path, limit: int = 600) -> str:
     """The end of the runtime log on the sandbox's ``disk``. Only its last bytes are read: the
-    sandbox can make it as big as its disk, and this runs on the event loop."""
+    sandbox can make it as big as its disk."""
     try:
         with open(disk / LOG_NAME, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * limit))

@@ -53,9 +53,9 @@ _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
 class Prepared:
     listener: socket.socket
     socket_path: Path
-    ns: int  # the sandbox's mount namespace until bwrap starts in it (``spawn`` closes it)
+    ns: int  # the sandbox's mount namespace, until bwrap starts in it (then ``release``d)
     disk: int  # the sandbox's disk (its root dir): the host's way to it, for the sandbox's life
-    log: int  # the runtime log on that disk, for bwrap's and the agent's output (``spawn`` closes it)
+    log: int  # the runtime log on that disk, for bwrap's and the agent's output (then ``release``d)
     root: tuple[int, int]  # (st_dev, st_ino) of the sandbox's root
 
     def release(self) -> None:
@@ -123,9 +123,9 @@ def make_dir(plan: LaunchPlan, spare: mounts_priv.Spare | None) -> None:
 # Started in a session of its own, waits for one line on stdin (sent once its pid is in the
 # cgroups), sets the soft limit of open files sandboxes get (``host.sandbox_nofile``: the server
 # raised its own), then becomes bwrap through setpriv (the sandbox uid); on EOF (the server died
-# first) it exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the stub (it
-# does with start_new_session, not with user=): a fork copies the server's page tables with the GIL
-# held (~8-9 ms at 150 MiB, more when bigger).
+# first) it exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the
+# stub (it does with start_new_session, not with user=): a fork copies the server's page tables
+# with the GIL held (~8-9 ms at 150 MiB, more when bigger).
 _STUB = 'read -r _ && ulimit -S -n "$1" && shift && exec "$@" </dev/null'
 
 
