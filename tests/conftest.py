@@ -244,6 +244,7 @@ def server() -> Iterator[Server]:
     yield srv
     srv.stop()
     assert mounts_under(data) == [], "server left mounts behind"
+    assert loop_devices_of(data) == [], "server left loop devices (sandbox disks) behind"
     assert corral_cgroups(data) == [], "server left cgroups behind"
     assert sandbox_processes(data) == [], "sandbox processes survived the server"
     assert net_leftovers(data) == [], "server left veths or its nftables table behind"
