@@ -38,6 +38,7 @@ from conftest import (
     Server,
     corral_cgroups,
     is_server_mount,
+    loop_devices_of,
     make_data_dir,
     mounts_under,
     remove_data_dir,
@@ -330,10 +331,7 @@ def _file_on_disk(settings: Settings, sandbox_id: str, path: str) -> bytes | Non
         except FileNotFoundError:
             return None
     image = settings.sandboxes_dir / sandbox_id / "disk.img"
-    deadline = time.monotonic() + 30
-    while subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout.strip():
-        assert time.monotonic() < deadline, f"{image} is still attached 30 s after the crash"
-        time.sleep(0.05)  # waits for the kernel to release it, asserted above (not a timing)
+    assert loop_devices_of(image.parent, wait=30) == [], f"{image} is still attached 30 s after the crash"
     read = subprocess.run(["debugfs", "-R", f'cat "/upper{path}"', str(image)], capture_output=True)
     if b"File not found" in read.stderr:
         return None

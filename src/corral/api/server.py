@@ -42,8 +42,8 @@ def serve(settings: Settings | None = None) -> None:
         raise SystemExit(2) from exc
     before, after = raise_fd_limit()
     if after > before:
-        logging.getLogger("corral").info("open files limit raised from %d to %d (sandboxes keep %d)", before, after,
-                                         before)
+        log = logging.getLogger("corral")
+        log.info("open files limit raised from %d to %d (sandboxes keep %d)", before, after, before)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ensure_builtin_templates(settings)
     from corral.api.app import create_app

@@ -65,6 +65,11 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, max(soft, target)
 
 
+# Shell that sets the soft limit of open files to its first argument, drops it and goes on (after
+# ``&& exec "$@"``): how bwrap's stub and the zygote give sandboxes ``sandbox_nofile``.
+SET_SANDBOX_NOFILE = 'ulimit -S -n "$1" && shift'
+
+
 def sandbox_nofile() -> int:
     """The soft limit of open files sandboxes start with: the server's own before ``raise_fd_limit``."""
     return _sandbox_nofile if _sandbox_nofile is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from corral.runtime import mountns_priv, mounts_priv
 from corral.runtime.cgroups_priv import Cgroups
-from corral.runtime.host import sandbox_nofile
+from corral.runtime.host import SET_SANDBOX_NOFILE, sandbox_nofile
 from corral.runtime.plan import Fds, LaunchPlan
 from corral.runtime.seccomp import program_fd
 
@@ -126,7 +126,7 @@ def make_dir(plan: LaunchPlan, spare: mounts_priv.Spare | None) -> None:
 # first) it exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the
 # stub (it does with start_new_session, not with user=): a fork copies the server's page tables
 # with the GIL held (~8-9 ms at 150 MiB, more when bigger).
-_STUB = 'read -r _ && ulimit -S -n "$1" && shift && exec "$@" </dev/null'
+_STUB = f'read -r _ && {SET_SANDBOX_NOFILE} && exec "$@" </dev/null'
 
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -9,8 +9,8 @@ The server enters a namespace on one thread only, for a few syscalls, and always
 host's: ``fresh()`` makes one (a copy of the host's with private propagation: nothing mounted in
 it reaches the host, nor the host's later mounts it — not slaves, or every gVisor sandbox's mounts
 would be copied into every bwrap sandbox's namespace; a host dir deleted while it is a mount point
-there is detached from it), ``entered(fd)`` goes back into one to start bwrap there. A thread that has
-left the process's shared filesystem context (``unshare(CLONE_FS)``, done here first) may switch;
+there is detached from it), ``entered(fd)`` goes back into one to start bwrap there. A thread
+that has left the process's shared filesystem context (``unshare(CLONE_FS)``, done here first) may switch;
 its working directory is restored after.
 """
 

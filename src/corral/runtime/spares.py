@@ -1,6 +1,6 @@
 """Sandbox disks made ahead: the ext4 image copy, its loop device and mount cost ~7 ms of a cold
-create (docs/performance.md), so a few empty ones of the default size wait, mounted, in the
-sandboxes dir, each disk a detached mount held by an fd (``mounts_priv.make_spare``). A create of
+create (docs/performance.md), so a few empty ones of the default size wait in the sandboxes dir,
+each disk mounted detached and held by an fd (``mounts_priv.make_spare``). A create of
 that size takes one by renaming it to its own dir and mounting the disk there (in the sandbox's
 mount namespace) and a refill starts behind it; other sizes, or none left, make theirs on the spot.
 

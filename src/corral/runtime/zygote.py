@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.runtime.cgroups_priv import Cgroups
-from corral.runtime.host import sandbox_nofile
+from corral.runtime.host import SET_SANDBOX_NOFILE, sandbox_nofile
 from corral.runtime.plan import AGENT_CAPS_MASK, AGENT_PKG, AgentRuntime, agent_binds, agent_env_args
 from corral.runtime.seccomp import program_fd
 
-_NOFILE = 'ulimit -S -n "$1" && shift && exec "$@"'
 REPLY_TIMEOUT = 10.0  # seconds for the zygote's and the joiner's replies (each a fork away)
 
 
@@ -75,7 +74,7 @@ class Zygote:
             seccomp_fd = program_fd(self.seccomp)
             try:
                 self._process = subprocess.Popen(  # with the limit of open files sandboxes get
-                    ["/bin/sh", "-c", _NOFILE, "corral-zygote", str(sandbox_nofile()),
+                    ["/bin/sh", "-c", f'{SET_SANDBOX_NOFILE} && exec "$@"', "corral-zygote", str(sandbox_nofile()),
                      *self.argv(theirs.fileno(), seccomp_fd)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(), seccomp_fd), start_new_session=True,

@@ -3,10 +3,11 @@
 A pooled sandbox is an ordinary sandbox that nobody has used: made from the template with its default
 resources and network, its start command already run (with the template's envs, not the caller's) and,
 for code-interpreter templates, its default python kernel started (listed as its one context; given
-the caller's envs, or restarted with them if python reads them at start), never handed out twice. ``take`` pops one in
-O(1) (the caller then gives it an owner, a record and a deadline); ``refill`` runs in the background and
-keeps, per pool key, ``min_size`` plus what recent demand needs (creates per second in the last window ×
-the time one start takes), bounded by ``max_size`` and the server's sandbox limit. Only creates that ask
+the caller's envs, or restarted with them if python reads them at start), never handed out twice.
+``take`` pops one in O(1) (the caller then gives it an owner, a record and a deadline); ``refill`` runs
+in the background and keeps, per pool key, ``min_size`` plus what recent demand needs (creates per
+second in the last window × the time one start takes), bounded by ``max_size`` and the server's
+sandbox limit. Only creates that ask
 for nothing the pool can't know in advance (default resources, the default network) are served from it.
 A template rebuilt under the same name changes the key, so sandboxes of its old version are drained.
 """

@@ -32,6 +32,7 @@ from corral.service.pool import PoolKey, WarmPool
 from corral.service.templates import Templates
 from corral.store.models import SandboxRow
 from corral.store.repo import LIVE_STATES, Store, iso, now, utc
+from corral.templates.model import TemplateConfig
 
 log = logging.getLogger("corral.sandboxes")
 # Pooled sandboxes of templates with the built-in code interpreter's layers get this language's
@@ -163,12 +164,7 @@ class SandboxService:
             raise
         finally:
             self._creating -= 1
-        config = self.templates.config(req.template)
-        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
-        self._defaults[spec.sandbox_id] = (config.user, config.workdir)
-        self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
-        self._owners[spec.sandbox_id] = principal.key_id
-        self._templates[spec.sandbox_id] = req.template
+        config = self._register(principal, req, spec)
         if config.start_cmd or config.ready_cmd or config.ready_port:
             try:
                 await startup.start_and_wait(
@@ -526,6 +522,17 @@ class SandboxService:
         self.contexts.forget(sandbox_id)
         await self.backend.destroy(sandbox_id)
 
+    def _register(self, principal: Principal, req: CreateRequest, spec: SandboxSpec) -> TemplateConfig:
+        """Keep what calls to a new sandbox need without a store read: its environment, default user
+        and workdir, access token, owner and template. Returns the template's config."""
+        config = self.templates.config(req.template)
+        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
+        self._defaults[spec.sandbox_id] = (config.user, config.workdir)
+        self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
+        self._owners[spec.sandbox_id] = principal.key_id
+        self._templates[spec.sandbox_id] = req.template
+        return config
+
     async def _claim_pooled(self, principal: Principal, req: CreateRequest, spec: SandboxSpec,
                             timeout: int) -> SandboxRow:
         """Give a pooled sandbox its owner, record, environment, token and deadline."""
@@ -541,12 +548,7 @@ class SandboxService:
         except BaseException:
             await self._destroy_pooled(spec.sandbox_id)
             raise
-        config = self.templates.config(req.template)
-        self._envs[spec.sandbox_id] = {**self.backend.default_env(spec), **dict(config.env), **req.envs}
-        self._defaults[spec.sandbox_id] = (config.user, config.workdir)
-        self._tokens[spec.sandbox_id] = secrets.token_urlsafe(24)
-        self._owners[spec.sandbox_id] = principal.key_id
-        self._templates[spec.sandbox_id] = req.template
+        self._register(principal, req, spec)
         self._pooled.add(spec.sandbox_id)
         agent = self.backend.agent(spec.sandbox_id)
         stale = await self.contexts.adopt_default(agent, spec.sandbox_id, WARM_LANGUAGE, self._envs[spec.sandbox_id])
