@@ -8,6 +8,7 @@ import os
 import pwd
 import signal
 import struct
+import subprocess
 import termios
 import threading
 import time
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 from test_agent_harness import RunningAgent, agent, alive, collect, read_until, run, wait_until
 
-from corral.agent.processes import Deadlines
+from corral.agent.processes import Deadlines, ProcessTable, Spec
 from corral.agent.protocol import AgentError, Exit, Output
+from corral.agent.users import User
 
 __all__ = ["agent"]  # the fixture, imported from the harness
 
@@ -352,3 +354,32 @@ def test_exec_failures_are_structured_errors(agent: RunningAgent, tmp_path: Path
         assert (await agent.client.ping())["version"] == 1
 
     run(main())
+
+
+def test_a_fork_refused_for_want_of_pids_reaps_exited_children_and_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a fork bomb is killed, its orphans (adopted by the agent) hold the sandbox's pids
+    until reaped; a command started then must not fail with EAGAIN while the agent still holds
+    zombies it can collect. Here: one unreaped child, and a fork refused once with EAGAIN."""
+    table = ProcessTable()
+    zombie = os.fork()
+    if zombie == 0:
+        os._exit(0)
+    while Path(f"/proc/{zombie}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.001)  # until it has exited (asserted by the loop's condition, not a timing)
+    real_popen = subprocess.Popen
+    refusals = []
+
+    def refuse_once(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        if not refusals:
+            refusals.append(True)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", refuse_once)
+    me = pwd.getpwuid(os.getuid())
+    user = User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
+    process = table.spawn(Spec(["true"], {}, None, user, False, None, None, 0.0))
+    assert refusals == [True]
+    assert os.waitpid(process.pid, 0)[1] == 0
+    with pytest.raises(ChildProcessError):
+        os.waitpid(zombie, os.WNOHANG)  # collected by the retry

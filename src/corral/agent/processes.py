@@ -395,7 +395,7 @@ class ProcessTable:
                     outputs = {out_r: STDOUT, err_r: STDERR}
                 for fd in parent_fds:
                     os.set_blocking(fd, False)
-                popen = subprocess.Popen(
+                popen = self._popen(
                     spec.cmd,
                     env=env,
                     cwd=cwd,
@@ -453,16 +453,33 @@ class ProcessTable:
     def reap(self) -> None:
         """Collect every exited child; orphans adopted by the subreaper are just discarded."""
         with self.lock:
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    return
-                if pid == 0:
-                    return
-                process = self.running.get(pid)
-                if process is not None:
-                    process.reaped(status)
+            self._collect()
+
+    def _collect(self) -> int:
+        """``reap``'s work, under the lock; returns how many were collected."""
+        collected = 0
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return collected
+            if pid == 0:
+                return collected
+            collected += 1
+            process = self.running.get(pid)
+            if process is not None:
+                process.reaped(status)
+
+    def _popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """``Popen``, under the lock. A fork that fails for want of pids (EAGAIN: the sandbox's pids
+        limit) while exited children still hold some (a storm of orphans just killed, say a fork
+        bomb's, not all reaped yet on SIGCHLD) collects them and tries again."""
+        while True:
+            try:
+                return subprocess.Popen(cmd, **kwargs)
+            except BlockingIOError:
+                if not self._collect():
+                    raise
 
     def _reap_one(self, process: Process) -> None:
         """Collect `process` if it has exited (called by its pump once its output ended), so its exit
