@@ -379,12 +379,14 @@ class BwrapBackend:
         if self.network is not None:
             await self.network.release(sandbox_id)
         disk = self._disks.pop(sandbox_id, None)
-        if disk is not None:  # the disk unmounts with the last of this and the sandbox's processes
-            os.close(disk)
-        await asyncio.to_thread(
-            launch_priv.teardown, self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id, sandbox_id,
-            self.cgroups,
-        )
+
+        def teardown() -> None:
+            if disk is not None:  # the disk unmounts with the last of this and the sandbox's processes:
+                os.close(disk)  # ext4's unmount, milliseconds, off the event loop
+            launch_priv.teardown(self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id, sandbox_id,
+                                 self.cgroups)
+
+        await asyncio.to_thread(teardown)
 
     def running(self) -> set[str]:
         return set(self._live)
