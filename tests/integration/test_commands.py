@@ -45,6 +45,19 @@ def test_envs_cwd_and_user(api: httpx.Client, run) -> None:  # type: ignore[no-u
         api.delete(f"/v1/sandboxes/{sid}")
 
 
+def test_the_login_shell_sets_each_users_path_without_forking(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    """Commands run in a login shell; /etc/profile picks root's PATH by bash's EUID instead of forking
+    `id -u` (half the shell's start-up), and a plain sh login still gets the right PATH."""
+    login = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
+    root = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert run(sandbox, "echo $PATH").stdout.strip().endswith(login)
+    assert run(sandbox, "echo $PATH", user="root").stdout.strip().endswith(root)
+    assert run(sandbox, "env -i sh -lc 'echo $PATH'", user="root").stdout.strip() == root
+    assert run(sandbox, "env -i sh -lc 'echo $PATH'").stdout.strip() == login
+    traced = run(sandbox, "env -i bash -lxc true 2>&1")
+    assert traced.exit_code == 0 and "id -u" not in traced.stdout, traced.stdout
+
+
 def test_output_is_streamed_as_produced(api: httpx.Client, sandbox: str) -> None:
     arrivals: list[tuple[float, str]] = []
     cmd = "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"

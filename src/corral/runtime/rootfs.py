@@ -36,6 +36,9 @@ _SETUP_HOOK = (
     'echo "127.0.0.1 localhost" > "$1/etc/hosts" && '
     'printf "[global]\\nbreak-system-packages = true\\n" > "$1/etc/pip.conf"'
 )
+# Every command runs in a login shell (`bash -l -c`, as E2B's envd runs it); Debian's /etc/profile
+# forks `id -u` to pick PATH, ~half of the login shell's cost. Bash knows its EUID; sh falls back.
+_PROFILE_HOOK = 'sed -i \'s/"$(id -u)"/"${EUID:-$(id -u)}"/\' "$1/etc/profile"'
 _CLEANUP_HOOK = 'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/* "$1"/root/.npm "$1"/tmp/*'
 # npm runs in the chroot with the host's CA bundle, so it works behind a TLS-inspecting proxy too.
 _NPM_HOOK = (
@@ -62,7 +65,7 @@ class Recipe:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def hooks(self) -> list[str]:
-        hooks = [_SETUP_HOOK]
+        hooks = [_SETUP_HOOK, _PROFILE_HOOK]
         if self.npm_packages:
             hooks.append(_NPM_HOOK.replace("{packages}", " ".join(self.npm_packages)))
         return [*hooks, _CLEANUP_HOOK]
