@@ -39,10 +39,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PF_EXITING = 0x4  # linux/sched.h: the task is in do_exit
+
+
 def sandbox_processes(data_dir: Path | None = None) -> list[int]:
     """Host pids running as a sandbox id (uid in the shifted range), of one server (by its data dir:
     in its cgroups, whatever their uid, or naming its run dir) or of all. Zombies don't count: an orphaned one waits for
-    the host's init to reap it, which may lag, and can no longer run."""
+    the host's init to reap it, which may lag, and can no longer run. Nor do processes already in their exit
+    (PF_EXITING): a killed sandbox's pid 1 stays there, sleeping, until the host's init has reaped the rest of
+    its pid namespace (orphans once a crashed server's zygote is gone)."""
     marks = [f"/corral/{Settings(data_dir=data_dir).instance}/", f"{data_dir}.run/"] if data_dir else []
     pids = []
     for entry in Path("/proc").iterdir():
@@ -50,7 +55,8 @@ def sandbox_processes(data_dir: Path | None = None) -> list[int]:
             continue
         try:
             uid = entry.stat().st_uid
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            state, exiting = fields[0], int(fields[6]) & PF_EXITING
         except (FileNotFoundError, ProcessLookupError):
             continue
         in_cgroups = False
@@ -63,7 +69,7 @@ def sandbox_processes(data_dir: Path | None = None) -> list[int]:
             if not any(m in about for m in marks):
                 continue
             in_cgroups = marks[0] in groups  # gVisor's runsc, gofer and sentry run as root / nobody
-        if (in_cgroups or SUBID_BASE <= uid < SUBID_BASE + 65536) and state != "Z":
+        if (in_cgroups or SUBID_BASE <= uid < SUBID_BASE + 65536) and state != "Z" and not exiting:
             pids.append(int(entry.name))
     return pids
 
