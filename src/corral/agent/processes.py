@@ -26,9 +26,10 @@ import termios
 import threading
 import time
 
-from . import libc
+from . import libc, spawner
 from .log import log_exception
 from .protocol import STDERR, STDOUT, AgentError, Exit, Frozen, error_from_os
+from .spawner import Spawner, SpawnerGone
 from .users import User
 
 TYPE_CHECKING = False
@@ -121,7 +122,9 @@ class Process:
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        pid: int,
+        popen: subprocess.Popen[bytes] | None,
+        spawner: Spawner | None,
         spec: Spec,
         cwd: str,
         outputs: dict[int, bytes],
@@ -130,7 +133,8 @@ class Process:
         deadlines: Deadlines | None = None,
         reap: Callable[[Process], None] | None = None,
     ) -> None:
-        self.pid = popen.pid
+        self.pid = pid
+        self.spawner = spawner  # the spawner that started it and reaps it, or None: the agent's child
         self.spec = spec
         self.cwd = cwd
         self.listeners: set[Listener] = set()
@@ -219,7 +223,8 @@ class Process:
     def reaped(self, status: int) -> None:
         """Called by the table (under its lock) once waitpid returned this process's status."""
         self._status = status
-        self._popen.returncode = os.waitstatus_to_exitcode(status)  # Popen must never waitpid again
+        if self._popen is not None:
+            self._popen.returncode = os.waitstatus_to_exitcode(status)  # Popen must never waitpid again
         os.write(self._reaped_w, b"\0")
         self._reaped.set()
 
@@ -346,11 +351,18 @@ class Deadlines:
 class ProcessTable:
     """All processes the agent started: running ones, and the exits of the last 256 finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, spawners: bool = True) -> None:
         self.running: dict[int, Process] = {}
         self.finished: collections.OrderedDict[int, Exit] = collections.OrderedDict()
         self.lock = threading.Lock()
         self._deadlines = Deadlines()
+        # spawners (spawner.py) by the ids they hold; under `lock`
+        self._spawners: dict[tuple[int, int, tuple[int, ...]], Spawner] = {}
+        self._spawner_pids: dict[int, Spawner] = {}
+        self._spawners_starting: set[tuple[int, int, tuple[int, ...]]] = set()
+        self._spawners_refused: set[tuple[int, int, tuple[int, ...]]] = set()  # one stopped answering
+        self._spawners_wanted: set[tuple[int, int, tuple[int, ...]]] = set()  # users whose commands forked
+        self._use_spawners = spawners
 
     def install(self) -> None:
         """Adopt orphans as a child subreaper, so that `reap` collects them too."""
@@ -395,16 +407,22 @@ class ProcessTable:
                     outputs = {out_r: STDOUT, err_r: STDERR}
                 for fd in parent_fds:
                     os.set_blocking(fd, False)
-                popen = self._popen(
-                    spec.cmd,
-                    env=env,
-                    cwd=cwd,
-                    start_new_session=True,
-                    close_fds=True,
-                    preexec_fn=_take_controlling_tty if spec.pty else None,
-                    **stdio,
-                    **identity,
-                )
+                popen: subprocess.Popen[bytes] | None = None
+                via = self._spawner_for(user) if identity and not spec.pty and self._use_spawners else None
+                pid = self._via_spawner(via, user, spec.cmd, env, cwd, stdio) if via is not None else None
+                if pid is None:
+                    via = None
+                    popen = self._popen(
+                        spec.cmd,
+                        env=env,
+                        cwd=cwd,
+                        start_new_session=True,
+                        close_fds=True,
+                        preexec_fn=_take_controlling_tty if spec.pty else None,
+                        **stdio,
+                        **identity,
+                    )
+                    pid = popen.pid
             except OSError as exc:
                 for fd in parent_fds:
                     os.close(fd)
@@ -417,7 +435,8 @@ class ProcessTable:
                 for fd in child_fds:
                     os.close(fd)
 
-            process = Process(popen, spec, cwd, outputs, stdin_fd, self._finished, self._deadlines, self._reap_one)
+            process = Process(pid, popen, via, spec, cwd, outputs, stdin_fd, self._finished, self._deadlines,
+                              self._reap_one)
             if listener is not None:
                 process.listeners.add(listener)
             self.running[process.pid] = process
@@ -469,6 +488,10 @@ class ProcessTable:
             process = self.running.get(pid)
             if process is not None:
                 process.reaped(status)
+            elif pid in self._spawner_pids:
+                via = self._spawner_pids[pid]
+                via.alive, via.reaped = False, True
+                self._orphans_of(via)
 
     def _popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """``Popen``, under the lock. A fork that fails for want of pids (EAGAIN: the sandbox's pids
@@ -480,6 +503,91 @@ class ProcessTable:
             except BlockingIOError:
                 if not self._collect():
                     raise
+
+    # -- spawners -------------------------------------------------------------------------------
+
+    def _spawner_for(self, user: User) -> Spawner | None:
+        """``user``'s spawner (under the lock), or None: this command forks the agent. The spawner is
+        started in the background once the user's first such command has ended, or at the second
+        one: forking it right away slowed a new sandbox's first command (two forks of the agent at
+        once, then its copy-on-write faults)."""
+        key = _ids(user)
+        found = self._spawners.get(key)
+        if found is not None and found.alive:
+            return found
+        if key in self._spawners_wanted:
+            self._start_spawner_soon(user)
+        self._spawners_wanted.add(key)
+        return None
+
+    def _start_spawner_soon(self, user: User) -> None:
+        """Start ``user``'s spawner in a thread unless one runs, starts or was refused (under the lock)."""
+        key = _ids(user)
+        found = self._spawners.get(key)
+        if key in self._spawners_starting or key in self._spawners_refused or not (found is None or found.reaped):
+            return
+        self._spawners_starting.add(key)
+        threading.Thread(target=self._start_spawner, args=(user, key), name="spawner-start", daemon=True).start()
+
+    def _start_spawner(self, user: User, key: tuple[int, int, tuple[int, ...]]) -> None:
+        try:
+            made = spawner.start(user)
+        except Exception:
+            log_exception(f"starting a spawner for uid {user.uid}")
+            with self.lock:
+                self._spawners_starting.discard(key)
+                self._spawners_refused.add(key)
+            return
+        with self.lock:
+            self._spawners_starting.discard(key)
+            self._spawners[key] = made
+            self._spawner_pids[made.pid] = made
+        spawner.event_reader(made, lambda pid, status: self._spawned_exit(made, pid, status),
+                             lambda: self._spawner_ended(made))
+
+    def _via_spawner(self, via: Spawner, user: User, cmd: list[str], env: dict[str, str], cwd: str,
+                     stdio: dict[str, Any]) -> int | None:
+        """Start `cmd` through `via` (under the lock); None if it cannot take the request, so the
+        agent starts it itself. One that leaves a request unanswered is killed and not replaced."""
+        stdin = stdio["stdin"] if stdio["stdin"] >= 0 else -1
+        while True:
+            try:
+                return via.spawn(cmd, env, cwd, (stdin, stdio["stdout"], stdio["stderr"]))
+            except BlockingIOError:  # as in _popen: exited children of the agent may hold pids
+                if not self._collect():
+                    raise
+            except SpawnerGone as exc:
+                if not exc.started_unknown:
+                    return None
+                via.stop()
+                self._spawners_refused.add(_ids(user))
+                raise AgentError("internal", f"could not start {cmd[0]!r}: {exc}") from None
+
+    def _spawned_exit(self, via: Spawner, pid: int, status: int) -> None:
+        with self.lock:
+            process = self.running.get(pid)
+            if process is not None and process.spawner is via and not process.reaped_already():
+                process.reaped(status)
+
+    def _spawner_ended(self, via: Spawner) -> None:
+        """The spawner's events ended or the agent collected it; once both happened, its children
+        that are still running are the agent's, and one whose exit never came is ended as killed."""
+        with self.lock:
+            self._orphans_of(via)
+
+    def _orphans_of(self, via: Spawner) -> None:
+        if not (via.eof and via.reaped):
+            return
+        for process in [p for p in self.running.values() if p.spawner is via and not p.reaped_already()]:
+            try:
+                pid, status = os.waitpid(process.pid, os.WNOHANG)
+            except ChildProcessError:  # the spawner reaped it and died before telling
+                process.reaped(signal.SIGKILL)
+                continue
+            if pid == process.pid:
+                process.reaped(status)
+        self._spawner_pids.pop(via.pid, None)
+        via.close()
 
     def _reap_one(self, process: Process) -> None:
         """Collect `process` if it has exited (called by its pump once its output ended), so its exit
@@ -501,6 +609,8 @@ class ProcessTable:
             self.finished[process.pid] = result
             while len(self.finished) > FINISHED_KEPT:
                 self.finished.popitem(last=False)
+            if _ids(process.spec.user) in self._spawners_wanted:
+                self._start_spawner_soon(process.spec.user)
 
     def shutdown(self, deadline: float = 5.0) -> None:
         """SIGKILL every process group and any other descendant, and reap them all."""
@@ -518,6 +628,10 @@ class ProcessTable:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)  # poll: waiting for the kernel to finish killing them
+
+
+def _ids(user: User) -> tuple[int, int, tuple[int, ...]]:
+    return user.uid, user.gid, user.groups
 
 
 def _children() -> list[int]:

@@ -51,8 +51,8 @@ PEER = select.POLLIN | select.POLLHUP | select.POLLERR
 class Agent:
     """Serves connections, one thread each; owns the process table and the file credentials."""
 
-    def __init__(self) -> None:
-        self.processes = ProcessTable()
+    def __init__(self, spawners: bool = True) -> None:
+        self.processes = ProcessTable(spawners)
         self.fs = FileRunner()
         self.handlers: dict[str, Handler] = {op: getattr(self, f"op_{op}") for op in OPS}
         self._lock = threading.Lock()
@@ -457,7 +457,9 @@ def _parse_args(args: list[str]) -> tuple[bool, int] | None:
 def serve(sock: socket.socket, donated: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (or, with donated connections, the control socket's end), then
     kill and reap every process the agent started."""
-    agent = Agent()
+    # Under gVisor (the backend that donates connections) a process's /proc fds and environ stay
+    # open to processes of its uid even when it is not dumpable: no spawner runs as `user` there.
+    agent = Agent(spawners=not donated)
     agent.processes.install()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
