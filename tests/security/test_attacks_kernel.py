@@ -196,7 +196,8 @@ def probe_results(server: Server) -> dict[str, dict[str, str]]:
         put(api, sid, "/tmp/probes.py", PROBES)
         spawner_pid = "0"
         if not GVISOR:
-            found = run_command(api, sid, FIND_SPAWNER, timeout=60)  # started by this first `user` command
+            assert run_command(api, sid, "true").exit_code == 0  # the spawner starts once it has ended
+            found = run_command(api, sid, FIND_SPAWNER, timeout=60)
             assert found.exit_code == 0 and found.stdout.strip().isdigit(), (found.stdout, found.stderr)
             spawner_pid = found.stdout.strip()
         results = {}
