@@ -117,3 +117,17 @@ def test_a_stopped_spawner_is_replaced_by_forks_of_the_agent(agent: RunningAgent
         await agent.client.signal(stream.pid, signal.SIGKILL)
 
     run(main())
+
+
+def test_a_command_that_kills_its_spawner_at_once_still_reports_its_output_and_exit(agent: RunningAgent) -> None:
+    """`kill -9 -1` as the user kills the spawner too, often before it has replied with the command's
+    pid: the agent finds the command among the children the dead spawner left it."""
+
+    async def main() -> None:
+        for _ in range(5):
+            spawner = await warm(agent)
+            stream = await agent.client.exec(["sh", "-c", "kill -9 $PPID; echo alive; exit 3"])
+            assert await collect(stream) == (b"alive\n", b"", Exit(3, None, None))
+            await wait_until(lambda: spawner not in spawners(agent), "the spawner is gone")  # noqa: B023
+
+    run(main())

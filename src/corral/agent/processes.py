@@ -477,13 +477,7 @@ class ProcessTable:
     def _collect(self) -> int:
         """``reap``'s work, under the lock; returns how many were collected."""
         collected = 0
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return collected
-            if pid == 0:
-                return collected
+        for pid, status in spawner.exited_children():
             collected += 1
             process = self.running.get(pid)
             if process is not None:
@@ -492,6 +486,7 @@ class ProcessTable:
                 via = self._spawner_pids[pid]
                 via.alive, via.reaped = False, True
                 self._orphans_of(via)
+        return collected
 
     def _popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """``Popen``, under the lock. A fork that fails for want of pids (EAGAIN: the sandbox's pids
@@ -551,17 +546,44 @@ class ProcessTable:
         agent starts it itself. One that leaves a request unanswered is killed and not replaced."""
         stdin = stdio["stdin"] if stdio["stdin"] >= 0 else -1
         while True:
+            asked = _boot_ticks()
             try:
                 return via.spawn(cmd, env, cwd, (stdin, stdio["stdout"], stdio["stderr"]))
             except BlockingIOError:  # as in _popen: exited children of the agent may hold pids
                 if not self._collect():
                     raise
             except SpawnerGone as exc:
+                if exc.died:  # None: it had started nothing, and the agent starts it
+                    return self._started_by_dead(via, user, asked)
                 if not exc.started_unknown:
                     return None
                 via.stop()
                 self._spawners_refused.add(_ids(user))
                 raise AgentError("internal", f"could not start {cmd[0]!r}: {exc}") from None
+
+    def _started_by_dead(self, via: Spawner, user: User, asked: int) -> int | None:
+        """The spawner died with a request unanswered (the command it started may have killed it:
+        ``kill -9 -1`` as the user). Once it is collected its children are the agent's; the command,
+        if it started, is the one of them that the table does not know, leads a session of its own
+        as `user` and started since the request (the newest such, to the clock tick)."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(via.pid, 0)
+        via.reaped = True
+        self._orphans_of(via)
+        found: tuple[int, int] | None = None
+        for pid in _children():
+            if pid in self.running or pid in self._spawner_pids:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                uid = os.stat(f"/proc/{pid}").st_uid
+            except (OSError, IndexError):
+                continue
+            started, leads = int(fields[19]), int(fields[3]) == pid
+            if leads and uid == user.uid and started >= asked and (found is None or started >= found[1]):
+                found = (pid, started)
+        return found[0] if found is not None else None
 
     def _spawned_exit(self, via: Spawner, pid: int, status: int) -> None:
         with self.lock:
@@ -628,6 +650,11 @@ class ProcessTable:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)  # poll: waiting for the kernel to finish killing them
+
+
+def _boot_ticks() -> int:
+    """Now, as /proc/<pid>/stat gives a process's start: clock ticks since boot (one tick earlier)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK")) - 1
 
 
 def _ids(user: User) -> tuple[int, int, tuple[int, ...]]:

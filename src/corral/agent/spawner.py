@@ -33,7 +33,7 @@ from . import libc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from .users import User
@@ -47,9 +47,10 @@ class SpawnerGone(Exception):
     """The spawner is not there (any more). ``started_unknown``: a request went out without its reply,
     so the command may be running."""
 
-    def __init__(self, message: str, started_unknown: bool = False) -> None:
+    def __init__(self, message: str, started_unknown: bool = False, died: bool = False) -> None:
         super().__init__(message)
         self.started_unknown = started_unknown
+        self.died = died  # it ended with the request unanswered (killed), rather than stopped answering
 
 
 class Spawner:
@@ -79,13 +80,16 @@ class Spawner:
             raise SpawnerGone(f"spawner gone: {exc}") from None
         poller = select.poll()
         poller.register(self._requests, select.POLLIN)
-        try:
-            reply = self._requests.recv(MAX_MESSAGE) if poller.poll(REPLY_TIMEOUT * 1000) else b""
-        except OSError:
-            reply = b""
-        if not reply:
+        if not poller.poll(REPLY_TIMEOUT * 1000):
             self.stop()
             raise SpawnerGone("the spawner did not answer", started_unknown=True)
+        try:
+            reply = self._requests.recv(MAX_MESSAGE)
+        except OSError:
+            reply = b""
+        if not reply:  # it died: perhaps killed by the very command it had just started
+            self.alive = False
+            raise SpawnerGone("the spawner died", started_unknown=True, died=True)
         return _pid_from_reply(reply)
 
     def read_events(self, on_exit: Callable[[int, int], None], on_end: Callable[[], None]) -> None:
@@ -227,19 +231,26 @@ def _start(message: bytes, fds: list[int], children: dict[int, subprocess.Popen[
     return json.dumps({"pid": popen.pid}).encode()
 
 
-def _collect(children: dict[int, subprocess.Popen[bytes]]) -> list[bytes]:
-    exits = []
+def exited_children() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of each child that has exited, collecting it; ends when none is left."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return exits
+            return
         if pid == 0:
-            return exits
+            return
+        yield pid, status
+
+
+def _collect(children: dict[int, subprocess.Popen[bytes]]) -> list[bytes]:
+    exits = []
+    for pid, status in exited_children():
         popen = children.pop(pid, None)
         if popen is not None:
             popen.returncode = os.waitstatus_to_exitcode(status)  # Popen must never waitpid again
         exits.append(json.dumps({"pid": pid, "status": status}).encode())
+    return exits
 
 
 # -- the agent reading the spawner ------------------------------------------------------------------
