@@ -42,6 +42,7 @@ LISTENER_QUEUE = 16  # frames queued per listener before the pump waits for it
 FINISHED_KEPT = 256
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # per second, the unit of a process's start in /proc/<pid>/stat
 
 Item = tuple[bytes, bytes] | Exit  # (frame kind, output bytes), or the final exit
 
@@ -654,7 +655,7 @@ class ProcessTable:
 
 def _boot_ticks() -> int:
     """Now, as /proc/<pid>/stat gives a process's start: clock ticks since boot (one tick earlier)."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK")) - 1
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS) - 1
 
 
 def _ids(user: User) -> tuple[int, int, tuple[int, ...]]:

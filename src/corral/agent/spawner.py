@@ -63,6 +63,8 @@ class Spawner:
         self.alive = True
         self.eof = False  # events ended: every exit it reported has been handled
         self.reaped = False  # the agent collected it: its running children are now the agent's
+        self._replies = select.poll()
+        self._replies.register(requests, select.POLLIN)
 
     def spawn(self, cmd: list[str], env: dict[str, str], cwd: str, stdio: tuple[int, int, int]) -> int:
         """Start `cmd` with `stdio` as fds 0, 1, 2 (-1: /dev/null); returns its pid. Raises OSError
@@ -78,9 +80,7 @@ class Spawner:
         except OSError as exc:
             self.stop()
             raise SpawnerGone(f"spawner gone: {exc}") from None
-        poller = select.poll()
-        poller.register(self._requests, select.POLLIN)
-        if not poller.poll(REPLY_TIMEOUT * 1000):
+        if not self._replies.poll(REPLY_TIMEOUT * 1000):
             self.stop()
             raise SpawnerGone("the spawner did not answer", started_unknown=True)
         try:

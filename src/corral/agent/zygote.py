@@ -34,6 +34,7 @@ import sys
 from . import libc
 from .log import log
 from .server import serve_listening
+from .spawner import exited_children
 
 USAGE = "usage: corral-agent-zygote --control-fd N --seccomp-fd N --uid N --caps MASK"
 # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET (linux/sched.h)
@@ -112,13 +113,8 @@ def _note_signal(signum: int, frame: object) -> None:
 
 
 def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    for _ in exited_children():
+        pass
 
 
 def _fork_joiner(
