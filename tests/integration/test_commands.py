@@ -45,6 +45,25 @@ def test_envs_cwd_and_user(api: httpx.Client, run) -> None:  # type: ignore[no-u
         api.delete(f"/v1/sandboxes/{sid}")
 
 
+def test_accounts_changed_inside_the_sandbox_apply_to_the_next_call(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
+    """The agent remembers resolved users, but only while /etc/passwd and /etc/group stay as they were."""
+    sid = api.post("/v1/sandboxes", json={"timeout": 120}).json()["id"]
+    try:
+        r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "id", "user": "bob"})
+        assert r.status_code == 400 and "bob" in r.json()["message"]
+        assert run(sid, "useradd -m -s /bin/bash bob", user="root").exit_code == 0
+        assert run(sid, "id -un; pwd", user="bob").stdout.splitlines() == ["bob", "/home/bob"]
+        assert run(sid, "groupadd team && usermod -aG team bob && usermod -d /tmp bob", user="root").exit_code == 0
+        assert run(sid, "id -Gn; pwd; touch made", user="bob").stdout.splitlines() == ["bob team", "/tmp"]
+        made = api.get(f"/v1/sandboxes/{sid}/files/stat", params={"path": "made", "user": "bob"}).json()
+        assert made["path"] == "/tmp/made" and made["owner"] == "bob", made
+        assert run(sid, "userdel bob", user="root").exit_code == 0
+        r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "id", "user": "bob"})
+        assert r.status_code == 400 and "bob" in r.json()["message"]
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")
+
+
 def test_the_login_shell_sets_each_users_path_without_forking(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
     """Commands run in a login shell; /etc/profile picks root's PATH by bash's EUID instead of forking
     `id -u` (half the shell's start-up), and a plain sh login still gets the right PATH."""
