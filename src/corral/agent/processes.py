@@ -1,13 +1,14 @@
 """Process table: commands spawned on pipes or a PTY, their output fanned out to listeners, reaping.
 
-Each running process has one pump thread (timeouts are kept by one `Deadlines` thread): the pump polls
-the process's output fds and a pipe that turns readable once the process is reaped, and hands each
-chunk to every listener's bounded queue. A full queue makes the pump wait, so a slow caller slows
-the process down (its pipe fills) instead of growing the agent's memory. With no listener the output
-is read and dropped, and the process keeps running. The main thread reaps children
-(`ProcessTable.reap`, on SIGCHLD) under the table's lock, which `spawn` holds too, so no child is
-reaped before it is in the table; a pump whose process's output ended first tries to collect that
-one child itself (`ProcessTable._reap_one`, same lock), which saves the exit a hand-off.
+Each running process has one pump, a job on a reused worker thread (workers.py); timeouts are kept by
+one `Deadlines` thread. The pump polls the process's output fds and a pipe that turns readable once
+the process is reaped, and hands each chunk to every listener's bounded queue. A full queue makes
+the pump wait, so a slow caller slows the process down (its pipe fills) instead of growing the
+agent's memory. With no listener the output is read and dropped, and the process keeps running.
+The main thread reaps children (`ProcessTable.reap`, on SIGCHLD) under the table's lock, which
+`spawn` holds too, so no child is reaped before it is in the table; a pump whose process's output
+ended first tries to collect that one child itself (`ProcessTable._reap_one`, same lock), which
+saves the exit a hand-off.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .log import log_exception
 from .protocol import STDERR, STDOUT, AgentError, Exit, Frozen, error_from_os
 from .spawner import Spawner, SpawnerGone
 from .users import User
+from .workers import Workers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -131,6 +133,7 @@ class Process:
         outputs: dict[int, bytes],
         stdin_fd: int | None,
         on_finish: Callable[[Process, Exit], None],
+        workers: Workers,
         deadlines: Deadlines | None = None,
         reap: Callable[[Process], None] | None = None,
     ) -> None:
@@ -153,13 +156,13 @@ class Process:
         self._timed_out = False
         self._deadlines = deadlines if spec.timeout > 0 else None
         self._deadline: int | None = None  # its key in `deadlines`
-        self._pump = threading.Thread(target=self._run, name=f"pump-{self.pid}", daemon=True)
+        self._workers = workers  # one of them pumps its output
 
     def start(self) -> None:
         """Start the pump (and the timeout); until then output waits in the pipes."""
         if self._deadlines is not None:
             self._deadline = self._deadlines.add(self.spec.timeout, self._on_timeout)
-        self._pump.start()
+        self._workers.run(self._run)
 
     def info(self) -> dict[str, Any]:
         pty = {"cols": self.spec.pty[0], "rows": self.spec.pty[1]} if self.spec.pty else None
@@ -352,7 +355,7 @@ class Deadlines:
 class ProcessTable:
     """All processes the agent started: running ones, and the exits of the last 256 finished."""
 
-    def __init__(self, spawners: bool = True) -> None:
+    def __init__(self, spawners: bool = True, workers: Workers | None = None) -> None:
         self.running: dict[int, Process] = {}
         self.finished: collections.OrderedDict[int, Exit] = collections.OrderedDict()
         self.lock = threading.Lock()
@@ -364,6 +367,7 @@ class ProcessTable:
         self._spawners_refused: set[tuple[int, int, tuple[int, ...]]] = set()  # one stopped answering
         self._spawners_wanted: set[tuple[int, int, tuple[int, ...]]] = set()  # users whose commands forked
         self._use_spawners = spawners
+        self._workers = workers or Workers("pump")
 
     def install(self) -> None:
         """Adopt orphans as a child subreaper, so that `reap` collects them too."""
@@ -436,8 +440,8 @@ class ProcessTable:
                 for fd in child_fds:
                     os.close(fd)
 
-            process = Process(pid, popen, via, spec, cwd, outputs, stdin_fd, self._finished, self._deadlines,
-                              self._reap_one)
+            process = Process(pid, popen, via, spec, cwd, outputs, stdin_fd, self._finished, self._workers,
+                              self._deadlines, self._reap_one)
             if listener is not None:
                 process.listeners.add(listener)
             self.running[process.pid] = process

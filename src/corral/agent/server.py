@@ -4,12 +4,12 @@ donated by the host over an inherited control socket (the gVisor backend).
 Threads, blocking sockets, no event loop: the agent's start-up is most of a cold sandbox create and
 its heap most of an idle sandbox's memory, so it imports only what it uses (no asyncio, ssl, logging,
 concurrent.futures, typing or dataclasses; copy_in's tarfile/shutil on first use). The main thread
-polls the listening (or control) socket and a signal wakeup pipe: it starts one thread per
-connection, reaps children on SIGCHLD and shuts down on SIGTERM/SIGINT (or, with donated connections,
-the control socket's end). A connection's thread reads the request, runs its op — file operations
-with the requesting user's filesystem credentials, switched on that thread only (creds.py) — and
-polls its socket with the process output or watch it streams, so a caller that goes away detaches.
-Each running process has a pump thread (processes.py).
+polls the listening (or control) socket and a signal wakeup pipe: it hands each connection to a
+worker thread (reused, workers.py), reaps children on SIGCHLD and shuts down on SIGTERM/SIGINT (or,
+with donated connections, the control socket's end). A connection's thread reads the request, runs
+its op — file operations with the requesting user's filesystem credentials, switched on that thread
+only (creds.py) — and polls its socket with the process output or watch it streams, so a caller that
+goes away detaches. Each running process's output is pumped by a worker thread too (processes.py).
 
 A connection's failure (malformed frame, bad field, dropped peer, a bug in a handler) ends that
 connection with a structured error where possible and never touches the others.
@@ -35,6 +35,7 @@ from .processes import Listener, Process, ProcessTable, Spec
 from .protocol import DATA, END, OPS, VERSION, AgentError, Exit, Request, SyncChannel
 from .users import User, resolve_user
 from .watch import Watch
+from .workers import Workers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,24 +53,24 @@ class Agent:
     """Serves connections, one thread each; owns the process table and the file credentials."""
 
     def __init__(self, spawners: bool = True) -> None:
-        self.processes = ProcessTable(spawners)
+        self.workers = Workers("worker")
+        self.processes = ProcessTable(spawners, self.workers)
         self.fs = FileRunner()
         self.handlers: dict[str, Handler] = {op: getattr(self, f"op_{op}") for op in OPS}
-        self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._lock = threading.Condition()  # notified when a connection ends
+        self._connections: set[socket.socket] = set()
 
     def start(self, conn: socket.socket) -> None:
-        """Serve `conn` on a new thread."""
+        """Serve `conn` on a worker thread."""
         conn.setblocking(True)
-        thread = threading.Thread(target=self.handle, args=(conn,), name="conn", daemon=True)
         with self._lock:
-            self._connections[conn] = thread
+            self._connections.add(conn)
         try:
-            thread.start()
+            self.workers.run(lambda: self.handle(conn))
         except RuntimeError as exc:  # can't start a new thread (a thread limit): this one only
             log("ERROR", f"cannot serve a connection: {exc}")
             with self._lock:
-                self._connections.pop(conn, None)
+                self._connections.discard(conn)
             conn.close()
 
     def handle(self, conn: socket.socket) -> None:
@@ -96,21 +97,21 @@ class Agent:
         except Exception:
             log_exception("connection failed")
         finally:
-            with self._lock:
-                self._connections.pop(conn, None)
             chan.close()
+            with self._lock:
+                self._connections.discard(conn)
+                self._lock.notify_all()
 
     def close_connections(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Shut every connection's socket down (their threads unwind, writes drop their temp files)
-        and give the threads `grace` seconds to end."""
+        and give them `grace` seconds to end."""
         with self._lock:
-            connections = list(self._connections.items())
-        for conn, _ in connections:
-            with contextlib.suppress(OSError):  # closed meanwhile
-                conn.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + grace
-        for _, thread in connections:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            for conn in self._connections:
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    conn.shutdown(socket.SHUT_RDWR)
+            deadline = time.monotonic() + grace
+            while self._connections and (left := deadline - time.monotonic()) > 0:
+                self._lock.wait(left)
 
     # -- processes ----------------------------------------------------------------------------
 

@@ -1,0 +1,72 @@
+"""Reused threads for the agent's short-lived jobs (a connection, a process's output pump).
+
+Starting a thread maps a stack, clones and hand-shakes with the new thread: ~0.17 ms on a PVM guest,
+more when both cores are busy, and a command starts two (its connection's and its pump). Handing a
+job to a thread that waits for one is one wake-up (~0.05 ms). A thread that found no job for
+`idle` seconds ends, so an idle sandbox keeps none.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .log import log_exception
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+IDLE_SECONDS = 10.0
+
+
+class _Worker:
+    __slots__ = ("job", "wake")
+
+    def __init__(self, job: Callable[[], None]) -> None:
+        self.job: Callable[[], None] | None = job
+        self.wake = threading.Lock()  # released when a job was given; held while it waits for one
+        self.wake.acquire()
+
+
+class Workers:
+    """Run each job on a waiting thread, or on a new one when none waits. Thread-safe."""
+
+    def __init__(self, name: str, idle: float = IDLE_SECONDS) -> None:
+        self._name = name
+        self._idle_seconds = idle
+        self._lock = threading.Lock()
+        self._waiting: list[_Worker] = []  # the most recent last: it is taken first, the others time out
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Run `job` on another thread; raises RuntimeError if none waits and none can be started."""
+        with self._lock:
+            worker = self._waiting.pop() if self._waiting else None
+        if worker is not None:
+            worker.job = job
+            worker.wake.release()
+            return
+        thread = threading.Thread(target=self._serve, args=(_Worker(job),), name=self._name, daemon=True)
+        thread.start()
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def _serve(self, worker: _Worker) -> None:
+        while True:
+            job, worker.job = worker.job, None
+            if job is not None:
+                try:
+                    job()
+                except Exception:
+                    log_exception(f"a {self._name} job")
+                del job  # nothing of the job outlives it while this thread waits
+            with self._lock:
+                self._waiting.append(worker)
+            if worker.wake.acquire(timeout=self._idle_seconds):
+                continue
+            with self._lock:
+                if worker in self._waiting:
+                    self._waiting.remove(worker)
+                    return
+            worker.wake.acquire()  # taken from the list meanwhile: its job is on the way
