@@ -46,8 +46,11 @@ class RunningAgent:
 
 
 @contextlib.contextmanager
-def start_agent(command: list[str] | None = None, cwd: str | None = None) -> Iterator[RunningAgent]:
-    """Run an agent on a fresh listening socket; `command` replaces `python -m corral.agent`."""
+def start_agent(
+    command: list[str] | None = None, cwd: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[RunningAgent]:
+    """Run an agent on a fresh listening socket; `command` replaces `python -m corral.agent`, `env`
+    is added to the environment."""
     workdir = tempfile.mkdtemp(prefix="corral-agent-")  # short: socket paths are limited to 107 bytes
     path, log_path = os.path.join(workdir, "agent.sock"), os.path.join(workdir, "agent.log")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, open(log_path, "wb") as log:
@@ -55,7 +58,8 @@ def start_agent(command: list[str] | None = None, cwd: str | None = None) -> Ite
         listener.listen(64)
         fd = listener.fileno()
         argv = [*(command or [sys.executable, "-m", "corral.agent"]), "--listen-fd", str(fd)]
-        process = subprocess.Popen(argv, pass_fds=[fd], stdout=log, stderr=log, cwd=cwd)
+        environ = {**os.environ, **(env or {})}
+        process = subprocess.Popen(argv, pass_fds=[fd], stdout=log, stderr=log, cwd=cwd, env=environ)
     try:
         yield RunningAgent(AgentClient(path), process, path, log_path)
     finally:

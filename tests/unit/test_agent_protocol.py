@@ -6,6 +6,7 @@ import ast
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -285,3 +286,77 @@ def test_relay_splices_a_loopback_port_both_ways_on_both_transports(agent: Runni
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def _frames(sock: socket.socket, count: int) -> list[tuple[bytes, Any]]:
+    """The next `count` frames on a blocking socket: (kind, JSON object or bytes)."""
+    out: list[tuple[bytes, Any]] = []
+    buf = b""
+    while len(out) < count:
+        while len(buf) < 5 or len(buf) < 5 + struct.unpack(">I", buf[:4])[0]:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {out}"
+            buf += chunk
+        length, kind = struct.unpack(">Ic", buf[:5])
+        payload, buf = buf[5 : 5 + length], buf[5 + length :]
+        out.append((kind, json.loads(payload) if kind == b"J" else payload))
+    assert buf == b""
+    return out
+
+
+def _ask(sock: socket.socket, request: dict[str, Any], replies: int = 1) -> list[tuple[bytes, Any]]:
+    sock.sendall(frame(b"J", json.dumps(request).encode()))
+    return _frames(sock, replies)
+
+
+def test_a_connection_carries_the_next_request_once_an_exchange_completed(agent: RunningAgent) -> None:
+    """One-reply ops (error replies too) and exec/attach after their exit leave the connection open for
+    the next request; a read ends its connection."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(agent.socket_path)
+        assert _ask(sock, {"op": "ping"})[0][1]["ok"] is True
+        assert _ask(sock, {"op": "stat", "path": "/nonexistent-here"})[0][1]["error"]["kind"] == "not_found"
+        started, out, end = _ask(sock, {"op": "exec", "cmd": ["echo", "again"]}, 3)
+        assert (started[1]["ok"], out, end[1]["exit_code"]) == (True, (b"O", b"again\n"), 0)
+        assert _ask(sock, {"op": "attach", "pid": started[1]["pid"]}, 2)[1][1]["event"] == "exit"
+        assert _ask(sock, {"op": "exec", "cmd": ["/nonexistent-here"]})[0][1]["error"]["kind"] == "not_found"
+        assert _ask(sock, {"op": "stat", "path": "/"})[0][1]["entry"]["type"] == "dir"
+        assert _ask(sock, {"op": "read", "path": "/etc/hostname"}, 3)[2] == (b"Z", b"")
+        assert sock.recv(1) == b""  # and closed
+
+
+def test_the_agent_closes_a_connection_left_idle() -> None:
+    with start_agent(env={"CORRAL_AGENT_KEEP_IDLE": "0.2"}) as running, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(running.socket_path)
+        assert _ask(sock, {"op": "ping"})[0][1]["ok"] is True
+        assert _ask(sock, {"op": "ping"})[0][1]["ok"] is True  # open after the first
+        assert sock.recv(1) == b""  # closed by the agent once 0.2 s passed without a request
+
+
+def test_a_pool_reuses_completed_connections_and_replaces_one_closed_meanwhile() -> None:
+    from corral.agent.client import ChannelPool
+
+    with start_agent(env={"CORRAL_AGENT_KEEP_IDLE": "0.2"}) as running:
+        pool = ChannelPool()
+        client = AgentClient(running.socket_path, pool=pool)
+
+        async def main() -> None:
+            assert (await client.ping())["ok"] is True and pool.idle(client.socket_path) == 1
+            reused = pool.take(client.socket_path)
+            assert reused is not None
+            pool.put(client.socket_path, reused)
+            out, _, result = await collect(await client.exec(["echo", "pooled"]))
+            assert (out, result.exit_code, pool.idle(client.socket_path)) == (b"pooled\n", 0, 1)
+            assert pool.take(client.socket_path) is reused  # the same connection served both
+            pool.put(client.socket_path, reused)
+            # the agent closes it (idle 0.2 s) while this loop does not run: it still looks open here
+            peer = select.poll()
+            peer.register(reused._writer.get_extra_info("socket").fileno(), select.POLLIN | select.POLLHUP)
+            assert peer.poll(10_000)
+            assert (await client.stat("/"))["type"] == "dir"  # sent on it, no reply: sent again on a new one
+            assert pool.idle(client.socket_path) == 1 and pool.take(client.socket_path) is not reused
+
+        run(main())

@@ -1,8 +1,10 @@
-"""Host-side asyncio client for the agent (stdlib only): one connection per operation.
+"""Host-side asyncio client for the agent (stdlib only): one connection per operation at a time.
 
-`AgentClient` keeps no connection open, so one instance may be used by many tasks of one event
-loop at once. Streams (`ProcessStream`, `FileReader`, `Watcher`) own their connection and belong to
-one task. Calls have no timeout of their own: wrap them in `asyncio.timeout` where needed.
+`AgentClient` holds no connection itself, so one instance may be used by many tasks of one event
+loop at once. Given a `ChannelPool`, a connection whose exchange completed is kept for the next
+operation on that agent (the agent's side: protocol.REUSABLE). Streams (`ProcessStream`,
+`FileReader`, `Watcher`) own their connection and belong to one task. Calls have no timeout of
+their own: wrap them in `asyncio.timeout` where needed.
 
 Replies come from inside a sandbox and are treated as untrusted: frames are size-checked by
 `Channel` and malformed replies raise `AgentError("internal", ...)`. Failures to reach the agent,
@@ -16,7 +18,7 @@ import base64
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .protocol import (
@@ -25,6 +27,7 @@ from .protocol import (
     HEADER,
     JSON,
     MAX_PAYLOAD,
+    REUSABLE,
     STDERR,
     STDOUT,
     AgentError,
@@ -36,6 +39,8 @@ from .protocol import (
 )
 
 WRITE_CHUNK = 256 * 1024
+REUSE_SECONDS = 5.0  # an idle connection is reused this long (the agent waits 15 s for a request: KEEP_IDLE)
+IDLE_PER_AGENT = 4
 
 
 class Channel:
@@ -44,6 +49,15 @@ class Channel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self.replied = False  # whether any byte came back since the last `reused()`
+
+    def reused(self) -> Channel:
+        self.replied = False
+        return self
+
+    def open(self) -> bool:
+        """Neither side has closed it, nor has the agent's end reached us (as far as read yet)."""
+        return not self._writer.is_closing() and not self._reader.at_eof() and self._reader.exception() is None
 
     async def send(self, kind: bytes, payload: bytes = b"") -> None:
         if len(payload) > MAX_PAYLOAD:
@@ -61,7 +75,13 @@ class Channel:
 
     async def recv(self) -> tuple[bytes, bytes]:
         """Next frame; raises asyncio.IncompleteReadError at end of stream, AgentError if malformed."""
-        length, kind = parse_header(await self._reader.readexactly(HEADER.size))
+        try:
+            header = await self._reader.readexactly(HEADER.size)
+        except asyncio.IncompleteReadError as exc:
+            self.replied = self.replied or bool(exc.partial)
+            raise
+        self.replied = True
+        length, kind = parse_header(header)
         return kind, await self._reader.readexactly(length) if length else b""
 
     async def recv_json(self) -> dict[str, Any]:
@@ -77,6 +97,54 @@ class Channel:
         self._writer.close()
         with contextlib.suppress(OSError):  # the peer may be gone already
             await self._writer.wait_closed()
+
+
+class ChannelPool:
+    """Idle connections to agents, by agent, for one event loop (a server's). A connection whose
+    exchange completed is kept `REUSE_SECONDS` for the next operation on that agent: a new one costs
+    a socket and a connect here, an accept and a thread hand-off in the agent."""
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list[tuple[Channel, asyncio.TimerHandle]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def take(self, agent: str) -> Channel | None:
+        """An idle connection to `agent` that still looks open, or None."""
+        if asyncio.get_running_loop() is not self._loop:
+            return None
+        idle = self._idle.get(agent)
+        while idle:
+            chan, expiry = idle.pop()
+            expiry.cancel()
+            if not idle:
+                del self._idle[agent]
+            if chan.open():
+                return chan.reused()
+            chan.close()
+        return None
+
+    def put(self, agent: str, chan: Channel) -> None:
+        """Keep `chan`, whose last exchange completed, for the next operation (or close it)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop and (self._loop is None or self._loop.is_closed()):
+            self._loop, self._idle = loop, {}  # another run's connections went with its loop
+        idle = self._idle.setdefault(agent, [])
+        if loop is not self._loop or len(idle) >= IDLE_PER_AGENT or not chan.open():
+            if not idle:
+                del self._idle[agent]
+            chan.close()
+            return
+        idle.append((chan, loop.call_later(REUSE_SECONDS, self._expire, agent, chan)))
+
+    def idle(self, agent: str) -> int:
+        return len(self._idle.get(agent, ()))
+
+    def _expire(self, agent: str, chan: Channel) -> None:
+        idle = self._idle.get(agent, [])
+        idle[:] = [entry for entry in idle if entry[0] is not chan]
+        if not idle:
+            self._idle.pop(agent, None)
+        chan.close()
 
 
 @contextlib.contextmanager
@@ -110,9 +178,10 @@ def _field(reply: dict[str, Any], name: str, kind: type) -> Any:
 class AgentClient:
     """Operations on one sandbox's agent, reached through its listening socket's path."""
 
-    def __init__(self, socket_path: str, connect_timeout: float = 5.0) -> None:
-        self.socket_path = socket_path
+    def __init__(self, socket_path: str, connect_timeout: float = 5.0, pool: ChannelPool | None = None) -> None:
+        self.socket_path = socket_path  # also names the agent in `pool`
         self.connect_timeout = connect_timeout
+        self.pool = pool
 
     async def _connect(self) -> Channel:
         try:
@@ -135,8 +204,18 @@ class AgentClient:
         return sock
 
     async def _open(self, request: dict[str, Any]) -> tuple[Channel, dict[str, Any]]:
-        """Connect, send `request` and return the channel with the (ok) reply."""
-        chan = await self._connect()
+        """Send `request` on an idle connection or a new one; the channel with the (ok) reply."""
+        idle = self.pool.take(self.socket_path) if self.pool is not None else None
+        if idle is not None:
+            try:
+                return await self._exchange(idle, request)
+            except AgentUnavailable:
+                if idle.replied:
+                    raise
+                # it ended before any reply: the agent had closed it idle, without reading the request
+        return await self._exchange(await self._connect(), request)
+
+    async def _exchange(self, chan: Channel, request: dict[str, Any]) -> tuple[Channel, dict[str, Any]]:
         try:
             with _transport_errors(request["op"]):
                 await chan.send_json(request)
@@ -146,9 +225,19 @@ class AgentClient:
             raise
         return chan, reply
 
+    def _completed(self, chan: Channel) -> None:
+        """`chan`'s exchange completed: keep it for the next operation, if there is a pool."""
+        if self.pool is not None:
+            self.pool.put(self.socket_path, chan)
+        else:
+            chan.close()
+
     async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         chan, reply = await self._open(request)
-        await chan.aclose()
+        if request["op"] in REUSABLE:
+            self._completed(chan)
+        else:
+            await chan.aclose()
         return reply
 
     # -- processes ----------------------------------------------------------------------------
@@ -181,12 +270,12 @@ class AgentClient:
             "timeout": timeout,
         }
         chan, reply = await self._open(request)
-        return ProcessStream(chan, _field(reply, "pid", int))
+        return ProcessStream(chan, _field(reply, "pid", int), self._completed)
 
     async def attach(self, pid: int) -> ProcessStream:
         """Follow a process's output from now on; a finished one yields just its exit."""
         chan, reply = await self._open({"op": "attach", "pid": pid})
-        return ProcessStream(chan, _field(reply, "pid", int))
+        return ProcessStream(chan, _field(reply, "pid", int), self._completed)
 
     async def stdin(self, pid: int, data: bytes, eof: bool = False) -> None:
         """Write `data` to the process's stdin (returns once written), then close it if `eof`."""
@@ -311,10 +400,12 @@ class ProcessStream:
     raises AgentUnavailable.
     """
 
-    def __init__(self, chan: Channel, pid: int) -> None:
+    def __init__(self, chan: Channel, pid: int, completed: Callable[[Channel], None] | None = None) -> None:
         self.pid = pid
         self._chan = chan
         self._done = False
+        self._completed = completed  # takes the connection once the exit came
+        self._handed_on = False
 
     def __aiter__(self) -> ProcessStream:
         return self
@@ -334,12 +425,17 @@ class ProcessStream:
         if kind == STDERR:
             return Output("stderr", payload)
         self._done = True
-        self._chan.close()
-        if kind == JSON:
-            event = decode_json(payload)
-            if event.get("event") == "exit":
-                return Exit.from_event(event)
-        raise AgentError("internal", f"unexpected frame {kind!r} in the stream of process {self.pid}")
+        try:
+            event = decode_json(payload) if kind == JSON else {}
+            if event.get("event") != "exit":
+                raise AgentError("internal", f"unexpected frame {kind!r} in the stream of process {self.pid}")
+            result = Exit.from_event(event)
+        except BaseException:
+            self._chan.close()
+            raise
+        self._handed_on = True  # the connection is no longer this stream's
+        (self._completed or Channel.close)(self._chan)
+        return result
 
     async def wait(self) -> Exit:
         """Skip the remaining output and return the exit."""
@@ -350,7 +446,8 @@ class ProcessStream:
 
     async def close(self) -> None:
         self._done = True
-        await self._chan.aclose()
+        if not self._handed_on:
+            await self._chan.aclose()
 
     async def __aenter__(self) -> ProcessStream:
         return self
@@ -504,8 +601,8 @@ class Donor:
 class DonatedAgentClient(AgentClient):
     """An ``AgentClient`` whose connections are donated through a ``Donor`` (the gVisor backend)."""
 
-    def __init__(self, donor: Donor, name: str, connect_timeout: float = 5.0) -> None:
-        super().__init__(name, connect_timeout)
+    def __init__(self, donor: Donor, name: str, connect_timeout: float = 5.0, pool: ChannelPool | None = None) -> None:
+        super().__init__(name, connect_timeout, pool)
         self.donor = donor
 
     async def _connect(self) -> Channel:

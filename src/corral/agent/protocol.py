@@ -23,6 +23,8 @@ Details the prose leaves open, as implemented:
 - `watch` ends (the agent closes the stream) when the watched directory itself is removed or moved;
   a directory moved out of a recursive watch stops being watched; temp files of writes are hidden.
 - `remove` accepts an optional `user` (for relative paths) and refuses to remove `/`.
+- A connection whose exchange completed (`REUSABLE`) may carry another request; the agent closes
+  one that stays idle for 15 s (`KEEP_IDLE` in the server).
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ OPS: dict[str, str] = {
     "port_open": "Whether something accepts TCP connections on a loopback port (template readiness).",
     "relay": "Connect to a loopback port inside; after the ok reply the connection carries its raw bytes.",
 }
+
+# Ops whose exchange is one request and one reply. After such a reply (an error reply too), and after
+# exec's or attach's exit event, the connection may carry the next request; read, write, watch and
+# relay end theirs.
+REUSABLE = frozenset(OPS) - {"exec", "attach", "read", "write", "watch", "relay"}
 
 ERROR_KINDS = (
     "not_found",

@@ -1,15 +1,16 @@
-"""The agent's server: one operation per connection, accepted on the inherited listening socket or
-donated by the host over an inherited control socket (the gVisor backend).
+"""The agent's server: connections accepted on the inherited listening socket or donated by the host
+over an inherited control socket (the gVisor backend), each carrying one operation at a time.
 
 Threads, blocking sockets, no event loop: the agent's start-up is most of a cold sandbox create and
 its heap most of an idle sandbox's memory, so it imports only what it uses (no asyncio, ssl, logging,
 concurrent.futures, typing or dataclasses; copy_in's tarfile/shutil on first use). The main thread
 polls the listening (or control) socket and a signal wakeup pipe: it hands each connection to a
 worker thread (reused, workers.py), reaps children on SIGCHLD and shuts down on SIGTERM/SIGINT (or,
-with donated connections, the control socket's end). A connection's thread reads the request, runs
+with donated connections, the control socket's end). A connection's thread reads a request, runs
 its op — file operations with the requesting user's filesystem credentials, switched on that thread
 only (creds.py) — and polls its socket with the process output or watch it streams, so a caller that
-goes away detaches. Each running process's output is pumped by a worker thread too (processes.py).
+goes away detaches; then it waits for the connection's next request. Each running process's output
+is pumped by a worker thread too (processes.py).
 
 A connection's failure (malformed frame, bad field, dropped peer, a bug in a handler) ends that
 connection with a structured error where possible and never touches the others.
@@ -32,7 +33,7 @@ from . import files, libc
 from .creds import FileRunner
 from .log import log, log_exception
 from .processes import Listener, Process, ProcessTable, Spec
-from .protocol import DATA, END, OPS, VERSION, AgentError, Exit, Request, SyncChannel
+from .protocol import DATA, END, OPS, REUSABLE, VERSION, AgentError, Exit, Request, SyncChannel
 from .users import User, resolve_user
 from .watch import Watch
 from .workers import Workers
@@ -42,22 +43,24 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    Handler = Callable[[SyncChannel, Request], None]
+    Handler = Callable[[SyncChannel, Request], bool | None]  # True: the exchange completed (exec, attach)
 
 USAGE = "usage: corral-agent (--listen-fd N | --control-fd N)"
 SHUTDOWN_GRACE = 2.0  # seconds for connection threads to unwind at shutdown
+KEEP_IDLE = 15.0  # seconds a connection waits for its next request (the host reuses one for 5 at most)
 PEER = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 class Agent:
     """Serves connections, one thread each; owns the process table and the file credentials."""
 
-    def __init__(self, spawners: bool = True) -> None:
+    def __init__(self, spawners: bool = True, keep_idle: float = KEEP_IDLE) -> None:
         self.workers = Workers("worker")
         self.processes = ProcessTable(spawners, self.workers)
         self.fs = FileRunner()
         self.handlers: dict[str, Handler] = {op: getattr(self, f"op_{op}") for op in OPS}
         self._lock = threading.Condition()  # notified when a connection ends
+        self.keep_idle = keep_idle
         self._connections: set[socket.socket] = set()
 
     def start(self, conn: socket.socket) -> None:
@@ -74,24 +77,12 @@ class Agent:
             conn.close()
 
     def handle(self, conn: socket.socket) -> None:
-        """Serve one connection: read the request, run its op, reply with an error if it fails."""
+        """Serve one connection: its requests one after another, each completed exchange followed
+        by the next request within `keep_idle` seconds (protocol.REUSABLE says which are)."""
         chan = SyncChannel(conn)
-
-        def reply_error(error: AgentError) -> None:
-            if not chan.sent:  # once a reply went out, the stream just ends
-                chan.send_json(error.to_reply())
-
         try:
-            try:
-                request = Request(chan.recv_json())
-                self.handlers[request.op](chan, request)
-            except AgentError as exc:
-                reply_error(exc)
-            except (EOFError, ConnectionError):
-                raise
-            except Exception as exc:
-                log_exception("internal error")
-                reply_error(AgentError("internal", f"{type(exc).__name__}: {exc}"))
+            while self._serve_one(chan) and _readable(conn, self.keep_idle):
+                chan.sent = False
         except (EOFError, ConnectionError):
             pass  # the peer went away
         except Exception:
@@ -101,6 +92,26 @@ class Agent:
             with self._lock:
                 self._connections.discard(conn)
                 self._lock.notify_all()
+
+    def _serve_one(self, chan: SyncChannel) -> bool:
+        """Read one request, run its op, reply with an error if it fails; whether the exchange
+        completed so that the connection can carry another request."""
+        op = ""
+        try:
+            request = Request(chan.recv_json())
+            op = request.op
+            return self.handlers[op](chan, request) is True or op in REUSABLE
+        except AgentError as exc:
+            error = exc
+        except (EOFError, ConnectionError):
+            raise
+        except Exception as exc:
+            log_exception("internal error")
+            error = AgentError("internal", f"{type(exc).__name__}: {exc}")
+        if chan.sent:  # once a reply went out, the stream just ends
+            return False
+        chan.send_json(error.to_reply())
+        return op in REUSABLE or op in ("exec", "attach")  # the request was read whole
 
     def close_connections(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Shut every connection's socket down (their threads unwind, writes drop their temp files)
@@ -118,7 +129,7 @@ class Agent:
     def op_ping(self, chan: SyncChannel, req: Request) -> None:
         chan.send_json({"ok": True, "version": VERSION})
 
-    def op_exec(self, chan: SyncChannel, req: Request) -> None:
+    def op_exec(self, chan: SyncChannel, req: Request) -> bool:
         user = _user(req)
         cmd = req.texts("cmd")
         if not cmd:
@@ -144,9 +155,9 @@ class Agent:
         except BaseException:
             listener.close()
             raise
-        self._stream(chan, process, listener, start=True)
+        return self._stream(chan, process, listener, start=True)
 
-    def op_attach(self, chan: SyncChannel, req: Request) -> None:
+    def op_attach(self, chan: SyncChannel, req: Request) -> bool:
         pid = req.integer("pid")
         listener = Listener()
         try:
@@ -158,8 +169,8 @@ class Agent:
             listener.close()
             chan.send_json({"ok": True, "pid": pid})
             chan.send_json(found.to_event())
-        else:
-            self._stream(chan, found, listener)
+            return True
+        return self._stream(chan, found, listener)
 
     def op_stdin(self, chan: SyncChannel, req: Request) -> None:
         pid, eof = req.integer("pid"), req.flag("eof", False)
@@ -186,10 +197,11 @@ class Agent:
     def op_processes(self, chan: SyncChannel, req: Request) -> None:
         chan.send_json({"ok": True, "processes": self.processes.snapshot()})
 
-    def _stream(self, chan: SyncChannel, process: Process, listener: Listener, start: bool = False) -> None:
-        """Reply with the pid, then forward the listener's output and exit until either side ends.
+    def _stream(self, chan: SyncChannel, process: Process, listener: Listener, start: bool = False) -> bool:
+        """Reply with the pid, then forward the listener's output and exit until either side ends;
+        True if the exit went out (the exchange completed), False if the caller detached.
         With `start`, the process's pump starts after the reply went out: the reply goes first
-        (starting a thread takes a while, and the command may be one that kills the agent)."""
+        (the command may be one that kills the agent)."""
         try:
             try:
                 chan.send_json({"ok": True, "pid": process.pid})
@@ -203,12 +215,12 @@ class Agent:
                 for fd, _ in poller.poll():
                     if fd != listener.fd:
                         if not chan.discard():
-                            return  # the caller detached; the process runs on
+                            return False  # the caller detached; the process runs on
                         continue
                     for item in listener.take():
                         if isinstance(item, Exit):
                             chan.send_json(item.to_event())
-                            return
+                            return True
                         chan.send(*item)
         finally:
             self.processes.detach(process, listener)
@@ -399,6 +411,13 @@ def _accepts(port: int) -> bool:
     return False
 
 
+def _readable(conn: socket.socket, timeout: float) -> bool:
+    """Whether the next request (or the peer's end) arrived within `timeout` seconds."""
+    poller = select.poll()
+    poller.register(conn.fileno(), PEER)
+    return bool(poller.poll(timeout * 1000))
+
+
 def _user(req: Request) -> User:
     return resolve_user(req.text("user", "user"))
 
@@ -460,7 +479,7 @@ def serve(sock: socket.socket, donated: bool = False) -> None:
     kill and reap every process the agent started."""
     # Under gVisor (the backend that donates connections) a process's /proc fds and environ stay
     # open to processes of its uid even when it is not dumpable: no spawner runs as `user` there.
-    agent = Agent(spawners=not donated)
+    agent = Agent(spawners=not donated, keep_idle=_keep_idle())
     agent.processes.install()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -490,6 +509,15 @@ def serve(sock: socket.socket, donated: bool = False) -> None:
         signal.set_wakeup_fd(previous)
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _keep_idle() -> float:
+    """KEEP_IDLE, or the seconds ``CORRAL_AGENT_KEEP_IDLE`` sets (tests)."""
+    try:
+        seconds = float(os.environ.get("CORRAL_AGENT_KEEP_IDLE", KEEP_IDLE))
+    except ValueError:
+        return KEEP_IDLE
+    return seconds if 0 < seconds <= 3600 else KEEP_IDLE
 
 
 def _note_signal(signum: int, frame: object) -> None:

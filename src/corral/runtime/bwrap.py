@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import corral.agent
-from corral.agent.client import AgentClient
+from corral.agent.client import AgentClient, ChannelPool
 from corral.runtime import agent_bundle, launch_priv, mounts_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
@@ -72,6 +72,7 @@ class BwrapBackend:
         self.network = network  # None: sandboxes get loopback only, whatever they ask
         self.spares = spares  # disks made ahead (shared by the node's backends)
         self.agent_src = Path(corral.agent.__file__).parent
+        self.channels = ChannelPool()  # idle agent connections, reused by the next operation
         # Sandboxes start the agent with -B (they cannot write here): byte-compile it once, ~20 ms per create.
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
             compileall.compile_dir(package, quiet=2, workers=1)
@@ -300,7 +301,7 @@ class BwrapBackend:
             raise
 
     def agent(self, sandbox_id: str) -> AgentClient:
-        return AgentClient(str(self.sandboxes_dir / sandbox_id / "agent.sock"))
+        return AgentClient(str(self.sandboxes_dir / sandbox_id / "agent.sock"), pool=self.channels)
 
     async def usage(self, sandbox_id: str) -> SandboxUsage:
         live = self._live.get(sandbox_id)

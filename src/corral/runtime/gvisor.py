@@ -134,7 +134,7 @@ class GvisorBackend(BwrapBackend):
         donor = self._donors.get(sandbox_id)
         if donor is None:  # not (or no longer) here: fails like bwrap's client for a missing socket
             return super().agent(sandbox_id)
-        return DonatedAgentClient(donor, f"sandbox {sandbox_id}")
+        return DonatedAgentClient(donor, f"sandbox {sandbox_id}", pool=self.channels)
 
     async def commit(self, sandbox_id: str, dest: Path) -> None:
         self._require(sandbox_id)
