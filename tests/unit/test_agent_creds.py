@@ -358,3 +358,49 @@ def test_a_thread_with_foreign_credentials_runs_nothing_ever_again() -> None:
 
     assert in_thread(body) == ["internal", "internal"] and ran == []
     assert in_thread(lambda: runner.run(resolve_user("root"), libc.fsuid)) == 0  # other threads: fine
+
+
+def test_a_thread_that_cannot_switch_back_ends_its_connection_and_serves_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel refusing the way back (here: setgroups to root's groups) leaves that thread the user's:
+    its connection gets an error and ends, and the worker thread is not reused for later connections."""
+    import json
+    import socket
+    import struct
+
+    from corral.agent.server import Agent
+
+    agent = Agent()
+    base_groups = agent.fs.baseline.groups
+    real = libc.setgroups
+    failing = [True]
+
+    def setgroups(groups: Any) -> None:
+        if failing[0] and tuple(sorted(set(groups))) == base_groups:
+            raise PermissionError(1, "refused (test)")
+        real(groups)
+
+    monkeypatch.setattr(libc, "setgroups", setgroups)
+
+    def stat_root() -> tuple[dict[str, Any], bytes, threading.Thread | None]:
+        ours, theirs = socket.socketpair()
+        with ours:
+            ours.settimeout(10)
+            agent.start(theirs)
+            body = json.dumps({"op": "stat", "path": "/", "user": "user"}).encode()
+            ours.sendall(struct.pack(">Ic", len(body), b"J") + body)
+            header = ours.recv(5, socket.MSG_WAITALL)
+            reply = json.loads(ours.recv(struct.unpack(">I", header[:4])[0], socket.MSG_WAITALL))
+            after = ours.recv(1)  # b"" once the agent closed it, else it waits for the keep-idle
+            workers = [t for t in threading.enumerate() if t.name == "worker"]
+        return reply, after, workers[0] if workers else None
+
+    reply, after, thread = stat_root()
+    assert reply["ok"] is False and "restore" in reply["error"]["message"] and after == b""
+    assert thread is None or (thread.join(10) is None and not thread.is_alive())
+    assert agent.workers.waiting() == 0
+    failing[0] = False
+    agent.keep_idle = 0.01
+    reply, _, _ = stat_root()
+    assert reply["ok"] is True and reply["entry"]["type"] == "dir"

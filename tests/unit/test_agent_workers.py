@@ -98,3 +98,19 @@ def test_every_job_runs_once_while_threads_time_out_and_are_taken() -> None:
         t.join()
     assert all_ran.wait(WAIT)
     assert counts == [1] * runs
+
+
+def test_a_job_can_retire_its_thread() -> None:
+    workers = Workers("test")
+    seen: list[threading.Thread] = []
+
+    def job(retire: bool) -> None:
+        seen.append(threading.current_thread())
+        if retire:
+            workers.retire()
+
+    for count, retire in ((1, True), (2, False)):
+        workers.run(lambda retire=retire: job(retire))
+        assert until(lambda count=count: len(seen) == count)
+    seen[0].join(WAIT)
+    assert not seen[0].is_alive() and seen[1] is not seen[0]

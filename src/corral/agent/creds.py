@@ -11,8 +11,8 @@ switch did not take, the operation is not run (error kind `internal`).
 Invariants: only connection threads ever switch, never the main thread (which accepts connections,
 reaps children and whose credentials new threads inherit); a thread checks that it holds the
 agent's own credentials before each operation and refuses to run anything otherwise (a thread that
-failed to switch back stays refused, and ends with its connection), so nothing ever runs with an
-earlier caller's identity.
+failed to switch back stays refused, ends its connection and is not reused), so nothing ever runs
+with an earlier caller's identity.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class FileRunner:
 
     def check(self) -> None:
         """Raise unless the calling thread holds the agent's own credentials (before spawning)."""
-        if getattr(self._local, "tainted", False) or current() != self.baseline:
+        if self.tainted() or current() != self.baseline:
             self._taint()
             raise AgentError("internal", "this thread does not hold the agent's own credentials")
 
@@ -126,8 +126,12 @@ class FileRunner:
             log("CRITICAL", "a connection thread could not restore the agent's credentials; it runs nothing more")
             raise AgentError("internal", "could not restore the agent's credentials after a file operation")
 
+    def tainted(self) -> bool:
+        """Whether the calling thread may not run operations any more: its connection ends, and so
+        does the (worker) thread."""
+        return bool(getattr(self._local, "tainted", False))
+
     def _taint(self) -> None:
-        """This thread may not run operations any more (it ends with its connection)."""
         self._local.tainted = True
 
 

@@ -81,13 +81,15 @@ class Agent:
         by the next request within `keep_idle` seconds (protocol.REUSABLE says which are)."""
         chan = SyncChannel(conn)
         try:
-            while self._serve_one(chan) and _readable(conn, self.keep_idle):
+            while self._serve_one(chan) and not self.fs.tainted() and _readable(conn, self.keep_idle):
                 chan.sent = False
         except (EOFError, ConnectionError):
             pass  # the peer went away
         except Exception:
             log_exception("connection failed")
         finally:
+            if self.fs.tainted():
+                self.workers.retire()  # it could not restore the agent's credentials: it serves no more
             chan.close()
             with self._lock:
                 self._connections.discard(conn)

@@ -36,6 +36,7 @@ class Workers:
         self._idle_seconds = idle
         self._lock = threading.Lock()
         self._waiting: list[_Worker] = []  # the most recent last: it is taken first, the others time out
+        self._retiring = threading.local()
 
     def run(self, job: Callable[[], None]) -> None:
         """Run `job` on another thread; raises RuntimeError if none waits and none can be started."""
@@ -47,6 +48,10 @@ class Workers:
             return
         thread = threading.Thread(target=self._serve, args=(_Worker(job),), name=self._name, daemon=True)
         thread.start()
+
+    def retire(self) -> None:
+        """Called from a job: its thread ends when the job returns instead of serving another."""
+        self._retiring.flag = True
 
     def waiting(self) -> int:
         with self._lock:
@@ -61,6 +66,8 @@ class Workers:
                 except Exception:
                     log_exception(f"a {self._name} job")
                 del job  # nothing of the job outlives it while this thread waits
+            if getattr(self._retiring, "flag", False):
+                return
             with self._lock:
                 self._waiting.append(worker)
             if worker.wake.acquire(timeout=self._idle_seconds):
