@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import pwd
+import select
 import signal
 import struct
 import subprocess
@@ -383,3 +384,74 @@ def test_a_fork_refused_for_want_of_pids_reaps_exited_children_and_retries(monke
     assert os.waitpid(process.pid, 0)[1] == 0
     with pytest.raises(ChildProcessError):
         os.waitpid(zombie, os.WNOHANG)  # collected by the retry
+
+
+def _no_threads_named(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads whose name starts with `prefix` fail to start, as when the sandbox's task limit is reached."""
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith(prefix):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+
+def test_a_command_left_without_a_thread_for_its_output_is_killed_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from corral.agent.processes import Listener
+    from corral.agent.workers import Workers
+
+    table = ProcessTable(workers=Workers("pump-test"))
+    me = pwd.getpwuid(os.getuid())
+    user = User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
+    listener = Listener()
+    process = table.spawn(Spec(["sleep", "30"], {}, None, user, False, None, None, 0.0), listener)
+    _no_threads_named("pump-test", monkeypatch)
+    starting = threading.Thread(target=process.start)  # returns once the command was killed, drained, collected
+    starting.start()
+    while starting.is_alive():
+        table.reap()  # the agent's main thread does this on SIGCHLD
+        starting.join(0.01)
+    result = listener.take()
+    assert len(result) == 1 and isinstance(result[0], Exit)
+    assert (result[0].exit_code, result[0].signal) == (137, signal.SIGKILL)
+    assert "no thread left" in (result[0].error or "")
+    assert process.pid not in table.running and table.finished[process.pid].signal == signal.SIGKILL
+    listener.close()
+
+
+def test_a_spawner_without_a_thread_for_its_exits_is_stopped_and_commands_still_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its commands' exits would never be read: it is killed at once, collected like any child, and
+    the user's next command starts from the agent itself."""
+    from corral.agent.processes import Listener
+
+    entry = other_user()
+    user = User(entry.pw_name, entry.pw_uid, entry.pw_gid, "/", "/bin/sh", (entry.pw_gid,))
+    table = ProcessTable()
+    _no_threads_named("spawner-", monkeypatch)  # the spawner's exit reader (not "spawner-start": not used here)
+    key = (user.uid, user.gid, user.groups)
+    table._start_spawner(user, key)
+    made = table._spawners[key]
+    assert not made.alive and made.eof
+    deadline = time.monotonic() + 10
+    while not made.reaped and time.monotonic() < deadline:
+        table.reap()  # the agent's main thread does this on SIGCHLD
+        time.sleep(0.001)
+    assert made.reaped and made.pid not in table._spawner_pids
+    listener = Listener()
+    process = table.spawn(Spec(["sh", "-c", "echo $(id -u)"], {}, "/", user, False, None, None, 0.0), listener)
+    assert process.spawner is None  # from the agent, not from the stopped spawner
+    process.start()
+    items: list[object] = []
+    deadline = time.monotonic() + 10
+    while not any(isinstance(item, Exit) for item in items) and time.monotonic() < deadline:
+        table.reap()  # the agent's main thread does this on SIGCHLD
+        select.select([listener.fd], [], [], 0.01)
+        items += listener.take()
+    assert items[0] == (b"O", f"{user.uid}\n".encode()) and items[-1] == Exit(0, None, None)
+    listener.close()

@@ -28,7 +28,7 @@ import threading
 import time
 
 from . import libc, spawner
-from .log import log_exception
+from .log import log, log_exception
 from .protocol import STDERR, STDOUT, AgentError, Exit, Frozen, error_from_os
 from .spawner import Spawner, SpawnerGone
 from .users import User
@@ -159,10 +159,20 @@ class Process:
         self._workers = workers  # one of them pumps its output
 
     def start(self) -> None:
-        """Start the pump (and the timeout); until then output waits in the pipes."""
-        if self._deadlines is not None:
-            self._deadline = self._deadlines.add(self.spec.timeout, self._on_timeout)
-        self._workers.run(self._run)
+        """Start the pump (and the timeout); until then output waits in the pipes. With no thread to
+        pump it (the sandbox's task limit is reached), the process is killed and, once its output is
+        drained and it is collected, its listeners get its exit with the reason."""
+        try:
+            if self._deadlines is not None:
+                self._deadline = self._deadlines.add(self.spec.timeout, self._on_timeout)
+            self._workers.run(self._run)
+        except RuntimeError as exc:
+            listeners, self.listeners = self.listeners, set()
+            self.kill_group()
+            self._run()  # on this thread, nobody listening: the output is dropped
+            result = self._result(f"killed: no thread left to serve it ({exc}; the sandbox's task limit)")
+            for listener in listeners:
+                listener.put(result)
 
     def info(self) -> dict[str, Any]:
         pty = {"cols": self.spec.pty[0], "rows": self.spec.pty[1]} if self.spec.pty else None
@@ -252,17 +262,18 @@ class Process:
             for fd in {*self._outputs, self._reaped_r, self._reaped_w, *stdin}:
                 os.close(fd)
             self._stdin_fd = None
-        status = self._status if self._status is not None else 0
-        if os.WIFSIGNALED(status):
-            sig: int | None = os.WTERMSIG(status)
-            code = 128 + (sig or 0)
-        else:
-            sig, code = None, os.WEXITSTATUS(status)
         error = f"timed out after {self.spec.timeout:g}s: process group killed" if self._timed_out else None
-        result = Exit(code, sig, error)
+        result = self._result(error)
         self._on_finish(self, result)
         for listener in list(self.listeners):
             listener.put(result)
+
+    def _result(self, error: str | None) -> Exit:
+        status = self._status if self._status is not None else 0
+        if os.WIFSIGNALED(status):
+            sig: int | None = os.WTERMSIG(status)
+            return Exit(128 + (sig or 0), sig, error)
+        return Exit(os.WEXITSTATUS(status), None, error)
 
     def _pump_output(self) -> None:
         """Forward output until every fd ended, or the process was reaped and its pipes are empty."""
@@ -325,8 +336,13 @@ class Deadlines:
                 self._heap = [entry for entry in self._heap if entry[1] in self._due]
                 heapq.heapify(self._heap)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread (the sandbox's task limit): this deadline is not kept
+                    del self._due[key]
+                    raise
+                self._thread = thread
             elif self._heap[0][1] == key:
                 self._cond.notify()  # earlier than what the thread waits for
         return key
@@ -527,23 +543,32 @@ class ProcessTable:
         if key in self._spawners_starting or key in self._spawners_refused or not (found is None or found.reaped):
             return
         self._spawners_starting.add(key)
-        threading.Thread(target=self._start_spawner, args=(user, key), name="spawner-start", daemon=True).start()
+        try:
+            threading.Thread(target=self._start_spawner, args=(user, key), name="spawner-start", daemon=True).start()
+        except RuntimeError:  # no thread (the sandbox's task limit): this command forks; a later one tries again
+            self._spawners_starting.discard(key)
 
     def _start_spawner(self, user: User, key: tuple[int, int, tuple[int, ...]]) -> None:
         try:
             made = spawner.start(user)
-        except Exception:
+        except Exception as exc:
             log_exception(f"starting a spawner for uid {user.uid}")
             with self.lock:
                 self._spawners_starting.discard(key)
-                self._spawners_refused.add(key)
+                if not isinstance(exc, BlockingIOError):  # EAGAIN (the task limit, for now): a later one may
+                    self._spawners_refused.add(key)
             return
         with self.lock:
             self._spawners_starting.discard(key)
             self._spawners[key] = made
             self._spawner_pids[made.pid] = made
-        spawner.event_reader(made, lambda pid, status: self._spawned_exit(made, pid, status),
-                             lambda: self._spawner_ended(made))
+        try:
+            spawner.event_reader(made, lambda pid, status: self._spawned_exit(made, pid, status),
+                                 lambda: self._spawner_ended(made))
+        except RuntimeError as exc:  # no thread for its exits (the sandbox's task limit): unusable
+            log("WARNING", f"a spawner for uid {user.uid} stopped at once: {exc}")
+            made.eof = True  # no event will be read: once collected, its children are the agent's
+            made.stop()  # collected on SIGCHLD; a later command starts another
 
     def _via_spawner(self, via: Spawner, user: User, cmd: list[str], env: dict[str, str], cwd: str,
                      stdio: dict[str, Any]) -> int | None:
