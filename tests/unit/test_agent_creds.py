@@ -372,6 +372,14 @@ def test_a_thread_that_cannot_switch_back_ends_its_connection_and_serves_no_othe
     from corral.agent.server import Agent
 
     agent = Agent()
+    served_on: list[threading.Thread] = []
+    handle = agent.handle
+
+    def recording(conn: socket.socket) -> None:
+        served_on.append(threading.current_thread())
+        handle(conn)
+
+    agent.handle = recording  # type: ignore[method-assign]
     base_groups = agent.fs.baseline.groups
     real = libc.setgroups
     failing = [True]
@@ -383,7 +391,7 @@ def test_a_thread_that_cannot_switch_back_ends_its_connection_and_serves_no_othe
 
     monkeypatch.setattr(libc, "setgroups", setgroups)
 
-    def stat_root() -> tuple[dict[str, Any], bytes, threading.Thread | None]:
+    def stat_root() -> tuple[dict[str, Any], bytes]:
         ours, theirs = socket.socketpair()
         with ours:
             ours.settimeout(10)
@@ -393,14 +401,13 @@ def test_a_thread_that_cannot_switch_back_ends_its_connection_and_serves_no_othe
             header = ours.recv(5, socket.MSG_WAITALL)
             reply = json.loads(ours.recv(struct.unpack(">I", header[:4])[0], socket.MSG_WAITALL))
             after = ours.recv(1)  # b"" once the agent closed it, else it waits for the keep-idle
-            workers = [t for t in threading.enumerate() if t.name == "worker"]
-        return reply, after, workers[0] if workers else None
+        return reply, after
 
-    reply, after, thread = stat_root()
+    reply, after = stat_root()
     assert reply["ok"] is False and "restore" in reply["error"]["message"] and after == b""
-    assert thread is None or (thread.join(10) is None and not thread.is_alive())
-    assert agent.workers.waiting() == 0
+    served_on[0].join(10)
+    assert not served_on[0].is_alive()  # retired, not back among the waiting threads
     failing[0] = False
     agent.keep_idle = 0.01
-    reply, _, _ = stat_root()
-    assert reply["ok"] is True and reply["entry"]["type"] == "dir"
+    reply, _ = stat_root()
+    assert reply["ok"] is True and reply["entry"]["type"] == "dir" and served_on[1] is not served_on[0]

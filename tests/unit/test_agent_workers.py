@@ -114,3 +114,16 @@ def test_a_job_can_retire_its_thread() -> None:
         assert until(lambda count=count: len(seen) == count)
     seen[0].join(WAIT)
     assert not seen[0].is_alive() and seen[1] is not seen[0]
+
+
+def test_one_thread_can_be_kept_waiting_ahead_of_the_next_job() -> None:
+    workers = Workers("test")
+    workers.keep_one_waiting()
+    assert until(lambda: workers.waiting() == 1)
+    workers.keep_one_waiting()  # one waits already: none more
+    assert workers.waiting() == 1
+    ahead = [t for t in threading.enumerate() if t.name == "test"]
+    ran: list[threading.Thread] = []
+    done = threading.Event()
+    workers.run(lambda: (ran.append(threading.current_thread()), done.set()))
+    assert done.wait(WAIT) and ran[0] in ahead

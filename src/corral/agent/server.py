@@ -75,6 +75,9 @@ class Agent:
             with self._lock:
                 self._connections.discard(conn)
             conn.close()
+            return
+        with contextlib.suppress(RuntimeError):  # its command, if it is one, gets its pump at once
+            self.workers.keep_one_waiting()
 
     def handle(self, conn: socket.socket) -> None:
         """Serve one connection: its requests one after another, each completed exchange followed

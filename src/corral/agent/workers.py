@@ -22,7 +22,7 @@ IDLE_SECONDS = 10.0
 class _Worker:
     __slots__ = ("job", "wake")
 
-    def __init__(self, job: Callable[[], None]) -> None:
+    def __init__(self, job: Callable[[], None] | None) -> None:
         self.job: Callable[[], None] | None = job
         self.wake = threading.Lock()  # released when a job was given; held while it waits for one
         self.wake.acquire()
@@ -48,6 +48,13 @@ class Workers:
             return
         thread = threading.Thread(target=self._serve, args=(_Worker(job),), name=self._name, daemon=True)
         thread.start()
+
+    def keep_one_waiting(self) -> None:
+        """Start a thread that waits for a job unless one waits already: a thread started ahead (by the
+        loop that accepts a connection, right after handing it over) where the next job would start one
+        on its own path (a command's output pump, just after its connection's first reply)."""
+        if self.waiting() == 0:
+            threading.Thread(target=self._serve, args=(_Worker(None),), name=self._name, daemon=True).start()
 
     def retire(self) -> None:
         """Called from a job: its thread ends when the job returns instead of serving another."""
