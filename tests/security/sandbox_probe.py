@@ -6,11 +6,13 @@ commands. Host-side views (pids, cgroup membership, the sandbox's disk) read wha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import textwrap
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +76,23 @@ def cgroup_procs(sandbox_id: str) -> Path:
 def host_pids(sandbox_id: str) -> list[int]:
     """Host pids of every process of the sandbox (its cgroup's members)."""
     return [int(p) for p in cgroup_procs(sandbox_id).read_text().split()]
+
+
+def settled_pids(api: httpx.Client, sandbox_id: str) -> list[int]:
+    """`host_pids` of a sandbox done starting: its agent answered a command, and the zygote's joiner
+    (a fork named corral-zygote that enters the sandbox, forks the agent and exits) is gone."""
+    assert run_command(api, sandbox_id, "true").exit_code == 0
+    deadline = time.monotonic() + 10
+    while True:
+        pids = host_pids(sandbox_id)
+        names = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        if "corral-zygote" not in names:
+            return pids
+        assert time.monotonic() < deadline, f"sandbox {sandbox_id} still starting: {names}"
+        time.sleep(0.01)  # polls a separate process's exit, not test synchronisation
 
 
 def sandbox_dir(server: Server, sandbox_id: str) -> Path:

@@ -27,6 +27,7 @@ from sandbox_probe import (
     put,
     sandbox_dir,
     sandboxes,
+    settled_pids,
 )
 
 from conftest import TEST_BACKEND, Server, run_command
@@ -248,7 +249,7 @@ def test_signals_cannot_reach_host_or_other_sandboxes(api: httpx.Client, server:
     victim = _host_process_as_sandbox_root()
     try:
         with sandboxes(api, 2) as (attacker, neighbour):
-            neighbour_pids = host_pids(neighbour)
+            neighbour_pids = settled_pids(api, neighbour)
             targets = [server.process.pid, victim.pid, os.getpid(), *neighbour_pids]
             result = probe_json(api, attacker, f"""
                 import errno, json, os, subprocess
