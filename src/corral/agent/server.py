@@ -52,7 +52,7 @@ PEER = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 class Agent:
-    """Serves connections, one thread each; owns the process table and the file credentials."""
+    """Serves connections, each on a worker thread while it lasts; owns the process table and the file credentials."""
 
     def __init__(self, spawners: bool = True, keep_idle: float = KEEP_IDLE) -> None:
         self.workers = Workers("worker")
