@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv docker-registry busybox-static runsc gcc
+APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv docker-registry busybox-static runsc gcc libc6-dev
 STAMP := $(VENV)/.installed
 JS_STAMP := tests/compat/js/node_modules/.installed
 NODE_STAMP := $(VENV)/.node

@@ -339,6 +339,9 @@ def test_env_and_cwd(agent: RunningAgent, tmp_path: Path) -> None:
 
 
 def test_exec_failures_are_structured_errors(agent: RunningAgent, tmp_path: Path) -> None:
+    """As root (started by the agent) and as another user, on a terminal or not (started through the
+    exec-as helper: the user's first commands, before its spawner runs, and every terminal's)."""
+
     async def main() -> None:
         cases = [
             (["definitely-not-a-command"], {}, "not_found"),
@@ -348,11 +351,14 @@ def test_exec_failures_are_structured_errors(agent: RunningAgent, tmp_path: Path
             (["true"], {"pty": {"cols": 0, "rows": 10}}, "invalid"),
             (["true"], {"timeout": -1}, "invalid"),
         ]
-        for cmd, options, kind in cases:
-            with pytest.raises(AgentError) as err:
-                await agent.client.exec(cmd, user="root", **options)
-            assert err.value.kind == kind, (cmd, options, err.value)
+        for user in ("root", other_user().pw_name):
+            for terminal in ({}, {"pty": {"cols": 80, "rows": 24}}):
+                for cmd, options, kind in cases:
+                    with pytest.raises(AgentError) as err:
+                        await agent.client.exec(cmd, user=user, **{**terminal, **options})
+                    assert err.value.kind == kind, (user, cmd, options, err.value)
         assert (await agent.client.ping())["version"] == 1
+        assert [p for p in await agent.client.processes()] == []
 
     run(main())
 

@@ -33,7 +33,7 @@ def status_of(pid: int) -> dict[str, str]:
 
 
 async def warm(running: RunningAgent) -> int:
-    """Run the user's first command (it forks the agent and starts the spawner); the spawner's pid."""
+    """Run the user's first command (the agent starts it, then the user's spawner); the spawner's pid."""
     assert (await collect(await running.client.exec(["true"])))[2] == Exit(0, None, None)
     found = await wait_until(lambda: spawners(running), "the spawner runs")
     assert len(found) == 1
@@ -98,7 +98,7 @@ def test_a_spawner_killed_by_the_users_code_leaves_its_commands_whole(agent: Run
     run(main())
 
 
-def test_a_stopped_spawner_is_replaced_by_forks_of_the_agent(agent: RunningAgent) -> None:
+def test_a_stopped_spawner_is_replaced_by_the_agent_starting_commands_itself(agent: RunningAgent) -> None:
     """A spawner stopped by the user's code makes one command fail after the reply timeout; the
     agent kills it and starts that user's commands itself from then on."""
 

@@ -27,7 +27,7 @@ import termios
 import threading
 import time
 
-from . import libc, spawner
+from . import exec_as, libc, spawner
 from .log import log, log_exception
 from .protocol import STDERR, STDOUT, AgentError, Exit, Frozen, error_from_os
 from .spawner import Spawner, SpawnerGone
@@ -371,7 +371,7 @@ class Deadlines:
 class ProcessTable:
     """All processes the agent started: running ones, and the exits of the last 256 finished."""
 
-    def __init__(self, spawners: bool = True, workers: Workers | None = None) -> None:
+    def __init__(self, spawners: bool = True, workers: Workers | None = None, helper: str | None = None) -> None:
         self.running: dict[int, Process] = {}
         self.finished: collections.OrderedDict[int, Exit] = collections.OrderedDict()
         self.lock = threading.Lock()
@@ -381,8 +381,9 @@ class ProcessTable:
         self._spawner_pids: dict[int, Spawner] = {}
         self._spawners_starting: set[tuple[int, int, tuple[int, ...]]] = set()
         self._spawners_refused: set[tuple[int, int, tuple[int, ...]]] = set()  # one stopped answering
-        self._spawners_wanted: set[tuple[int, int, tuple[int, ...]]] = set()  # users whose commands forked
+        self._spawners_wanted: set[tuple[int, int, tuple[int, ...]]] = set()  # users whose commands the agent started
         self._use_spawners = spawners
+        self._helper = helper  # the exec-as helper (exec_as.py); None: commands as another user fork the agent
         self._workers = workers or Workers("pump")
 
     def install(self) -> None:
@@ -396,9 +397,7 @@ class ProcessTable:
         if spec.pty:
             env["TERM"] = "xterm-256color"
         env.update(spec.env)
-        identity: dict[str, Any] = {}
-        if user.uid != os.geteuid() or user.gid != os.getegid():
-            identity = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
+        switch = user.uid != os.geteuid() or user.gid != os.getegid()
 
         parent_fds: list[int] = []
         child_fds: list[int] = []
@@ -409,7 +408,7 @@ class ProcessTable:
                     parent_fds.append(master)
                     child_fds.append(slave)
                     _set_window_size(slave, *spec.pty)
-                    if identity:  # like grantpt(): the terminal belongs to the user running on it
+                    if switch:  # like grantpt(): the terminal belongs to the user running on it
                         os.fchown(slave, user.uid, -1)
                     stdio: dict[str, Any] = {"stdin": slave, "stdout": slave, "stderr": slave}
                     outputs, stdin_fd = {master: STDOUT}, master
@@ -429,20 +428,12 @@ class ProcessTable:
                 for fd in parent_fds:
                     os.set_blocking(fd, False)
                 popen: subprocess.Popen[bytes] | None = None
-                via = self._spawner_for(user) if identity and not spec.pty and self._use_spawners else None
+                via = self._spawner_for(user) if switch and not spec.pty and self._use_spawners else None
                 pid = self._via_spawner(via, user, spec.cmd, env, cwd, stdio) if via is not None else None
                 if pid is None:
                     via = None
-                    popen = self._popen(
-                        spec.cmd,
-                        env=env,
-                        cwd=cwd,
-                        start_new_session=True,
-                        close_fds=True,
-                        preexec_fn=_take_controlling_tty if spec.pty else None,
-                        **stdio,
-                        **identity,
-                    )
+                    popen = self._start(spec, switch, env=env, cwd=cwd, start_new_session=True,
+                                        close_fds=True, **stdio)
                     pid = popen.pid
             except OSError as exc:
                 for fd in parent_fds:
@@ -452,6 +443,10 @@ class ProcessTable:
                 for fd in parent_fds:
                     os.close(fd)
                 raise AgentError("internal", f"could not start {spec.cmd[0]!r}: {exc}") from None
+            except AgentError:
+                for fd in parent_fds:
+                    os.close(fd)
+                raise
             finally:
                 for fd in child_fds:
                     os.close(fd)
@@ -509,6 +504,16 @@ class ProcessTable:
                 self._orphans_of(via)
         return collected
 
+    def _start(self, spec: Spec, switch: bool, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start `spec`'s command from the agent (under the lock). With ids to change (`switch`) or a
+        terminal to take, through the exec-as helper when there is one: Popen then vforks, where
+        `user=` or a `preexec_fn` make it fork the agent."""
+        user = spec.user
+        if (switch or spec.pty) and self._helper is not None:
+            return exec_as.start(self._helper, user, spec.cmd, spec.pty is not None, self._popen, **kwargs)
+        identity = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)} if switch else {}
+        return self._popen(spec.cmd, preexec_fn=_take_controlling_tty if spec.pty else None, **identity, **kwargs)
+
     def _popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """``Popen``, under the lock. A fork that fails for want of pids (EAGAIN: the sandbox's pids
         limit) while exited children still hold some (a storm of orphans just killed, say a fork
@@ -523,10 +528,10 @@ class ProcessTable:
     # -- spawners -------------------------------------------------------------------------------
 
     def _spawner_for(self, user: User) -> Spawner | None:
-        """``user``'s spawner (under the lock), or None: this command forks the agent. The spawner is
-        started in the background once the user's first such command has ended, or at the second
-        one: forking it right away slowed a new sandbox's first command (two forks of the agent at
-        once, then its copy-on-write faults)."""
+        """``user``'s spawner (under the lock), or None: this command starts from the agent. The
+        spawner is started in the background once the user's first such command has ended, or at the
+        second one: forking it right away slowed a new sandbox's first command (two forks of the
+        agent at once, then its copy-on-write faults)."""
         key = _ids(user)
         found = self._spawners.get(key)
         if found is not None and found.alive:
@@ -545,7 +550,7 @@ class ProcessTable:
         self._spawners_starting.add(key)
         try:
             threading.Thread(target=self._start_spawner, args=(user, key), name="spawner-start", daemon=True).start()
-        except RuntimeError:  # no thread (the sandbox's task limit): this command forks; a later one tries again
+        except RuntimeError:  # no thread (the sandbox's task limit): a later command tries again
             self._spawners_starting.discard(key)
 
     def _start_spawner(self, user: User, key: tuple[int, int, tuple[int, ...]]) -> None:

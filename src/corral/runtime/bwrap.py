@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import corral.agent
 from corral.agent.client import AgentClient, ChannelPool
-from corral.runtime import agent_bundle, launch_priv, mounts_priv, netns_priv
+from corral.runtime import agent_bundle, exec_helper, launch_priv, mounts_priv, netns_priv
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.netpolicy import NetworkPolicy
@@ -76,6 +76,7 @@ class BwrapBackend:
         # Sandboxes start the agent with -B (they cannot write here): byte-compile it once, ~20 ms per create.
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
             compileall.compile_dir(package, quiet=2, workers=1)
+        exec_helper.build(self.agent_src)  # agents start commands as another user through it, with vfork
         # Agents started by python (gVisor's, or bwrap's without the zygote) import from one file.
         if self.python_agents or not zygote:
             self.runtime = replace(runtime, bundle=agent_bundle.build(runtime, self.agent_src))
