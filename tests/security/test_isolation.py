@@ -56,8 +56,11 @@ def test_processes_hostname_and_network_are_private(run, sandbox: str) -> None: 
     lines = r.stdout.splitlines()
     assert lines[0] != socket.gethostname() and lines[0] == sandbox
     assert int(lines[1]) < 10  # only the sandbox's own processes
-    # gVisor: the agent itself is pid 1; bwrap: a waiting sleep (the agent comes from the zygote)
-    assert ("corral_agent" if GVISOR else "sleep infinity") in lines[2]
+    # gVisor: the agent itself is pid 1; bwrap: corral-tools waiting (the agent comes from the zygote)
+    if GVISOR:
+        assert "corral_agent" in lines[2]
+    else:
+        assert lines[2].startswith("/.corral/lib/corral_agent/__pycache__/corral-tools-") and " pid1 " in lines[2]
     links = sorted(line.split(":")[1].strip().split("@")[0] for line in lines[3:] if line)
     assert links == ["eth0", "lo"]  # its own loopback and veth end (docs/network.md), no host interface
 

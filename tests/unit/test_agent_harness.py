@@ -27,7 +27,7 @@ import pytest
 import corral.agent
 from corral.agent.client import AgentClient
 from corral.agent.protocol import Exit, Output
-from corral.runtime import exec_helper
+from corral.runtime import static_tools
 
 T = TypeVar("T")
 SAFETY_TIMEOUT = 20.0  # a hung test fails instead of hanging; never used to wait for something
@@ -52,8 +52,8 @@ def start_agent(
     command: list[str] | None = None, cwd: str | None = None, env: dict[str, str] | None = None
 ) -> Iterator[RunningAgent]:
     """Run an agent on a fresh listening socket; `command` replaces `python -m corral.agent`, `env`
-    is added to the environment. It has the exec-as helper, as a sandbox's agent has."""
-    assert exec_helper.build(Path(corral.agent.__file__).parent) is not None, "the exec-as helper did not build"
+    is added to the environment. It has corral-tools, as a sandbox's agent has."""
+    assert static_tools.build(Path(corral.agent.__file__).parent) is not None, "corral-tools did not build"
     workdir = tempfile.mkdtemp(prefix="corral-agent-")  # short: socket paths are limited to 107 bytes
     path, log_path = os.path.join(workdir, "agent.sock"), os.path.join(workdir, "agent.log")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, open(log_path, "wb") as log:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,13 @@ def rootfs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def make(rootfs: Path, listen: int | None = 13) -> list[str]:
+def make(rootfs: Path, listen: int | None = 13, tools: str | None = None) -> list[str]:
     spec = SandboxSpec(sandbox_id="abc123", layers=(rootfs,), cpu=0.5, memory_mb=256, disk_mb=128)
     p = plan(
         spec,
         sandboxes_dir=Path("/data/sandboxes"),
         mounts_dir=Path("/run/corral/x"),
-        runtime=AgentRuntime.find(rootfs, "x86_64"),
+        runtime=replace(AgentRuntime.find(rootfs, "x86_64"), tools=tools),
         agent_src=Path("/src/agent"),
         id_offset=1_000_000,
     )
@@ -70,6 +71,14 @@ def test_agent_runs_on_the_runtime_loader(rootfs: Path) -> None:
 
 
 def test_with_the_zygote_pid_1_only_waits_and_has_no_capabilities(rootfs: Path) -> None:
+    argv = make(rootfs, listen=None, tools="corral-tools-0a1b2c3d")
+    assert "--as-pid-1" in argv and "--cap-add" not in argv and argv[argv.index("--cap-drop") + 1] == "ALL"
+    # corral-tools pid1, from the agent's code dir, closing the block and seccomp fds bwrap leaves it
+    tools = "/.corral/lib/corral_agent/__pycache__/corral-tools-0a1b2c3d"
+    assert argv[argv.index("--") + 1 :] == [tools, "pid1", "10", "12"]
+
+
+def test_without_corral_tools_pid_1_is_the_runtimes_bash_then_sleep(rootfs: Path) -> None:
     argv = make(rootfs, listen=None)
     assert "--as-pid-1" in argv and "--cap-add" not in argv and argv[argv.index("--cap-drop") + 1] == "ALL"
     cmd = argv[argv.index("--") + 1 :]

@@ -371,7 +371,7 @@ class Deadlines:
 class ProcessTable:
     """All processes the agent started: running ones, and the exits of the last 256 finished."""
 
-    def __init__(self, spawners: bool = True, workers: Workers | None = None, helper: str | None = None) -> None:
+    def __init__(self, spawners: bool = True, workers: Workers | None = None, tools: str | None = None) -> None:
         self.running: dict[int, Process] = {}
         self.finished: collections.OrderedDict[int, Exit] = collections.OrderedDict()
         self.lock = threading.Lock()
@@ -383,7 +383,7 @@ class ProcessTable:
         self._spawners_refused: set[tuple[int, int, tuple[int, ...]]] = set()  # one stopped answering
         self._spawners_wanted: set[tuple[int, int, tuple[int, ...]]] = set()  # users whose commands the agent started
         self._use_spawners = spawners
-        self._helper = helper  # the exec-as helper (exec_as.py); None: commands as another user fork the agent
+        self._tools = tools  # corral-tools (tools.py); None: commands as another user fork the agent
         self._workers = workers or Workers("pump")
 
     def install(self) -> None:
@@ -506,11 +506,11 @@ class ProcessTable:
 
     def _start(self, spec: Spec, switch: bool, **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start `spec`'s command from the agent (under the lock). With ids to change (`switch`) or a
-        terminal to take, through the exec-as helper when there is one: Popen then vforks, where
+        terminal to take, through ``corral-tools exec-as`` when there is one: Popen then vforks, where
         `user=` or a `preexec_fn` make it fork the agent."""
         user = spec.user
-        if (switch or spec.pty) and self._helper is not None:
-            return exec_as.start(self._helper, user, spec.cmd, spec.pty is not None, self._popen, **kwargs)
+        if (switch or spec.pty) and self._tools is not None:
+            return exec_as.start(self._tools, user, spec.cmd, spec.pty is not None, self._popen, **kwargs)
         identity = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)} if switch else {}
         return self._popen(spec.cmd, preexec_fn=_take_controlling_tty if spec.pty else None, **identity, **kwargs)
 

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from . import exec_as, files, libc
+from . import files, libc, tools
 from .creds import FileRunner
 from .log import log, log_exception
 from .processes import Listener, Process, ProcessTable, Spec
@@ -57,7 +57,7 @@ class Agent:
     def __init__(self, spawners: bool = True, keep_idle: float = KEEP_IDLE) -> None:
         self.workers = Workers("worker")
         here = os.path.dirname(os.path.abspath(__file__))
-        self.processes = ProcessTable(spawners, self.workers, exec_as.find(here))
+        self.processes = ProcessTable(spawners, self.workers, tools.find(here))
         self.fs = FileRunner()
         self.handlers: dict[str, Handler] = {op: getattr(self, f"op_{op}") for op in OPS}
         self._lock = threading.Condition()  # notified when a connection ends

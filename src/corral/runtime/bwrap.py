@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import corral.agent
 from corral.agent.client import AgentClient, ChannelPool
-from corral.runtime import agent_bundle, exec_helper, launch_priv, mounts_priv, netns_priv
+from corral.runtime import agent_bundle, launch_priv, mounts_priv, netns_priv, static_tools
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.netpolicy import NetworkPolicy
@@ -76,10 +76,11 @@ class BwrapBackend:
         # Sandboxes start the agent with -B (they cannot write here): byte-compile it once, ~20 ms per create.
         for package in (self.agent_src, self.agent_src.parent / "interpreter"):
             compileall.compile_dir(package, quiet=2, workers=1)
-        exec_helper.build(self.agent_src)  # agents start commands as another user through it, with vfork
         # Agents started by python (gVisor's, or bwrap's without the zygote) import from one file.
         if self.python_agents or not zygote:
-            self.runtime = replace(runtime, bundle=agent_bundle.build(runtime, self.agent_src))
+            self.runtime = replace(self.runtime, bundle=agent_bundle.build(runtime, self.agent_src))
+        tools = static_tools.build(self.agent_src)  # bwrap's start, pid 1, commands as another user
+        self.runtime = replace(self.runtime, tools=tools.name if tools else None)
         self.seccomp = build_filter()
         # One thread spawns every bwrap, off the event loop: --die-with-parent follows the spawning
         # thread, so it must live as long as the backend (a pool thread could come and go).

@@ -125,7 +125,8 @@ def make_dir(plan: LaunchPlan, spare: mounts_priv.Spare | None) -> None:
 # raised its own), then becomes bwrap through setpriv (the sandbox uid); on EOF (the server died
 # first) it exits. Dropping privileges there rather than in Popen(user=...) lets CPython vfork the
 # stub (it does with start_new_session, not with user=): a fork copies the server's page tables
-# with the GIL held (~8-9 ms at 150 MiB, more when bigger).
+# with the GIL held (~8-9 ms at 150 MiB, more when bigger). ``corral-tools launch`` does all this in
+# one static exec (``_stub``); this is its stand-in.
 _STUB = f'read -r _ && {SET_SANDBOX_NOFILE} && exec "$@" </dev/null'
 
 
@@ -137,6 +138,15 @@ def _tool(name: str) -> str:
     """A host tool's absolute path from the system dirs (never the server's PATH: the stub runs
     them as root), so the stub's exec searches no PATH."""
     return shutil.which(name, path=SYSTEM_PATH) or name
+
+
+def _stub(plan: LaunchPlan, bwrap: list[str]) -> list[str]:
+    """The command that becomes ``bwrap`` once released: ``corral-tools launch`` (one static exec), or
+    without it a shell and setpriv (two dynamic ones)."""
+    if plan.runtime.tools:
+        tools = plan.agent_src / "__pycache__" / plan.runtime.tools
+        return [str(tools), "launch", str(sandbox_nofile()), str(plan.id_offset), "--", _tool(bwrap[0]), *bwrap[1:]]
+    return ["/bin/sh", "-c", _STUB, "corral-bwrap", str(sandbox_nofile()), *_as_sandbox_uid(plan.id_offset, bwrap)]
 
 
 def _as_sandbox_uid(uid: int, argv: list[str]) -> list[str]:
@@ -165,8 +175,7 @@ def spawn(
     try:
         with mountns_priv.entered(prepared.ns):  # bwrap starts in the sandbox's mount namespace
             process = subprocess.Popen(
-                ["/bin/sh", "-c", _STUB, "corral-bwrap", str(sandbox_nofile()),
-                 *_as_sandbox_uid(plan.id_offset, plan.argv(fds))],
+                _stub(plan, plan.argv(fds)),
                 stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log,
                 start_new_session=True,
                 pass_fds=tuple(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None),

@@ -1,23 +1,29 @@
-"""The exec-as helper (corral.agent.exec_as, exec_as.c): commands as another user, started with vfork."""
+"""corral-tools (the agent package's tools.c, built by corral.runtime.static_tools): commands as another
+user started with vfork (``exec-as``), a sandbox's pid 1 (``pid1``), bwrap's start (``launch``)."""
 
 from __future__ import annotations
 
 import os
 import pty
 import pwd
+import resource
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import corral.agent
-from corral.agent import exec_as
+from corral.agent import exec_as, tools
 from corral.agent.processes import ProcessTable, Spec
 from corral.agent.protocol import AgentError
 from corral.agent.users import User
-from corral.runtime import exec_helper
+from corral.runtime import launch_priv, static_tools
+from corral.runtime.backend import SandboxSpec
+from corral.runtime.host import sandbox_nofile
+from corral.runtime.plan import AgentRuntime, plan
 
 AGENT_SRC = Path(corral.agent.__file__).parent
 
@@ -34,16 +40,17 @@ def other_user() -> User:
 
 @pytest.fixture(scope="module")
 def helper() -> str:
-    built = exec_helper.build(AGENT_SRC)
-    assert built is not None, "the helper did not build (gcc and libc6-dev are make serve's packages)"
-    assert exec_as.find(str(AGENT_SRC)) == str(built)
+    """The built corral-tools."""
+    built = static_tools.build(AGENT_SRC)
+    assert built is not None, "corral-tools did not build (gcc and libc6-dev are make serve's packages)"
+    assert tools.find(str(AGENT_SRC)) == str(built)
     return str(built)
 
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """A root-owned 0755 dir the other user can reach (pytest's tmp_path lies under a 0700 one)."""
-    path = Path(tempfile.mkdtemp(prefix="corral-exec-as-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="corral-tools-", dir="/tmp"))
     path.chmod(0o755)
     try:
         yield path
@@ -132,13 +139,13 @@ def test_on_a_terminal_the_command_has_it_as_its_controlling_terminal(helper: st
             os.close(slave)
 
 
-def test_a_helper_that_neither_runs_the_command_nor_reports_is_killed(
+def test_an_exec_as_that_neither_runs_the_command_nor_reports_is_killed(
     shared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stopped between its id change and its exec (sandbox code may signal it), the helper keeps the
+    """Stopped between its id change and its exec (sandbox code may signal it), exec-as keeps the
     report pipe open: the agent gives up after START_TIMEOUT, kills it, and says so."""
     stuck = shared / "stuck"
-    stuck.write_text("#!/bin/sh\nexec sleep 60\n")  # keeps the inherited report fd open
+    stuck.write_text("#!/bin/sh\nexec sleep 60\n")  # stands in for corral-tools: keeps the report fd open
     stuck.chmod(0o755)
     monkeypatch.setattr(exec_as, "START_TIMEOUT", 0.3)
     started: list[subprocess.Popen[bytes]] = []
@@ -153,11 +160,11 @@ def test_a_helper_that_neither_runs_the_command_nor_reports_is_killed(
     assert started[0].returncode == -9
 
 
-def test_the_agent_starts_another_users_command_through_the_helper_with_vfork(
+def test_the_agent_starts_another_users_command_through_exec_as_with_vfork(
     helper: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Popen forks when it must change ids or run a preexec_fn; through the helper it needs neither
-    (and without the helper the agent still starts the command, forking)."""
+    """Popen forks when it must change ids or run a preexec_fn; through exec-as it needs neither
+    (and without corral-tools the agent still starts the command, forking)."""
     calls: list[tuple[list[str], dict[str, object]]] = []
     real_popen = subprocess.Popen
 
@@ -169,7 +176,7 @@ def test_the_agent_starts_another_users_command_through_the_helper_with_vfork(
     user = other_user()
     for table_helper, via_helper in ((helper, True), (None, False)):
         calls.clear()
-        table = ProcessTable(spawners=False, helper=table_helper)
+        table = ProcessTable(spawners=False, tools=table_helper)
         for terminal in (None, (80, 24)):
             process = table.spawn(Spec(["true"], {}, "/", user, False, terminal, None, 0.0))
             assert os.waitpid(process.pid, 0)[1] == 0
@@ -181,40 +188,106 @@ def test_the_agent_starts_another_users_command_through_the_helper_with_vfork(
         assert len(calls) == 2
 
 
-def test_find_names_the_helper_of_this_source_only(tmp_path: Path) -> None:
-    (tmp_path / exec_as.SOURCE).write_bytes(b"int main(void) { return 0; }\n")
-    assert exec_as.find(str(tmp_path)) is None  # not built
-    built = tmp_path / "__pycache__" / exec_as.file_name(b"int main(void) { return 0; }\n")
+def test_find_names_the_build_of_this_source_only(tmp_path: Path) -> None:
+    (tmp_path / tools.SOURCE).write_bytes(b"int main(void) { return 0; }\n")
+    assert tools.find(str(tmp_path)) is None  # not built
+    built = tmp_path / "__pycache__" / tools.file_name(b"int main(void) { return 0; }\n")
     built.parent.mkdir()
     built.write_bytes(b"")
-    assert exec_as.find(str(tmp_path)) is None  # not executable
+    assert tools.find(str(tmp_path)) is None  # not executable
     built.chmod(0o755)
-    assert exec_as.find(str(tmp_path)) == str(built)
-    (tmp_path / exec_as.SOURCE).write_bytes(b"int main(void) { return 1; }\n")
-    assert exec_as.find(str(tmp_path)) is None  # another source: another name
+    assert tools.find(str(tmp_path)) == str(built)
+    (tmp_path / tools.SOURCE).write_bytes(b"int main(void) { return 1; }\n")
+    assert tools.find(str(tmp_path)) is None  # another source: another name
 
 
-def test_the_server_builds_the_helper_once_per_source_and_goes_without_it_when_it_cannot(
+def test_the_server_builds_it_once_per_source_and_goes_without_it_when_it_cannot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     package = tmp_path / "corral_agent"
     package.mkdir()
-    (package / exec_as.SOURCE).write_bytes((AGENT_SRC / exec_as.SOURCE).read_bytes())
-    stale = package / "__pycache__" / "exec-as-00000000"
+    (package / tools.SOURCE).write_bytes((AGENT_SRC / tools.SOURCE).read_bytes())
+    stale = package / "__pycache__" / "corral-tools-00000000"
     stale.parent.mkdir()
     stale.write_bytes(b"")
     os.utime(stale, (0, 0))  # another source's helper, unused for long
-    built = exec_helper._build(package)
-    assert built is not None and str(built) == exec_as.find(str(package))
+    built = static_tools._build(package)
+    assert built is not None and str(built) == tools.find(str(package))
     assert built.stat().st_mode & 0o777 == 0o755 and not stale.exists()
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # no partial file left
     os.utime(built, (1000, 1000))
-    assert exec_helper._build(package) == built  # there already: not compiled again, marked as in use
+    assert static_tools._build(package) == built  # there already: not compiled again, marked as in use
     assert built.stat().st_mtime > 1000
 
-    (package / exec_as.SOURCE).write_bytes(b"int main(void) { return 0; }\n")
-    monkeypatch.setattr(exec_helper.shutil, "which", lambda name: None)
+    (package / tools.SOURCE).write_bytes(b"int main(void) { return 0; }\n")
+    monkeypatch.setattr(static_tools.shutil, "which", lambda name: None)
     with caplog.at_level("WARNING"):
-        assert exec_helper._build(package) is None
-    assert "no C compiler" in caplog.text and "fork the agent" in caplog.text
-    assert exec_as.find(str(package)) is None
+        assert static_tools._build(package) is None
+    assert "no C compiler" in caplog.text and "slower stand-ins" in caplog.text
+    assert tools.find(str(package)) is None
+
+
+def _read_to_end(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    os.close(fd)
+    return data
+
+
+def test_pid1_says_it_runs_then_holds_nothing_but_dev_null_and_waits(helper: str) -> None:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    extra_r, extra_w = os.pipe()  # stands in for the fds bwrap leaves its command
+    process = subprocess.Popen([helper, "pid1", str(extra_w)], stdin=subprocess.DEVNULL, stdout=out_w,
+                               stderr=err_w, pass_fds=(extra_w,))
+    try:
+        for fd in (out_w, err_w, extra_w):
+            os.close(fd)
+        # each pipe ends once pid 1 let go of its end: then it holds only what it keeps
+        assert (_read_to_end(out_r), _read_to_end(err_r), _read_to_end(extra_r)) == (b".", b"", b"")
+        held = {int(fd): os.readlink(f"/proc/{process.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{process.pid}/fd")}
+        assert held == {0: "/dev/null", 1: "/dev/null", 2: "/dev/null"}
+        assert process.poll() is None  # it waits for ever
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_launch_waits_for_its_release_then_becomes_the_program_as_the_sandbox_uid(helper: str) -> None:
+    uid = 1234567
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    script = "ulimit -Sn; ulimit -Hn; id -u; id -G; grep -E '^Cap(Eff|Prm|Amb):' /proc/self/status; cat; echo end"
+    process = subprocess.Popen([helper, "launch", "777", str(uid), "--", "/bin/sh", "-c", script],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    assert process.stdin is not None
+    assert os.readlink(f"/proc/{process.pid}/exe") == helper  # waiting for its line, not started yet
+    process.stdin.write(b"go\n")
+    process.stdin.flush()  # stdin stays open: the program gets /dev/null instead, so `cat` ends
+    out, err = process.communicate(timeout=10)
+    lines = out.decode().splitlines()
+    assert (process.returncode, err) == (0, b"")
+    assert lines[:4] == ["777", str(hard) if hard != resource.RLIM_INFINITY else "unlimited", str(uid), str(uid)]
+    assert [int(line.split()[1], 16) for line in lines[4:7]] == [0, 0, 0]
+    assert lines[7:] == ["end"]
+
+    gone = subprocess.Popen([helper, "launch", "777", str(uid), "--", "/bin/true"], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert gone.communicate(b"no newline: the server went away", timeout=10) == (None, b"")
+    assert gone.returncode == 1
+
+
+def test_bwrap_starts_through_launch_when_built_and_through_sh_and_setpriv_without(tmp_path: Path) -> None:
+    spec = SandboxSpec(sandbox_id="abc123", layers=(tmp_path,), cpu=0.5, memory_mb=256, disk_mb=128)
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/python3.11").touch()
+    runtime = AgentRuntime.find(tmp_path, "x86_64")
+    kwargs = {"sandboxes_dir": tmp_path / "s", "mounts_dir": tmp_path / "m", "agent_src": AGENT_SRC, "id_offset": 7}
+    built = plan(spec, runtime=replace(runtime, tools="corral-tools-0a1b2c3d"), **kwargs)  # type: ignore[arg-type]
+    argv = launch_priv._stub(built, ["bwrap", "--unshare-all", "true"])
+    tools_path = str(AGENT_SRC / "__pycache__/corral-tools-0a1b2c3d")
+    assert argv[:5] == [tools_path, "launch", str(sandbox_nofile()), "7", "--"]
+    assert Path(argv[5]).is_absolute() and argv[5].endswith("/bwrap") and argv[6:] == ["--unshare-all", "true"]
+    stand_in = launch_priv._stub(plan(spec, runtime=runtime, **kwargs), ["bwrap", "true"])  # type: ignore[arg-type]
+    assert stand_in[:2] == ["/bin/sh", "-c"] and "--reuid=7" in stand_in and stand_in[-1] == "true"

@@ -1,9 +1,11 @@
-"""Build the agent's exec-as helper (``corral_agent.exec_as``): ``exec_as.c`` compiled static into
-the agent package's ``__pycache__``, under the name the agent derives from the source it ships.
+"""Build ``corral-tools`` (the agent package's ``tools.c``): compiled static into the agent package's
+``__pycache__``, under the name the agent derives from the source it ships (``corral_agent.tools``).
 
 Static, so it runs in any template whatever its libc; built once per source (the name changes with
-it), by every server start that finds it missing. Without a C compiler, or if the build fails,
-agents start commands as another user by forking themselves, as before: slower, not wrong.
+it), by every server start that finds it missing. It starts bubblewrap (``launch``), is a sandbox's
+pid 1 (``pid1``) and starts the agent's commands as another user (``exec-as``). Without a C
+compiler, or if the build fails, each falls back to what it replaced (a shell and setpriv, the
+runtime's bash and sleep, a fork of the agent): slower, not wrong.
 """
 
 from __future__ import annotations
@@ -16,36 +18,36 @@ import subprocess
 import time
 from pathlib import Path
 
-from corral.agent import exec_as
+from corral.agent import tools
 
 log = logging.getLogger(__name__)
 COMPILE_TIMEOUT = 120.0
 CC_FLAGS = ["-static", "-O2", "-s"]
-KEEP_SECONDS = 7 * 86400  # helpers of other sources not used by any server start for this long are removed
+KEEP_SECONDS = 7 * 86400  # builds of other sources not used by any server start for this long are removed
 
 _built: dict[Path, Path | None] = {}  # one build per server process
 
 
 def build(agent_src: Path) -> Path | None:
-    """The helper for ``agent_src``'s ``exec_as.c``, compiled if missing; None (with a warning) if it
-    can't be built."""
+    """The program built from ``agent_src``'s ``tools.c``, compiled if missing; None (with a warning)
+    if it can't be built."""
     if agent_src not in _built:
         _built[agent_src] = _build(agent_src)
     return _built[agent_src]
 
 
 def _build(agent_src: Path) -> Path | None:
-    source = agent_src / exec_as.SOURCE
+    source = agent_src / tools.SOURCE
     try:
-        target = agent_src / "__pycache__" / exec_as.file_name(source.read_bytes())
+        target = agent_src / "__pycache__" / tools.file_name(source.read_bytes())
         if os.access(target, os.X_OK):
             os.utime(target)  # in use: kept by other servers' pruning
         else:
             _compile(source, target)
         _prune(target)
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("the exec-as helper was not built (%s): commands as another user fork the agent, "
-                    "~2-4 ms slower (install gcc and libc6-dev)", exc)
+        log.warning("corral-tools was not built (%s): sandboxes start and run commands as another user "
+                    "through slower stand-ins (install gcc and libc6-dev)", exc)
         return None
     return target
 
@@ -63,7 +65,7 @@ def _compile(source: Path, target: Path) -> None:
         )
         if done.returncode != 0:
             raise OSError(f"{cc} exited {done.returncode}: {done.stderr.strip()[-500:]}")
-        os.chmod(partial, 0o755)  # sandbox root runs it as an unmapped owner's file: "other" may execute
+        os.chmod(partial, 0o755)  # a sandbox runs it as an unmapped owner's file: "other" may execute
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -72,7 +74,7 @@ def _compile(source: Path, target: Path) -> None:
 
 def _prune(keep: Path) -> None:
     cutoff = time.time() - KEEP_SECONDS
-    for path in keep.parent.glob("exec-as-*"):
+    for path in keep.parent.glob("corral-tools-*"):
         if path != keep:
             with contextlib.suppress(OSError):
                 if path.stat().st_mtime < cutoff:
