@@ -3,12 +3,12 @@
 Starting a process as another user means setting its ids between fork and exec, so the agent's
 ``Popen(user=...)`` forks the agent itself, and a fork copies the agent's page tables: ~2.3 ms on a
 host with paravirtualised page tables, against ~0.9 ms for the vfork that ``Popen`` uses when no ids
-change. The exec-as helper (``exec_as``) avoids that fork at the cost of one more exec; a spawner,
-~0.25 ms cheaper per command, is forked from the agent once per user and takes that user's ids for good (uid,
+change. ``corral-tools exec-as`` (``exec_as``) avoids that fork at the cost of one more exec; a
+spawner, ~0.25 ms cheaper per command, is forked from the agent once per user and takes that user's ids for good (uid,
 gid and groups, real, effective and saved; no capabilities left); the agent sends it the command
 with the child's stdio fds, it starts the command with vfork, replies with the pid, reaps its
 children and reports each exit. Commands as root and on a terminal start from the agent (a
-terminal's through the helper).
+terminal's through ``exec-as``).
 
 Two SOCK_SEQPACKET pairs per spawner, one JSON message each: *requests* (the agent asks, the spawner
 replies; one request at a time) and *events* (the spawner's reports of exits, read by a thread of the
