@@ -91,6 +91,14 @@ def test_live_sandbox_rows_are_served_from_memory_and_match_the_database(tmp_pat
         assert (cached.state, cached.owner_key_id, cached.meta) == (stored.state, stored.owner_key_id, stored.meta)
         assert cached.expires_at.replace(tzinfo=UTC) == stored.expires_at.replace(tzinfo=UTC)
     assert [r.id for r in reopened.sandboxes(True)] == ["s2", "s0"]
+    columns = [attr.key for attr in SandboxRow.__mapper__.column_attrs]
+    bare = SandboxRow(id="s3", template="base", state="running", owner_key_id="a", created_at=t0,
+                      expires_at=t0, cpu=1.0, memory_mb=512, disk_mb=1024)  # node and metadata: the defaults
+    store.add_sandbox(bare)
+    cached, stored = store.live_sandbox("s3"), Store(url).live_sandbox("s3")
+    assert cached is not None and stored is not None and (cached.node, cached.meta) == ("local", {})
+    assert {c: getattr(cached, c) for c in columns if not c.endswith("_at")} == {
+        c: getattr(stored, c) for c in columns if not c.endswith("_at")}
     assert store.update_sandbox("nope", state="running") is None and store.sandbox("nope") is None
     # a late update (a pause or resume racing a kill) leaves an ended record ended
     assert store.update_sandbox("s1", state="paused") is None

@@ -92,9 +92,10 @@ class AgentRuntime:
         """Pid 1 of a sandbox whose agent comes from the zygote: it tells the host it runs (one byte on
         stdout, so bwrap has finished the sandbox), then only waits, holding nothing but /dev/null
         (sandbox root can reopen or hijack pid 1's fds: it is dumpable and has the same uid); the
-        fds bwrap leaves it (``close``) are closed. ``corral-tools pid1`` (static: one exec, ~0.1 MiB
-        resident), or without it the runtime's bash and sleep through the runtime's loader (two
-        dynamic execs); either works in any template, and bwrap's errors still reach the log."""
+        fds bwrap leaves it (``close``) are closed. ``corral-tools pid1`` (static: one exec, ~0.7 MiB
+        resident, shared by every sandbox's pid 1), or without it the runtime's bash and sleep
+        through the runtime's loader (two dynamic execs); either works in any template, and bwrap's
+        errors still reach the log."""
         if self.tools:
             return [f"{AGENT_LIB}/{AGENT_PKG}/__pycache__/{self.tools}", "pid1", *(str(fd) for fd in close)]
         run = f"{RT_DIR}/{self.loader} --library-path {RT_DIR}/{self.libdir}"

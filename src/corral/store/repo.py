@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, select, text
+from sqlalchemy import Update, bindparam, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,6 +39,22 @@ def iso(dt: datetime | None) -> str | None:
     """A stored time as the API writes it: ISO 8601 in UTC with a ``Z``."""
     dt = utc(dt)
     return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+def _columns(row: SandboxRow) -> dict[str, Any]:
+    """A new row's values by column name, for a Core INSERT. Attributes left unset (None) are left
+    out, so the column's default applies as in an ORM flush; the row object itself is what the
+    store keeps in memory, so the defaults are set on it too."""
+    values: dict[str, Any] = {}
+    for attr in SandboxRow.__mapper__.column_attrs:
+        column = attr.columns[0]
+        value = getattr(row, attr.key)
+        if value is None and column.default is not None:
+            value = column.default.arg(None) if column.default.is_callable else column.default.arg
+            setattr(row, attr.key, value)
+        if value is not None or column.nullable:
+            values[column.name] = value
+    return values
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -78,6 +94,7 @@ class Store:
         self._sandbox_writes = threading.Lock()  # a write and its cache update are one step
         self._queue_lock = threading.Lock()
         self._queued: list[_Insert] = []  # inserts waiting for the next group commit
+        self._updates: dict[tuple[str, ...], Update] = {}  # see `_update_statement`
         live = select(SandboxRow).where(SandboxRow.state.in_(LIVE_STATES))
         with self.session() as s:
             self._live: dict[str, SandboxRow] = {row.id: row for row in s.scalars(live)}
@@ -139,11 +156,12 @@ class Store:
 
     def _insert(self, batch: list[_Insert]) -> None:
         """Write `batch` in one transaction; if that fails, each row alone, so an error (a duplicate
-        id) reaches only the caller whose row caused it. Every entry is done afterwards."""
+        id) reaches only the caller whose row caused it. Every entry is done afterwards. One Core
+        INSERT (executemany), not an ORM flush: ~0.3 ms of CPU for a row against ~0.7."""
         if len(batch) > 1:
             try:
-                with self.session() as s:
-                    s.add_all([entry.row for entry in batch])
+                with self.engine.begin() as conn:
+                    conn.execute(SandboxRow.__table__.insert(), [_columns(entry.row) for entry in batch])
             except Exception:
                 pass  # each row alone, below
             else:
@@ -156,8 +174,8 @@ class Store:
 
     def _insert_one(self, entry: _Insert) -> None:
         try:
-            with self.session() as s:
-                s.add(entry.row)
+            with self.engine.begin() as conn:
+                conn.execute(SandboxRow.__table__.insert(), [_columns(entry.row)])
         except Exception as exc:
             entry.error = exc
         else:
@@ -195,15 +213,24 @@ class Store:
         fields = {"state": state, "end_reason": reason, "ended_at": now()}
         return self._update_live(sandbox_id, fields) or self.sandbox(sandbox_id)
 
+    def _update_statement(self, names: tuple[str, ...]) -> Update:
+        """The UPDATE of a live record's `names` (attributes), built once per set of names: a statement
+        built per call cost about a third of the call (construction and its cache key)."""
+        query = self._updates.get(names)
+        if query is None:
+            table = SandboxRow.__table__
+            columns = {SandboxRow.__mapper__.column_attrs[name].columns[0].name: bindparam(name) for name in names}
+            query = table.update().where(table.c.id == bindparam("_id"), table.c.state.in_(LIVE_STATES)).values(columns)
+            self._updates[names] = query
+        return query
+
     def _update_live(self, sandbox_id: str, fields: dict[str, Any]) -> SandboxRow | None:
         """One UPDATE statement on a live record (a third of an ORM load-and-flush); the row answered
         is built from the cached one. None: no live record with that id."""
-        table = SandboxRow.__table__
-        columns = {SandboxRow.__mapper__.column_attrs[name].columns[0].name: value for name, value in fields.items()}
-        query = table.update().where(table.c.id == sandbox_id, table.c.state.in_(LIVE_STATES)).values(**columns)
+        query = self._update_statement(tuple(fields))
         with self._sandbox_writes:
             with self.engine.begin() as conn:
-                if conn.execute(query).rowcount == 0:
+                if conn.execute(query, {"_id": sandbox_id, **fields}).rowcount == 0:
                     return None
             cached = self._live.get(sandbox_id)
             if cached is None:  # live in the database but not cached: cannot happen (a single writer)
