@@ -5,7 +5,7 @@ by 4 concurrent callers and left idle. At each checkpoint (0 and the ``--at`` co
 snapshot and measures cold create → first output (``--samples`` sandboxes, killed again):
 
 * per sandbox, summed over its processes (bwrap's monitor, pid 1 — bwrap's init, or with the agent
-  zygote the runtime's ``sleep`` — and the agent, found through its memory cgroup):
+  zygote ``corral-tools pid1`` or the runtime's ``sleep`` — and the agent, found through its memory cgroup):
   PSS and RSS from ``/proc/<pid>/smaps_rollup``, split anon / file;
 * the kernel's charge to its memory cgroup (``memory.usage_in_bytes``/``memory.current``, ``kmem``);
 * the server's RSS growth, and ``/proc/meminfo`` (slab, page tables, kernel stacks, available) growth,
@@ -94,10 +94,12 @@ def snapshot(srv: Server, ids: list[str]) -> Snapshot:
         for pid in (group / "cgroup.procs").read_text().split():
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                waits = b"sleep\0infinity" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except FileNotFoundError:
                 continue
-            # pid 1 with the agent zygote is the runtime's sleep (started through the runtime's loader)
+            # pid 1 with the agent zygote: `corral-tools pid1`, or without it the runtime's `sleep
+            # infinity` (started through the runtime's loader)
+            waits = argv[1:2] == [b"pid1"] or b"sleep\0infinity" in b"\0".join(argv)
             kind = "bwrap" if comm == "bwrap" else "pid1" if waits else \
                 "agent" if comm.startswith(("python", "ld-linux", "corral-agent")) else "other"
             total = snap.procs.setdefault(kind, {"count": 0})
