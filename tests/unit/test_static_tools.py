@@ -8,12 +8,11 @@ import pty
 import pwd
 import resource
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_agent_harness import shared
 
 import corral.agent
 from corral.agent import exec_as, tools
@@ -25,6 +24,7 @@ from corral.runtime.backend import SandboxSpec
 from corral.runtime.host import sandbox_nofile
 from corral.runtime.plan import AgentRuntime, plan
 
+__all__ = ["shared"]  # the fixture, imported from the harness
 AGENT_SRC = Path(corral.agent.__file__).parent
 
 
@@ -45,17 +45,6 @@ def helper() -> str:
     assert built is not None, "corral-tools did not build (gcc and libc6-dev are make serve's packages)"
     assert tools.find(str(AGENT_SRC)) == str(built)
     return str(built)
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A root-owned 0755 dir the other user can reach (pytest's tmp_path lies under a 0700 one)."""
-    path = Path(tempfile.mkdtemp(prefix="corral-tools-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", str(path)], check=True)
 
 
 def start(helper: str, cmd: list[str], tty: bool = False, **kwargs: object) -> subprocess.Popen[bytes]:

@@ -51,13 +51,16 @@ KEEP_IDLE = 15.0  # seconds a connection waits for its next request (the host re
 PEER = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
+# Found at import: once in the zygote, before any agent is forked from it.
+TOOLS = tools.find(os.path.dirname(os.path.abspath(__file__)))
+
+
 class Agent:
     """Serves connections, each on a worker thread while it lasts; owns the process table and the file credentials."""
 
     def __init__(self, spawners: bool = True, keep_idle: float = KEEP_IDLE) -> None:
         self.workers = Workers("worker")
-        here = os.path.dirname(os.path.abspath(__file__))
-        self.processes = ProcessTable(spawners, self.workers, tools.find(here))
+        self.processes = ProcessTable(spawners, self.workers, TOOLS)
         self.fs = FileRunner()
         self.handlers: dict[str, Handler] = {op: getattr(self, f"op_{op}") for op in OPS}
         self._lock = threading.Condition()  # notified when a connection ends

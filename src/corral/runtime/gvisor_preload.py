@@ -20,6 +20,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.runtime import static_tools
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("gvisor_statx.c")
@@ -28,7 +30,6 @@ PRELOAD_LIST = "/etc/ld.so.preload"  # where glibc's loader looks, whatever the 
 LIBRARY = "statx.so"
 LIST_FILE = "ld.so.preload"  # the list's name in the host dir
 NAME_INSIDE = Path(PRELOAD_LIST).name  # the list's name in the sandbox's /etc
-COMPILE_TIMEOUT = 60.0
 CC_FLAGS = ["-shared", "-fPIC", "-O2", "-nostdlib", "-ffreestanding"]
 
 
@@ -52,25 +53,18 @@ def build(dest: Path) -> Preload | None:
         log.warning("no C compiler (install gcc): gVisor sandboxes start without the stat fix-up, "
                     "so `ls` and `stat` fail there with EINVAL (docs/gvisor.md)")
         return None
-    partial = [dest / f".{LIBRARY}.{os.getpid()}", dest / f".{LIST_FILE}.{os.getpid()}"]
+    listing = dest / f".{LIST_FILE}.{os.getpid()}"
     try:
         dest.mkdir(mode=0o755, parents=True, exist_ok=True)
         os.chmod(dest, 0o755)
-        done = subprocess.run(
-            [cc, *CC_FLAGS, "-o", str(partial[0]), str(SOURCE)],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=COMPILE_TIMEOUT,
-        )
-        if done.returncode != 0:
-            raise OSError(f"{cc} exited {done.returncode}: {done.stderr.strip()[-500:]}")
-        partial[1].write_text(f"{INSIDE_DIR}/{LIBRARY}\n")
-        for path, name in zip(partial, (LIBRARY, LIST_FILE), strict=True):
-            os.chmod(path, 0o644)
-            os.replace(path, dest / name)
+        static_tools.compile_c(cc, SOURCE, dest / LIBRARY, CC_FLAGS, 0o644)
+        listing.write_text(f"{INSIDE_DIR}/{LIBRARY}\n")
+        os.chmod(listing, 0o644)
+        os.replace(listing, dest / LIST_FILE)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("building the gVisor stat fix-up failed (%s): gVisor sandboxes start without it", exc)
-        for path in partial:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        with contextlib.suppress(OSError):
+            listing.unlink()
         return None
     return Preload(dest)
 

@@ -57,15 +57,22 @@ def _compile(source: Path, target: Path) -> None:
     if cc is None:
         raise OSError("no C compiler")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # a sandbox runs it as an unmapped owner's file: "other" may execute
+    compile_c(cc, source, target, CC_FLAGS, 0o755)
+
+
+def compile_c(cc: str, source: Path, target: Path, flags: list[str], mode: int) -> None:
+    """Compile ``source`` with ``cc`` into ``target`` (mode ``mode``), which appears whole or not at
+    all: built under a temporary name, renamed. OSError if the compiler fails (its stderr's end)."""
     partial = target.with_name(f".{target.name}.{os.getpid()}")
     try:
         done = subprocess.run(
-            [cc, *CC_FLAGS, "-o", str(partial), str(source)],
+            [cc, *flags, "-o", str(partial), str(source)],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=COMPILE_TIMEOUT,
         )
         if done.returncode != 0:
             raise OSError(f"{cc} exited {done.returncode}: {done.stderr.strip()[-500:]}")
-        os.chmod(partial, 0o755)  # a sandbox runs it as an unmapped owner's file: "other" may execute
+        os.chmod(partial, mode)
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
