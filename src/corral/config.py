@@ -98,6 +98,7 @@ class Settings:
     header_timeout: float = 30.0  # seconds a client has to send a request's headers (slowloris)
     agent_zygote: bool = True  # bwrap agents forked from one pre-imported python (off: python per sandbox)
     spare_disks: int = 2  # empty disks of the default size kept mounted, ready for creates (0: none)
+    spare_netns: int = 2  # network namespaces kept made and plugged, ready for networked creates (0: none)
     cgroup_favordynmods: bool = True  # remount cgroup2 with favordynmods: fast moves into cgroups (off: leave it)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -131,6 +132,7 @@ class Settings:
             header_timeout=_float("CORRAL_HEADER_TIMEOUT", 30.0),
             agent_zygote=_switch("CORRAL_AGENT_ZYGOTE"),
             spare_disks=_int("CORRAL_SPARE_DISKS", 2),
+            spare_netns=_int("CORRAL_SPARE_NETNS", 2),
             cgroup_favordynmods=_switch("CORRAL_CGROUP_FAVORDYNMODS"),
         )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+from pathlib import Path
 
 from conftest import (
     corral_cgroups,
@@ -18,6 +20,14 @@ from conftest import (
 )
 
 
+def veths(data_dir: Path) -> set[str]:
+    """This server's veths on the host, each as ``ifindex:name`` (a new link never reuses an index)."""
+    names = {v for v in net_leftovers(data_dir) if v.startswith("crl")}
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return {f"{line.split(':')[0]}:{line.split(':')[1].strip().split('@')[0]}" for line in links
+            if line.split(":")[1].strip().split("@")[0] in names}
+
+
 def test_restart_after_crash_cleans_up_and_closes_records() -> None:
     data = make_data_dir()
     try:
@@ -27,6 +37,8 @@ def test_restart_after_crash_cleans_up_and_closes_records() -> None:
             assert run_command(api, ids[0], "echo up").stdout == "up\n"
         first_spares = spare_dirs(data)  # empty disks made ahead, mounted (runtime/spares.py)
         assert first_spares, "expected the server to keep spare disks"
+        first_veths = veths(data)  # the sandboxes' and the spare network namespaces' (runtime/netspares.py)
+        assert len(first_veths) > len(ids), "expected the server to keep spare network namespaces"
         first.stop(signal.SIGKILL)  # no cleanup code runs
         assert mounts_under(data), "expected the crash to leave mounts for the restart to clean"
         assert net_leftovers(data), "expected the crash to leave its nftables table"
@@ -37,7 +49,7 @@ def test_restart_after_crash_cleans_up_and_closes_records() -> None:
             assert not [p for p in first_spares if p.exists()], "the crashed server's spare disks survived"
             assert corral_cgroups(data) == []
             assert sandbox_processes(data) == []
-            assert [v for v in net_leftovers(data) if v.startswith("crl")] == []  # no veth of a dead sandbox
+            assert not first_veths & veths(data)  # no veth of a dead sandbox or spare (the new server has its own)
             with second.client() as api:
                 for sid in ids:
                     r = api.get(f"/v1/sandboxes/{sid}")

@@ -324,3 +324,22 @@ def test_sdk_network_arguments_and_update_network(netserver: Server) -> None:
         assert ("files.example.com", "allowed") in asked and ("files.example.com", "refused") in asked
     with Sandbox.create(timeout=60, network="none", api_url=netserver.url, api_key=netserver.api_key) as off:
         assert off.get_network().mode == "none" and off.get_network().address is None
+
+
+def test_any_user_binds_any_port_and_root_cannot_reconfigure_the_network(napi: httpx.Client) -> None:
+    """Ports below 1024 need no privilege, as in Docker's containers; the network itself is not sandbox
+    root's to change (bwrap: its namespace belongs to a user namespace the sandbox is not in)."""
+    bind = "python3 -c 'import socket; s = socket.socket(); s.bind((\"0.0.0.0\", 80)); s.listen(); print(\"bound\")'"
+    change = "ip link set lo down 2>&1; ip addr add 10.1.2.3/32 dev lo 2>&1; ip -o link show lo"
+    for network in ("internet", "none"):
+        sid = create(napi, network=network)
+        try:
+            assert run_command(napi, sid, bind).stdout.strip() == "bound", network  # as user
+            root = run_command(napi, sid, f"{bind}; {change}", user="root")
+            lines = root.stdout.splitlines()
+            assert lines[0] == "bound", network
+            refused = ("RTNETLINK answers: Operation not permitted", "RTNETLINK answers: Permission denied")  # gVisor's
+            assert len(lines) == 4 and all(line in refused for line in lines[1:3]), (network, root.stdout)
+            assert ",UP," in lines[3], network  # lo still up
+        finally:
+            napi.delete(f"/v1/sandboxes/{sid}")

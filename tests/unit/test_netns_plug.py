@@ -1,5 +1,6 @@
 """``netns_priv.plug``/``unplug``: the links, addresses, routes and sysctls a sandbox's netns is given,
-checked with ``ip`` (not with our own netlink code), concurrent plugs, and the netlink socket's errors.
+checked with ``ip`` (not with our own netlink code), concurrent plugs, and the netlink socket's errors;
+``NetnsMaker``: who owns a namespace made for a bwrap sandbox, and who may enter it; spares of them.
 
 Each test uses fresh namespaces (``new_netns``) and veth names with a random prefix, and deletes
 what it made; the ``no_leftovers`` fixture checks that no veth of that prefix stays on the host.
@@ -7,17 +8,25 @@ what it made; the ``no_leftovers`` fixture checks that no veth of that prefix st
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import ipaddress
 import json
 import os
 import secrets
+import struct
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from corral.runtime import netns_priv
+import corral.agent
+from corral.runtime import netns_priv, static_tools
+from corral.runtime.netpolicy import NetworkPolicy
+from corral.runtime.netspares import NetSpares
+from corral.runtime.network import NetConfig, Network
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="netns, veths and netlink changes need root")
 
@@ -174,3 +183,150 @@ def test_host_sockets_are_reused_one_thread_at_a_time_and_dropped_when_left_mid_
     with pool.lend() as e:
         assert e is not d
     assert d._sock.fileno() == -1  # closed, not lent again
+
+
+# ioctls on namespace fds (linux/nsfs.h)
+NS_GET_USERNS, NS_GET_PARENT, NS_GET_OWNER_UID = 0xB701, 0xB702, 0xB704
+SANDBOX_UID = 1_700_000  # a host uid nothing else uses, as a server's sandbox uid
+
+
+@pytest.fixture(scope="module")
+def tools() -> str:
+    built = static_tools.build(Path(corral.agent.__file__).parent)
+    assert built is not None, "corral-tools did not build (gcc and libc6-dev are make serve's packages)"
+    return str(built)
+
+
+@pytest.fixture
+def maker(tools: str) -> Iterator[netns_priv.NetnsMaker]:
+    made = netns_priv.NetnsMaker(tools, SANDBOX_UID)
+    yield made
+    made.close()
+
+
+def owner(netns_fd: int) -> tuple[int, int, int]:
+    """(inode of the netns' owning user namespace, that namespace's owner uid, inode of its parent)."""
+    userns = fcntl.ioctl(netns_fd, NS_GET_USERNS)
+    try:
+        uid = struct.unpack("=I", fcntl.ioctl(userns, NS_GET_OWNER_UID, bytes(4)))[0]
+        parent = fcntl.ioctl(userns, NS_GET_PARENT)
+        try:
+            return os.fstat(userns).st_ino, uid, os.fstat(parent).st_ino
+        finally:
+            os.close(parent)
+    finally:
+        os.close(userns)
+
+
+def test_a_made_netns_belongs_to_a_new_user_namespace_of_the_uid_and_is_plugged_like_any(
+    maker: netns_priv.NetnsMaker, prefix: str, netns: list[int]
+) -> None:
+    fd = maker.make()
+    netns.append(fd)
+    userns, uid, parent = owner(fd)
+    host = os.stat("/proc/self/ns/user").st_ino
+    assert (uid, parent) == (SANDBOX_UID, host) and userns != host  # a child of the host's, the uid's
+    ns = f"/proc/{os.getpid()}/fd/{fd}"  # a path other processes (ip, nsenter) can open too
+    assert os.stat(ns).st_ino != os.stat("/proc/self/ns/net").st_ino
+    assert [(link["ifname"], "UP" in link["flags"]) for link in ip("link", "show", ns=ns)] == [("lo", False)]  # type: ignore[operator]
+
+    netns_priv.plug(ns, f"{prefix}o", GATEWAY, GATEWAY + 9, loopback=True)
+    inside = {link["ifname"]: link for link in ip("addr", "show", ns=ns)}
+    assert set(inside) == {"lo", "eth0"} and all("UP" in link["flags"] for link in inside.values())  # type: ignore[operator]
+    assert [a["local"] for a in inside["lo"]["addr_info"]] == ["127.0.0.1"]  # type: ignore[index]  # no ::1: IPv6 off
+    assert read("/proc/sys/net/ipv4/ip_unprivileged_port_start", ns) == "0"  # any user binds any port
+    netns_priv.unplug(f"{prefix}o")
+
+
+def test_only_the_uid_through_the_owning_user_namespace_may_enter_a_made_netns(
+    maker: netns_priv.NetnsMaker, netns: list[int]
+) -> None:
+    fd = maker.make()
+    netns.append(fd)
+    userns = fcntl.ioctl(fd, NS_GET_USERNS)
+    netns.append(userns)
+
+    def enter(uid: int, *how: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *how, "nsenter", "--preserve-credentials",
+             f"--user=/proc/self/fd/{userns}", f"--net=/proc/self/fd/{fd}", "cat",
+             "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+            pass_fds=(fd, userns), capture_output=True, text=True,
+        )
+
+    # the uid on the host, as the agent's joiner is, holds every capability in that user namespace
+    assert enter(SANDBOX_UID).returncode == 0
+    # another uid; the uid from a user namespace of its own (as a sandbox's processes are)
+    for refused in (enter(SANDBOX_UID + 1), enter(SANDBOX_UID, "unshare", "--user", "--map-root-user")):
+        assert refused.returncode != 0 and "Operation not permitted" in refused.stderr
+
+
+def test_each_namespace_is_new_and_a_maker_that_died_is_started_again(
+    maker: netns_priv.NetnsMaker, netns: list[int]
+) -> None:
+    netns += [maker.make(), maker.make()]
+    assert os.fstat(netns[0]).st_ino != os.fstat(netns[1]).st_ino
+    assert owner(netns[0])[0] == owner(netns[1])[0]  # one process, one user namespace
+    assert maker._proc is not None
+    maker._proc.kill()  # as any end of it would
+    maker._proc.wait()
+    netns.append(maker.make())
+    assert owner(netns[2])[1] == SANDBOX_UID and owner(netns[2])[0] != owner(netns[0])[0]
+
+
+def test_a_netns_the_tool_cannot_make_is_a_setup_error_with_its_reason(tools: str) -> None:
+    bad = netns_priv.NetnsMaker(tools, -1)
+    for _ in range(2):  # and again: a new process each time, which fails the same way
+        with pytest.raises(netns_priv.NetSetupError, match=r"making a network namespace failed: .*bad arguments"):
+            bad.make()
+    bad.close()
+
+
+def test_spare_namespaces_are_made_ahead_claimed_once_and_released(
+    maker: netns_priv.NetnsMaker, tmp_path: Path
+) -> None:
+    async def body() -> None:
+        net = Network(NetConfig(instance=secrets.token_hex(4), state_dir=tmp_path / "net"))
+        await net.start()
+        prefix = net.names.veth_prefix
+        try:
+            spares = NetSpares(net, maker, 2)
+            assert spares.take() is None  # not started: nothing made yet
+            spares.start()
+            while spares.ready < 2:
+                await asyncio.sleep(0.01)  # waits for the background fill, asserted next (not a timing)
+            assert len(netns_priv.links(prefix)) == 2
+            assert await net.reconcile() == []  # a spare's link is no leftover
+            taken = spares.take()
+            assert taken is not None and spares.ready == 1  # no refill until the create asks (``refill``)
+            assert owner(taken.fd)[1] == SANDBOX_UID
+            allow = NetworkPolicy(mode="allowlist")
+            await net.claim(taken.att, "sbx1", allow)
+            assert net.attachment("sbx1") is taken.att and net.describe("sbx1")["mode"] == "allowlist"
+            table = subprocess.run(["nft", "list", "chain", "inet", net.names.table, net.names.chain(taken.att.slot)],
+                                   capture_output=True, text=True, check=True).stdout
+            rules = [line.strip() for line in table.splitlines()
+                     if line.strip().split(" ")[0] not in ("table", "chain", "}")]
+            assert rules[-1] == "drop"  # the claimed policy's last rule, not the spare's "accept"
+            spares.refill()
+            while spares.ready < 2:
+                await asyncio.sleep(0.01)
+            other = spares.take()
+            assert other is not None and other.att.address != taken.att.address
+            assert os.fstat(other.fd).st_ino != os.fstat(taken.fd).st_ino  # each one new, never reused
+            await spares.close()  # the one left is removed; taken ones are their sandboxes'
+            assert sorted(netns_priv.links(prefix)) == sorted([taken.att.veth, other.att.veth])
+            assert spares.take() is None
+            spares.refill()  # closed: makes nothing
+            await asyncio.sleep(0)
+            assert spares.ready == 0
+            for spare in (taken, other):
+                os.close(spare.fd)
+            await net.release("sbx1")
+            await net.release_spare(other.att)
+            assert netns_priv.links(prefix) == []
+        finally:
+            await net.close()
+        assert netns_priv.links(prefix) == []
+
+    asyncio.run(body())

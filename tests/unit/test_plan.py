@@ -19,7 +19,7 @@ def rootfs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def make(rootfs: Path, listen: int | None = 13, tools: str | None = None) -> list[str]:
+def make(rootfs: Path, listen: int | None = 13, tools: str | None = None, joins_netns: bool = False) -> list[str]:
     spec = SandboxSpec(sandbox_id="abc123", layers=(rootfs,), cpu=0.5, memory_mb=256, disk_mb=128)
     p = plan(
         spec,
@@ -28,6 +28,7 @@ def make(rootfs: Path, listen: int | None = 13, tools: str | None = None) -> lis
         runtime=replace(AgentRuntime.find(rootfs, "x86_64"), tools=tools),
         agent_src=Path("/src/agent"),
         id_offset=1_000_000,
+        joins_netns=joins_netns,
     )
     assert p.limits.memory_bytes == 256 << 20 and p.limits.cpu == 0.5 and p.limits.pids == 1024
     assert p.ro_binds() == [
@@ -44,6 +45,13 @@ def test_every_namespace_is_unshared(rootfs: Path) -> None:
     for ns in ("user", "ipc", "pid", "net", "uts", "cgroup"):
         assert f"--unshare-{ns}" in argv
     assert "--share-net" not in argv
+
+
+def test_a_sandbox_with_a_network_namespace_made_for_it_unshares_every_other(rootfs: Path) -> None:
+    argv = make(rootfs, joins_netns=True)  # bwrap starts in it (netspares), so it makes none of its own
+    for ns in ("user", "ipc", "pid", "uts", "cgroup"):
+        assert f"--unshare-{ns}" in argv
+    assert "--unshare-net" not in argv and "--share-net" not in argv
 
 
 def test_capabilities_are_dropped_then_a_small_set_added(rootfs: Path) -> None:

@@ -25,12 +25,22 @@
  *     once its pid is in the sandbox's cgroups; end-of-file: the server went away, exit 1), sets the
  *     soft limit of open files to NOFILE, puts /dev/null on stdin, clears the supplementary groups,
  *     sets gid and uid to UID (no capabilities are left) and execs PROGRAM (an absolute path).
+ *
+ * corral-tools netns UID
+ *     On the host, as root: makes the network namespaces of bubblewrap sandboxes (ahead, as spares, or
+ *     just before a sandbox). Clears the supplementary groups, sets gid and uid to UID and makes a
+ *     user namespace (owned by UID, no id mapped); then, for each byte read on stdin, a network
+ *     namespace owned by that user namespace, and writes one byte to stdout (the server opens
+ *     /proc/PID/ns/net before it asks for the next); exits at end-of-file. UID's processes on the host
+ *     (bubblewrap, the agent's joiner) may enter these namespaces; a sandbox's own user namespace, a
+ *     sibling, has no capability over them.
  */
 
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,13 +198,34 @@ static int launch(int argc, char **argv) {
     return 1;
 }
 
+static int netns(int argc, char **argv) {
+    if (argc != 1) {
+        errno = EINVAL;
+        die("usage: netns UID");
+    }
+    uid_t uid = (uid_t)number(argv[0], bad_number);
+    if (setgroups(0, NULL) != 0) die("setgroups");
+    if (setresgid(uid, uid, uid) != 0) die("setresgid");
+    if (setresuid(uid, uid, uid) != 0) die("setresuid");
+    if (unshare(CLONE_NEWUSER) != 0) die("unshare(CLONE_NEWUSER)");
+    for (;;) {
+        char c;
+        ssize_t n = read(0, &c, 1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n != 1) return 0; /* end-of-file: the server is done, or gone */
+        if (unshare(CLONE_NEWNET) != 0) die("unshare(CLONE_NEWNET)");
+        if (write(1, ".", 1) != 1) die("write");
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2) {
         mode = argv[1];
         if (strcmp(mode, "exec-as") == 0) return exec_as(argc - 2, argv + 2);
         if (strcmp(mode, "pid1") == 0) return pid1(argc - 2, argv + 2);
         if (strcmp(mode, "launch") == 0) return launch(argc - 2, argv + 2);
+        if (strcmp(mode, "netns") == 0) return netns(argc - 2, argv + 2);
     }
-    fprintf(stderr, "usage: corral-tools exec-as|pid1|launch ...\n");
+    fprintf(stderr, "usage: corral-tools exec-as|pid1|launch|netns ...\n");
     return 2;
 }

@@ -76,6 +76,7 @@ async def build_services(settings: Settings) -> Services:
             settings.sandboxes_dir, settings.mounts_dir, settings.runsc_root, AgentRuntime.find(base),
             cgroups, settings.subid_base, on_exit, network, default=settings.backend,
             zygote=settings.agent_zygote, spare_disks=(settings.default_disk_mb, settings.spare_disks),
+            spare_netns=settings.spare_netns,
         )
     except RuntimeFailure as exc:
         raise Unavailable(f"CORRAL_BACKEND={settings.backend}: {exc}") from exc

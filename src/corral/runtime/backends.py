@@ -115,15 +115,16 @@ class Backends:
 def node_backends(
     sandboxes_dir: Path, mounts_dir: Path, runsc_root: Path, runtime: AgentRuntime, cgroups: Cgroups,
     id_offset: int, on_exit: OnExit, network: Network | None, default: str, zygote: bool = True,
-    spare_disks: tuple[int, int] = (0, 0),
+    spare_disks: tuple[int, int] = (0, 0), spare_netns: int = 0,
 ) -> Backends:
     """Every backend this host can run (bwrap always; gVisor if runsc is installed), sharing the
     instance's network (addresses, nftables table, DNS forwarder) and ``spare_disks`` (size in
-    MiB, count) made ahead."""
+    MiB, count) made ahead; bwrap keeps ``spare_netns`` network namespaces made ahead."""
     args = (sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit)
     size, count = spare_disks
     spares = DiskSpares(sandboxes_dir, id_offset, size, count) if count > 0 else None
-    backends: dict[str, Backend] = {"bwrap": BwrapBackend(*args, network, zygote=zygote, spares=spares)}
+    bwrap = BwrapBackend(*args, network, zygote=zygote, spares=spares, spare_netns=spare_netns)
+    backends: dict[str, Backend] = {"bwrap": bwrap}
     missing: dict[str, str] = {}
     why = runsc_missing()
     if why is None:

@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 
 import corral.agent
 from corral.agent.client import AgentClient, ChannelPool
-from corral.runtime import agent_bundle, launch_priv, mounts_priv, netns_priv, static_tools
+from corral.runtime import agent_bundle, launch_priv, mounts_priv, netns_priv, netspares, static_tools
 from corral.runtime.backend import OnExit, RuntimeFailure, SandboxSpec, SandboxUsage
 from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.netpolicy import NetworkPolicy
+from corral.runtime.netspares import NetSpares
 from corral.runtime.network import Network
 from corral.runtime.plan import LOG_NAME, AgentRuntime, LaunchPlan, agent_binds, plan
 from corral.runtime.seccomp import build_filter
@@ -62,6 +63,7 @@ class BwrapBackend:
     def __init__(
         self, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, cgroups: Cgroups, id_offset: int,
         on_exit: OnExit, network: Network | None = None, zygote: bool = True, spares: DiskSpares | None = None,
+        spare_netns: int = 0,
     ) -> None:
         self.sandboxes_dir = sandboxes_dir
         self.mounts_dir = mounts_dir
@@ -81,6 +83,9 @@ class BwrapBackend:
             self.runtime = replace(self.runtime, bundle=agent_bundle.build(runtime, self.agent_src))
         tools = static_tools.build(self.agent_src)  # bwrap's start, pid 1, commands as another user
         self.runtime = replace(self.runtime, tools=tools.name if tools else None)
+        # Networked sandboxes' namespaces are made by corral-tools (ahead, or on the spot), not by bwrap.
+        self.netns_maker = netns_priv.NetnsMaker(str(tools), id_offset) if network and tools else None
+        self.net_spares = NetSpares(network, self.netns_maker, spare_netns) if network and self.netns_maker else None
         self.seccomp = build_filter()
         # One thread spawns every bwrap, off the event loop: --die-with-parent follows the spawning
         # thread, so it must live as long as the backend (a pool thread could come and go).
@@ -104,21 +109,28 @@ class BwrapBackend:
         net = self.network
         if spec.network.networked and net is None:
             raise RuntimeFailure(f"sandbox {spec.sandbox_id}: networking is disabled on this server (CORRAL_NETWORK)")
+        own_netns = self.net_spares is not None and spec.network.networked
         p = plan(
             spec, sandboxes_dir=self.sandboxes_dir, mounts_dir=self.mounts_dir, runtime=self.runtime,
             agent_src=self.agent_src, id_offset=self.id_offset,
             net_dirs=tuple(net.dirs()) if net and spec.network.networked else (),
             net_files=tuple(net.files()) if net and spec.network.networked else (),
-            shared_runtime=self.shared_runtime,
+            shared_runtime=self.shared_runtime, joins_netns=own_netns,
         )
         prepared: launch_priv.Prepared | None = None
         spawned: launch_priv.Spawned | None = None
         joiner: Joiner | None = None
         handed = False
         spare = self.spares.take(p.disk_mb) if self.spares else None
+        netns = -1
         try:
-            att = net.reserve(spec.sandbox_id, spec.network) if net else None
+            if own_netns:
+                netns = await self._netns(spec)
+                att = None  # plugged already
+            else:
+                att = net.reserve(spec.sandbox_id, spec.network) if net else None
             prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups, spare)
+            prepared.netns, netns = netns, -1
             self._disks[spec.sandbox_id] = prepared.disk
             loop = asyncio.get_running_loop()
             spawning = loop.run_in_executor(self._spawner, self._spawn, p, prepared)
@@ -141,7 +153,8 @@ class BwrapBackend:
                 if joiner is not None:
                     joiner.close()
                 raise asyncio.CancelledError
-            plug = partial(net.plug, att) if net and att else None
+            # a namespace bwrap made: plugged now, or (no network) only its ports opened as in the others
+            plug = None if own_netns else partial(net.plug, att) if net and att else netns_priv.open_ports
             try:
                 live.init_pid = await self._step(live, launch_priv.admit, p, spawned, plug)
             finally:
@@ -157,6 +170,8 @@ class BwrapBackend:
             else:
                 await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
+            if netns >= 0:
+                os.close(netns)
             if not handed and prepared is not None:
                 prepared.listener.close()
             if prepared is not None:
@@ -170,6 +185,25 @@ class BwrapBackend:
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
+        finally:
+            if own_netns and self.net_spares is not None:
+                self.net_spares.refill()
+
+    async def _netns(self, spec: SandboxSpec) -> int:
+        """The networked sandbox's namespace, plugged, its address claimed: a spare, or made now. An
+        fd that holds it; the attachment is the sandbox's (``destroy`` releases it) even on failure."""
+        assert self.network is not None and self.net_spares is not None and self.netns_maker is not None
+        spare = self.net_spares.take()
+        if spare is not None:
+            try:
+                await self.network.claim(spare.att, spec.sandbox_id, spec.network)
+            except BaseException:
+                os.close(spare.fd)
+                raise
+            return spare.fd
+        att = self.network.reserve(spec.sandbox_id, spec.network)
+        assert att is not None
+        return await asyncio.to_thread(netspares.make, self.network, att, self.netns_maker)
 
     async def _drop_spare(self, spare: mounts_priv.Spare | None) -> None:
         """A spare a failed create took but never used (cancelled before its prepare ran)."""
@@ -411,6 +445,8 @@ class BwrapBackend:
             await self._teardown(sandbox_id)
         if self.network is not None:
             await self.network.reconcile()
+        if self.net_spares is not None:
+            self.net_spares.start()
         return stale
 
     async def close(self) -> None:
@@ -421,6 +457,10 @@ class BwrapBackend:
         with contextlib.suppress(OSError):
             self.mounts_dir.rmdir()  # only if empty: never leave this server's run dir behind
         await asyncio.to_thread(self.cgroups.close)
+        if self.net_spares is not None:
+            await self.net_spares.close()
+        if self.netns_maker is not None:
+            await asyncio.to_thread(self.netns_maker.close)
         if self.network is not None:
             await self.network.close()
         if self.zygote is not None:

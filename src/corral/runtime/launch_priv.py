@@ -16,7 +16,8 @@ The steps, in order (docs/security.md lists them too):
    blocks before doing anything inside them.
 3. ``admit``: read bwrap's child pid, write the user-namespace maps (sandbox 0..65535 → host
    ``id_offset``..+65535), plug the sandbox's network into its (still idle) netns
-   (``network``/``netns_priv``), then unblock bwrap.
+   (``network``/``netns_priv``) unless bwrap started in one made and plugged for it
+   (``netspares``), then unblock bwrap.
 
 From then on bwrap mounts the root, drops to the agent's capability set, installs seccomp and
 execs the agent; or, with the agent zygote (``corral.runtime.zygote``), execs a capability-less
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.runtime import mountns_priv, mounts_priv
+from corral.runtime import mountns_priv, mounts_priv, netns_priv
 from corral.runtime.cgroups_priv import Cgroups
 from corral.runtime.host import SET_SANDBOX_NOFILE, sandbox_nofile
 from corral.runtime.plan import Fds, LaunchPlan
@@ -57,10 +58,11 @@ class Prepared:
     disk: int  # the sandbox's disk (its root dir): the host's way to it, for the sandbox's life
     log: int  # the runtime log on that disk, for bwrap's and the agent's output (then ``release``d)
     root: tuple[int, int]  # (st_dev, st_ino) of the sandbox's root
+    netns: int = -1  # the network namespace made for it (``LaunchPlan.joins_netns``), until bwrap starts in it
 
     def release(self) -> None:
-        """Close what only starting bwrap needs (the namespace, the log). Idempotent."""
-        for name in ("ns", "log"):
+        """Close what only starting bwrap needs (the namespaces, the log). Idempotent."""
+        for name in ("ns", "log", "netns"):
             fd = getattr(self, name)
             if fd >= 0:
                 os.close(fd)
@@ -173,7 +175,9 @@ def spawn(
     fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=listen)
     log = prepared.log
     try:
-        with mountns_priv.entered(prepared.ns):  # bwrap starts in the sandbox's mount namespace
+        # bwrap starts in the sandbox's mount namespace, and in its network namespace if one was made
+        joined = netns_priv.entered(prepared.netns) if prepared.netns >= 0 else contextlib.nullcontext()
+        with joined, mountns_priv.entered(prepared.ns):
             process = subprocess.Popen(
                 _stub(plan, plan.argv(fds)),
                 stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log,

@@ -1,7 +1,10 @@
 """Per-sandbox links and namespace entry (privileged: netlink as root, setns, sysctls, conntrack).
 
-A bwrap sandbox's netns is made by bubblewrap; a gVisor sandbox's by ``new_netns`` (held by an fd
-of the server until runsc joined it). Before the sandbox runs anything the server plugs a veth
+A networked bwrap sandbox's netns is made by ``corral-tools netns`` (``NetnsMaker``: owned by a user
+namespace of the sandbox uid, made ahead as a spare or just before the sandbox, entered by
+bubblewrap's start, ``entered``), a ``none`` sandbox's by bubblewrap, or by bubblewrap itself when the server has no
+corral-tools; a gVisor sandbox's by ``new_netns``. Either is held by an fd of the server until the
+sandbox's processes live in it. Before the sandbox runs anything the server plugs a veth
 pair into it: the host end ``crl<instance><slot>`` carries the instance's
 gateway address, the sandbox end ``eth0`` the sandbox's /32; routes on both sides; IPv6 off.
 
@@ -26,6 +29,7 @@ import ipaddress
 import os
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +42,10 @@ T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _NS = ThreadPoolExecutor(1, thread_name_prefix="corral-netns")
+LOOPBACK_INDEX = 1  # lo's index in every network namespace
+# Every port bindable by any sandbox user, as Docker sets it: the sandbox's root holds no capability
+# over a namespace of ``NetnsMaker`` (the kernel asks its owner's CAP_NET_BIND_SERVICE below 1024).
+UNPRIVILEGED_PORTS = "net/ipv4/ip_unprivileged_port_start"
 
 
 class NetSetupError(RuntimeError):
@@ -65,22 +73,32 @@ def in_netns(ns: NetNs, fn: Callable[[], T]) -> T:
     """Run ``fn`` in the network namespace ``ns`` (on the namespace thread) and return."""
 
     def job() -> T:
-        host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         target = os.open(_ns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(target)
-            try:
+            with entered(target):
                 return fn()
-            finally:
-                try:
-                    _setns(host)
-                except OSError:  # the thread is stuck in a sandbox: nothing it runs later is safe
-                    os._exit(70)
         finally:
             os.close(target)
-            os.close(host)
 
     return _NS.submit(job).result()
+
+
+@contextlib.contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Run the block with this thread in the network namespace ``fd`` (children started there stay
+    in it), then return to the host's."""
+    host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+        try:
+            yield
+        finally:
+            try:
+                _setns(host)
+            except OSError:  # the thread is stuck in a sandbox: nothing it runs later is safe
+                os._exit(70)
+    finally:
+        os.close(host)
 
 
 # rtnetlink: the few messages this module sends (linux/netlink.h, rtnetlink.h, if_link.h, veth.h)
@@ -295,12 +313,64 @@ def new_netns() -> int:
             finally:
                 try:
                     _setns(host)
-                except OSError:  # see in_netns
+                except OSError:  # see entered
                     os._exit(70)
         finally:
             os.close(host)
 
     return _NS.submit(job).result()
+
+
+class NetnsMaker:
+    """``corral-tools netns``: one process of the sandbox uid, in a user namespace of its own, that makes
+    a network namespace (owned by that user namespace, with ``lo`` down and nothing else) each time it is
+    asked; started on first use and again if it died. The uid's processes on the host may enter these
+    namespaces (bubblewrap, the agent's joiner); a sandbox's own user namespace holds no capability over
+    them. Thread-safe."""
+
+    def __init__(self, tools: str, uid: int) -> None:
+        self.tools = tools
+        self.uid = uid
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def make(self) -> int:
+        """A new network namespace: an fd that holds it."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._stop()
+                self._proc = subprocess.Popen([self.tools, "netns", str(self.uid)], bufsize=0, stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc = self._proc
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            try:
+                proc.stdin.write(b"n")
+                made = proc.stdout.read(1) == b"."
+            except BrokenPipeError:
+                made = False
+            if made:
+                return os.open(f"/proc/{proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            proc.stdin.close()
+            why = proc.stderr.read().decode(errors="replace").strip()
+            self._stop()
+            raise NetSetupError(f"making a network namespace failed: {why or f'corral-tools exited {proc.returncode}'}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.wait()
+
+
+def fd_path(fd: int) -> str:
+    """``fd`` (of a network namespace) as a ``NetNs``."""
+    return f"/proc/self/fd/{fd}"
 
 
 def _sysctl(path: str, value: str) -> None:
@@ -311,16 +381,24 @@ def _sysctl(path: str, value: str) -> None:
         os.close(fd)
 
 
-def plug(ns: NetNs, veth: str, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address) -> None:
+def plug(ns: NetNs, veth: str, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address,
+         loopback: bool = False) -> None:
     """Create and configure the veth pair of the sandbox whose netns is ``ns``.
 
     The pair is made with its peer already in ``ns`` (``IFLA_NET_NS_FD``), named ``eth0`` there.
     Host side: create, read the indexes of both ends, IPv6 off, then address, up and route in one
-    datagram; inside (one ``setns`` hop): IPv6 off, then address, up and both routes in one datagram.
-    Thread-safe (callable from several worker threads at once)."""
+    datagram; inside (one ``setns`` hop): IPv6 off, any port bindable, then address, up and both
+    routes (and ``lo`` up if ``loopback``: bubblewrap does it in the namespaces it makes) in one
+    datagram. Thread-safe (callable from several worker threads at once)."""
     with _host.lend() as rtnl:
         inside = _plug_host(rtnl, ns, veth, gateway, address)
-    in_netns(ns, lambda: _configure_inside(inside, gateway, address))
+    in_netns(ns, lambda: _configure_inside(inside, gateway, address, loopback))
+
+
+def open_ports(ns: NetNs) -> None:
+    """Any port bindable by any sandbox user in ``ns`` (a sandbox without a network: ``plug`` does
+    it in a networked one)."""
+    in_netns(ns, lambda: _sysctl(UNPRIVILEGED_PORTS, "0"))
 
 
 def _plug_host(
@@ -356,11 +434,14 @@ def _plug_host(
     return struct.unpack("=i", link[1][IFLA_LINK])[0]  # a veth's IFLA_LINK: its peer's index (in the peer's netns)
 
 
-def _configure_inside(index: int, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address) -> None:
+def _configure_inside(index: int, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address,
+                      loopback: bool) -> None:
     _sysctl("net/ipv6/conf/all/disable_ipv6", "1")
     _sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+    _sysctl(UNPRIVILEGED_PORTS, "0")
     with _Rtnl() as rtnl:  # made here, so in the sandbox's netns
         rtnl.request(
+            *([_set_up(LOOPBACK_INDEX)] if loopback else []),
             _add_address(index, address),
             _set_up(index),
             _add_route(32, RT_SCOPE_LINK, _attr(RTA_DST, gateway.packed), _attr(RTA_OIF, _u32(index))),

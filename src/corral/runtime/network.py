@@ -25,7 +25,7 @@ from typing import Any
 from corral.config import Settings
 from corral.runtime import netns_priv, netrules, nft_priv
 from corral.runtime.dnsforward import Client, Forwarder, upstream_from_resolv_conf
-from corral.runtime.netpolicy import NetworkPolicy, OperatorRanges
+from corral.runtime.netpolicy import INTERNET, NetworkPolicy, OperatorRanges
 
 log = logging.getLogger("corral.network")
 LOCK_DIR = Path("/run/corral-net")
@@ -67,6 +67,7 @@ class Network:
         self._lock_fd: int | None = None
         self._free: list[int] = []
         self._by_id: dict[str, Attachment] = {}
+        self._spares: dict[int, Attachment] = {}  # by slot: plugged into a namespace made ahead, no sandbox's yet
         self.forwarder = Forwarder(config.upstream, self._learn)
 
     # lifecycle
@@ -118,6 +119,8 @@ class Network:
     async def close(self) -> None:
         for sandbox_id in list(self._by_id):
             await self.release(sandbox_id)
+        for att in list(self._spares.values()):
+            await self.release_spare(att)
         self.forwarder.close()
         await asyncio.to_thread(self._close_host)
 
@@ -134,19 +137,47 @@ class Network:
         """Pick the sandbox's address (None for ``none``: loopback only)."""
         if not policy.networked:
             return None
+        att = self._attachment(sandbox_id, policy)
+        self._by_id[sandbox_id] = att
+        return att
+
+    def _attachment(self, sandbox_id: str, policy: NetworkPolicy) -> Attachment:
         if not self._free or self.block is None:
             raise NetworkUnavailable("no free sandbox address left in this server's block")
         slot = self._free.pop()
         address = self.block.network_address + 1 + slot
-        att = Attachment(sandbox_id, slot, address, self.names.veth(slot), Client(sandbox_id, slot, policy))
-        self._by_id[sandbox_id] = att
+        return Attachment(sandbox_id, slot, address, self.names.veth(slot), Client(sandbox_id, slot, policy))
+
+    def reserve_spare(self) -> Attachment:
+        """An address for a namespace made ahead (``netspares``): plugged with the default policy,
+        it becomes a sandbox's with ``claim``."""
+        att = self._attachment("", INTERNET)
+        self._spares[att.slot] = att
         return att
 
-    def plug(self, att: Attachment, ns: netns_priv.NetNs) -> None:
+    async def claim(self, att: Attachment, sandbox_id: str, policy: NetworkPolicy) -> None:
+        """A spare's attachment becomes ``sandbox_id``'s, with its policy (one nftables batch if it is
+        not the default's)."""
+        del self._spares[att.slot]
+        att.sandbox_id, att.client = sandbox_id, Client(sandbox_id, att.slot, policy)
+        self._by_id[sandbox_id] = att
+        self.forwarder.clients[str(att.address)] = att.client
+        if policy != INTERNET:
+            await asyncio.to_thread(nft_priv.run, netrules.update(self.names, att.slot, policy))
+
+    async def release_spare(self, att: Attachment) -> None:
+        """A spare never claimed: its link, rules and address go."""
+        if self._spares.pop(att.slot, None) is None:
+            return
+        self.forwarder.clients.pop(str(att.address), None)
+        await asyncio.to_thread(self._unplug, att)
+        self._free.append(att.slot)
+
+    def plug(self, att: Attachment, ns: netns_priv.NetNs, loopback: bool = False) -> None:
         """Thread: give the sandbox's netns (that of pid ``ns``, or at path ``ns``) its link, routes
-        and filter rules."""
+        and filter rules; ``loopback``: and ``lo`` up (a namespace bubblewrap did not make)."""
         assert self.gateway is not None
-        netns_priv.plug(ns, att.veth, self.gateway, att.address)
+        netns_priv.plug(ns, att.veth, self.gateway, att.address, loopback)
         nft_priv.run(netrules.attach(self.names, att.slot, att.address, att.client.policy))
         self.forwarder.clients[str(att.address)] = att.client
 
@@ -177,7 +208,7 @@ class Network:
 
     async def reconcile(self) -> list[str]:
         """Remove this instance's veths that belong to no live sandbox."""
-        live = {att.veth for att in self._by_id.values()}
+        live = {att.veth for att in [*self._by_id.values(), *self._spares.values()]}
         stale = [v for v in await asyncio.to_thread(netns_priv.links, self.names.veth_prefix) if v not in live]
         for veth in stale:
             await asyncio.to_thread(netns_priv.unplug, veth)

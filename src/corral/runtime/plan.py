@@ -143,6 +143,8 @@ class LaunchPlan:
     # and bound from there by bwrap inside the sandbox's own mount namespace. None: bound into each
     # root on the host (gVisor).
     shared_runtime: Path | None = None
+    # bwrap starts in a network namespace made for the sandbox (``netspares``) instead of making one
+    joins_netns: bool = False
 
     @property
     def log_path(self) -> Path:
@@ -177,8 +179,8 @@ class LaunchPlan:
             command, own = [a for cap in AGENT_CAPS for a in ("--cap-add", cap)], self.runtime.argv(fds.listen)
         return [
             "bwrap",
-            "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-            "--unshare-cgroup",
+            "--unshare-user", "--unshare-ipc", "--unshare-pid", *([] if self.joins_netns else ["--unshare-net"]),
+            "--unshare-uts", "--unshare-cgroup",
             "--userns-block-fd", str(fds.block), "--info-fd", str(fds.info),
             "--uid", "0", "--gid", "0",
             "--cap-drop", "ALL", *command,
@@ -199,7 +201,7 @@ class LaunchPlan:
 def plan(
     spec: SandboxSpec, *, sandboxes_dir: Path, mounts_dir: Path, runtime: AgentRuntime, agent_src: Path,
     id_offset: int, net_dirs: tuple[tuple[Path, str], ...] = (), net_files: tuple[tuple[Path, str], ...] = (),
-    shared_runtime: Path | None = None,
+    shared_runtime: Path | None = None, joins_netns: bool = False,
 ) -> LaunchPlan:
     """Compute the launch of one sandbox (no side effects)."""
     for _, inside in spec.binds:
@@ -211,5 +213,5 @@ def plan(
         root=mounts_dir / spec.sandbox_id, layers=spec.layers,
         disk_mb=spec.disk_mb, limits=limits, id_offset=id_offset, runtime=runtime, agent_src=agent_src,
         net_dirs=net_dirs, net_files=net_files,
-        extra_binds=spec.binds, shared_runtime=shared_runtime,
+        extra_binds=spec.binds, shared_runtime=shared_runtime, joins_netns=joins_netns,
     )

@@ -14,19 +14,21 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from corral.runtime import mounts_priv
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
-class DiskSpares:
-    def __init__(self, sandboxes_dir: Path, owner: int, size_mb: int, count: int) -> None:
-        self.sandboxes_dir = sandboxes_dir
-        self.owner = owner
-        self.size_mb = size_mb
+class Spares(Generic[T]):
+    """Up to ``count`` things made ahead, one at a time by a background task; a subclass makes one
+    (``_make``; None: it could not, filling stops until the next refill) and destroys one."""
+
+    def __init__(self, count: int) -> None:
         self.count = count
-        self._ready: list[mounts_priv.Spare] = []
+        self._ready: list[T] = []
         self._filling: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -35,6 +37,44 @@ class DiskSpares:
     def ready(self) -> int:
         """Spares made and not taken."""
         return len(self._ready)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._filling is not None:
+            await asyncio.wait({self._filling})  # never cancelled mid-make: that would leak what it made
+        while self._ready:
+            await self._destroy(self._ready.pop())
+
+    def _refill(self) -> None:
+        if self._started and not self._closed and self.count > 0 and self._filling is None:
+            self._filling = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        try:
+            while not self._closed and len(self._ready) < self.count:
+                made = await self._make()
+                if made is None:
+                    return
+                if self._closed:
+                    await self._destroy(made)
+                    return
+                self._ready.append(made)
+        finally:
+            self._filling = None
+
+    async def _make(self) -> T | None:
+        raise NotImplementedError
+
+    async def _destroy(self, spare: T) -> None:
+        raise NotImplementedError
+
+
+class DiskSpares(Spares[mounts_priv.Spare]):
+    def __init__(self, sandboxes_dir: Path, owner: int, size_mb: int, count: int) -> None:
+        super().__init__(count)
+        self.sandboxes_dir = sandboxes_dir
+        self.owner = owner
+        self.size_mb = size_mb
 
     def take(self, size_mb: int) -> mounts_priv.Spare | None:
         """A spare of this size, or None (then the caller makes its disk itself)."""
@@ -51,40 +91,23 @@ class DiskSpares:
         mine = {spare.path for spare in self._ready}
         for path in self._listed():
             if path not in mine:
-                await asyncio.to_thread(_destroy, mounts_priv.Spare(path, -1))
+                await self._destroy(mounts_priv.Spare(path, -1))
         self._refill()
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._filling is not None:
-            await asyncio.wait({self._filling})  # never cancelled mid-make: that would leak its mount
-        while self._ready:
-            await asyncio.to_thread(_destroy, self._ready.pop())
 
     def _listed(self) -> list[Path]:
         if not self.sandboxes_dir.is_dir():
             return []
         return [p for p in self.sandboxes_dir.iterdir() if p.name.startswith(mounts_priv.SPARE_PREFIX)]
 
-    def _refill(self) -> None:
-        if self._started and not self._closed and self.count > 0 and self._filling is None:
-            self._filling = asyncio.get_running_loop().create_task(self._fill())
-
-    async def _fill(self) -> None:
+    async def _make(self) -> mounts_priv.Spare | None:
         try:
-            while not self._closed and len(self._ready) < self.count:
-                try:
-                    spare = await asyncio.to_thread(
-                        mounts_priv.make_spare, self.sandboxes_dir, self.size_mb, self.owner)
-                except (OSError, mounts_priv.MountError) as exc:  # creates make their own disks meanwhile
-                    log.warning("making a spare sandbox disk failed: %s", exc)
-                    return
-                if self._closed:
-                    await asyncio.to_thread(_destroy, spare)
-                    return
-                self._ready.append(spare)
-        finally:
-            self._filling = None
+            return await asyncio.to_thread(mounts_priv.make_spare, self.sandboxes_dir, self.size_mb, self.owner)
+        except (OSError, mounts_priv.MountError) as exc:  # creates make their own disks meanwhile
+            log.warning("making a spare sandbox disk failed: %s", exc)
+            return None
+
+    async def _destroy(self, spare: mounts_priv.Spare) -> None:
+        await asyncio.to_thread(_destroy, spare)
 
 
 def _destroy(spare: mounts_priv.Spare) -> None:
