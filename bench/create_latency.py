@@ -65,8 +65,14 @@ def to_output(client: httpx.Client, body: dict[str, object]) -> float:
     return took
 
 
-def ours(client: httpx.Client, samples: int, template: str = "base") -> list[float]:
-    return [to_output(client, {"template": template}) for _ in range(samples)]
+def ours(client: httpx.Client, samples: int, template: str = "base", pause: float = 0.0) -> list[float]:
+    """``pause``: seconds between one create's delete and the next create (a user's think time: the
+    server's background work, teardowns and spares, is done by then)."""
+    times = []
+    for _ in range(samples):
+        times.append(to_output(client, {"template": template}))
+        time.sleep(pause)
+    return times
 
 
 def main() -> None:

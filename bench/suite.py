@@ -3,7 +3,8 @@
 Each figure is a small function returning ``Figure(ours, baseline, …)`` with its baseline measured in
 this run (docs/performance.md explains each). The blocks, in order:
 
-1. latency (server with the pool off): cold create → first output vs the raw bwrap + overlay + ``true``;
+1. latency (server with the pool off): cold create → first output vs the raw bwrap + overlay + ``true``
+   (back to back, and with a pause between creates as one user's creates have);
    ``commands.run("true")`` vs local ``subprocess.run("true")`` + one HTTP round trip (``/health``);
    a no-op authenticated call vs a bare uvicorn app's round trip; peers (raw ``runsc``, PyPI ``gvisor``,
    Corral's own gVisor backend);
@@ -120,6 +121,20 @@ def cold_create(srv: Server, samples: int) -> Figure:
                   "raw bwrap+overlay+true", "ratio <= 2.5", lambda _o, r: r is not None and r <= 2.5,
                   note=f"p99 {pct(ours, 0.99) * MS:.0f} vs {pct(raw, 0.99) * MS:.1f} ms",
                   extra={"ours": ours, "baseline": raw})
+
+
+IDLE_GAP = 0.25  # seconds between creates for the "idle server" figure
+
+
+def cold_create_idle(srv: Server, cold: Figure, samples: int) -> Figure:
+    """The same cold create one at a time on an otherwise idle server: what one user's create meets."""
+    with srv.client() as client:
+        ours = create_to_output(client, samples, pause=IDLE_GAP)
+    raw = cold.extra["baseline"]
+    assert isinstance(raw, list)
+    return Figure(f"cold create -> first output, {IDLE_GAP} s between creates, p50", "ms", p50(ours) * MS,
+                  p50(raw) * MS, "raw bwrap+overlay+true", "report", None,
+                  note=f"p99 {pct(ours, 0.99) * MS:.0f} ms", extra={"ours": ours})
 
 
 def run_true(srv: Server, samples: int) -> Figure:
@@ -338,7 +353,8 @@ def main() -> None:
     step("latency: cold create, commands.run, API overhead, peers, concurrency (pool off)")
     with server() as srv:
         cold = cold_create(srv, args.samples)
-        figures += [cold, run_true(srv, args.samples * 3), api_overhead(srv, args.samples * 10)]
+        figures += [cold, cold_create_idle(srv, cold, args.samples), run_true(srv, args.samples * 3),
+                    api_overhead(srv, args.samples * 10)]
         peer_figures, wrapper = peers(cold, max(4, args.samples // 4))
         gvisor_cold, gvisor_times = gvisor_backend(srv, cold, max(4, args.samples // 4))
         figures += [*peer_figures, gvisor_cold]
