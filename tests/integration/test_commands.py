@@ -45,6 +45,20 @@ def test_envs_cwd_and_user(api: httpx.Client, run) -> None:  # type: ignore[no-u
         api.delete(f"/v1/sandboxes/{sid}")
 
 
+def test_a_cwd_the_user_cannot_enter_is_refused_on_every_call(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
+    """The cwd is entered as the command's user (as E2B's envd enters it): a sandbox's first command as
+    a user (started by corral-tools exec-as) and its later ones (from the user's spawner) agree."""
+    sid = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
+    try:
+        for _ in range(2):
+            r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": "pwd", "cwd": "/root"})
+            assert r.status_code == 400 and "Permission denied: /root" in r.json()["message"], r.text
+            assert run(sid, "pwd", cwd="/tmp").stdout == "/tmp\n"
+        assert run(sid, "pwd", cwd="/root", user="root").stdout == "/root\n"
+    finally:
+        api.delete(f"/v1/sandboxes/{sid}")
+
+
 def test_accounts_changed_inside_the_sandbox_apply_to_the_next_call(api: httpx.Client, run) -> None:  # type: ignore[no-untyped-def]
     """The agent remembers resolved users, but only while /etc/passwd and /etc/group stay as they were."""
     sid = api.post("/v1/sandboxes", json={"timeout": 120}).json()["id"]

@@ -345,7 +345,7 @@ def test_exec_failures_are_structured_errors(agent: RunningAgent, tmp_path: Path
     async def main() -> None:
         cases = [
             (["definitely-not-a-command"], {}, "not_found"),
-            (["true"], {"cwd": str(tmp_path / "missing")}, "not_found"),
+            (["true"], {"cwd": "/definitely/missing"}, "not_found"),  # not under tmp_path: only root enters it
             ([str(tmp_path)], {}, "permission"),
             ([], {}, "invalid"),
             (["true"], {"pty": {"cols": 0, "rows": 10}}, "invalid"),

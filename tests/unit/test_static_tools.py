@@ -102,6 +102,19 @@ def test_a_command_that_cannot_start_raises_what_popen_as_the_user_raises(helper
         assert (got.value.errno, got.value.filename) == (expected.value.errno, expected.value.filename), cmd
 
 
+def test_the_cwd_is_entered_as_the_user(helper: str, shared: Path) -> None:
+    """As from the user's spawner (and E2B's envd): a directory only root may enter is refused, naming
+    it; ``Popen(user=...)`` alone would enter it as root first."""
+    private = shared / "private"
+    private.mkdir(mode=0o700)  # root's
+    with pytest.raises(PermissionError) as refused:
+        start(helper, ["touch", str(shared / "ran")], cwd=str(private))
+    assert refused.value.filename == str(private)
+    assert not (shared / "ran").exists()
+    process = start(helper, ["pwd"], cwd=str(shared))
+    assert process.communicate(timeout=10)[0].decode().strip() == str(shared)
+
+
 def test_on_a_terminal_the_command_has_it_as_its_controlling_terminal(helper: str) -> None:
     master, slave = pty.openpty()
     try:

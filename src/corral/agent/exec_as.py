@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .users import User
 
-_ERRNO_SIZE = 4  # the program writes one native int
+_REPORT_SIZE = 8  # the program writes two native ints: the failed step (1: entering the cwd) and the errno
 START_TIMEOUT = 5.0  # seconds from its start to its command's exec (or its report)
 
 
@@ -30,13 +30,15 @@ def start(
     tools: str, user: User, cmd: list[str], tty: bool, popen: Callable[..., subprocess.Popen[bytes]], **kwargs: Any,
 ) -> subprocess.Popen[bytes]:
     """``popen(cmd, **kwargs)`` as ``user`` through ``tools`` (the program's path). Raises OSError if
-    the command cannot start (not found, not executable, a bad cwd), as ``Popen(user=...)`` does, and
-    AgentError if the program neither ran it nor said why within ``START_TIMEOUT`` (stopped by a
-    signal from the sandbox between its id change and its exec: it is killed)."""
+    the command cannot start (not found, not executable, a cwd the user cannot enter, as the user's
+    spawner and E2B's envd enter it), as ``Popen(user=...)`` does, and AgentError if the program
+    neither ran it nor said why within ``START_TIMEOUT`` (stopped by a signal from the sandbox between
+    its id change and its exec: it is killed)."""
+    cwd = kwargs.pop("cwd", None)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         argv = [tools, "exec-as", str(err_w), str(user.uid), str(user.gid), ",".join(str(g) for g in user.groups),
-                *(["--tty"] if tty else []), "--", *cmd]
+                *(["--tty"] if tty else []), *(["--cwd", cwd] if cwd is not None else []), "--", *cmd]
         process = popen(argv, pass_fds=(err_w,), **kwargs)
     except BaseException:
         os.close(err_r)
@@ -54,9 +56,10 @@ def start(
         process.wait()
         raise AgentError("internal", f"could not start {cmd[0]!r}: it did not start within {START_TIMEOUT:g} s")
     process.wait()  # it exits 127 after reporting
-    code = int.from_bytes(report, sys.byteorder) if len(report) == _ERRNO_SIZE else 0
-    code = code if 0 < code < 4096 else errno.EIO  # a short or odd report
-    raise OSError(code, os.strerror(code), cmd[0])
+    half = _REPORT_SIZE // 2
+    step, code = (int.from_bytes(report[i:i + half], sys.byteorder) for i in (0, half))
+    code = code if len(report) == _REPORT_SIZE and 0 < code < 4096 else errno.EIO  # a short or odd report
+    raise OSError(code, os.strerror(code), cwd if step == 1 and cwd is not None else cmd[0])
 
 
 def _report(fd: int) -> bytes | None:
@@ -66,10 +69,10 @@ def _report(fd: int) -> bytes | None:
     poller.register(fd, select.POLLIN)
     deadline = time.monotonic() + START_TIMEOUT
     data = b""
-    while len(data) < _ERRNO_SIZE:
+    while len(data) < _REPORT_SIZE:
         if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             return None
-        chunk = os.read(fd, _ERRNO_SIZE - len(data))
+        chunk = os.read(fd, _REPORT_SIZE - len(data))
         if not chunk:
             break
         data += chunk

@@ -5,14 +5,16 @@
  * and each use is one exec where a shell or a dynamically linked tool took two or three
  * (docs/performance.md, "Static tools").
  *
- * corral-tools exec-as ERR_FD UID GID GROUPS [--tty] -- PROGRAM ARG...
+ * corral-tools exec-as ERR_FD UID GID GROUPS [--tty] [--cwd DIR] -- PROGRAM ARG...
  *     For the agent (corral_agent.exec_as): run a command as another user. The agent starts it with
  *     vfork (Python's Popen does when no ids change), so the agent is never forked. Sets the
  *     supplementary groups (GROUPS: comma-separated, may be empty), then gid and uid (real,
  *     effective and saved); with --tty makes its stdin (a terminal; the agent made this process a
- *     session leader) its controlling terminal; execs PROGRAM, searched in $PATH (this process has the
- *     command's environment) as Python's subprocess searches it. If anything fails, the errno goes to
- *     ERR_FD as a native int and it exits 127; ERR_FD is close-on-exec, so the agent reads
+ *     session leader) its controlling terminal; with --cwd enters DIR as the user (a directory the
+ *     user may not enter fails, as in the user's own shell and as E2B's envd does it); execs PROGRAM,
+ *     searched in $PATH (this process has the command's environment) as Python's subprocess
+ *     searches it. If anything fails, two native ints go to ERR_FD, the step (1: entering DIR, 0:
+ *     anything else) and the errno, and it exits 127; ERR_FD is close-on-exec, so the agent reads
  *     end-of-file once the command runs.
  *
  * corral-tools pid1 [FD...]
@@ -54,13 +56,15 @@ extern char **environ;
 
 static int err_fd = -1;
 
-static void report(int err) {
-    int value = err ? err : EIO;
-    if (err_fd >= 0 && write(err_fd, &value, sizeof value) < 0) {
+static void report_step(int step, int err) {
+    int values[2] = {step, err ? err : EIO};
+    if (err_fd >= 0 && write(err_fd, values, sizeof values) < 0) {
         /* the agent reads end-of-file, then the exit status 127 */
     }
     _exit(127);
 }
+
+static void report(int err) { report_step(0, err); }
 
 static unsigned long number(const char *text, void (*fail)(int)) {
     char *end;
@@ -93,9 +97,14 @@ static int exec_as(int argc, char **argv) {
     gid_t gid = (gid_t)number(argv[2], report);
     int at = 4;
     int tty = 0;
+    const char *cwd = NULL;
     if (strcmp(argv[at], "--tty") == 0) {
         tty = 1;
         at++;
+    }
+    if (at + 1 < argc && strcmp(argv[at], "--cwd") == 0) {
+        cwd = argv[at + 1];
+        at += 2;
     }
     if (at + 1 >= argc || strcmp(argv[at], "--") != 0) report(EINVAL);
     char **command = argv + at + 1;
@@ -104,6 +113,7 @@ static int exec_as(int argc, char **argv) {
     if (setresgid(gid, gid, gid) != 0) report(errno);
     if (setresuid(uid, uid, uid) != 0) report(errno);
     if (tty && ioctl(0, TIOCSCTTY, 0) != 0) report(errno);
+    if (cwd != NULL && chdir(cwd) != 0) report_step(1, errno);
     if (fcntl(err_fd, F_SETFD, FD_CLOEXEC) != 0) report(errno);
 
     const char *program = command[0];
