@@ -6,6 +6,9 @@ mount namespace) and a refill starts behind it; other sizes, or none left, make 
 
 A spare never held a sandbox: each is a fresh copy of the pristine image with its own UUID, so a
 sandbox on one is the same as a sandbox on a disk made for it. Used from one event loop.
+
+``Spares`` is what disks and network namespaces made ahead (``netspares``) share: the background
+fill, one at a time, up to a count, and the clean-up at close.
 """
 
 from __future__ import annotations
