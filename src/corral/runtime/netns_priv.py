@@ -2,9 +2,9 @@
 
 A networked bwrap sandbox's netns is made by ``corral-tools netns`` (``NetnsMaker``: owned by a user
 namespace of the sandbox uid, made ahead as a spare or just before the sandbox, entered by
-bubblewrap's start, ``entered``), a ``none`` sandbox's by bubblewrap, or by bubblewrap itself when the server has no
-corral-tools; a gVisor sandbox's by ``new_netns``. Either is held by an fd of the server until the
-sandbox's processes live in it. Before the sandbox runs anything the server plugs a veth
+bubblewrap's start, ``entered``); a ``none`` sandbox's, and every sandbox's on a server without
+corral-tools, by bubblewrap; a gVisor sandbox's by ``new_netns``. One the server makes is held by an
+fd of it until the sandbox's processes live in it. Before the sandbox runs anything the server plugs a veth
 pair into it: the host end ``crl<instance><slot>`` carries the instance's
 gateway address, the sandbox end ``eth0`` the sandbox's /32; routes on both sides; IPv6 off.
 
