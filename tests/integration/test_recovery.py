@@ -18,14 +18,15 @@ from conftest import (
     spare_dirs,
     start_server,
 )
+from corral.config import Settings
 
 
 def veths(data_dir: Path) -> set[str]:
     """This server's veths on the host, each as ``ifindex:name`` (a new link never reuses an index)."""
-    names = {v for v in net_leftovers(data_dir) if v.startswith("crl")}
+    prefix = f"crl{Settings(data_dir=data_dir).instance[:8]}"
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines()
-    return {f"{line.split(':')[0]}:{line.split(':')[1].strip().split('@')[0]}" for line in links
-            if line.split(":")[1].strip().split("@")[0] in names}
+    named = [(line.split(":")[0], line.split(":")[1].strip().split("@")[0]) for line in links]
+    return {f"{index}:{name}" for index, name in named if name.startswith(prefix)}
 
 
 def test_restart_after_crash_cleans_up_and_closes_records() -> None:

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
     from .users import User
 
-_REPORT_SIZE = 8  # the program writes two native ints: the failed step (1: entering the cwd) and the errno
+_INT_SIZE = 4
+_REPORT_SIZE = 2 * _INT_SIZE  # the program writes two native ints: the failed step (1: entering the cwd) and the errno
 START_TIMEOUT = 5.0  # seconds from its start to its command's exec (or its report)
 
 
@@ -56,8 +57,7 @@ def start(
         process.wait()
         raise AgentError("internal", f"could not start {cmd[0]!r}: it did not start within {START_TIMEOUT:g} s")
     process.wait()  # it exits 127 after reporting
-    half = _REPORT_SIZE // 2
-    step, code = (int.from_bytes(report[i:i + half], sys.byteorder) for i in (0, half))
+    step, code = (int.from_bytes(report[i:i + _INT_SIZE], sys.byteorder) for i in (0, _INT_SIZE))
     code = code if len(report) == _REPORT_SIZE and 0 < code < 4096 else errno.EIO  # a short or odd report
     raise OSError(code, os.strerror(code), cwd if step == 1 and cwd is not None else cmd[0])
 

@@ -12,7 +12,6 @@ are left out: the agent imports those the ordinary way. Nothing here is executed
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -23,15 +22,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 from corral.agent import bundle
+from corral.runtime import build_cache
 from corral.runtime.plan import AGENT_LIB, AGENT_PKG, RT_DIR, AgentRuntime
 
 log = logging.getLogger(__name__)
 MAX_PYC = 4 << 20  # no stdlib module's bytecode comes near this
-KEEP_SECONDS = 7 * 86400  # bundles not used by any server start for this long are removed
 # Modules the interpreter has before the agent's ``__main__`` runs (its own start-up, the package) are not needed.
 _LIST = """
 import sys
@@ -71,7 +69,7 @@ def _build(runtime: AgentRuntime, agent_src: Path) -> str | None:
         name = f"bundle-{hashlib.sha256(data).hexdigest()[:20]}.bin"
         cache = agent_src / "__pycache__"
         _write_once(cache / name, data)
-        _prune(cache, keep=name)
+        build_cache.prune(cache / name, "bundle-*.bin")  # an agent whose bundle is gone imports module by module
         return name
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         log.warning("agent start-up bundle not built (agents import module by module): %s", exc)
@@ -157,13 +155,3 @@ def _write_once(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _prune(cache: Path, keep: str) -> None:
-    """Remove other bundles no server has started with for ``KEEP_SECONDS`` (an agent whose bundle
-    is gone imports module by module, and says so in its log)."""
-    now = time.time()
-    for old in cache.glob("bundle-*.bin"):
-        with contextlib.suppress(OSError):  # another server may prune the same file
-            if old.name != keep and now - old.stat().st_mtime > KEEP_SECONDS:
-                old.unlink()

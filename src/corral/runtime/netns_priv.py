@@ -87,18 +87,25 @@ def in_netns(ns: NetNs, fn: Callable[[], T]) -> T:
 def entered(fd: int) -> Iterator[None]:
     """Run the block with this thread in the network namespace ``fd`` (children started there stay
     in it), then return to the host's."""
+    with _returning():
+        _setns(fd)
+        yield
+
+
+@contextlib.contextmanager
+def _returning() -> Iterator[None]:
+    """The block may move this thread to another network namespace: afterwards it is back in the
+    one it was in (the host's)."""
     host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(fd)
-        try:
-            yield
-        finally:
-            try:
-                _setns(host)
-            except OSError:  # the thread is stuck in a sandbox: nothing it runs later is safe
-                os._exit(70)
+        yield
     finally:
-        os.close(host)
+        try:
+            _setns(host)
+        except OSError:  # the thread is stuck in a sandbox: nothing it runs later is safe
+            os._exit(70)
+        finally:
+            os.close(host)
 
 
 # rtnetlink: the few messages this module sends (linux/netlink.h, rtnetlink.h, if_link.h, veth.h)
@@ -299,24 +306,15 @@ def new_netns() -> int:
     caller closes the fd once a process lives in the namespace (then the process holds it)."""
 
     def job() -> int:
-        host = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
+        with _returning():
             if _libc.unshare(CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), f"unshare: {os.strerror(ctypes.get_errno())}")
-            try:
-                with _Rtnl() as rtnl:  # runsc gives netstack a loopback only if the netns' lo is up
-                    lo = _get_link(rtnl, "lo")
-                    if lo is None:
-                        raise NetSetupError("a new netns has no lo")
-                    rtnl.request(_set_up(lo[0]))
-                return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            finally:
-                try:
-                    _setns(host)
-                except OSError:  # see entered
-                    os._exit(70)
-        finally:
-            os.close(host)
+            with _Rtnl() as rtnl:  # runsc gives netstack a loopback only if the netns' lo is up
+                lo = _get_link(rtnl, "lo")
+                if lo is None:
+                    raise NetSetupError("a new netns has no lo")
+                rtnl.request(_set_up(lo[0]))
+            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
     return _NS.submit(job).result()
 

@@ -3,9 +3,10 @@
 
 Static, so it runs in any template whatever its libc; built once per source (the name changes with
 it), by every server start that finds it missing. It starts bubblewrap (``launch``), is a sandbox's
-pid 1 (``pid1``) and starts the agent's commands as another user (``exec-as``). Without a C
-compiler, or if the build fails, each falls back to what it replaced (a shell and setpriv, the
-runtime's bash and sleep, a fork of the agent): slower, not wrong.
+pid 1 (``pid1``), starts the agent's commands as another user (``exec-as``) and makes networked
+sandboxes' network namespaces (``netns``). Without a C compiler, or if the build fails, each falls
+back to what it replaced (a shell and setpriv, the runtime's bash and sleep, a fork of the agent,
+bubblewrap's own namespace): slower, not wrong.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from corral.agent import tools
+from corral.runtime import build_cache
 
 log = logging.getLogger(__name__)
 COMPILE_TIMEOUT = 120.0
 CC_FLAGS = ["-static", "-O2", "-s"]
-KEEP_SECONDS = 7 * 86400  # builds of other sources not used by any server start for this long are removed
 
 _built: dict[Path, Path | None] = {}  # one build per server process
 
@@ -44,10 +44,10 @@ def _build(agent_src: Path) -> Path | None:
             os.utime(target)  # in use: kept by other servers' pruning
         else:
             _compile(source, target)
-        _prune(target)
+        build_cache.prune(target, "corral-tools-*")
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("corral-tools was not built (%s): sandboxes start and run commands as another user "
-                    "through slower stand-ins (install gcc and libc6-dev)", exc)
+                    "and networks through slower stand-ins (install gcc and libc6-dev)", exc)
         return None
     return target
 
@@ -77,12 +77,3 @@ def compile_c(cc: str, source: Path, target: Path, flags: list[str], mode: int) 
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-
-
-def _prune(keep: Path) -> None:
-    cutoff = time.time() - KEEP_SECONDS
-    for path in keep.parent.glob("corral-tools-*"):
-        if path != keep:
-            with contextlib.suppress(OSError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
