@@ -229,12 +229,16 @@ def test_a_made_netns_belongs_to_a_new_user_namespace_of_the_uid_and_is_plugged_
     ns = f"/proc/{os.getpid()}/fd/{fd}"  # a path other processes (ip, nsenter) can open too
     assert os.stat(ns).st_ino != os.stat("/proc/self/ns/net").st_ino
     assert [(link["ifname"], "UP" in link["flags"]) for link in ip("link", "show", ns=ns)] == [("lo", False)]  # type: ignore[operator]
+    # set by the maker: IPv6 off for links added later (default), any user binds any port
+    assert read("/proc/sys/net/ipv6/conf/default/disable_ipv6", ns) == "1"
+    assert read("/proc/sys/net/ipv4/ip_unprivileged_port_start", ns) == "0"
 
-    netns_priv.plug(ns, f"{prefix}o", GATEWAY, GATEWAY + 9, loopback=True)
+    netns_priv.plug(ns, f"{prefix}o", GATEWAY, GATEWAY + 9, loopback=True, sysctls_set=True)
     inside = {link["ifname"]: link for link in ip("addr", "show", ns=ns)}
     assert set(inside) == {"lo", "eth0"} and all("UP" in link["flags"] for link in inside.values())  # type: ignore[operator]
-    assert [a["local"] for a in inside["lo"]["addr_info"]] == ["127.0.0.1"]  # type: ignore[index]  # no ::1: IPv6 off
-    assert read("/proc/sys/net/ipv4/ip_unprivileged_port_start", ns) == "0"  # any user binds any port
+    assert [a["local"] for a in inside["lo"]["addr_info"]] == ["127.0.0.1", "::1"]  # type: ignore[index]  # as bwrap's own
+    assert [a["family"] for a in inside["eth0"]["addr_info"]] == ["inet"]  # type: ignore[index]  # no link-local fe80::
+    assert read("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", ns) == "1"
     netns_priv.unplug(f"{prefix}o")
 
 

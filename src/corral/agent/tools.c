@@ -32,8 +32,10 @@
  *     On the host, as root: makes the network namespaces of bubblewrap sandboxes (ahead, as spares, or
  *     just before a sandbox). Clears the supplementary groups, sets gid and uid to UID and makes a
  *     user namespace (owned by UID, no id mapped); then, for each byte read on stdin, a network
- *     namespace owned by that user namespace, and writes one byte to stdout (the server opens
- *     /proc/PID/ns/net before it asks for the next); exits at end-of-file. UID's processes on the host
+ *     namespace owned by that user namespace, with IPv6 off for the links added later (default:
+ *     the server's veth; lo keeps ::1) and every port bindable by any user (ip_unprivileged_port_start),
+ *     and writes one byte to stdout (the server opens /proc/PID/ns/net before it asks for the next);
+ *     exits at end-of-file. UID's processes on the host
  *     (bubblewrap, the agent's joiner) may enter these namespaces; a sandbox's own user namespace, a
  *     sibling, has no capability over them.
  */
@@ -208,6 +210,15 @@ static int launch(int argc, char **argv) {
     return 1;
 }
 
+/* /proc/sys/net is the calling process's network namespace's. */
+static void set_sysctl(const char *path, const char *value) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) die(path);
+    size_t len = strlen(value);
+    if (write(fd, value, len) != (ssize_t)len) die(path);
+    close(fd);
+}
+
 static int netns(int argc, char **argv) {
     if (argc != 1) {
         errno = EINVAL;
@@ -224,6 +235,10 @@ static int netns(int argc, char **argv) {
         if (n < 0 && errno == EINTR) continue;
         if (n != 1) return 0; /* end-of-file: the server is done, or gone */
         if (unshare(CLONE_NEWNET) != 0) die("unshare(CLONE_NEWNET)");
+        /* Before eth0 exists, so it takes IPv6 off from default: no write of all or eth0 (each retries
+         * on the rtnl lock, spinning for milliseconds while other namespaces are torn down). */
+        set_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
+        set_sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
         if (write(1, ".", 1) != 1) die("write");
     }
 }
