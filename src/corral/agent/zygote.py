@@ -10,10 +10,12 @@ Per sandbox the host sends, over the control socket (SOCK_SEQPACKET), ``spawn <d
 fds: the agent's listening socket, the runtime log, and a ``go`` socket; it does so while bwrap still
 sets the sandbox up. The zygote forks a *joiner*, replies ``pid <joiner>`` with a pidfd of it and forgets
 it. The joiner waits for ``go`` with a pidfd of the sandbox's pid 1 on its socket (the host first moves
-it into the sandbox's cgroups and waits until bwrap has finished the sandbox: its pid 1 runs), joins
-every namespace of pid 1 at once, checks that ``/`` is
-the sandbox root the host named (device and inode), forks the agent into the pid namespace, sends
-``agent <pid>`` with a pidfd of it on the ``go`` socket and exits. The agent keeps the capabilities
+it into the sandbox's cgroups and, once bwrap made the namespaces, writes their id maps), joins every
+namespace of pid 1 but the mount namespace at once, forks the agent into the pid namespace, sends
+``agent <pid>`` with a pidfd of it on the ``go`` socket and exits: all while bwrap still mounts. The
+agent waits for ``mount`` (the host sends it once pid 1 runs: bwrap has finished its mounts, and only
+then may anything join that namespace), joins the mount namespace, checks that ``/`` is the sandbox
+root the host named (device and inode) and answers ``joined``. Then it keeps the capabilities
 ``--caps`` names (bounding, permitted, effective, inheritable, ambient: what bwrap gives its
 command), installs the seccomp program read from ``--seccomp-fd`` (with no_new_privs) and serves.
 
@@ -37,9 +39,11 @@ from .server import serve_listening
 from .spawner import exited_children
 
 USAGE = "usage: corral-agent-zygote --control-fd N --seccomp-fd N --uid N --caps MASK"
-# CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET (linux/sched.h)
-JOIN = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
-GO_TIMEOUT = 60.0  # seconds a joiner waits for the host's go before it gives up
+# linux/sched.h: the joiner joins CLONE_NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET, the
+# agent CLONE_NEWNS
+CLONE_NEWNS = 0x00020000
+JOIN = 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+GO_TIMEOUT = 60.0  # seconds a joiner waits for the host's go (and its agent for mount) before giving up
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,37 +151,62 @@ def _join(listen: int, log_fd: int, go: int, *, root: tuple[int, int], program: 
     # none with the zygote or other sandboxes' agents (kill(0, ...) reaches only its own), and as
     # no session leader it can never acquire a controlling terminal.
     os.setsid()
-    poller = select.poll()
-    poller.register(go, select.POLLIN)
-    if not poller.poll(GO_TIMEOUT * 1000):
-        return 1  # the host gave up on this sandbox
-    channel = socket.socket(fileno=go)
-    try:
-        msg, pidfds, _, _ = socket.recv_fds(channel, 16, 1, socket.MSG_CMSG_CLOEXEC)
-    finally:
-        channel.detach()  # stays fd ``go``: the agent's pidfd goes back on it
+    msg, pidfds = _receive(go, with_fd=True)
     if msg != b"go" or len(pidfds) != 1:
         for fd in pidfds:
             os.close(fd)
         return 1  # the host gave up on this sandbox (its end closed) or sent something else
-    libc.setns(pidfds[0], JOIN)  # root and cwd are now the sandbox's root
-    os.close(pidfds[0])
-    st = os.stat("/")
-    if (st.st_dev, st.st_ino) != root:
-        raise RuntimeError(f"/ after joining is {st.st_dev}:{st.st_ino}, not the sandbox root {root[0]}:{root[1]}")
+    init = pidfds[0]
+    libc.setns(init, JOIN)  # all but the mount namespace, which bwrap may still be setting up
     agent = os.fork()
     if agent == 0:
-        os.close(go)
-        _become_agent(listen, log_fd, program, caps)  # never returns
+        _become_agent(listen, log_fd, go, init, root, program, caps)  # never returns
     os.close(listen)
     agent_fd = os.pidfd_open(agent)
     socket.send_fds(socket.socket(fileno=go), [f"agent {agent}".encode()], [agent_fd])
     return 0
 
 
-def _become_agent(listen: int, log_fd: int, program: bytes, caps: int) -> None:
+def _receive(go: int, with_fd: bool = False) -> tuple[bytes, list[int]]:
+    """The host's next message on ``go`` (and the fd it carries); ``b""`` if it gave up or closed."""
+    poller = select.poll()
+    poller.register(go, select.POLLIN)
+    if not poller.poll(GO_TIMEOUT * 1000):
+        return b"", []
+    channel = socket.socket(fileno=go)
+    try:
+        msg, fds, _, _ = socket.recv_fds(channel, 16, 1 if with_fd else 0, socket.MSG_CMSG_CLOEXEC)
+    finally:
+        channel.detach()  # stays fd ``go``
+    return msg, fds
+
+
+def _enter_root(go: int, init: int, root: tuple[int, int]) -> None:
+    """Once the host says pid 1 runs: join its mount namespace (root and cwd become the sandbox's
+    root), check that root and answer ``joined``."""
+    msg, fds = _receive(go)
+    for fd in fds:
+        os.close(fd)
+    if msg != b"mount":
+        raise RuntimeError("the host gave up on this sandbox before its pid 1 ran")
+    libc.setns(init, CLONE_NEWNS)
+    os.close(init)
+    st = os.stat("/")
+    if (st.st_dev, st.st_ino) != root:
+        raise RuntimeError(f"/ after joining is {st.st_dev}:{st.st_ino}, not the sandbox root {root[0]}:{root[1]}")
+    os.write(go, b"joined")
+    os.close(go)
+
+
+def _become_agent(listen: int, log_fd: int, go: int, init: int, root: tuple[int, int], program: bytes,
+                  caps: int) -> None:
     code = 1
     try:
+        try:
+            _enter_root(go, init, root)
+        except BaseException as exc:  # the host reads why on the go socket
+            _report(go, f"error {type(exc).__name__}: {exc}")
+            raise
         null = os.open("/dev/null", os.O_RDWR)  # the sandbox's
         os.dup2(null, 0)
         os.dup2(log_fd, 1)

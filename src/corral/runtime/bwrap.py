@@ -50,6 +50,23 @@ class _Live:
     frozen: bool = False
 
 
+def _admit_agent(live: _Live, spawned: launch_priv.Spawned, plug: Callable[[int], None] | None,
+                 joiner: Joiner) -> AgentProcess:
+    """One thread job (a hop through the event loop between the two cost ~1 ms): ``admit`` bwrap,
+    then ``finish_agent`` once pid 1 runs. Sets ``live``'s pid 1 as soon as it is known (a cancelled
+    create kills it); closes the joiner and the ready pipe."""
+    assert spawned.ready is not None
+    try:
+        live.init_pid = launch_priv.admit(live.plan, spawned, plug)
+    except BaseException:
+        joiner.close()
+        spawned.ready.close()
+        raise
+    finally:
+        live.init_pidfd = spawned.init_pidfd
+    return finish_agent(joiner, live.init_pidfd, spawned.ready, READY_TIMEOUT)
+
+
 SHARED_RUNTIME = ".runtime"  # in the mounts dir: the agent's runtime, bound once (LaunchPlan.runtime_binds)
 
 
@@ -155,19 +172,19 @@ class BwrapBackend:
                 raise asyncio.CancelledError
             # a namespace bwrap made: plugged now, or (no network) only its ports opened as in the others
             plug = None if own_netns else partial(net.plug, att) if net and att else netns_priv.open_ports
-            try:
-                live.init_pid = await self._step(live, launch_priv.admit, p, spawned, plug)
-            finally:
-                live.init_pidfd = spawned.init_pidfd
             if joiner is not None and spawned.ready is not None:
-                handed = True  # finish_agent owns (and closes) the joiner and the ready pipe
-                agent = await self._step(live, finish_agent, joiner, live.init_pidfd, spawned.ready, READY_TIMEOUT)
+                handed = True  # _admit_agent owns (and closes) the joiner and the ready pipe
+                agent = await self._step(live, _admit_agent, live, spawned, plug, joiner)
                 live.agent_pidfd = agent.pidfd
                 loop.add_reader(agent.pidfd, self._agent_exited, live)
                 # No first ping: the agent runs (forked from the pre-imported zygote), and the
                 # listener we bound queues connections until it serves (~3.5 ms after its fork); an
                 # agent that dies instead closes it, so a waiting request fails at once.
             else:
+                try:
+                    live.init_pid = await self._step(live, launch_priv.admit, p, spawned, plug)
+                finally:
+                    live.init_pidfd = spawned.init_pidfd
                 await self._wait_ready(spec.sandbox_id, live)
         except BaseException as exc:
             if netns >= 0:

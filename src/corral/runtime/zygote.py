@@ -3,9 +3,9 @@
 bwrap sandboxes get their agent forked from one pre-imported python instead of a python started
 per sandbox (docs/architecture.md, "The agent zygote"). This module starts that process and,
 per sandbox, asks it for a joiner and moves that into the sandbox's cgroups while bwrap still sets
-the sandbox up (``request_joiner``), then waits until the sandbox's pid 1 runs (bwrap has finished
-its mounts), lets the joiner go with a pidfd of pid 1 and receives a pidfd of the agent it forked
-into the sandbox (``finish_agent``).
+the sandbox up (``request_joiner``), then, once bwrap made the namespaces, lets the joiner go with a
+pidfd of pid 1 and receives a pidfd of the agent it forked into them; once pid 1 runs (bwrap has
+finished its mounts) the agent joins the mount namespace too (``finish_agent``).
 """
 
 from __future__ import annotations
@@ -169,20 +169,42 @@ def request_joiner(
 
 
 def finish_agent(joiner: Joiner, init_pidfd: int, ready: io.FileIO, timeout: float) -> AgentProcess:
-    """Once the sandbox's pid 1 runs (``ready``: the pipe it writes one byte to, once bwrap has set
-    the sandbox up; only then may anything join its mount namespace), hand the joiner a pidfd of it
-    and receive a pidfd of the agent it forked into the sandbox. Closes ``ready`` and the joiner."""
+    """Once bwrap made the sandbox's namespaces and their id maps (``launch_priv.admit``), hand the
+    joiner a pidfd of pid 1 and receive a pidfd of the agent it forked into them, while bwrap still
+    mounts; once pid 1 runs (``ready``: the pipe it writes one byte to, once bwrap has set the sandbox
+    up; only then may anything join its mount namespace), have the agent join that namespace too
+    (``mount``, answered ``joined``). Closes ``ready`` and the joiner."""
     try:
-        _wait_ready(ready, timeout)
         socket.send_fds(joiner.go, [b"go"], [init_pidfd])
         joiner.go.settimeout(REPLY_TIMEOUT)
+        agent = _agent(_reply(joiner, "no agent from the zygote"))
         try:
-            msg, fds, _, _ = socket.recv_fds(joiner.go, 1024, 1, socket.MSG_CMSG_CLOEXEC)
-        except OSError as exc:
-            raise ZygoteError(f"no agent from the zygote: {exc}") from exc
+            _wait_ready(ready, timeout)
+            joiner.go.send(b"mount")
+            msg, fds = _reply(joiner, "the agent did not join the sandbox's mounts")
+            for fd in fds:
+                os.close(fd)
+            if msg != b"joined":
+                raise ZygoteError(f"the agent did not start: {msg.decode(errors='replace')[:300] or 'it exited'}")
+        except BaseException:
+            os.close(agent.pidfd)
+            raise
     finally:
         joiner.close()
         ready.close()
+    return agent
+
+
+def _reply(joiner: Joiner, what: str) -> tuple[bytes, list[int]]:
+    try:
+        msg, fds, _, _ = socket.recv_fds(joiner.go, 1024, 1, socket.MSG_CMSG_CLOEXEC)
+    except OSError as exc:
+        raise ZygoteError(f"{what}: {exc}") from exc
+    return msg, fds
+
+
+def _agent(reply: tuple[bytes, list[int]]) -> AgentProcess:
+    msg, fds = reply
     text = msg.decode(errors="replace")
     kind, _, rest = text.partition(" ")
     if kind != "agent" or not rest.isdigit() or len(fds) != 1:
