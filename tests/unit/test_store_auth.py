@@ -145,3 +145,41 @@ def test_concurrent_inserts_commit_together_and_a_bad_row_fails_only_its_caller(
     reopened = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     assert sorted(r.id for r in reopened.sandboxes(True)) == sorted(["h1", "h2", *(f"g{i}" for i in range(9))])
     assert store.live_sandbox("g3").owner_key_id == "a"  # type: ignore[union-attr]
+
+
+def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_update_or_end(tmp_path: Path) -> None:
+    """A cold create holds its record in memory while the sandbox starts (looked up and listed like
+    any live one, not in the database) and writes it whole once: at ``running``, or at its end (a
+    create that failed, a kill during the start), after which a late ``running`` finds it ended."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = Store(url)
+    writes: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().startswith(("INSERT", "UPDATE")):
+            writes.append(statement.split()[0])
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for i, owner in enumerate(("a", "b", "a")):
+        store.hold_sandbox(_sandbox_row(f"h{i}", owner, t0 + timedelta(seconds=i)))
+    store.add_sandbox(_sandbox_row("stored", "a", t0 + timedelta(seconds=5)))
+    writes.clear()
+    held = store.live_sandbox("h0")
+    assert held is not None and held.state == "starting" and held.node == "local"  # defaults, as a stored row
+    assert store.sandbox("h1") is not None and [r.id for r in store.sandboxes(True, "a")] == ["h0", "h2", "stored"]
+    assert [r.id for r in store.sandboxes(False, "a")] == ["h0", "h2", "stored"]  # all records, held ones too
+    assert Store(url).sandbox("h0") is None and writes == []  # nothing written yet
+
+    running = store.update_sandbox("h0", state="running", expires_at=t0 + timedelta(hours=1))
+    failed = store.end_sandbox("h1", "failed", "could not start")
+    killed = store.end_sandbox("h2", "ended", "killed by request")
+    assert writes == ["INSERT"] * 3  # one write each
+    assert running is not None and running.state == "running" and store.live_sandbox("h0") is running
+    assert failed is not None and (failed.state, failed.end_reason) == ("failed", "could not start")
+    assert killed is not None and store.live_sandbox("h2") is None
+    assert store.update_sandbox("h2", state="running") is None  # the create's late update: it ended
+    reopened = Store(url)
+    assert [(r.id, r.state) for r in reopened.sandboxes(False)] == [
+        ("h0", "running"), ("h1", "failed"), ("h2", "ended"), ("stored", "starting")]
+    assert reopened.sandbox("h0").owner_key_id == "a"  # type: ignore[union-attr]

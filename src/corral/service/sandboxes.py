@@ -152,7 +152,7 @@ class SandboxService:
         pooled = self._from_pool(req, spec)
         if pooled is not None:
             return await self._claim_pooled(principal, req, replace(spec, sandbox_id=pooled), timeout)
-        await asyncio.to_thread(self.store.add_sandbox, row)
+        self.store.hold_sandbox(row)  # written by its first update (running) or its end (failed, killed)
         self._creating += 1
         try:
             await self.backend.create(spec)

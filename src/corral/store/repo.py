@@ -57,6 +57,11 @@ def _columns(row: SandboxRow) -> dict[str, Any]:
     return values
 
 
+def _copy(row: SandboxRow) -> SandboxRow:
+    """A detached copy of a cached row (the cache's own object is never changed in place)."""
+    return SandboxRow(**{attr.key: getattr(row, attr.key) for attr in SandboxRow.__mapper__.column_attrs})
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -95,6 +100,7 @@ class Store:
         self._queue_lock = threading.Lock()
         self._queued: list[_Insert] = []  # inserts waiting for the next group commit
         self._updates: dict[tuple[str, ...], Update] = {}  # see `_update_statement`
+        self._held: dict[str, SandboxRow] = {}  # see `hold_sandbox`
         live = select(SandboxRow).where(SandboxRow.state.in_(LIVE_STATES))
         with self.session() as s:
             self._live: dict[str, SandboxRow] = {row.id: row for row in s.scalars(live)}
@@ -182,6 +188,15 @@ class Store:
             self._keep(entry.row)
         entry.done = True
 
+    def hold_sandbox(self, row: SandboxRow) -> None:
+        """A starting sandbox's record, kept in memory only (looked up and listed like any live one)
+        until its first update or its end writes it whole: a cold create writes once, not an insert
+        and then its ``running``. A record held when the server stops was never answered to anyone
+        (the sandbox is a leftover the next start's reconcile removes). Never blocks."""
+        _columns(row)  # its defaults set, as an insert sets them
+        self._held[row.id] = row
+        self._live[row.id] = row
+
     def live_sandbox(self, sandbox_id: str) -> SandboxRow | None:
         """The row of a live sandbox from memory (None: not live, or unknown); never blocks."""
         return self._live.get(sandbox_id)
@@ -201,7 +216,9 @@ class Store:
             q = select(SandboxRow).order_by(SandboxRow.created_at)
             if owner_key_id is not None:
                 q = q.where(SandboxRow.owner_key_id == owner_key_id)
-            return list(s.scalars(q))
+            rows = list(s.scalars(q))
+        held = [r for r in list(self._held.values()) if owner_key_id is None or r.owner_key_id == owner_key_id]
+        return sorted([*rows, *held], key=lambda r: utc(r.created_at) or r.created_at) if held else rows
 
     def update_sandbox(self, sandbox_id: str, **fields: Any) -> SandboxRow | None:
         """Change a live record; None if there is none (unknown, or it ended: a late update, e.g. a
@@ -229,6 +246,17 @@ class Store:
         is built from the cached one. None: no live record with that id."""
         query = self._update_statement(tuple(fields))
         with self._sandbox_writes:
+            held = self._held.pop(sandbox_id, None)
+            if held is not None:  # its first write: the whole row
+                row = _copy(held)
+                for name, value in fields.items():
+                    setattr(row, name, value)
+                entry = _Insert(row)
+                self._insert_one(entry)
+                if entry.error is not None:
+                    self._live.pop(sandbox_id, None)
+                    raise entry.error
+                return row
             with self.engine.begin() as conn:
                 if conn.execute(query, {"_id": sandbox_id, **fields}).rowcount == 0:
                     return None
@@ -236,7 +264,7 @@ class Store:
             if cached is None:  # live in the database but not cached: cannot happen (a single writer)
                 with self.session() as s:
                     return self._keep(s.get(SandboxRow, sandbox_id))
-            row = SandboxRow(**{attr.key: getattr(cached, attr.key) for attr in SandboxRow.__mapper__.column_attrs})
+            row = _copy(cached)
             for name, value in fields.items():
                 setattr(row, name, value)
             return self._keep(row)
