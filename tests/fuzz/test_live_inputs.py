@@ -101,6 +101,9 @@ def test_envd_multipart_upload_filenames(
     encoded = name.encode("utf-8", "surrogatepass")
     if raw_bytes:  # not UTF-8: latin-1 bytes as some clients send them
         encoded = name.encode("latin-1", "replace")
+    # A header line cannot carry CR or LF (they would end it, or the part's headers, early): clients
+    # encode them in a filename as browsers do.
+    encoded = encoded.replace(b"\r", b"%0D").replace(b"\n", b"%0A")
     filename = quoted(encoded) if escape else encoded
     boundary = secrets.token_hex(8)
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=".encode() + filename
