@@ -23,7 +23,7 @@ from corral.agent.client import AgentClient
 from corral.runtime.cgroups_priv import detect
 from corral.runtime.plan import AGENT_CAPS_MASK, AgentRuntime
 from corral.runtime.seccomp import build_filter
-from corral.runtime.zygote import AgentProcess, Zygote, ZygoteError, finish_agent, request_joiner
+from corral.runtime.zygote import AgentProcess, Zygote, ZygoteError, finish_agent, place_joiner, request_joiner
 
 NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts", "cgroup")
 STATUS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
@@ -162,7 +162,7 @@ def test_a_joiner_refuses_a_root_other_than_the_sandbox_s(api: httpx.Client, tmp
 
 
 def _join(zygote: Zygote, sid: str, init: int, root: Path, sock_path: Path, instance: str) -> AgentProcess:
-    """request_joiner and finish_agent as the server calls them, with pid 1 already reported ready."""
+    """request_joiner, place_joiner and finish_agent as the server calls them, with pid 1 already reported ready."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(sock_path))
     listener.listen(4)
@@ -175,10 +175,11 @@ def _join(zygote: Zygote, sid: str, init: int, root: Path, sock_path: Path, inst
     st = os.stat(root)
     try:
         try:
-            joiner = request_joiner(zygote, sid, (st.st_dev, st.st_ino), listener, log, detect(instance=instance))
+            joiner = request_joiner(zygote, (st.st_dev, st.st_ino), listener, log)
         finally:
             listener.close()
             os.close(log)
+        place_joiner(joiner, sid, detect(instance=instance))
         return finish_agent(joiner, init_pidfd, ready, 10)
     finally:
         os.close(init_pidfd)

@@ -8,10 +8,11 @@ agent. Forking it instead of starting python per sandbox saves the interpreter's
 
 Per sandbox the host sends, over the control socket (SOCK_SEQPACKET), ``spawn <dev> <ino>`` with three
 fds: the agent's listening socket, the runtime log, and a ``go`` socket; it does so while bwrap still
-sets the sandbox up. The zygote forks a *joiner*, replies ``pid <joiner>`` with a pidfd of it and forgets
-it. The joiner waits for ``go`` with a pidfd of the sandbox's pid 1 on its socket (the host first moves
-it into the sandbox's cgroups and, once bwrap made the namespaces, writes their id maps), joins every
-namespace of pid 1 but the mount namespace at once, forks the agent into the pid namespace, sends
+sets the sandbox up. The zygote forks a *joiner*, answers ``pid <joiner>`` with a pidfd of it on the
+``go`` socket (so the host need not wait for the fork) and forgets it. The joiner waits for ``go``
+with a pidfd of the sandbox's pid 1 on its socket (once bwrap made the namespaces the host writes
+their id maps and moves the joiner into the sandbox's cgroups), joins every namespace of pid 1 but
+the mount namespace at once, forks the agent into the pid namespace, sends
 ``agent <pid>`` with a pidfd of it on the ``go`` socket and exits: all while bwrap still mounts. The
 agent waits for ``mount`` (the host sends it once pid 1 runs: bwrap has finished its mounts, and only
 then may anything join that namespace), joins the mount namespace, checks that ``/`` is the sandbox
@@ -98,15 +99,19 @@ def _serve(sock: socket.socket, program: bytes, caps: int) -> None:
                 continue
             if not msg:
                 return  # the host closed the control socket
+            # The answer goes on the joiner's go socket (the host reads it when it places the joiner).
             try:
                 pid = _fork_joiner(sock, msg, fds, program, caps, (wake_r, wake_w))
                 joiner = os.pidfd_open(pid)  # the host moves it by pid: this tells it the pid is still its
+                go = socket.socket(fileno=fds[2])
                 try:
-                    socket.send_fds(sock, [f"pid {pid}".encode()], [joiner])
+                    socket.send_fds(go, [f"pid {pid}".encode()], [joiner])
                 finally:
+                    go.detach()  # closed with the other received fds
                     os.close(joiner)
             except Exception as exc:  # reported to the host; the zygote keeps serving
-                sock.send(f"error {exc}".encode()[:1000])
+                if len(fds) == 3:
+                    _report(fds[2], f"error {exc}")
             finally:
                 for received in fds:
                     os.close(received)

@@ -31,7 +31,7 @@ from corral.runtime.network import Network
 from corral.runtime.plan import LOG_NAME, AgentRuntime, LaunchPlan, agent_binds, plan
 from corral.runtime.seccomp import build_filter
 from corral.runtime.spares import DiskSpares
-from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, finish_agent, request_joiner
+from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, finish_agent, place_joiner, request_joiner
 
 READY_TIMEOUT = 20.0
 T = TypeVar("T")
@@ -51,13 +51,14 @@ class _Live:
 
 
 def _admit_agent(live: _Live, spawned: launch_priv.Spawned, plug: Callable[[int], None] | None,
-                 joiner: Joiner) -> AgentProcess:
-    """One thread job (a hop through the event loop between the two cost ~1 ms): ``admit`` bwrap,
-    then ``finish_agent`` once pid 1 runs. Sets ``live``'s pid 1 as soon as it is known (a cancelled
-    create kills it); closes the joiner and the ready pipe."""
+                 joiner: Joiner, cgroups: Cgroups) -> AgentProcess:
+    """One thread job (a hop through the event loop between steps cost ~0.5–1 ms): ``admit`` bwrap,
+    place the joiner the zygote forked meanwhile, ``finish_agent``. Sets ``live``'s pid 1 as soon
+    as it is known (a cancelled create kills it); closes the joiner and the ready pipe."""
     assert spawned.ready is not None
     try:
         live.init_pid = launch_priv.admit(live.plan, spawned, plug)
+        place_joiner(joiner, live.plan.sandbox_id, cgroups)
     except BaseException:
         joiner.close()
         spawned.ready.close()
@@ -174,7 +175,7 @@ class BwrapBackend:
             plug = None if own_netns else partial(net.plug, att) if net and att else netns_priv.open_ports
             if joiner is not None and spawned.ready is not None:
                 handed = True  # _admit_agent owns (and closes) the joiner and the ready pipe
-                agent = await self._step(live, _admit_agent, live, spawned, plug, joiner)
+                agent = await self._step(live, _admit_agent, live, spawned, plug, joiner, self.cgroups)
                 live.agent_pidfd = agent.pidfd
                 loop.add_reader(agent.pidfd, self._agent_exited, live)
                 # No first ping: the agent runs (forked from the pre-imported zygote), and the
@@ -243,8 +244,7 @@ class BwrapBackend:
             return launch_priv.spawn(p, prepared, self.seccomp, self.cgroups), None
         self.zygote.start()
         spawned = launch_priv.spawn(p, prepared, self.seccomp, self.cgroups, zygote=True)
-        request = partial(request_joiner, self.zygote, p.sandbox_id, prepared.root, prepared.listener, prepared.log,
-                          self.cgroups)
+        request = partial(request_joiner, self.zygote, prepared.root, prepared.listener, prepared.log)
         try:
             try:
                 joiner = request()

@@ -2,8 +2,8 @@
 
 bwrap sandboxes get their agent forked from one pre-imported python instead of a python started
 per sandbox (docs/architecture.md, "The agent zygote"). This module starts that process and,
-per sandbox, asks it for a joiner and moves that into the sandbox's cgroups while bwrap still sets
-the sandbox up (``request_joiner``), then, once bwrap made the namespaces, lets the joiner go with a
+per sandbox, asks it for a joiner while bwrap still sets the sandbox up (``request_joiner``), moves
+that into the sandbox's cgroups (``place_joiner``), then, once bwrap made the namespaces, lets the joiner go with a
 pidfd of pid 1 and receives a pidfd of the agent it forked into them; once pid 1 runs (bwrap has
 finished its mounts) the agent joins the mount namespace too (``finish_agent``).
 """
@@ -88,26 +88,18 @@ class Zygote:
             ours.settimeout(REPLY_TIMEOUT)
             self._control = ours
 
-    def fork_joiner(self, listener: int, log_fd: int, go: int, root: tuple[int, int]) -> tuple[int, int]:
-        """Ask for a joiner of the sandbox whose root is ``root`` (st_dev, st_ino); returns its pid and
-        a pidfd of it (the caller closes it). It waits for ``go`` and the pidfd of the sandbox's pid 1."""
+    def ask_joiner(self, listener: int, log_fd: int, go: int, root: tuple[int, int]) -> None:
+        """Ask for a joiner of the sandbox whose root is ``root`` (st_dev, st_ino); the zygote answers
+        on ``go`` (``place_joiner``), not here, so the caller need not wait for its fork. The joiner
+        then waits on ``go`` for the pidfd of the sandbox's pid 1."""
         with self._lock:
             if self._control is None:
                 raise ZygoteError("the agent zygote is not running")
             try:
                 socket.send_fds(self._control, [f"spawn {root[0]} {root[1]}".encode()], [listener, log_fd, go])
-                reply, fds, _, _ = socket.recv_fds(self._control, 1024, 1, socket.MSG_CMSG_CLOEXEC)
             except OSError as exc:  # it died: the next create starts a new one
                 self._stop_locked()
                 raise ZygoteError(f"the agent zygote is gone: {exc}") from exc
-        if not reply:
-            raise ZygoteError("the agent zygote exited")
-        kind, _, rest = reply.decode(errors="replace").partition(" ")
-        if kind != "pid" or not rest.isdigit() or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise ZygoteError(f"the agent zygote refused: {rest[:300]}")
-        return int(rest), fds[0]
 
     def close(self) -> None:
         with self._lock:
@@ -136,7 +128,8 @@ class Zygote:
 
 @dataclass
 class Joiner:
-    """A joiner in the sandbox's cgroups, waiting for ``go`` (``finish_agent``)."""
+    """A joiner asked of the zygote (``request_joiner``); ``place_joiner`` puts it in the sandbox's
+    cgroups, ``finish_agent`` lets it go."""
 
     go: socket.socket  # the caller closes it: a joiner whose go socket closes exits
 
@@ -144,28 +137,37 @@ class Joiner:
         self.go.close()
 
 
-def request_joiner(
-    zygote: Zygote, sandbox_id: str, root: tuple[int, int], listener: socket.socket, log_fd: int, cgroups: Cgroups,
-) -> Joiner:
-    """Have ``zygote`` fork the joiner of the sandbox whose root is ``root`` (st_dev, st_ino) and move
-    it into the sandbox's cgroups. Done while bwrap still sets the sandbox up: the joiner only waits.
-    The joiner gets its own ``listener`` and ``log_fd`` (the caller closes its ones)."""
+def request_joiner(zygote: Zygote, root: tuple[int, int], listener: socket.socket, log_fd: int) -> Joiner:
+    """Have ``zygote`` fork the joiner of the sandbox whose root is ``root`` (st_dev, st_ino), while
+    bwrap still sets the sandbox up: the joiner only waits. Returns at once; ``place_joiner`` takes
+    the zygote's answer. The joiner gets its own ``listener`` and ``log_fd`` (the caller closes its ones)."""
     go, joiner_go = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        try:
-            joiner, joiner_fd = zygote.fork_joiner(listener.fileno(), log_fd, joiner_go.fileno(), root)
-        finally:
-            joiner_go.close()
-        try:  # moved by pid: only while the pidfd says that pid is still the joiner
-            if _exited(joiner_fd):
-                raise ZygoteError("the joiner exited before it was placed")
-            cgroups.attach(sandbox_id, joiner)  # the agent is forked by it, so it starts inside them
-        finally:
-            os.close(joiner_fd)
+        zygote.ask_joiner(listener.fileno(), log_fd, joiner_go.fileno(), root)
     except BaseException:
         go.close()
         raise
+    finally:
+        joiner_go.close()
     return Joiner(go)
+
+
+def place_joiner(joiner: Joiner, sandbox_id: str, cgroups: Cgroups) -> None:
+    """Take the zygote's answer to ``request_joiner`` and move the joiner into the sandbox's cgroups
+    (the agent is forked by it, so it starts inside them); before ``finish_agent``."""
+    joiner.go.settimeout(REPLY_TIMEOUT)
+    reply, fds = _reply(joiner, "no joiner from the agent zygote")
+    kind, _, rest = reply.decode(errors="replace").partition(" ")
+    if kind != "pid" or not rest.isdigit() or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ZygoteError(f"the agent zygote refused: {rest[:300]}" if reply else "the agent zygote exited")
+    try:  # moved by pid: only while the pidfd says that pid is still the joiner
+        if _exited(fds[0]):
+            raise ZygoteError("the joiner exited before it was placed")
+        cgroups.attach(sandbox_id, int(rest))
+    finally:
+        os.close(fds[0])
 
 
 def finish_agent(joiner: Joiner, init_pidfd: int, ready: io.FileIO, timeout: float) -> AgentProcess:
