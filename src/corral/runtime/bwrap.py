@@ -203,7 +203,9 @@ class BwrapBackend:
             if isinstance(exc, RuntimeFailure | asyncio.CancelledError):
                 raise
             raise RuntimeFailure(f"sandbox {spec.sandbox_id} failed to start: {exc}") from exc
-        finally:
+        finally:  # spares are made again once the create no longer competes with them
+            if self.spares is not None:
+                self.spares.refill()
             if own_netns and self.net_spares is not None:
                 self.net_spares.refill()
 

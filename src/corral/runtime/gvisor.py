@@ -106,6 +106,8 @@ class GvisorBackend(BwrapBackend):
         finally:
             if netns_fd >= 0:
                 os.close(netns_fd)
+            if self.spares is not None:
+                self.spares.refill()
 
     async def _report_exit(self, sandbox_id: str, live: _Live, code: int) -> None:
         """The whole sandbox ends when it outgrows its cgroup (gVisor has no OOM killer of its own)."""

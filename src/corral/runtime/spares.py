@@ -2,7 +2,8 @@
 create (docs/performance.md), so a few empty ones of the default size wait in the sandboxes dir,
 each disk mounted detached and held by an fd (``mounts_priv.make_spare``). A create of
 that size takes one by renaming it to its own dir and mounting the disk there (in the sandbox's
-mount namespace) and a refill starts behind it; other sizes, or none left, make theirs on the spot.
+mount namespace) and a refill starts once the create is done; other sizes, or none left, make theirs
+on the spot.
 
 A spare never held a sandbox: each is a fresh copy of the pristine image with its own UUID, so a
 sandbox on one is the same as a sandbox on a disk made for it. Used from one event loop.
@@ -80,10 +81,13 @@ class DiskSpares(Spares[mounts_priv.Spare]):
         self.size_mb = size_mb
 
     def take(self, size_mb: int) -> mounts_priv.Spare | None:
-        """A spare of this size, or None (then the caller makes its disk itself)."""
-        spare = self._ready.pop() if size_mb == self.size_mb and self._ready else None
+        """A spare of this size, or None (then the caller makes its disk itself). The caller calls
+        ``refill`` once its create is done: a refill made meanwhile would compete with it."""
+        return self._ready.pop() if size_mb == self.size_mb and self._ready else None
+
+    def refill(self) -> None:
+        """Make spares until there are ``count`` again (in the background)."""
         self._refill()
-        return spare
 
     async def start(self) -> None:
         """Remove spares a previous server process left (a crash: their disks went with its fds),
