@@ -54,10 +54,6 @@ class NetSpares(Spares[NetSpare]):
         once its create is done: a refill made meanwhile would compete with it for the cores."""
         return self._ready.pop() if self._ready else None
 
-    def refill(self) -> None:
-        """Make spares until there are ``count`` again (in the background)."""
-        self._refill()
-
     def start(self) -> None:
         """Start filling (after the network's start-up reconcile removed a previous run's links)."""
         if not self._started and not self._closed:

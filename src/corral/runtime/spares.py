@@ -24,6 +24,9 @@ from corral.runtime import mounts_priv
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Seconds from a create's end to its spares' refill: its caller's first command comes right after
+# (the SDK's create, then run), and a refill made meanwhile competes with it for the cores.
+REFILL_DELAY = 0.03
 
 
 class Spares(Generic[T]):
@@ -48,6 +51,11 @@ class Spares(Generic[T]):
             await asyncio.wait({self._filling})  # never cancelled mid-make: that would leak what it made
         while self._ready:
             await self._destroy(self._ready.pop())
+
+    def refill(self) -> None:
+        """Make spares until there are ``count`` again, in the background, from ``REFILL_DELAY`` on
+        (a create calls it once it is done)."""
+        asyncio.get_running_loop().call_later(REFILL_DELAY, self._refill)
 
     def _refill(self) -> None:
         if self._started and not self._closed and self.count > 0 and self._filling is None:
@@ -84,10 +92,6 @@ class DiskSpares(Spares[mounts_priv.Spare]):
         """A spare of this size, or None (then the caller makes its disk itself). The caller calls
         ``refill`` once its create is done: a refill made meanwhile would compete with it."""
         return self._ready.pop() if size_mb == self.size_mb and self._ready else None
-
-    def refill(self) -> None:
-        """Make spares until there are ``count`` again (in the background)."""
-        self._refill()
 
     async def start(self) -> None:
         """Remove spares a previous server process left (a crash: their disks went with its fds),
