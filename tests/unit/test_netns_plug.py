@@ -334,3 +334,24 @@ def test_spare_namespaces_are_made_ahead_claimed_once_and_released(
         assert netns_priv.links(prefix) == []
 
     asyncio.run(body())
+
+
+def test_an_address_given_up_is_handed_out_again_last(tmp_path: Path) -> None:
+    """Late packets of a sandbox's flows (and conntrack's memory of them) must not meet the next
+    holder of its address: a released slot goes to the back of the free ones."""
+    async def body() -> None:
+        net = Network(NetConfig(instance=secrets.token_hex(4), state_dir=tmp_path / "net"))
+        await net.start()
+        try:
+            first = net.reserve("sbx-a", NetworkPolicy())
+            second = net.reserve("sbx-b", NetworkPolicy())
+            assert first is not None and second is not None and first.address != second.address
+            await net.release("sbx-a")
+            third = net.reserve("sbx-c", NetworkPolicy())
+            assert third is not None and third.address not in (first.address, second.address)
+            await net.release("sbx-b")
+            await net.release("sbx-c")
+        finally:
+            await net.close()
+
+    asyncio.run(body())

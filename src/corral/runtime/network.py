@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import os
 import shutil
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,9 @@ class Network:
         self.block: ipaddress.IPv4Network | None = None
         self.gateway: ipaddress.IPv4Address | None = None
         self._lock_fd: int | None = None
-        self._free: list[int] = []
+        # Free slots, the longest free first: an address a sandbox gave up is taken again last, so late
+        # packets of its flows (and conntrack's memory of them) never meet its next holder.
+        self._free: deque[int] = deque()
         self._by_id: dict[str, Attachment] = {}
         self._spares: dict[int, Attachment] = {}  # by slot: plugged into a namespace made ahead, no sandbox's yet
         self.forwarder = Forwarder(config.upstream, self._learn)
@@ -112,7 +115,7 @@ class Network:
                 continue
             self._lock_fd, self.block = fd, block
             self.gateway = block.network_address + 1
-            self._free = list(range(block.num_addresses - 3, 0, -1))  # slot s → address network + 1 + s
+            self._free = deque(range(1, block.num_addresses - 2))  # slot s → address network + 1 + s
             return
         raise NetworkUnavailable(f"every /{prefix} block of {pool} is used by another Corral server")
 
@@ -144,7 +147,7 @@ class Network:
     def _attachment(self, sandbox_id: str, policy: NetworkPolicy) -> Attachment:
         if not self._free or self.block is None:
             raise NetworkUnavailable("no free sandbox address left in this server's block")
-        slot = self._free.pop()
+        slot = self._free.popleft()
         address = self.block.network_address + 1 + slot
         return Attachment(sandbox_id, slot, address, self.names.veth(slot), Client(sandbox_id, slot, policy))
 
