@@ -280,6 +280,36 @@ def test_launch_waits_for_its_release_then_becomes_the_program_as_the_sandbox_ui
     assert gone.returncode == 1
 
 
+def _cgroup2() -> Path:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == "cgroup2":
+            return Path(fields[1])
+    pytest.fail("no cgroup2 mount on this host")
+
+
+def test_launch_given_cgroup_fds_joins_those_cgroups_itself_before_it_becomes_the_program(helper: str) -> None:
+    """The server hands the stub the sandbox's cgroup.procs files instead of moving it: bwrap, and so
+    everything in the sandbox, starts inside them."""
+    group = _cgroup2() / f"corral-test-{os.getpid()}"
+    group.mkdir()
+    procs = os.open(group / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        process = subprocess.Popen(
+            [helper, "launch", "777", str(1234567), "--cgroup-fds", str(procs), "--", "/bin/cat", "/proc/self/cgroup"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(procs,),
+        )
+        out, err = process.communicate(b"go\n", timeout=10)
+        assert (process.returncode, err) == (0, b"")
+        assert f"0::/{group.name}" in out.decode().splitlines()
+        bad = subprocess.run([helper, "launch", "777", "1234567", "--cgroup-fds", "999", "--", "/bin/true"],
+                             input=b"go\n", capture_output=True, timeout=10)
+        assert bad.returncode == 1 and b"joining the sandbox's cgroups" in bad.stderr  # never runs outside them
+    finally:
+        os.close(procs)
+        group.rmdir()
+
+
 def test_bwrap_starts_through_launch_when_built_and_through_sh_and_setpriv_without(tmp_path: Path) -> None:
     spec = SandboxSpec(sandbox_id="abc123", layers=(tmp_path,), cpu=0.5, memory_mb=256, disk_mb=128)
     (tmp_path / "usr/bin").mkdir(parents=True)
@@ -291,5 +321,7 @@ def test_bwrap_starts_through_launch_when_built_and_through_sh_and_setpriv_witho
     tools_path = str(AGENT_SRC / "__pycache__/corral-tools-0a1b2c3d")
     assert argv[:5] == [tools_path, "launch", str(sandbox_nofile()), "7", "--"]
     assert Path(argv[5]).is_absolute() and argv[5].endswith("/bwrap") and argv[6:] == ["--unshare-all", "true"]
+    joining = launch_priv._stub(built, ["bwrap", "true"], [11, 12])
+    assert joining[4:7] == ["--cgroup-fds", "11,12", "--"]
     stand_in = launch_priv._stub(plan(spec, runtime=runtime, **kwargs), ["bwrap", "true"])  # type: ignore[arg-type]
     assert stand_in[:2] == ["/bin/sh", "-c"] and "--reuid=7" in stand_in and stand_in[-1] == "true"

@@ -22,9 +22,11 @@
  *     learns that bubblewrap has finished the sandbox), puts /dev/null on stdin, stdout and stderr,
  *     closes the FDs bubblewrap left it, and waits for ever, holding nothing else.
  *
- * corral-tools launch NOFILE UID -- PROGRAM ARG...
- *     On the host, as root, the start of a sandbox's bubblewrap: waits for one line on stdin (sent
- *     once its pid is in the sandbox's cgroups; end-of-file: the server went away, exit 1), sets the
+ * corral-tools launch NOFILE UID [--cgroup-fds FD,...] -- PROGRAM ARG...
+ *     On the host, as root, the start of a sandbox's bubblewrap: waits for one line on stdin
+ *     (end-of-file: the server went away, exit 1); with --cgroup-fds moves itself into the
+ *     sandbox's cgroups by writing 0 to each FD (the cgroup.procs files the server opened: no wait
+ *     for the server to move it), without it the server moved it before sending the line; sets the
  *     soft limit of open files to NOFILE, puts /dev/null on stdin, clears the supplementary groups,
  *     sets gid and uid to UID (no capabilities are left) and execs PROGRAM (an absolute path).
  *
@@ -183,10 +185,25 @@ static int pid1(int argc, char **argv) {
     return 0;
 }
 
+/* Each FD of a comma-separated list: a sandbox cgroup's cgroup.procs; "0" moves the caller. */
+static void join_cgroups(char *list) {
+    for (char *fd = strtok(list, ","); fd != NULL; fd = strtok(NULL, ",")) {
+        int procs = (int)number(fd, bad_number);
+        if (write(procs, "0", 1) != 1) die("joining the sandbox's cgroups");
+        close(procs);
+    }
+}
+
 static int launch(int argc, char **argv) {
-    if (argc < 4 || strcmp(argv[2], "--") != 0 || argv[3][0] != '/') {
+    char *cgroup_fds = NULL;
+    int dashes = 2; /* where "--" is */
+    if (argc >= 4 && strcmp(argv[2], "--cgroup-fds") == 0) {
+        cgroup_fds = argv[3];
+        dashes = 4;
+    }
+    if (argc < dashes + 2 || strcmp(argv[dashes], "--") != 0 || argv[dashes + 1][0] != '/') {
         errno = EINVAL;
-        die("usage: launch NOFILE UID -- /PROGRAM ARG...");
+        die("usage: launch NOFILE UID [--cgroup-fds FD,...] -- /PROGRAM ARG...");
     }
     rlim_t files = (rlim_t)number(argv[0], bad_number);
     uid_t uid = (uid_t)number(argv[1], bad_number);
@@ -197,6 +214,7 @@ static int launch(int argc, char **argv) {
         if (n != 1) _exit(1); /* the server went away before releasing it */
         if (c == '\n') break;
     }
+    if (cgroup_fds != NULL) join_cgroups(cgroup_fds);
     struct rlimit limit;
     if (getrlimit(RLIMIT_NOFILE, &limit) != 0) die("getrlimit");
     limit.rlim_cur = files;
@@ -205,8 +223,8 @@ static int launch(int argc, char **argv) {
     if (setgroups(0, NULL) != 0) die("setgroups");
     if (setresgid(uid, uid, uid) != 0) die("setresgid");
     if (setresuid(uid, uid, uid) != 0) die("setresuid");
-    execv(argv[3], argv + 3);
-    die(argv[3]);
+    execv(argv[dashes + 1], argv + dashes + 1);
+    die(argv[dashes + 1]);
     return 1;
 }
 

@@ -154,6 +154,19 @@ class Cgroups:
         for base in self.hierarchies():
             _write(self.group(base) / sandbox_id / "cgroup.procs", str(pid))
 
+    def procs_fds(self, sandbox_id: str) -> list[int]:
+        """The sandbox's ``cgroup.procs`` files, opened for writing (close-on-exec; the caller closes
+        them): a process given them joins the sandbox's cgroups itself by writing ``0`` to each."""
+        fds: list[int] = []
+        try:
+            for base in self.hierarchies():
+                fds.append(os.open(self.group(base) / sandbox_id / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
     def freezer(self, sandbox_id: str) -> Path:
         """The cgroup2 group whose ``cgroup.freeze`` pauses this sandbox."""
         raise NotImplementedError

@@ -36,7 +36,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,12 +142,15 @@ def _tool(name: str) -> str:
     return shutil.which(name, path=SYSTEM_PATH) or name
 
 
-def _stub(plan: LaunchPlan, bwrap: list[str]) -> list[str]:
-    """The command that becomes ``bwrap`` once released: ``corral-tools launch`` (one static exec), or
-    without it a shell and setpriv (two dynamic ones)."""
+def _stub(plan: LaunchPlan, bwrap: list[str], cgroup_fds: Sequence[int] = ()) -> list[str]:
+    """The command that becomes ``bwrap`` once released: ``corral-tools launch`` (one static exec;
+    given ``cgroup_fds``, it joins the sandbox's cgroups itself), or without it a shell and setpriv
+    (two dynamic ones)."""
     if plan.runtime.tools:
         tools = plan.agent_src / "__pycache__" / plan.runtime.tools
-        return [str(tools), "launch", str(sandbox_nofile()), str(plan.id_offset), "--", _tool(bwrap[0]), *bwrap[1:]]
+        cgroups = ["--cgroup-fds", ",".join(map(str, cgroup_fds))] if cgroup_fds else []
+        return [str(tools), "launch", str(sandbox_nofile()), str(plan.id_offset), *cgroups, "--", _tool(bwrap[0]),
+                *bwrap[1:]]
     return ["/bin/sh", "-c", _STUB, "corral-bwrap", str(sandbox_nofile()), *_as_sandbox_uid(plan.id_offset, bwrap)]
 
 
@@ -174,18 +177,24 @@ def spawn(
     listen = None if zygote else prepared.listener.fileno()
     fds = Fds(block=block_r, info=info_w, seccomp=seccomp_fd, listen=listen)
     log = prepared.log
+    cgroup_fds: list[int] = []
     try:
+        # corral-tools' stub joins the sandbox's cgroups itself once released (no wait for the
+        # server's writes); the stand-in is moved by the server before its release
+        if plan.runtime.tools:
+            cgroup_fds = cgroups.procs_fds(plan.sandbox_id)
         # bwrap starts in the sandbox's mount namespace, and in its network namespace if one was made
         joined = netns_priv.entered(prepared.netns) if prepared.netns >= 0 else contextlib.nullcontext()
         with joined, mountns_priv.entered(prepared.ns):
             process = subprocess.Popen(
-                _stub(plan, plan.argv(fds)),
+                _stub(plan, plan.argv(fds), cgroup_fds),
                 stdin=subprocess.PIPE, stdout=log if ready_w is None else ready_w, stderr=log,
                 start_new_session=True,
-                pass_fds=tuple(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None),
+                pass_fds=(*(fd for fd in (fds.block, fds.info, fds.seccomp, listen) if fd is not None), *cgroup_fds),
             )
         try:
-            cgroups.attach(plan.sandbox_id, process.pid)
+            if not cgroup_fds:
+                cgroups.attach(plan.sandbox_id, process.pid)
             assert process.stdin is not None
             process.stdin.write(b"go\n")
             process.stdin.close()
@@ -199,7 +208,7 @@ def spawn(
                 os.close(fd)
         raise
     finally:
-        for fd in (info_w, block_r, seccomp_fd, ready_w):
+        for fd in (info_w, block_r, seccomp_fd, ready_w, *cgroup_fds):
             if fd is not None:
                 os.close(fd)
         if not zygote:
