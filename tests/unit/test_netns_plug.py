@@ -233,7 +233,7 @@ def test_a_made_netns_belongs_to_a_new_user_namespace_of_the_uid_and_is_plugged_
     assert read("/proc/sys/net/ipv6/conf/default/disable_ipv6", ns) == "1"
     assert read("/proc/sys/net/ipv4/ip_unprivileged_port_start", ns) == "0"
 
-    netns_priv.plug(ns, f"{prefix}o", GATEWAY, GATEWAY + 9, loopback=True, sysctls_set=True)
+    netns_priv.plug(ns, f"{prefix}o", GATEWAY, GATEWAY + 9, from_maker=True)
     inside = {link["ifname"]: link for link in ip("addr", "show", ns=ns)}
     assert set(inside) == {"lo", "eth0"} and all("UP" in link["flags"] for link in inside.values())  # type: ignore[operator]
     assert [a["local"] for a in inside["lo"]["addr_info"]] == ["127.0.0.1", "::1"]  # type: ignore[index]  # as bwrap's own

@@ -380,18 +380,19 @@ def _sysctl(path: str, value: str) -> None:
 
 
 def plug(ns: NetNs, veth: str, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address,
-         loopback: bool = False, sysctls_set: bool = False) -> None:
+         from_maker: bool = False) -> None:
     """Create and configure the veth pair of the sandbox whose netns is ``ns``.
 
     The pair is made with its peer already in ``ns`` (``IFLA_NET_NS_FD``), named ``eth0`` there.
     Host side: create, read the indexes of both ends, IPv6 off, then address, up and route in one
-    datagram; inside (one ``setns`` hop): IPv6 off and any port bindable (unless ``sysctls_set``: a
-    ``NetnsMaker`` namespace, where they were set before ``eth0`` existed), then address, up and both
-    routes (and ``lo`` up if ``loopback``: bubblewrap does it in the namespaces it makes) in one
-    datagram. Thread-safe (callable from several worker threads at once)."""
+    datagram; inside (one ``setns`` hop): IPv6 off and any port bindable, then address, up and both
+    routes in one datagram. ``from_maker``: a ``NetnsMaker`` namespace, whose sysctls were set
+    before ``eth0`` existed and whose ``lo`` is still down (bubblewrap and ``new_netns`` bring up
+    theirs): ``lo`` goes up in that datagram too. Thread-safe (callable from several worker threads
+    at once)."""
     with _host.lend() as rtnl:
         inside = _plug_host(rtnl, ns, veth, gateway, address)
-    in_netns(ns, lambda: _configure_inside(inside, gateway, address, loopback, sysctls_set))
+    in_netns(ns, lambda: _configure_inside(inside, gateway, address, from_maker))
 
 
 def open_ports(ns: NetNs) -> None:
@@ -434,14 +435,14 @@ def _plug_host(
 
 
 def _configure_inside(index: int, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address,
-                      loopback: bool, sysctls_set: bool) -> None:
-    if not sysctls_set:
+                      from_maker: bool) -> None:
+    if not from_maker:
         _sysctl("net/ipv6/conf/all/disable_ipv6", "1")
         _sysctl("net/ipv6/conf/default/disable_ipv6", "1")
         _sysctl(UNPRIVILEGED_PORTS, "0")
     with _Rtnl() as rtnl:  # made here, so in the sandbox's netns
         rtnl.request(
-            *([_set_up(LOOPBACK_INDEX)] if loopback else []),
+            *([_set_up(LOOPBACK_INDEX)] if from_maker else []),
             _add_address(index, address),
             _set_up(index),
             _add_route(32, RT_SCOPE_LINK, _attr(RTA_DST, gateway.packed), _attr(RTA_OIF, _u32(index))),

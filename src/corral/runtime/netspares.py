@@ -2,8 +2,8 @@
 (addresses, routes, the default policy's nftables rules) cost ~3–4 ms of a cold create
 (docs/performance.md, "Network namespaces made ahead"), so a few wait, each held by an fd of the
 server. A create takes one, claims its address with its own policy, and bubblewrap starts in it
-instead of making a namespace; a refill starts behind it. None left: the create makes its own the
-same way, on the spot.
+instead of making a namespace; a refill follows once the create is done (``Spares.refill``). None
+left: the create makes its own the same way, on the spot.
 
 Each namespace is made by ``corral-tools netns`` (``netns_priv.NetnsMaker``): owned by a user
 namespace of the sandbox uid that no sandbox is in, so the sandbox uid's processes on the host
@@ -36,7 +36,7 @@ def make(network: Network, att: Attachment, maker: netns_priv.NetnsMaker) -> int
     """Thread: a new namespace for ``att``, plugged; an fd that holds it."""
     fd = maker.make()
     try:
-        network.plug(att, netns_priv.fd_path(fd), loopback=True, sysctls_set=True)
+        network.plug(att, netns_priv.fd_path(fd), from_maker=True)
     except BaseException:
         os.close(fd)
         raise

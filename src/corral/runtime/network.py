@@ -176,12 +176,11 @@ class Network:
         await asyncio.to_thread(self._unplug, att)
         self._free.append(att.slot)
 
-    def plug(self, att: Attachment, ns: netns_priv.NetNs, loopback: bool = False, sysctls_set: bool = False) -> None:
+    def plug(self, att: Attachment, ns: netns_priv.NetNs, from_maker: bool = False) -> None:
         """Thread: give the sandbox's netns (that of pid ``ns``, or at path ``ns``) its link, routes
-        and filter rules; ``loopback``: and ``lo`` up (a namespace bubblewrap did not make);
-        ``sysctls_set``: see ``netns_priv.plug``."""
+        and filter rules; ``from_maker``: a ``NetnsMaker`` namespace (``netns_priv.plug``)."""
         assert self.gateway is not None
-        netns_priv.plug(ns, att.veth, self.gateway, att.address, loopback, sysctls_set)
+        netns_priv.plug(ns, att.veth, self.gateway, att.address, from_maker)
         nft_priv.run(netrules.attach(self.names, att.slot, att.address, att.client.policy))
         self.forwarder.clients[str(att.address)] = att.client
 
