@@ -156,6 +156,17 @@ def test_deadlines_fire_in_order_once_and_not_after_cancel() -> None:
     assert len(deadlines._heap) <= 2 * len(deadlines._due) + 65
 
 
+def test_deadlines_started_ahead_keep_the_first_deadline_added_later() -> None:
+    deadlines = Deadlines()
+    deadlines.start()  # as a new agent does before its first command: the thread waits with nothing due
+    deadlines.start()  # a second start keeps the one thread
+    thread = deadlines._thread
+    fired = threading.Event()
+    deadlines.add(0.02, fired.set)
+    assert fired.wait(10)
+    assert deadlines._thread is thread and thread is not None and thread.is_alive()
+
+
 def test_pty_output_and_resize(agent: RunningAgent) -> None:
     script = "stty size; : </dev/tty && test -t 1 && echo tty; read x; stty size"  # /dev/tty: ctty
 

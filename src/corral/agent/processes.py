@@ -336,16 +336,25 @@ class Deadlines:
                 self._heap = [entry for entry in self._heap if entry[1] in self._due]
                 heapq.heapify(self._heap)
             if self._thread is None:
-                thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
                 try:
-                    thread.start()
+                    self._start()
                 except RuntimeError:  # no thread (the sandbox's task limit): this deadline is not kept
                     del self._due[key]
                     raise
-                self._thread = thread
             elif self._heap[0][1] == key:
                 self._cond.notify()  # earlier than what the thread waits for
         return key
+
+    def start(self) -> None:
+        """Start the thread ahead of the first deadline; raises RuntimeError if it cannot start."""
+        with self._cond:
+            if self._thread is None:
+                self._start()
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+        thread.start()
+        self._thread = thread
 
     def cancel(self, key: int) -> None:
         with self._cond:
@@ -385,6 +394,10 @@ class ProcessTable:
         self._use_spawners = spawners
         self._tools = tools  # corral-tools (tools.py); None: commands as another user fork the agent
         self._workers = workers or Workers("pump")
+
+    def start_deadlines(self) -> None:
+        """Start the thread that keeps the timeouts (RuntimeError if it cannot), ahead of the first command."""
+        self._deadlines.start()
 
     def install(self) -> None:
         """Adopt orphans as a child subreaper, so that `reap` collects them too."""
