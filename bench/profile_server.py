@@ -119,6 +119,12 @@ def summarise(collapsed: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def py_spy() -> str | None:
+    """py-spy's path: on PATH, or beside this interpreter (the venv's, not activated)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def profile(name: str, out: Path, rate: int, top: int) -> str:
     env, work, prepare = WORKLOADS[name]
     with server(**env) as srv:
@@ -126,7 +132,7 @@ def profile(name: str, out: Path, rate: int, top: int) -> str:
             prepare(srv)
         target = out / f"{name}.collapsed"
         spy = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(srv.process.pid), "--rate", str(rate), "--format", "raw",
+            [py_spy() or "py-spy", "record", "--pid", str(srv.process.pid), "--rate", str(rate), "--format", "raw",
              "--output", str(target), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
@@ -254,7 +260,7 @@ def main() -> None:
         for agent_src in args.agent_src or [AGENT_SRC]:
             print(agent_startup(agent_src=agent_src), flush=True)
         return
-    if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
+    if py_spy() is None:
         sys.exit("py-spy is not installed: pip install -c constraints.txt -e '.[bench]'")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
