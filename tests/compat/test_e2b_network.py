@@ -6,9 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from e2b import ALL_TRAFFIC, Sandbox
+from e2b import ALL_TRAFFIC, Sandbox, SandboxException
 
-from conftest import Server
+from conftest import (
+    Server,
+    corral_cgroups,
+    make_data_dir,
+    mounts_under,
+    remove_data_dir,
+    sandbox_processes,
+    start_server,
+)
 from netlab import PUBLIC_A, PUBLIC_B, PUBLIC_C
 
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())"
@@ -57,3 +65,33 @@ def test_allow_internet_access_false_and_allow_beating_deny(e2b_net: Server) -> 
     finally:
         closed.kill()
         partial.kill()
+
+
+def test_a_server_without_networking_gives_every_sandbox_loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CORRAL_NETWORK=off``: the SDK's default create (which asks for internet access) still
+    works; the sandbox has only ``lo``, says so, and cannot be opened later."""
+    data = make_data_dir()
+    srv = start_server(data, CORRAL_NETWORK="off")
+    try:
+        monkeypatch.setenv("E2B_API_URL", srv.url)
+        monkeypatch.setenv("E2B_SANDBOX_URL", srv.url)
+        monkeypatch.setenv("E2B_API_KEY", srv.api_key)
+        monkeypatch.delenv("E2B_DOMAIN", raising=False)
+        sbx = Sandbox.create(timeout=120)
+        try:
+            devices = sbx.commands.run("tail -n +3 /proc/net/dev").stdout.splitlines()
+            assert [line.split(":")[0].strip() for line in devices] == ["lo"]
+            assert sbx.get_info().allow_internet_access is False
+            with pytest.raises(SandboxException, match="networking is disabled on this server"):
+                sbx.update_network({})
+        finally:
+            sbx.kill()
+        with srv.client() as api:
+            r = api.post("/v1/sandboxes", json={"timeout": 60, "network": "internet"})
+            assert r.status_code == 201, r.text
+            assert api.get(f"/v1/sandboxes/{r.json()['id']}/network").json()["mode"] == "none"
+            assert api.delete(f"/v1/sandboxes/{r.json()['id']}").status_code == 204
+    finally:
+        srv.stop()
+        assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []
+        remove_data_dir(data)

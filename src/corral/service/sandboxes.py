@@ -22,7 +22,7 @@ from corral.agent.client import AgentClient
 from corral.agent.protocol import is_unicode
 from corral.config import Settings
 from corral.runtime.backend import ISOLATIONS, Backend, RuntimeFailure, SandboxSpec, SandboxUsage
-from corral.runtime.netpolicy import INTERNET, NetworkPolicy
+from corral.runtime.netpolicy import INTERNET, NONE, NetworkPolicy
 from corral.service import startup
 from corral.service.auth import Principal
 from corral.service.contexts import Contexts
@@ -304,6 +304,8 @@ class SandboxService:
     async def update_network(self, principal: Principal, sandbox_id: str, policy: NetworkPolicy) -> dict[str, Any]:
         """Replace a running sandbox's egress policy (Conflict for a sandbox made with network 'none')."""
         await self.get(principal, sandbox_id)
+        if not self.settings.network:
+            raise Conflict("networking is disabled on this server (CORRAL_NETWORK=off): sandboxes have loopback only")
         if not policy.networked:
             raise InvalidRequest("network: a running sandbox cannot be switched to 'none'; use an empty allow_out")
         try:
@@ -471,7 +473,10 @@ class SandboxService:
         return self.pool.take(key)
 
     def _network(self, requested: NetworkPolicy | None) -> NetworkPolicy:
-        """The network a sandbox gets: the request's (default internet), on either backend."""
+        """The network a sandbox gets: the request's (default internet), on either backend; loopback
+        only, whatever was asked, on a server without networking (``CORRAL_NETWORK=off``)."""
+        if not self.settings.network:
+            return NONE
         return replace(requested or INTERNET, max_connections=self.settings.net_max_connections)
 
     def _room(self) -> int:
