@@ -343,3 +343,20 @@ def test_any_user_binds_any_port_and_root_cannot_reconfigure_the_network(napi: h
             assert ",UP," in lines[3], network  # lo still up
         finally:
             napi.delete(f"/v1/sandboxes/{sid}")
+
+
+def test_loopback_answers_on_ipv6_too(napi: httpx.Client) -> None:
+    """``::1`` is on ``lo`` whatever the network, as in a Docker container: servers that listen on
+    ``localhost`` (Node resolves it to ``::1`` first) are reachable inside. Other IPv6 stays off."""
+    script = ("import socket; s = socket.socket(socket.AF_INET6); s.bind(('::1', 0)); s.listen(); "
+              "c = socket.create_connection(('::1', s.getsockname()[1]), timeout=5); a, _ = s.accept(); "
+              "c.sendall(b'v6'); print(a.recv(2).decode())")
+    for network in ("internet", "none"):
+        sid = create(napi, network=network)
+        try:
+            r = run_command(napi, sid, f'python3 -c "{script}"')
+            assert (r.exit_code, r.stdout) == (0, "v6\n"), (network, r.stderr)
+            v6 = run_command(napi, sid, "cat /proc/net/if_inet6").stdout.split()
+            assert "lo" in v6 and "eth0" not in v6, (network, v6)  # ::1 only: no link-local address outside
+        finally:
+            napi.delete(f"/v1/sandboxes/{sid}")

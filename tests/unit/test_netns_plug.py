@@ -107,6 +107,20 @@ def test_plug_gives_both_ends_their_address_routes_and_no_ipv6_and_unplug_remove
     netns_priv.unplug(veth)  # idempotent
 
 
+def test_a_new_netns_is_prepared_so_that_its_plug_leaves_lo_its_ipv6_loopback(prefix: str, netns: list[int]) -> None:
+    """gVisor's namespaces (``new_netns``): IPv6 off for links made later and any port bindable, set
+    before ``eth0`` exists, so ``lo`` keeps ``::1`` (runsc copies it into its netstack) as bwrap's does."""
+    ns = fresh(netns)
+    assert read("/proc/sys/net/ipv6/conf/default/disable_ipv6", ns) == "1"
+    assert read("/proc/sys/net/ipv4/ip_unprivileged_port_start", ns) == "0"
+    netns_priv.plug(ns, f"{prefix}p", GATEWAY, GATEWAY + 6, prepared=True)
+    inside = {link["ifname"]: link for link in ip("addr", "show", ns=ns)}
+    assert [a["local"] for a in inside["lo"]["addr_info"]] == ["127.0.0.1", "::1"]  # type: ignore[index]
+    assert [a["family"] for a in inside["eth0"]["addr_info"]] == ["inet"]  # type: ignore[index]  # no link-local fe80::
+    assert read("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", ns) == "1"
+    netns_priv.unplug(f"{prefix}p")
+
+
 def test_a_taken_name_is_a_setup_error_naming_the_veth_and_the_first_pair_survives(
     prefix: str, netns: list[int]
 ) -> None:
@@ -233,7 +247,7 @@ def test_a_made_netns_belongs_to_a_new_user_namespace_of_the_uid_and_is_plugged_
     assert read("/proc/sys/net/ipv6/conf/default/disable_ipv6", ns) == "1"
     assert read("/proc/sys/net/ipv4/ip_unprivileged_port_start", ns) == "0"
 
-    netns_priv.plug(ns, f"{prefix}o", GATEWAY, GATEWAY + 9, from_maker=True)
+    netns_priv.plug(ns, f"{prefix}o", GATEWAY, GATEWAY + 9, prepared=True)
     inside = {link["ifname"]: link for link in ip("addr", "show", ns=ns)}
     assert set(inside) == {"lo", "eth0"} and all("UP" in link["flags"] for link in inside.values())  # type: ignore[operator]
     assert [a["local"] for a in inside["lo"]["addr_info"]] == ["127.0.0.1", "::1"]  # type: ignore[index]  # as bwrap's own

@@ -302,8 +302,10 @@ def _u32(value: int) -> bytes:
 
 
 def new_netns() -> int:
-    """A fresh, empty network namespace (only ``lo``, up); returns an fd that holds it. The
-    caller closes the fd once a process lives in the namespace (then the process holds it)."""
+    """A fresh, empty network namespace (only ``lo``, up), its sysctls set as ``corral-tools netns``
+    sets them (IPv6 off for links added later, any port bindable), so that ``plug(prepared=True)``
+    leaves ``lo``'s ``::1``; returns an fd that holds it. The caller closes the fd once a process
+    lives in the namespace (then the process holds it)."""
 
     def job() -> int:
         with _returning():
@@ -314,6 +316,8 @@ def new_netns() -> int:
                 if lo is None:
                     raise NetSetupError("a new netns has no lo")
                 rtnl.request(_set_up(lo[0]))
+            _sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+            _sysctl(UNPRIVILEGED_PORTS, "0")
             return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
     return _NS.submit(job).result()
@@ -380,19 +384,20 @@ def _sysctl(path: str, value: str) -> None:
 
 
 def plug(ns: NetNs, veth: str, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address,
-         from_maker: bool = False) -> None:
+         prepared: bool = False) -> None:
     """Create and configure the veth pair of the sandbox whose netns is ``ns``.
 
     The pair is made with its peer already in ``ns`` (``IFLA_NET_NS_FD``), named ``eth0`` there.
     Host side: create, read the indexes of both ends, IPv6 off, then address, up and route in one
     datagram; inside (one ``setns`` hop): IPv6 off and any port bindable, then address, up and both
-    routes in one datagram. ``from_maker``: a ``NetnsMaker`` namespace, whose sysctls were set
-    before ``eth0`` existed and whose ``lo`` is still down (bubblewrap and ``new_netns`` bring up
-    theirs): ``lo`` goes up in that datagram too. Thread-safe (callable from several worker threads
+    routes in one datagram. ``prepared``: a namespace whose sysctls were set before ``eth0``
+    existed (a ``NetnsMaker``'s, whose ``lo`` is still down, or ``new_netns``'): ``lo`` goes up in
+    that datagram too and keeps ``::1``; otherwise (one bubblewrap made) IPv6 goes off for ``all``,
+    ``lo`` included. Thread-safe (callable from several worker threads
     at once)."""
     with _host.lend() as rtnl:
         inside = _plug_host(rtnl, ns, veth, gateway, address)
-    in_netns(ns, lambda: _configure_inside(inside, gateway, address, from_maker))
+    in_netns(ns, lambda: _configure_inside(inside, gateway, address, prepared))
 
 
 def open_ports(ns: NetNs) -> None:
@@ -435,14 +440,14 @@ def _plug_host(
 
 
 def _configure_inside(index: int, gateway: ipaddress.IPv4Address, address: ipaddress.IPv4Address,
-                      from_maker: bool) -> None:
-    if not from_maker:
+                      prepared: bool) -> None:
+    if not prepared:
         _sysctl("net/ipv6/conf/all/disable_ipv6", "1")
         _sysctl("net/ipv6/conf/default/disable_ipv6", "1")
         _sysctl(UNPRIVILEGED_PORTS, "0")
     with _Rtnl() as rtnl:  # made here, so in the sandbox's netns
         rtnl.request(
-            *([_set_up(LOOPBACK_INDEX)] if from_maker else []),
+            *([_set_up(LOOPBACK_INDEX)] if prepared else []),
             _add_address(index, address),
             _set_up(index),
             _add_route(32, RT_SCOPE_LINK, _attr(RTA_DST, gateway.packed), _attr(RTA_OIF, _u32(index))),

@@ -36,7 +36,7 @@ def make(network: Network, att: Attachment, maker: netns_priv.NetnsMaker) -> int
     """Thread: a new namespace for ``att``, plugged; an fd that holds it."""
     fd = maker.make()
     try:
-        network.plug(att, netns_priv.fd_path(fd), from_maker=True)
+        network.plug(att, netns_priv.fd_path(fd), prepared=True)
     except BaseException:
         os.close(fd)
         raise

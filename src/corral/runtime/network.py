@@ -176,11 +176,11 @@ class Network:
         await asyncio.to_thread(self._unplug, att)
         self._free.append(att.slot)
 
-    def plug(self, att: Attachment, ns: netns_priv.NetNs, from_maker: bool = False) -> None:
+    def plug(self, att: Attachment, ns: netns_priv.NetNs, prepared: bool = False) -> None:
         """Thread: give the sandbox's netns (that of pid ``ns``, or at path ``ns``) its link, routes
-        and filter rules; ``from_maker``: a ``NetnsMaker`` namespace (``netns_priv.plug``)."""
+        and filter rules; ``prepared``: its sysctls set by its maker (``netns_priv.plug``)."""
         assert self.gateway is not None
-        netns_priv.plug(ns, att.veth, self.gateway, att.address, from_maker)
+        netns_priv.plug(ns, att.veth, self.gateway, att.address, prepared)
         nft_priv.run(netrules.attach(self.names, att.slot, att.address, att.client.policy))
         self.forwarder.clients[str(att.address)] = att.client
 
