@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import (
@@ -36,10 +37,14 @@ def test_restart_after_crash_cleans_up_and_closes_records() -> None:
         with first.client() as api:
             ids = [api.post("/v1/sandboxes", json={"timeout": 300}).json()["id"] for _ in range(2)]
             assert run_command(api, ids[0], "echo up").stdout == "up\n"
-        first_spares = spare_dirs(data)  # empty disks made ahead, mounted (runtime/spares.py)
-        assert first_spares, "expected the server to keep spare disks"
-        first_veths = veths(data)  # the sandboxes' and the spare network namespaces' (runtime/netspares.py)
-        assert len(first_veths) > len(ids), "expected the server to keep spare network namespaces"
+        # spare disks (runtime/spares.py) and network namespaces (runtime/netspares.py) are made
+        # again in the background once a create is done: wait (bounded) until both are there
+        deadline = time.monotonic() + 30
+        while not spare_dirs(data) or len(veths(data)) <= len(ids):
+            assert time.monotonic() < deadline, "expected the server to keep spare disks and network namespaces"
+            time.sleep(0.05)  # polling another process's background work, not test synchronisation
+        first_spares = spare_dirs(data)  # empty disks made ahead, mounted
+        first_veths = veths(data)  # the sandboxes' and the spare network namespaces'
         first.stop(signal.SIGKILL)  # no cleanup code runs
         assert mounts_under(data), "expected the crash to leave mounts for the restart to clean"
         assert net_leftovers(data), "expected the crash to leave its nftables table"

@@ -93,6 +93,7 @@ def prepare(plan: LaunchPlan, cgroups: Cgroups, spare: mounts_priv.Spare | None 
             fds.append(os.open(d / "disk", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
             fds.append(os.open(plan.log_path, _LOG_FLAGS, 0o600))
             root = os.stat(plan.root)
+            mountns_priv.trim()
         cgroups.create(plan.sandbox_id, plan.limits)
         path = d / "agent.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

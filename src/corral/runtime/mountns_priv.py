@@ -78,3 +78,55 @@ def entered(ns: int) -> Iterator[None]:
     with _switched():
         _check(_libc.setns(ns, CLONE_NEWNS), "setns(mount namespace)")
         yield
+
+
+# Kernel filesystems nothing started in a sandbox's namespace uses (bwrap mounts its own proc,
+# tmpfs, devpts and mqueue; the server passes cgroups and network namespaces as fds).
+UNUSED_TYPES = frozenset({
+    "sysfs", "cgroup", "cgroup2", "nsfs", "tracefs", "debugfs", "securityfs", "pstore", "bpf", "configfs",
+    "fusectl", "binfmt_misc", "efivarfs", "hugetlbfs", "mqueue", "rpc_pipefs",
+})
+MNT_DETACH = 2
+
+
+def trim() -> int:
+    """Detach, in the calling thread's namespace (one ``fresh`` made), every mount of a type in
+    ``UNUSED_TYPES``: bwrap copies each mount of the namespace it starts in and reads them all once
+    per bind, so ``/sys`` and its cgroup hierarchies alone (13 of the 22 on a Debian host) cost
+    every create ~0.5 ms. Returns how many were detached."""
+    with open("/proc/thread-self/mountinfo", "rb") as f:
+        lines = f.read().splitlines()
+    points: list[bytes] = []
+    for line in lines:
+        fields = line.split(b" ")
+        try:
+            fstype = fields[fields.index(b"-") + 1].decode()
+        except (ValueError, IndexError):
+            continue
+        if fstype in UNUSED_TYPES:
+            points.append(_unescape(fields[4]))
+    detached = 0
+    done: list[bytes] = []
+    for point in sorted(points, key=len):  # a parent first: its detach takes the mounts below it
+        if any(point == d or point.startswith(d.rstrip(b"/") + b"/") for d in done):
+            continue
+        if _libc.umount2(point, MNT_DETACH) == 0:
+            detached += 1
+            done.append(point)
+    return detached
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path: space, tab, newline and backslash are written as ``\\ooo``."""
+    if b"\\" not in field:
+        return field
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
+            out.append(int(field[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)
