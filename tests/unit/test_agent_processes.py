@@ -156,15 +156,15 @@ def test_deadlines_fire_in_order_once_and_not_after_cancel() -> None:
     assert len(deadlines._heap) <= 2 * len(deadlines._due) + 65
 
 
-def test_deadlines_started_ahead_keep_the_first_deadline_added_later() -> None:
+def test_deadlines_keep_one_thread_for_every_deadline() -> None:
     deadlines = Deadlines()
-    deadlines.start()  # as a new agent does before its first command: the thread waits with nothing due
-    deadlines.start()  # a second start keeps the one thread
-    thread = deadlines._thread
-    fired = threading.Event()
-    deadlines.add(0.02, fired.set)
-    assert fired.wait(10)
-    assert deadlines._thread is thread and thread is not None and thread.is_alive()
+    seen: list[int] = []
+    done = threading.Event()
+    deadlines.add(0.01, lambda: seen.append(threading.get_ident()))
+    ident = deadlines._thread
+    deadlines.add(0.02, lambda: (seen.append(threading.get_ident()), done.set()))
+    assert done.wait(10)
+    assert ident is not None and deadlines._thread == ident and seen == [ident, ident]
 
 
 def test_pty_output_and_resize(agent: RunningAgent) -> None:
@@ -403,16 +403,13 @@ def test_a_fork_refused_for_want_of_pids_reaps_exited_children_and_retries(monke
         os.waitpid(zombie, os.WNOHANG)  # collected by the retry
 
 
-def _no_threads_named(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Threads whose name starts with `prefix` fail to start, as when the sandbox's task limit is reached."""
-    real_start = threading.Thread.start
+def _no_threads_in(module: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads `module` starts (``workers.start_thread``) fail to start, as when the sandbox's task limit is reached."""
 
-    def start(self: threading.Thread) -> None:
-        if self.name.startswith(prefix):
-            raise RuntimeError("can't start new thread")
-        real_start(self)
+    def start_thread(function: object, *args: object) -> int:
+        raise RuntimeError("can't start new thread")
 
-    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.setattr(module, "start_thread", start_thread)
 
 
 def test_a_command_left_without_a_thread_for_its_output_is_killed_and_says_why(
@@ -426,7 +423,9 @@ def test_a_command_left_without_a_thread_for_its_output_is_killed_and_says_why(
     user = User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
     listener = Listener()
     process = table.spawn(Spec(["sleep", "30"], {}, None, user, False, None, None, 0.0), listener)
-    _no_threads_named("pump-test", monkeypatch)
+    import corral.agent.workers
+
+    _no_threads_in(corral.agent.workers, monkeypatch)  # the pump's
     starting = threading.Thread(target=process.start)  # returns once the command was killed, drained, collected
     starting.start()
     while starting.is_alive():
@@ -450,7 +449,9 @@ def test_a_spawner_without_a_thread_for_its_exits_is_stopped_and_commands_still_
     entry = other_user()
     user = User(entry.pw_name, entry.pw_uid, entry.pw_gid, "/", "/bin/sh", (entry.pw_gid,))
     table = ProcessTable()
-    _no_threads_named("spawner-", monkeypatch)  # the spawner's exit reader (not "spawner-start": not used here)
+    import corral.agent.spawner
+
+    _no_threads_in(corral.agent.spawner, monkeypatch)  # the spawner's exit reader (_start_spawner is called here)
     key = (user.uid, user.gid, user.groups)
     table._start_spawner(user, key)
     made = table._spawners[key]

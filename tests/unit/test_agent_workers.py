@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 
-from corral.agent.workers import Workers
+from corral.agent.workers import Workers, start_thread
 
 WAIT = 10.0  # seconds a test waits for what must happen at once
 
@@ -21,16 +22,25 @@ def until(condition: Callable[[], bool]) -> bool:
     return True
 
 
+def tids() -> set[int]:
+    """This process's threads, as the kernel lists them (the workers' are not ``threading`` objects)."""
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def gone(tid: int) -> bool:
+    return not os.path.exists(f"/proc/self/task/{tid}")
+
+
 def test_a_thread_that_finished_its_job_runs_the_next() -> None:
     workers = Workers("test")
-    threads: list[threading.Thread] = []
+    threads: list[int] = []
     for _ in range(3):
         done = threading.Event()
-        workers.run(lambda done=done: (threads.append(threading.current_thread()), done.set()))
+        workers.run(lambda done=done: (threads.append(threading.get_native_id()), done.set()))
         assert done.wait(WAIT)
         assert until(lambda: workers.waiting() == 1)  # it is back in the list right after the job returns
-    assert threads[0] is not threading.current_thread()
-    assert threads[1] is threads[0] and threads[2] is threads[0]
+    assert threads[0] != threading.get_native_id()
+    assert threads[1] == threads[0] and threads[2] == threads[0]
 
 
 def test_jobs_that_wait_for_each_other_run_at_once() -> None:
@@ -45,11 +55,11 @@ def test_jobs_that_wait_for_each_other_run_at_once() -> None:
 
 def test_a_failing_job_leaves_its_thread_serving() -> None:
     workers = Workers("test")
-    seen: list[threading.Thread] = []
+    seen: list[int] = []
     failed = threading.Event()
 
     def fail() -> None:
-        seen.append(threading.current_thread())
+        seen.append(threading.get_native_id())
         failed.set()
         raise RuntimeError("job failed")
 
@@ -57,18 +67,17 @@ def test_a_failing_job_leaves_its_thread_serving() -> None:
     assert failed.wait(WAIT)
     assert until(lambda: workers.waiting() == 1)
     done = threading.Event()
-    workers.run(lambda: (seen.append(threading.current_thread()), done.set()))
-    assert done.wait(WAIT) and seen[1] is seen[0]
+    workers.run(lambda: (seen.append(threading.get_native_id()), done.set()))
+    assert done.wait(WAIT) and seen[1] == seen[0]
 
 
 def test_an_idle_thread_ends() -> None:
     workers = Workers("test", idle=0.05)
-    started: list[threading.Thread] = []
+    started: list[int] = []
     done = threading.Event()
-    workers.run(lambda: (started.append(threading.current_thread()), done.set()))
+    workers.run(lambda: (started.append(threading.get_native_id()), done.set()))
     assert done.wait(WAIT)
-    started[0].join(WAIT)
-    assert not started[0].is_alive() and workers.waiting() == 0
+    assert until(lambda: gone(started[0])) and workers.waiting() == 0
 
 
 def test_every_job_runs_once_while_threads_time_out_and_are_taken() -> None:
@@ -102,28 +111,36 @@ def test_every_job_runs_once_while_threads_time_out_and_are_taken() -> None:
 
 def test_a_job_can_retire_its_thread() -> None:
     workers = Workers("test")
-    seen: list[threading.Thread] = []
+    seen: list[int] = []
 
     def job(retire: bool) -> None:
-        seen.append(threading.current_thread())
+        seen.append(threading.get_native_id())
         if retire:
             workers.retire()
 
     for count, retire in ((1, True), (2, False)):
         workers.run(lambda retire=retire: job(retire))
         assert until(lambda count=count: len(seen) == count)
-    seen[0].join(WAIT)
-    assert not seen[0].is_alive() and seen[1] is not seen[0]
+    assert until(lambda: gone(seen[0])) and seen[1] != seen[0]
 
 
 def test_one_thread_can_be_kept_waiting_ahead_of_the_next_job() -> None:
     workers = Workers("test")
+    before = tids()
     workers.keep_one_waiting()
     assert until(lambda: workers.waiting() == 1)
     workers.keep_one_waiting()  # one waits already: none more
     assert workers.waiting() == 1
-    ahead = [t for t in threading.enumerate() if t.name == "test"]
-    ran: list[threading.Thread] = []
+    ahead = tids() - before
+    ran: list[int] = []
     done = threading.Event()
-    workers.run(lambda: (ran.append(threading.current_thread()), done.set()))
+    workers.run(lambda: (ran.append(threading.get_native_id()), done.set()))
     assert done.wait(WAIT) and ran[0] in ahead
+
+
+def test_start_thread_runs_the_function_with_its_arguments_on_a_new_thread() -> None:
+    got: list[tuple[int, tuple[object, ...]]] = []
+    done = threading.Event()
+    ident = start_thread(lambda *args: (got.append((threading.get_ident(), args)), done.set()), 1, "two")
+    assert done.wait(WAIT)
+    assert got == [(ident, (1, "two"))] and ident != threading.get_ident()

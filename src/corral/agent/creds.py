@@ -76,7 +76,7 @@ class FileRunner:
     @contextlib.contextmanager
     def acting_as(self, user: User) -> Iterator[None]:
         """Switch the calling (connection) thread to `user`'s filesystem credentials for the block."""
-        if threading.current_thread() is threading.main_thread():
+        if threading.get_ident() == threading.main_thread().ident:
             raise AgentError("internal", "refusing to switch the credentials of the main thread")
         self.check()
         base = self.baseline

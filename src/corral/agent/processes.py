@@ -32,7 +32,7 @@ from .log import log, log_exception
 from .protocol import STDERR, STDOUT, AgentError, Exit, Frozen, error_from_os
 from .spawner import Spawner, SpawnerGone
 from .users import User
-from .workers import Workers
+from .workers import Workers, start_thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ class Deadlines:
         self._heap: list[tuple[float, int]] = []  # (monotonic deadline, key); cancelled keys stay until compacted
         self._due: dict[int, Callable[[], None]] = {}  # the keys not cancelled yet
         self._next = 0
-        self._thread: threading.Thread | None = None
+        self._thread: int | None = None  # its ident, once started
 
     def add(self, seconds: float, fn: Callable[[], None]) -> int:
         with self._cond:
@@ -345,16 +345,8 @@ class Deadlines:
                 self._cond.notify()  # earlier than what the thread waits for
         return key
 
-    def start(self) -> None:
-        """Start the thread ahead of the first deadline; raises RuntimeError if it cannot start."""
-        with self._cond:
-            if self._thread is None:
-                self._start()
-
     def _start(self) -> None:
-        thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
-        thread.start()
-        self._thread = thread
+        self._thread = start_thread(self._run)
 
     def cancel(self, key: int) -> None:
         with self._cond:
@@ -394,10 +386,6 @@ class ProcessTable:
         self._use_spawners = spawners
         self._tools = tools  # corral-tools (tools.py); None: commands as another user fork the agent
         self._workers = workers or Workers("pump")
-
-    def start_deadlines(self) -> None:
-        """Start the thread that keeps the timeouts (RuntimeError if it cannot), ahead of the first command."""
-        self._deadlines.start()
 
     def install(self) -> None:
         """Adopt orphans as a child subreaper, so that `reap` collects them too."""
@@ -562,7 +550,7 @@ class ProcessTable:
             return
         self._spawners_starting.add(key)
         try:
-            threading.Thread(target=self._start_spawner, args=(user, key), name="spawner-start", daemon=True).start()
+            start_thread(self._start_spawner, user, key)
         except RuntimeError:  # no thread (the sandbox's task limit): a later command tries again
             self._spawners_starting.discard(key)
 

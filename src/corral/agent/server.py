@@ -67,20 +67,6 @@ class Agent:
         self.keep_idle = keep_idle
         self._connections: set[socket.socket] = set()
 
-    def warm_up(self) -> None:
-        """Ahead of the first request, while the host still answers the create: a worker thread looks
-        the usual users up and starts the timeouts' thread, then waits for the first job. Each cost
-        the first command ~0.3-0.8 ms on its path (a look-up through NSS, a thread's start)."""
-        with contextlib.suppress(RuntimeError):  # no thread to spare (the task limit): done on demand
-            self.workers.run(self._warm_up)
-
-    def _warm_up(self) -> None:
-        for name in ("user", "root"):
-            with contextlib.suppress(AgentError):  # no such user here: the request will say so
-                resolve_user(name)
-        with contextlib.suppress(RuntimeError):
-            self.processes.start_deadlines()
-
     def start(self, conn: socket.socket) -> None:
         """Serve `conn` on a worker thread."""
         conn.setblocking(True)
@@ -509,7 +495,6 @@ def serve(sock: socket.socket, donated: bool = False) -> None:
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _note_signal)  # the wakeup fd carries the number; handled below
     sock.setblocking(False)
-    agent.warm_up()
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)

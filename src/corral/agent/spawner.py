@@ -29,9 +29,9 @@ import select
 import signal
 import socket
 import subprocess
-import threading
 
 from . import libc
+from .workers import start_thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -291,5 +291,4 @@ def _exit_from_event(data: bytes) -> tuple[int, int] | None:
 
 def event_reader(spawner: Spawner, on_exit: Callable[[int, int], None], on_end: Callable[[], None]) -> None:
     """Start `spawner`'s event reader thread."""
-    threading.Thread(target=spawner.read_events, args=(on_exit, on_end), name=f"spawner-{spawner.pid}",
-                     daemon=True).start()
+    start_thread(spawner.read_events, on_exit, on_end)
