@@ -83,7 +83,7 @@ class GvisorBackend(BwrapBackend):
                 assert att is not None
                 netns_fd = await asyncio.to_thread(netns_priv.new_netns)
                 netns = f"/proc/{os.getpid()}/fd/{netns_fd}"
-                await asyncio.to_thread(net.plug, att, netns, True)
+                await asyncio.to_thread(net.plug, att, netns, prepared=True)
             fixup = await self._fixup()
             bundle, preloaded = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns, spare, fixup)
             if preloaded:

@@ -393,8 +393,7 @@ def plug(ns: NetNs, veth: str, gateway: ipaddress.IPv4Address, address: ipaddres
     routes in one datagram. ``prepared``: a namespace whose sysctls were set before ``eth0``
     existed (a ``NetnsMaker``'s, whose ``lo`` is still down, or ``new_netns``'): ``lo`` goes up in
     that datagram too and keeps ``::1``; otherwise (one bubblewrap made) IPv6 goes off for ``all``,
-    ``lo`` included. Thread-safe (callable from several worker threads
-    at once)."""
+    ``lo`` included. Thread-safe (callable from several worker threads at once)."""
     with _host.lend() as rtnl:
         inside = _plug_host(rtnl, ns, veth, gateway, address)
     in_netns(ns, lambda: _configure_inside(inside, gateway, address, prepared))
