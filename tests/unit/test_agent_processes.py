@@ -403,6 +403,48 @@ def test_a_fork_refused_for_want_of_pids_reaps_exited_children_and_retries(monke
         os.waitpid(zombie, os.WNOHANG)  # collected by the retry
 
 
+def test_a_fork_refused_for_want_of_pids_waits_for_children_still_exiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork bomb's group just killed: its processes hold the pids until they have exited, which
+    takes a moment after the SIGKILL. A command started in that moment waits for them (bounded)
+    instead of failing with EAGAIN; with nothing to wait for it fails after PIDS_WAIT."""
+    from corral.agent import processes
+
+    table = ProcessTable()
+    release_r, release_w = os.pipe()
+    exiting = os.fork()
+    if exiting == 0:  # exits 50 ms after it is told to: not yet collectable when the fork is refused
+        os.close(release_w)
+        os.read(release_r, 1)
+        time.sleep(0.05)
+        os._exit(0)
+    os.close(release_r)
+    real_popen = subprocess.Popen
+    refusals = []
+
+    def refuse_once(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        if not refusals:
+            refusals.append(True)
+            os.close(release_w)  # the child starts its way out
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", refuse_once)
+    me = pwd.getpwuid(os.getuid())
+    user = User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
+    process = table.spawn(Spec(["true"], {}, None, user, False, None, None, 0.0))
+    assert refusals == [True] and os.waitpid(process.pid, 0)[1] == 0
+    with pytest.raises(ChildProcessError):
+        os.waitpid(exiting, os.WNOHANG)  # collected while the start waited
+
+    def refuse(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(processes, "PIDS_WAIT", 0.05)
+    with pytest.raises(AgentError, match="Resource temporarily unavailable"):  # all held by live processes
+        table.spawn(Spec(["true"], {}, None, user, False, None, None, 0.0))
+
+
 def _no_threads_in(module: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """Threads `module` starts (``workers.start_thread``) fail to start, as when the sandbox's task limit is reached."""
 

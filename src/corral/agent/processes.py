@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 CHUNK = 64 * 1024
 LISTENER_QUEUE = 16  # frames queued per listener before the pump waits for it
 FINISHED_KEPT = 256
+PIDS_WAIT = 1.0  # seconds a start that found no free pid waits for killed children to exit (_pids_freed)
+PIDS_POLL = 0.005
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # per second, the unit of a process's start in /proc/<pid>/stat
@@ -517,14 +519,27 @@ class ProcessTable:
 
     def _popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """``Popen``, under the lock. A fork that fails for want of pids (EAGAIN: the sandbox's pids
-        limit) while exited children still hold some (a storm of orphans just killed, say a fork
-        bomb's, not all reaped yet on SIGCHLD) collects them and tries again."""
+        limit) while children still hold some (a storm of orphans just killed, say a fork bomb's,
+        not all exited or reaped yet) collects them and tries again (``_pids_freed``)."""
         while True:
             try:
                 return subprocess.Popen(cmd, **kwargs)
             except BlockingIOError:
-                if not self._collect():
+                if not self._pids_freed():
                     raise
+
+    def _pids_freed(self) -> bool:
+        """After a fork failed for want of pids: collect exited children, waiting up to
+        ``PIDS_WAIT`` for killed ones still on their way out (SIGKILLed, not yet zombies: a group
+        just killed by ``kill -9 -- -pgid``); whether any was collected. Under the lock, so the
+        main thread's reaping waits: only this loop collects meanwhile. A sandbox whose pids are
+        all held by live processes fails its command after that wait."""
+        deadline = time.monotonic() + PIDS_WAIT
+        while not self._collect():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(PIDS_POLL)  # a child's exit has no event this thread can wait on (SIGCHLD is the main thread's)
+        return True
 
     # -- spawners -------------------------------------------------------------------------------
 
@@ -585,8 +600,8 @@ class ProcessTable:
             asked = _boot_ticks()
             try:
                 return via.spawn(cmd, env, cwd, (stdin, stdio["stdout"], stdio["stderr"]))
-            except BlockingIOError:  # as in _popen: exited children of the agent may hold pids
-                if not self._collect():
+            except BlockingIOError:  # as in _popen: exiting children of the agent may hold pids
+                if not self._pids_freed():
                     raise
             except SpawnerGone as exc:
                 if exc.died:  # None: it had started nothing, and the agent starts it
