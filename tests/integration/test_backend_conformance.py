@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (
+    PF_EXITING,
     corral_cgroups,
     loop_devices_of,
     make_data_dir,
@@ -88,7 +89,9 @@ class Node:
 
 
 def node_processes(data: Path) -> list[int]:
-    """Live host processes of one data dir: in its cgroups, or naming its dirs (runsc, bundles)."""
+    """Live host processes of one data dir: in its cgroups, or naming its dirs (runsc, bundles).
+    Neither zombies nor processes already in their exit count (a killed sandbox's pid 1 sleeps in
+    its exit until the rest of its pid namespace is gone; as ``conftest.sandbox_processes``)."""
     marks = [f"/corral/{Settings(data_dir=data).instance}/", str(data)]
     found = []
     for entry in Path("/proc").iterdir():
@@ -96,10 +99,10 @@ def node_processes(data: Path) -> list[int]:
             continue
         try:
             about = (entry / "cgroup").read_text() + (entry / "cmdline").read_text(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if state != "Z" and any(m in about for m in marks):
+        if fields[0] != "Z" and not int(fields[6]) & PF_EXITING and any(m in about for m in marks):
             found.append(int(entry.name))
     return found
 
