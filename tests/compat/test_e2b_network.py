@@ -22,14 +22,19 @@ from netlab import PUBLIC_A, PUBLIC_B, PUBLIC_C
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())"
 
 
-@pytest.fixture
-def e2b_net(netserver: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
-    monkeypatch.setenv("E2B_API_URL", netserver.url)
-    monkeypatch.setenv("E2B_SANDBOX_URL", netserver.url)
-    monkeypatch.setenv("E2B_API_KEY", netserver.api_key)
+def point_sdk_at(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    """The unmodified SDK finds its API and sandboxes through these variables."""
+    monkeypatch.setenv("E2B_API_URL", server.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", server.url)
+    monkeypatch.setenv("E2B_API_KEY", server.api_key)
     monkeypatch.delenv("E2B_DOMAIN", raising=False)
     monkeypatch.delenv("E2B_DEBUG", raising=False)
-    return netserver
+    return server
+
+
+@pytest.fixture
+def e2b_net(netserver: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    return point_sdk_at(netserver, monkeypatch)
 
 
 def reaches(sbx: Sandbox, url: str) -> bool:
@@ -73,10 +78,7 @@ def test_a_server_without_networking_gives_every_sandbox_loopback_only(monkeypat
     data = make_data_dir()
     srv = start_server(data, CORRAL_NETWORK="off")
     try:
-        monkeypatch.setenv("E2B_API_URL", srv.url)
-        monkeypatch.setenv("E2B_SANDBOX_URL", srv.url)
-        monkeypatch.setenv("E2B_API_KEY", srv.api_key)
-        monkeypatch.delenv("E2B_DOMAIN", raising=False)
+        point_sdk_at(srv, monkeypatch)
         sbx = Sandbox.create(timeout=120)
         try:
             devices = sbx.commands.run("tail -n +3 /proc/net/dev").stdout.splitlines()

@@ -13,6 +13,7 @@ import subprocess
 import termios
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -374,6 +375,28 @@ def test_exec_failures_are_structured_errors(agent: RunningAgent, tmp_path: Path
     run(main())
 
 
+def _refuse_first_fork(monkeypatch: pytest.MonkeyPatch, on_refusal: Callable[[], None] = lambda: None) -> list[bool]:
+    """The next ``Popen`` fails with EAGAIN (a sandbox out of pids), after ``on_refusal``; later ones
+    run. Returns the list that records the refusal."""
+    real_popen = subprocess.Popen
+    refusals: list[bool] = []
+
+    def refuse_once(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        if not refusals:
+            refusals.append(True)
+            on_refusal()
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", refuse_once)
+    return refusals
+
+
+def _me() -> User:
+    me = pwd.getpwuid(os.getuid())
+    return User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
+
+
 def test_a_fork_refused_for_want_of_pids_reaps_exited_children_and_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Right after a fork bomb is killed, its orphans (adopted by the agent) hold the sandbox's pids
     until reaped; a command started then must not fail with EAGAIN while the agent still holds
@@ -384,19 +407,8 @@ def test_a_fork_refused_for_want_of_pids_reaps_exited_children_and_retries(monke
         os._exit(0)
     while Path(f"/proc/{zombie}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
         time.sleep(0.001)  # until it has exited (asserted by the loop's condition, not a timing)
-    real_popen = subprocess.Popen
-    refusals = []
-
-    def refuse_once(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        if not refusals:
-            refusals.append(True)
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-        return real_popen(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
-
-    monkeypatch.setattr(subprocess, "Popen", refuse_once)
-    me = pwd.getpwuid(os.getuid())
-    user = User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
-    process = table.spawn(Spec(["true"], {}, None, user, False, None, None, 0.0))
+    refusals = _refuse_first_fork(monkeypatch)
+    process = table.spawn(Spec(["true"], {}, None, _me(), False, None, None, 0.0))
     assert refusals == [True]
     assert os.waitpid(process.pid, 0)[1] == 0
     with pytest.raises(ChildProcessError):
@@ -418,19 +430,8 @@ def test_a_fork_refused_for_want_of_pids_waits_for_children_still_exiting(monkey
         time.sleep(0.05)
         os._exit(0)
     os.close(release_r)
-    real_popen = subprocess.Popen
-    refusals = []
-
-    def refuse_once(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        if not refusals:
-            refusals.append(True)
-            os.close(release_w)  # the child starts its way out
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-        return real_popen(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
-
-    monkeypatch.setattr(subprocess, "Popen", refuse_once)
-    me = pwd.getpwuid(os.getuid())
-    user = User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
+    refusals = _refuse_first_fork(monkeypatch, lambda: os.close(release_w))  # the child starts its way out
+    user = _me()
     process = table.spawn(Spec(["true"], {}, None, user, False, None, None, 0.0))
     assert refusals == [True] and os.waitpid(process.pid, 0)[1] == 0
     with pytest.raises(ChildProcessError):
@@ -457,16 +458,12 @@ def _no_threads_in(module: object, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_command_left_without_a_thread_for_its_output_is_killed_and_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from corral.agent.processes import Listener
-    from corral.agent.workers import Workers
-
-    table = ProcessTable(workers=Workers("pump-test"))
-    me = pwd.getpwuid(os.getuid())
-    user = User(me.pw_name, me.pw_uid, me.pw_gid, me.pw_dir, me.pw_shell, tuple(os.getgroups()))
-    listener = Listener()
-    process = table.spawn(Spec(["sleep", "30"], {}, None, user, False, None, None, 0.0), listener)
     import corral.agent.workers
+    from corral.agent.processes import Listener
 
+    table = ProcessTable(workers=corral.agent.workers.Workers("pump-test"))
+    listener = Listener()
+    process = table.spawn(Spec(["sleep", "30"], {}, None, _me(), False, None, None, 0.0), listener)
     _no_threads_in(corral.agent.workers, monkeypatch)  # the pump's
     starting = threading.Thread(target=process.start)  # returns once the command was killed, drained, collected
     starting.start()

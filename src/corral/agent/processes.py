@@ -339,16 +339,13 @@ class Deadlines:
                 heapq.heapify(self._heap)
             if self._thread is None:
                 try:
-                    self._start()
+                    self._thread = start_thread(self._run)
                 except RuntimeError:  # no thread (the sandbox's task limit): this deadline is not kept
                     del self._due[key]
                     raise
             elif self._heap[0][1] == key:
                 self._cond.notify()  # earlier than what the thread waits for
         return key
-
-    def _start(self) -> None:
-        self._thread = start_thread(self._run)
 
     def cancel(self, key: int) -> None:
         with self._cond:
