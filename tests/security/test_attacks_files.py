@@ -83,10 +83,7 @@ def test_reads_of_host_paths_resolve_inside_the_sandbox(api: httpx.Client, serve
                     assert r.status_code in (400, 404), (path, user, r.status_code)
                     assert HOST_SECRET not in r.text and "SQLite" not in r.text
                     st = api.get(f"/v1/sandboxes/{sandbox}/files/stat", params={"path": path, "user": user})
-                    # gVisor (this runsc): behind a symlink to exactly `/` the rest of the path is
-                    # dropped, so the sandbox's own `/` is described (docs/gvisor.md); never a host file
-                    root_link = GVISOR and prefix == "/home/user/l-root" and st.status_code == 200
-                    assert st.status_code in (400, 404) or (root_link and st.json()["type"] == "dir"), (path, st.text)
+                    assert st.status_code in (400, 404), (path, st.text)
                     listed = api.get(f"/v1/sandboxes/{sandbox}/files/list",
                                      params={"path": f"{prefix}/root", "user": user})
                     assert secret.name not in listed.text
@@ -97,8 +94,8 @@ def test_reads_of_host_paths_resolve_inside_the_sandbox(api: httpx.Client, serve
         for sid in (sandbox, sid_envd):
             put(api, sid, str(secret), "inside", user="root")
         for prefix in PREFIXES:
-            if prefix == "/.corral/rt" or (GVISOR and prefix == "/home/user/l-root"):
-                continue  # the template's rootfs, read-only: the file is not there; gVisor: see above
+            if prefix == "/.corral/rt":
+                continue  # the template's rootfs, read-only: the file is not there
             assert _files(api, sandbox, f"{prefix}{secret}", "root").text == "inside", prefix
             assert e.get("/files", params={"path": f"{prefix}{secret}", "username": "root"}).text == "inside"
         assert secret.read_text() == HOST_SECRET
@@ -118,10 +115,6 @@ def test_writes_to_host_paths_land_inside_the_sandbox(api: httpx.Client, server:
         before = (victim.stat().st_mtime_ns, victim.read_text())
         for prefix in PREFIXES:
             if prefix == "/.corral/rt":
-                continue
-            if GVISOR and prefix == "/home/user/l-root":  # this runsc: `/` swallows the rest of the path
-                r = api.put(base, params={"path": f"{prefix}{victim}", "user": "root"}, content=b"owned")
-                assert r.status_code == 400 and "Is a directory" in r.text, r.text
                 continue
             for path, body in ((f"{prefix}{victim}", b"owned"), (f"{prefix}{fresh}", b"new")):
                 assert api.put(base, params={"path": path, "user": "root"}, content=body).status_code == 200
@@ -339,6 +332,11 @@ def test_setuid_binaries_give_no_root(api: httpx.Client, server: Server, sandbox
     assert on_host.st_mode & stat.S_ISUID and on_host.st_uid == 1_000_000  # setuid to an unused host id
 
 
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
 def test_sandbox_processes_hold_no_host_files(api: httpx.Client, server: Server, sandbox: str) -> None:
     """Attack: look for file descriptors inherited from the host side (an open host file, directory
     or socket would be reachable through /proc/<pid>/fd by sandbox root). From the host, every fd
@@ -348,12 +346,16 @@ def test_sandbox_processes_hold_no_host_files(api: httpx.Client, server: Server,
     Twin: the agent's listener is found (the audit sees what it should)."""
     run_command(api, sandbox, "nohup sleep 600 >/dev/null 2>&1 &", user="user")
     if GVISOR:
-        # Sandbox processes are no host processes of their own: the sentry (host `nobody`) runs them
-        # over ptrace stubs that share its fd table and whose every syscall it serves; the host fds
-        # are runsc's (root), its gofer's (the sandbox root's host id) and the sentry's (docs/gvisor.md).
-        owners = {os.stat(f"/proc/{pid}").st_uid for pid in host_pids(sandbox)}
-        assert owners <= {0, 1_000_000, 65534} and 65534 in owners, owners
-        assert not [p for p in host_pids(sandbox) if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"]
+        # Sandbox processes are no host processes of their own: the sentry runs them over ptrace stubs
+        # that share its fd table and whose every syscall it serves. On the host: runsc (root), which
+        # only waits, and its gofer and sentry, each the sandbox root's host id in the sandbox's user
+        # namespace, under seccomp with no_new_privs (docs/gvisor.md).
+        pids = host_pids(sandbox)
+        owners = {os.stat(f"/proc/{pid}").st_uid for pid in pids}
+        assert owners == {0, 1_000_000}, owners
+        confined = [_status(pid) for pid in pids if os.stat(f"/proc/{pid}").st_uid == 1_000_000]
+        assert confined and all(s["NoNewPrivs"] == "1" and s["Seccomp"] == "2" for s in confined), confined
+        assert not [p for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"]
         return
     # the detached sleep may still be in exec (its loader holds libc open): wait until it settled
     deadline = time.monotonic() + 10

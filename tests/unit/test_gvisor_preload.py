@@ -97,3 +97,24 @@ def test_only_the_empty_mount_point_leaves_a_committed_layer(tmp_path: Path) -> 
     (linked / "etc").symlink_to(outside / "etc")
     gvisor_preload.drop_mount_point(linked)  # a link in the layer is not followed
     assert (outside / "etc" / "ld.so.preload").exists()
+
+
+@pytest.mark.parametrize(("version", "needed"), [
+    ("runsc version 0.0~20221219.0\nspec: 1.0.2-dev\n", True),  # Debian 12's own
+    ("runsc version 0.0~20240729.0\nspec: 1.0.2-dev\n", False),  # bookworm-backports'
+    ("runsc version release-20251110.0\nspec: 1.1.0\n", False),  # upstream's release builds
+    ("runsc version VERSION_MISSING\n", True),  # no date: kept
+    ("", True),
+])
+def test_only_a_runsc_older_than_the_fix_gets_the_fixup(version: str, needed: bool) -> None:
+    assert gvisor_preload.needed(version) is needed
+
+
+def test_the_runsc_on_the_path_is_asked(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_text("#!/bin/sh\necho 'runsc version 0.0~20221219.0'\n")
+    new.write_text("#!/bin/sh\necho 'runsc version 0.0~20240729.0'\n")
+    for script in (old, new):
+        script.chmod(0o755)
+    assert gvisor_preload.runsc_needs_it(str(old)) and not gvisor_preload.runsc_needs_it(str(new))
+    assert gvisor_preload.runsc_needs_it(str(tmp_path / "missing"))

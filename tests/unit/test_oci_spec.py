@@ -44,10 +44,11 @@ def test_the_agent_is_the_only_process_with_its_small_capability_set(launch: Lau
     assert "PYTHONPATH=/.corral/lib" in process["env"]
 
 
-def test_runsc_has_no_network_no_host_sockets_and_leaves_cgroups_to_us() -> None:
+def test_runsc_has_no_network_no_host_sockets_and_leaves_cgroups_and_the_root_overlay_to_us() -> None:
     flags = oci_spec.runsc_flags(Path("/run/corral/runsc/x"))
     assert flags[0] == "runsc" and "--root=/run/corral/runsc/x" in flags
-    for flag in ("--platform=ptrace", "--network=none", "--ignore-cgroups", "--host-uds=none", "--host-fifo=none"):
+    for flag in ("--platform=ptrace", "--network=none", "--ignore-cgroups", "--host-uds=none", "--host-fifo=none",
+                 "--overlay2=none"):
         assert flag in flags
 
 

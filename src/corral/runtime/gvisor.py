@@ -51,15 +51,19 @@ class GvisorBackend(BwrapBackend):
         super().__init__(sandboxes_dir, mounts_dir, runtime, cgroups, id_offset, on_exit, network, spares=spares)
         self.state_root = state_root  # runsc --root: this server's containers only
         self._donors: dict[str, Donor] = {}
-        # The stat fix-up (``gvisor_preload``), compiled at the first gVisor create of this server.
+        # The stat fix-up (``gvisor_preload``), compiled at the first gVisor create of this server if
+        # its runsc needs it.
         self.fixup_dir = state_root.with_name(f"{state_root.name}.preload")
         self._fixup_task: asyncio.Task[gvisor_preload.Preload | None] | None = None
         self._preloaded: set[str] = set()  # sandboxes it is bound in (their commit drops its mount point)
 
     async def _fixup(self) -> gvisor_preload.Preload | None:
         if self._fixup_task is None:
-            self._fixup_task = asyncio.create_task(asyncio.to_thread(gvisor_preload.build, self.fixup_dir))
+            self._fixup_task = asyncio.create_task(asyncio.to_thread(self._build_fixup))
         return await asyncio.shield(self._fixup_task)
+
+    def _build_fixup(self) -> gvisor_preload.Preload | None:
+        return gvisor_preload.build(self.fixup_dir) if gvisor_preload.runsc_needs_it() else None
 
     async def create(self, spec: SandboxSpec) -> None:
         net = self.network

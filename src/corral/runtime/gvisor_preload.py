@@ -1,6 +1,7 @@
 """The stat fix-up of gVisor sandboxes: a tiny library every process there preloads.
 
-Debian 12's runsc rejects ``AT_NO_AUTOMOUNT`` in ``statx``/``newfstatat`` (EINVAL), which coreutils
+Only for a runsc that needs it (``runsc_needs_it``: the 2024 runsc ``make serve`` installs does not).
+Debian 12's own runsc (2022) rejects ``AT_NO_AUTOMOUNT`` in ``statx``/``newfstatat`` (EINVAL), which coreutils
 passes on every ``ls`` and ``stat``: without the fix-up ``ls /`` fails in every gVisor sandbox.
 ``gvisor_statx.c`` clears the flag (meaningless there: the sentry has no automount points). The
 backend compiles it at its first gVisor create into a dir of its own, binds that dir read-only at
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -31,6 +33,7 @@ LIBRARY = "statx.so"
 LIST_FILE = "ld.so.preload"  # the list's name in the host dir
 NAME_INSIDE = Path(PRELOAD_LIST).name  # the list's name in the sandbox's /etc
 CC_FLAGS = ["-shared", "-fPIC", "-O2", "-nostdlib", "-ffreestanding"]
+FIXED_IN = 20240729  # the first runsc release seen taking the flag (bookworm-backports'); 2022's refuses it
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,23 @@ class Preload:
     @property
     def list_file(self) -> Path:
         return self.dir / LIST_FILE
+
+
+def needed(version: str) -> bool:
+    """Whether a runsc whose ``--version`` printed ``version`` needs the fix-up: a release before
+    ``FIXED_IN``, or one whose date is not found (then it is kept: it costs only time)."""
+    found = re.search(r"(\d{8})\.\d+", version)
+    return found is None or int(found.group(1)) < FIXED_IN
+
+
+def runsc_needs_it(runsc: str = "runsc") -> bool:
+    """``needed`` for the runsc on this host's PATH."""
+    try:
+        done = subprocess.run([runsc, "--version"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return needed(done.stdout)
 
 
 def build(dest: Path) -> Preload | None:

@@ -28,11 +28,15 @@ def runsc_flags(state_root: Path, networked: bool = False) -> list[str]:
     return [
         "runsc",
         f"--root={state_root}",
-        "--platform=ptrace",  # kvm hangs on PVM hosts; this runsc has no systrap
+        # kvm hangs on PVM hosts; systrap (runsc 2023+) was slower here on 2 cores (docs/gvisor.md)
+        "--platform=ptrace",
         # netstack either way: with the veth runsc finds in the sandbox's netns, or loopback only
         "--network=sandbox" if networked else "--network=none",
         "--ignore-cgroups",  # the launcher places runsc in the sandbox's cgroups itself
         "--file-access=exclusive",  # the gofer owns the root: the sentry may cache it
+        # the root's writes go to our overlay's upper dir (disk quota, commit), never to a file of
+        # runsc's own (newer runsc's default, root:self)
+        "--overlay2=none",
         "--host-uds=none",
         "--host-fifo=none",
     ]
