@@ -200,7 +200,9 @@ def test_dying_agent_marks_the_sandbox_failed(api: httpx.Client, server: Server,
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).json()["id"]
     agent = 1 if GVISOR else 2  # under bwrap, a waiting sleep is pid 1
     r = api.post(f"/v1/sandboxes/{sid}/commands", json={"cmd": f"kill -9 {agent}", "user": "root"})
-    assert r.status_code == 200  # the stream ends when the agent dies
+    # the stream ends when the agent dies; if the command kills it before it reported the start
+    # (a loaded host), the call itself fails: 503, the agent unreachable (once in a full `make test`)
+    assert r.status_code == 200 or (r.status_code == 503 and "agent" in r.json()["message"]), r.text
     assert "failed" in until_ended(api, sid)
     # marked failed first, torn down after: a DELETE in between waits for the teardown to finish
     assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
