@@ -101,7 +101,7 @@ def delete(state_root: Path, sandbox_id: str, processes_gone: bool = False) -> N
             [*oci_spec.runsc_flags(state_root), "delete", "--force", sandbox_id],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
         )
-    # its .state and .lock, and (runsc 2023+) the sandbox controller's socket
+    # its .state and .lock, and (the 2024 runsc) its sandbox controller's socket
     for leftover in [*state_root.glob(f"{sandbox_id}_sandbox:*"), state_root / f"runsc-{sandbox_id}.sock"]:
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
