@@ -80,7 +80,8 @@ def test_accounts_changed_inside_the_sandbox_apply_to_the_next_call(api: httpx.C
 
 def test_the_login_shell_sets_each_users_path_without_forking(run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
     """Commands run in a login shell; /etc/profile picks root's PATH by bash's EUID instead of forking
-    `id -u` (half the shell's start-up), and a plain sh login still gets the right PATH."""
+    `id -u` (half the shell's start-up), root's ~/.profile forks no `mesg n`, and a plain sh login
+    still gets the right PATH."""
     login = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
     root = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert run(sandbox, "echo $PATH").stdout.strip().endswith(login)
@@ -89,6 +90,9 @@ def test_the_login_shell_sets_each_users_path_without_forking(run, sandbox: str)
     assert run(sandbox, "env -i sh -lc 'echo $PATH'").stdout.strip() == login
     traced = run(sandbox, "env -i bash -lxc true 2>&1")
     assert traced.exit_code == 0 and "id -u" not in traced.stdout, traced.stdout
+    as_root = run(sandbox, "env -i HOME=/root bash -lxc true 2>&1", user="root")
+    assert as_root.exit_code == 0 and ".bashrc" in as_root.stdout, as_root.stdout  # it read root's ~/.profile
+    assert "mesg" not in as_root.stdout and "id -u" not in as_root.stdout, as_root.stdout
 
 
 def test_output_is_streamed_as_produced(api: httpx.Client, sandbox: str) -> None:

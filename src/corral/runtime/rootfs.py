@@ -38,7 +38,12 @@ _SETUP_HOOK = (
 )
 # Every command runs in a login shell (`bash -l -c`, as E2B's envd runs it); Debian's /etc/profile
 # forks `id -u` to pick PATH, ~half of the login shell's cost. Bash knows its EUID; sh falls back.
-_PROFILE_HOOK = 'sed -i \'s/"$(id -u)"/"${EUID:-$(id -u)}"/\' "$1/etc/profile"'
+# Root's ~/.profile forks `mesg n` (closes its terminal to other users' `write`: none here): 1 ms of
+# root's 2.7 ms login shell under bwrap, 11 of 29 ms under gVisor.
+_PROFILE_HOOK = (
+    'sed -i \'s/"$(id -u)"/"${EUID:-$(id -u)}"/\' "$1/etc/profile" && '
+    'sed -i \'/^mesg n/d\' "$1/root/.profile"'
+)
 _CLEANUP_HOOK = 'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/* "$1"/root/.npm "$1"/tmp/*'
 # npm runs in the chroot with the host's CA bundle, so it works behind a TLS-inspecting proxy too.
 _NPM_HOOK = (
