@@ -48,7 +48,7 @@ ID_OFFSET = 1_000_000
 needs_runsc = pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc (gVisor) is not installed")
 KINDS = ["bwrap", pytest.param("gvisor", marks=needs_runsc)]
 EXIT_TIMEOUT = 30.0  # a hung test fails instead of hanging; never used to wait for something
-# runsc 2024 at the host pids limit: its sentry ended 11-30 s into a fork bomb here (3-5 s with 2022's)
+# runsc 2024 at a small host pids limit: its sentry ended 11-44 s into a fork bomb here (3-5 s with 2022's)
 BOMB_END_GVISOR = 120.0
 
 
