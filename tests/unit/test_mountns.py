@@ -7,6 +7,7 @@ import os
 import threading
 
 from corral.runtime import mountns_priv
+from corral.runtime.mounts_priv import mountinfo_path
 
 
 def mount_types(path: str) -> dict[str, str]:
@@ -15,7 +16,7 @@ def mount_types(path: str) -> dict[str, str]:
     with open(path) as f:
         for line in f:
             fields = line.split()
-            found[mountns_priv._unescape(fields[4].encode()).decode()] = fields[fields.index("-") + 1]
+            found[mountinfo_path(fields[4])] = fields[fields.index("-") + 1]
     return found
 
 
@@ -43,6 +44,6 @@ def test_trim_detaches_unused_kernel_filesystems_in_the_fresh_namespace_only() -
 
 
 def test_mountinfo_paths_are_unescaped() -> None:
-    assert mountns_priv._unescape(rb"/var/tmp/a\040b\011c\134d") == b"/var/tmp/a b\tc\\d"
-    assert mountns_priv._unescape(b"/plain") == b"/plain"
-    assert mountns_priv._unescape(rb"/odd\04") == rb"/odd\04"  # not three digits: kept as it is
+    assert mountinfo_path(r"/var/tmp/a\040b\011c\134d") == "/var/tmp/a b\tc\\d"
+    assert mountinfo_path("/plain") == "/plain"
+    assert mountinfo_path(r"/odd\04") == r"/odd\04"  # not three digits: kept as it is

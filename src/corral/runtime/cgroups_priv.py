@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.runtime.mounts_priv import mountinfo_path
+
 ROOT = Path("/sys/fs/cgroup")
 GROUP = "corral"
 CPU_PERIOD_US = 100_000
@@ -317,7 +319,7 @@ def super_options(mountinfo: str, mount_point: Path) -> set[str] | None:
     found = None
     for line in mountinfo.splitlines():
         fields = line.split()
-        if len(fields) > 4 and fields[4].replace("\\040", " ") == str(mount_point) and " - " in line:
+        if len(fields) > 4 and mountinfo_path(fields[4]) == str(mount_point) and " - " in line:
             found = set(line.split(" - ", 1)[1].split()[-1].split(","))  # the last mount there wins
     return found
 

@@ -23,6 +23,8 @@ import functools
 import os
 from collections.abc import Iterator
 
+from corral.runtime.mounts_priv import mountinfo_path
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 CLONE_FS, CLONE_NEWNS = 0x200, 0x20000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
@@ -94,39 +96,23 @@ def trim() -> int:
     ``UNUSED_TYPES``: bwrap copies each mount of the namespace it starts in and reads them all once
     per bind, so ``/sys`` and its cgroup hierarchies alone (13 of the 22 on a Debian host) cost
     every create ~0.5 ms. Returns how many were detached."""
-    with open("/proc/thread-self/mountinfo", "rb") as f:
+    with open("/proc/thread-self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         lines = f.read().splitlines()
-    points: list[bytes] = []
+    points: list[str] = []
     for line in lines:
-        fields = line.split(b" ")
+        fields = line.split(" ")
         try:
-            fstype = fields[fields.index(b"-") + 1].decode()
+            fstype = fields[fields.index("-") + 1]
         except (ValueError, IndexError):
             continue
         if fstype in UNUSED_TYPES:
-            points.append(_unescape(fields[4]))
+            points.append(mountinfo_path(fields[4]))
     detached = 0
-    done: list[bytes] = []
+    done: list[str] = []
     for point in sorted(points, key=len):  # a parent first: its detach takes the mounts below it
-        if any(point == d or point.startswith(d.rstrip(b"/") + b"/") for d in done):
+        if any(point == d or point.startswith(d.rstrip("/") + "/") for d in done):
             continue
-        if _libc.umount2(point, MNT_DETACH) == 0:
+        if _libc.umount2(os.fsencode(point), MNT_DETACH) == 0:
             detached += 1
             done.append(point)
     return detached
-
-
-def _unescape(field: bytes) -> bytes:
-    """A mountinfo path: space, tab, newline and backslash are written as ``\\ooo``."""
-    if b"\\" not in field:
-        return field
-    out = bytearray()
-    i = 0
-    while i < len(field):
-        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(int(field[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return bytes(out)

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -455,13 +456,22 @@ def capture_upper(disk: Path, dest: Path) -> None:
         shutil.rmtree(reserved)
 
 
+_ESCAPED = re.compile(r"\\([0-7]{3})")
+
+
+def mountinfo_path(field: str) -> str:
+    """A path field of ``/proc/*/mountinfo``, where the kernel writes space, tab, newline and
+    backslash as ``\\ooo``."""
+    return _ESCAPED.sub(lambda m: chr(int(m[1], 8)), field)
+
+
 def mounted_under(base: Path) -> list[Path]:
     """Mount points below ``base`` (to find leftovers of a crash)."""
     prefix = str(base).rstrip("/") + "/"
     out: list[Path] = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = line.split()[4].replace("\\040", " ")
+            point = mountinfo_path(line.split()[4])
             if point.startswith(prefix):
                 out.append(Path(point))
     return out
