@@ -158,6 +158,10 @@ def test_policy_update_on_a_running_sandbox_takes_effect(napi: httpx.Client) -> 
         r = napi.put(f"/v1/sandboxes/{sid}/network", json={"network": "internet"})
         assert r.status_code == 200 and r.json()["mode"] == "internet"
         assert reached(probe(napi, sid, f"http://{PUBLIC_C}/")[f"http://{PUBLIC_C}/"], PUBLIC_C)
+        r = napi.put(f"/v1/sandboxes/{sid}/network", json={"allow_out": [PUBLIC_B]})  # and closed again
+        assert r.status_code == 200 and r.json()["mode"] == "allowlist"
+        got = probe(napi, sid, f"http://{PUBLIC_B}/", f"http://{PUBLIC_C}/")
+        assert reached(got[f"http://{PUBLIC_B}/"], PUBLIC_B) and got[f"http://{PUBLIC_C}/"].startswith("fail:")
     finally:
         napi.delete(f"/v1/sandboxes/{sid}")
 

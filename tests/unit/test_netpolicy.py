@@ -59,7 +59,7 @@ def test_policy_rules_put_deny_first_unless_allow_wins() -> None:
     p = parse_policy(None, ["10.1.0.0/16:443"], ["10.1.2.0/24"])
     rules = netrules.policy_rules(names, 5, p)
     assert rules[0] == "ip daddr 10.1.2.0/24 drop"
-    assert rules[1] == "ip daddr 10.1.0.0/16 meta l4proto { tcp, udp } th dport 443 accept"
+    assert rules[1] == "ip daddr 10.1.0.0/16 meta l4proto @tcp_udp th dport 443 accept"
     assert rules[-1] == "drop"
     e2b = netrules.policy_rules(names, 5, from_e2b(None, ["10.1.2.3"], ["0.0.0.0/0", "10.1.2.0/24"]))
     assert e2b.index("ip daddr 10.1.2.3/32 accept") < e2b.index("ip daddr 10.1.2.0/24 drop")

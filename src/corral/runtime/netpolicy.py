@@ -83,6 +83,13 @@ class NetworkPolicy:
         orders rules, and there are none). E2B's creates come with ``allow_wins`` set."""
         return self.mode == "internet" and not self.allow and not self.deny
 
+    @property
+    def filters_packets(self) -> bool:
+        """Does a packet of this sandbox need rules of its own? Not in internet mode without a deny
+        rule on addresses and without a connection cap: allow rules there re-open what is open, and
+        rules on names act in the DNS forwarder."""
+        return self.mode != "internet" or self.max_connections > 0 or any(r.net is not None for r in self.deny)
+
     def name_allowed(self, name: str) -> bool:
         """May the DNS forwarder answer ``name`` for this sandbox?"""
         name = name.lower().rstrip(".")

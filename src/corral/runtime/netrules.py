@@ -10,7 +10,8 @@ packet from a sandbox (docs/network.md):
     forwarded (forward hook)          → spoofed source / IPv6 / to any sandbox: drop
                                       → established flows: accept
                                       → always-denied ranges, private ranges not opened by the operator: drop
-                                      → the sandbox's own chain (its policy), else drop
+                                      → the sandbox's own chain (its policy) or, when its policy
+                                        filters nothing more, accept; an unknown veth: drop
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ table inet {t} {{
   set private {{ type ipv4_addr; flags interval;{_elements([n for n, _ in PRIVATE])} }}
   set operator {{ type ipv4_addr; flags interval;{_elements([str(n) for n in operator])} }}
   set sandboxes {{ type ifname . ipv4_addr; }}
+  set tcp_udp {{ type inet_proto; elements = {{ tcp, udp }}; }}
   map policies {{ type ifname : verdict; }}
   chain input {{
     type filter hook input priority filter - 5; policy accept;
@@ -104,7 +106,7 @@ def _ports(rule: Rule) -> str:
     if rule.ports is None:
         return ""
     lo, hi = rule.ports
-    return f"meta l4proto {{ tcp, udp }} th dport {lo if lo == hi else f'{lo}-{hi}'} "
+    return f"meta l4proto @tcp_udp th dport {lo if lo == hi else f'{lo}-{hi}'} "
 
 
 def policy_rules(names: Names, slot: int, policy: NetworkPolicy) -> list[str]:
@@ -116,7 +118,7 @@ def policy_rules(names: Names, slot: int, policy: NetworkPolicy) -> list[str]:
     allow = [f"ip daddr {r.net} {_ports(r)}accept" for r in policy.allow if r.net is not None]
     allow += [
         f"ip daddr @{names.dns_set(slot)} accept",
-        f"meta l4proto {{ tcp, udp }} ip daddr . th dport @{names.dns_port_set(slot)} accept",
+        f"meta l4proto @tcp_udp ip daddr . th dport @{names.dns_port_set(slot)} accept",
     ]
     rules += [*allow, *deny] if policy.allow_wins else [*deny, *allow]
     rules.append("accept" if policy.mode == "internet" else "drop")
@@ -127,40 +129,71 @@ def _chain_body(t: str, names: Names, slot: int, policy: NetworkPolicy) -> list[
     return [f"add rule inet {t} {names.chain(slot)} {r}" for r in policy_rules(names, slot, policy)]
 
 
-def attach(names: Names, slot: int, address: ipaddress.IPv4Address, policy: NetworkPolicy) -> str:
-    """One batch: the sandbox's sets and chain, then its identity and its policy verdict."""
-    t, veth = names.table, names.veth(slot)
-    lines = [
+def _own(t: str, names: Names, slot: int, policy: NetworkPolicy) -> list[str]:
+    """A filtering sandbox's own sets and chain, with its rules."""
+    return [
         f"add set inet {t} {names.dns_set(slot)} {{ type ipv4_addr; flags timeout; }}",
         f"add set inet {t} {names.dns_port_set(slot)} {{ type ipv4_addr . inet_service; flags timeout; }}",
         f"add chain inet {t} {names.chain(slot)}",
         *_chain_body(t, names, slot, policy),
-        f'add element inet {t} sandboxes {{ "{veth}" . {address} }}',
-        f'add element inet {t} policies {{ "{veth}" : goto {names.chain(slot)} }}',
     ]
-    return "\n".join(lines) + "\n"
 
 
-def update(names: Names, slot: int, policy: NetworkPolicy) -> str:
-    """One atomic batch replacing a sandbox's policy; addresses learnt through DNS are forgotten."""
-    t = names.table
+def _drop_own(t: str, names: Names, slot: int) -> list[str]:
+    return [
+        f"delete chain inet {t} {names.chain(slot)}",
+        f"delete set inet {t} {names.dns_set(slot)}",
+        f"delete set inet {t} {names.dns_port_set(slot)}",
+    ]
+
+
+def _verdict(names: Names, slot: int, policy: NetworkPolicy) -> str:
+    """The `policies` verdict of the sandbox's veth: its own chain, or accept when it filters nothing
+    (no chain and no sets to add, and none to read back: libnftables fetches every set of the table
+    before each batch, so per-sandbox sets made every create and kill slower by the live count)."""
+    return f"goto {names.chain(slot)}" if policy.filters_packets else "accept"
+
+
+def attach(names: Names, slot: int, address: ipaddress.IPv4Address, policy: NetworkPolicy) -> str:
+    """One batch: the sandbox's own sets and chain if it filters, its identity and its policy verdict."""
+    t, veth = names.table, names.veth(slot)
     lines = [
-        f"flush chain inet {t} {names.chain(slot)}",
-        f"flush set inet {t} {names.dns_set(slot)}",
-        f"flush set inet {t} {names.dns_port_set(slot)}",
-        *_chain_body(t, names, slot, policy),
+        *(_own(t, names, slot, policy) if policy.filters_packets else []),
+        f'add element inet {t} sandboxes {{ "{veth}" . {address} }}',
+        f'add element inet {t} policies {{ "{veth}" : {_verdict(names, slot, policy)} }}',
     ]
     return "\n".join(lines) + "\n"
 
 
-def detach(names: Names, slot: int, address: ipaddress.IPv4Address) -> str:
+def update(names: Names, slot: int, old: NetworkPolicy, new: NetworkPolicy) -> str:
+    """One atomic batch replacing a sandbox's policy ("" if nothing changes in the table); addresses
+    learnt through DNS are forgotten."""
+    t, veth = names.table, names.veth(slot)
+    if not old.filters_packets and not new.filters_packets:
+        return ""
+    if old.filters_packets and new.filters_packets:
+        lines = [
+            f"flush chain inet {t} {names.chain(slot)}",
+            f"flush set inet {t} {names.dns_set(slot)}",
+            f"flush set inet {t} {names.dns_port_set(slot)}",
+            *_chain_body(t, names, slot, new),
+        ]
+    else:
+        lines = [
+            *(_own(t, names, slot, new) if new.filters_packets else []),
+            f'delete element inet {t} policies {{ "{veth}" }}',
+            f'add element inet {t} policies {{ "{veth}" : {_verdict(names, slot, new)} }}',
+            *(_drop_own(t, names, slot) if old.filters_packets else []),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def detach(names: Names, slot: int, address: ipaddress.IPv4Address, policy: NetworkPolicy) -> str:
     t, veth = names.table, names.veth(slot)
     lines = [
         f'delete element inet {t} policies {{ "{veth}" }}',
         f'delete element inet {t} sandboxes {{ "{veth}" . {address} }}',
-        f"delete chain inet {t} {names.chain(slot)}",
-        f"delete set inet {t} {names.dns_set(slot)}",
-        f"delete set inet {t} {names.dns_port_set(slot)}",
+        *(_drop_own(t, names, slot) if policy.filters_packets else []),
     ]
     return "\n".join(lines) + "\n"
 

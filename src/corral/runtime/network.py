@@ -2,8 +2,9 @@
 
 Each networked sandbox gets a slot in the instance's address block: address ``block[slot + 1]``
 (/32), a veth ``crl<instance8><slot>`` whose host end carries the instance gateway ``block[1]``,
-a chain and two DNS sets in the instance's nftables table. The block is claimed host-wide with
-an ``flock`` under ``/run/corral-net`` so servers sharing a host never share addresses.
+and, when its policy filters packets, a chain and two DNS sets in the instance's nftables table.
+The block is claimed host-wide with an ``flock`` under ``/run/corral-net`` so servers sharing a
+host never share addresses.
 
 Used from the server's event loop except ``plug`` (runs in ``launch_priv.admit``'s thread, before
 the sandbox starts). Privileged work is in ``netns_priv`` and ``nft_priv``. See docs/network.md.
@@ -162,11 +163,12 @@ class Network:
         """A spare's attachment becomes ``sandbox_id``'s, with its policy (one nftables batch if it is
         not the default's)."""
         del self._spares[att.slot]
+        change = netrules.update(self.names, att.slot, att.client.policy, policy)
         att.sandbox_id, att.client = sandbox_id, Client(sandbox_id, att.slot, policy)
         self._by_id[sandbox_id] = att
         self.forwarder.clients[str(att.address)] = att.client
-        if policy != INTERNET:
-            await asyncio.to_thread(nft_priv.run, netrules.update(self.names, att.slot, policy))
+        if change:
+            await asyncio.to_thread(nft_priv.run, change)
 
     async def release_spare(self, att: Attachment) -> None:
         """A spare never claimed: its link, rules and address go."""
@@ -186,7 +188,9 @@ class Network:
 
     async def update(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         att = self._by_id[sandbox_id]
-        await asyncio.to_thread(nft_priv.run, netrules.update(self.names, att.slot, policy))
+        change = netrules.update(self.names, att.slot, att.client.policy, policy)
+        if change:
+            await asyncio.to_thread(nft_priv.run, change)
         att.client.policy = policy
         await asyncio.to_thread(netns_priv.forget_connections, att.address)
 
@@ -201,7 +205,7 @@ class Network:
     def _unplug(self, att: Attachment) -> None:
         netns_priv.unplug(att.veth)
         with contextlib.suppress(nft_priv.NftError):  # never attached if the create failed early
-            nft_priv.run(netrules.detach(self.names, att.slot, att.address))
+            nft_priv.run(netrules.detach(self.names, att.slot, att.address, att.client.policy))
 
     async def _learn(self, client: Client, addresses: list[str], ports: list[tuple[int, int] | None],
                      ttl: int) -> None:
