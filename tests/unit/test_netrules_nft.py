@@ -104,3 +104,22 @@ def test_filtering_policies_get_their_chain_and_sets_and_changes_move_between_th
     found = table(names)
     assert (found["chains"], set(found["sets"])) == (BASE_CHAINS, BASE_SETS)
     assert found["verdicts"] == {} and found["sandboxes"] == []
+
+
+def test_a_filtering_attach_starts_from_empty_chain_and_sets_whatever_the_slot_held(names: netrules.Names) -> None:
+    """A detach computed for the old policy while an update to a filtering one was in flight leaves
+    that chain and those sets behind; the slot's next holder must not inherit their rules or addresses."""
+    slot, address = 9, BLOCK.network_address + 10
+    earlier = parse_policy(None, ["10.7.0.0/16"], None)
+    nft_priv.run(netrules.update(names, slot, INTERNET, earlier).replace(  # the update, minus the map change
+        f'delete element inet {names.table} policies {{ "{names.veth(slot)}" }}\n', "").replace(
+        f'add element inet {names.table} policies {{ "{names.veth(slot)}" : goto {names.chain(slot)} }}\n', ""))
+    nft_priv.run(netrules.learn(names, slot, ["1.2.3.4"], [None, (443, 443)], 300))
+    later = parse_policy(None, ["10.8.0.0/16"], None)
+    nft_priv.run(netrules.attach(names, slot, address, later))
+    out = subprocess.run(["nft", "list", "chain", "inet", names.table, names.chain(slot)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "10.8.0.0/16" in out and "10.7.0.0/16" not in out
+    found = table(names)
+    assert found["sets"][names.dns_set(slot)] == [] and found["sets"][names.dns_port_set(slot)] == []
+    nft_priv.run(netrules.detach(names, slot, address, later))

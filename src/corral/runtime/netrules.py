@@ -130,11 +130,17 @@ def _chain_body(t: str, names: Names, slot: int, policy: NetworkPolicy) -> list[
 
 
 def _own(t: str, names: Names, slot: int, policy: NetworkPolicy) -> list[str]:
-    """A filtering sandbox's own sets and chain, with its rules."""
+    """A filtering sandbox's own sets and chain, with its rules. Each is flushed after its ``add``
+    (which keeps an existing one): a chain or set of the slot's earlier holder that a detach raced
+    past (an update in flight when it was killed) must not lend it rules or addresses."""
+    dns, ports, chain = names.dns_set(slot), names.dns_port_set(slot), names.chain(slot)
     return [
-        f"add set inet {t} {names.dns_set(slot)} {{ type ipv4_addr; flags timeout; }}",
-        f"add set inet {t} {names.dns_port_set(slot)} {{ type ipv4_addr . inet_service; flags timeout; }}",
-        f"add chain inet {t} {names.chain(slot)}",
+        f"add set inet {t} {dns} {{ type ipv4_addr; flags timeout; }}",
+        f"flush set inet {t} {dns}",
+        f"add set inet {t} {ports} {{ type ipv4_addr . inet_service; flags timeout; }}",
+        f"flush set inet {t} {ports}",
+        f"add chain inet {t} {chain}",
+        f"flush chain inet {t} {chain}",
         *_chain_body(t, names, slot, policy),
     ]
 
