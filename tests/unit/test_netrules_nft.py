@@ -6,18 +6,21 @@ Read back with the ``nft`` command (not our own libnftables calls); the table is
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
 import secrets
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from corral.runtime import netrules, nft_priv
 from corral.runtime.netpolicy import INTERNET, NetworkPolicy, from_e2b, parse_policy
+from corral.runtime.network import NetConfig, Network
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading nftables rules needs root")
 
@@ -123,3 +126,23 @@ def test_a_filtering_attach_starts_from_empty_chain_and_sets_whatever_the_slot_h
     found = table(names)
     assert found["sets"][names.dns_set(slot)] == [] and found["sets"][names.dns_port_set(slot)] == []
     nft_priv.run(netrules.detach(names, slot, address, later))
+
+
+def test_a_release_during_a_policy_change_leaves_nothing_of_the_sandbox(tmp_path: Path) -> None:
+    async def body() -> None:
+        net = Network(NetConfig(instance=secrets.token_hex(4), state_dir=tmp_path / "net"))
+        await net.start()
+        try:
+            att = net.reserve("sbx", INTERNET)
+            assert att is not None
+            nft_priv.run(netrules.attach(net.names, att.slot, att.address, INTERNET))  # what plug loads
+            change = asyncio.create_task(net.update("sbx", parse_policy(None, ["10.1.0.0/16"], None)))
+            await asyncio.sleep(0)  # the change's batch is on its way
+            await asyncio.gather(net.release("sbx"), change)
+            found = table(net.names)
+            assert (found["chains"], set(found["sets"])) == (BASE_CHAINS, BASE_SETS)
+            assert found["verdicts"] == {} and found["sandboxes"] == []
+        finally:
+            await net.close()
+
+    asyncio.run(body())

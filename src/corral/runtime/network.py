@@ -58,6 +58,8 @@ class Attachment:
     address: ipaddress.IPv4Address
     veth: str
     client: Client
+    # held by a policy change and by the release: a detach always sees the policy the table has
+    changing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Network:
@@ -188,10 +190,13 @@ class Network:
 
     async def update(self, sandbox_id: str, policy: NetworkPolicy) -> None:
         att = self._by_id[sandbox_id]
-        change = netrules.update(self.names, att.slot, att.client.policy, policy)
-        if change:
-            await asyncio.to_thread(nft_priv.run, change)
-        att.client.policy = policy
+        async with att.changing:
+            if self._by_id.get(sandbox_id) is not att:
+                return  # released meanwhile: nothing of it is left to change
+            change = netrules.update(self.names, att.slot, att.client.policy, policy)
+            if change:
+                await asyncio.to_thread(nft_priv.run, change)
+            att.client.policy = policy
         await asyncio.to_thread(netns_priv.forget_connections, att.address)
 
     async def release(self, sandbox_id: str) -> None:
@@ -199,7 +204,8 @@ class Network:
         if att is None:
             return
         self.forwarder.clients.pop(str(att.address), None)
-        await asyncio.to_thread(self._unplug, att)
+        async with att.changing:
+            await asyncio.to_thread(self._unplug, att)
         self._free.append(att.slot)
 
     def _unplug(self, att: Attachment) -> None:
