@@ -239,6 +239,19 @@ def test_python_errors_are_data(py: Driver) -> None:
     assert py.run("21 * 2").text == "42"  # the kernel survived both
 
 
+def test_python_a_cell_right_after_a_failing_one_runs(py: Driver) -> None:
+    """ipykernel aborts the requests that reach it within `stop_on_error_timeout` of an error when
+    they ask for it (0 s by default: until its loop turns, which a busy host delays); the window is
+    widened here so the next cell surely arrives inside it."""
+    py.run("get_ipython().kernel.stop_on_error_timeout = 3.0")
+    try:
+        assert py.run("1/0").error is not None
+        cell = py.run("'ran'")
+        assert cell.error is None and cell.text == "ran", cell.events
+    finally:
+        py.run("get_ipython().kernel.stop_on_error_timeout = 0.0")
+
+
 def test_python_magics_and_shell(py: Driver) -> None:
     assert "hi" in py.run("!echo hi").stdout
     assert py.run("%pwd").text == "/home/user"

@@ -226,7 +226,10 @@ class Kernel:
 
     def run(self, cell_id: str, code: str) -> None:
         """Execute one cell, emitting its events (not ``end_of_execution``); KernelGone if it dies."""
-        msg_id = self.client.execute(code, silent=False, store_history=True, allow_stdin=False, stop_on_error=True)
+        # stop_on_error=False: after a failing cell ipykernel would abort every execute request that
+        # reaches it before its loop turns again ("aborted"), and the next cell, sent right after,
+        # could be one of them on a busy host. Cells come one at a time here: there is no queue to abort.
+        msg_id = self.client.execute(code, silent=False, store_history=True, allow_stdin=False, stop_on_error=False)
         while True:
             try:
                 msg = self.client.get_iopub_msg(timeout=POLL)
