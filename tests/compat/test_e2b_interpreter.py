@@ -145,7 +145,7 @@ def test_closing_the_stream_interrupts_the_cell(port: httpx.Client) -> None:
         next(r.iter_lines())  # the cell started; now hang up
     started = time.monotonic()
     after = lines(port, {"code": "kept", "context_id": ctx})
-    assert next(e for e in after if e["type"] == "result")["text"] == "5"
+    assert [e["text"] for e in after if e["type"] == "result"] == ["5"], after  # state kept, the cell ran
     assert time.monotonic() - started < 30
 
 
