@@ -173,20 +173,13 @@ def attach(names: Names, slot: int, address: ipaddress.IPv4Address, policy: Netw
 
 def update(names: Names, slot: int, old: NetworkPolicy, new: NetworkPolicy) -> str:
     """One atomic batch replacing a sandbox's policy ("" if nothing changes in the table); addresses
-    learnt through DNS are forgotten."""
-    t, veth = names.table, names.veth(slot)
+    learnt through DNS are forgotten (``_own`` flushes the sets)."""
     if not old.filters_packets and not new.filters_packets:
         return ""
-    if old.filters_packets and new.filters_packets:
-        lines = [
-            f"flush chain inet {t} {names.chain(slot)}",
-            f"flush set inet {t} {names.dns_set(slot)}",
-            f"flush set inet {t} {names.dns_port_set(slot)}",
-            *_chain_body(t, names, slot, new),
-        ]
-    else:
-        lines = [
-            *(_own(t, names, slot, new) if new.filters_packets else []),
+    t, veth = names.table, names.veth(slot)
+    lines = _own(t, names, slot, new) if new.filters_packets else []
+    if old.filters_packets != new.filters_packets:
+        lines += [
             f'delete element inet {t} policies {{ "{veth}" }}',
             f'add element inet {t} policies {{ "{veth}" : {_verdict(names, slot, new)} }}',
             *(_drop_own(t, names, slot) if old.filters_packets else []),
