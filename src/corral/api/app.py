@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,11 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
         # Store calls and privileged runtime steps run in threads; 2-core hosts get only 6 by default.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64, thread_name_prefix="corral"))
         services = await build_services(settings)
+        # What exists now (modules, routes, schemas: ~130,000 objects) lives as long as the server. Out
+        # of the collector's view, a full collection walks only what came later instead of stalling
+        # every request for ~80 ms (docs/performance.md, "Collector pauses").
+        gc.collect()
+        gc.freeze()
         for each in (app, any_port, *ports.values()):
             each.state.services = services
         try:
