@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +59,12 @@ def test_configured_admin_key_wins(auth: Auth, tmp_path: Path) -> None:
     assert auth.check(key).admin
 
 
+def _add(store: Store, row: SandboxRow) -> None:
+    """Insert ``row`` as a pooled create does: held, then written."""
+    store.hold_sandbox(row)
+    assert store.write_held(row.id) is row
+
+
 def _sandbox_row(sandbox_id: str, owner: str, created: datetime) -> SandboxRow:
     return SandboxRow(id=sandbox_id, template="base", state="starting", owner_key_id=owner, node="local",
                       created_at=created, expires_at=created + timedelta(seconds=60), meta={"k": "v"},
@@ -75,7 +79,7 @@ def test_live_sandbox_rows_are_served_from_memory_and_match_the_database(tmp_pat
     store = Store(url)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     for i, owner in enumerate(("a", "b", "a")):
-        store.add_sandbox(_sandbox_row(f"s{i}", owner, t0 + timedelta(seconds=10 - i)))
+        _add(store, _sandbox_row(f"s{i}", owner, t0 + timedelta(seconds=10 - i)))
     assert [r.id for r in store.sandboxes(True)] == ["s2", "s1", "s0"]  # by creation time
     assert [r.id for r in store.sandboxes(True, "a")] == ["s2", "s0"]
     store.update_sandbox("s0", state="running", expires_at=t0 + timedelta(hours=1))
@@ -94,7 +98,7 @@ def test_live_sandbox_rows_are_served_from_memory_and_match_the_database(tmp_pat
     columns = [attr.key for attr in SandboxRow.__mapper__.column_attrs]
     bare = SandboxRow(id="s3", template="base", state="running", owner_key_id="a", created_at=t0,
                       expires_at=t0, cpu=1.0, memory_mb=512, disk_mb=1024)  # node and metadata: the defaults
-    store.add_sandbox(bare)
+    _add(store, bare)
     cached, stored = store.live_sandbox("s3"), Store(url).live_sandbox("s3")
     assert cached is not None and stored is not None and (cached.node, cached.meta) == ("local", {})
     assert {c: getattr(cached, c) for c in columns if not c.endswith("_at")} == {
@@ -107,44 +111,23 @@ def test_live_sandbox_rows_are_served_from_memory_and_match_the_database(tmp_pat
     assert again is not None and (again.state, again.end_reason) == ("ended", "killed by request")
 
 
-def test_concurrent_inserts_commit_together_and_a_bad_row_fails_only_its_caller(tmp_path: Path) -> None:
-    """Inserts queued while another write holds the lock go out in one transaction (group commit);
-    a row that cannot be inserted (a duplicate id) fails its own caller only."""
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    commits: list[int] = []
-    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+def test_a_held_record_is_written_once_and_a_row_that_cannot_be_is_not_live(tmp_path: Path) -> None:
+    """A pooled create's record is held, then written as it is; one its end wrote meanwhile is not
+    written again; a row the database refuses raises and is no longer live (nor stored)."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = Store(url)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def insert_together(rows: list[SandboxRow]) -> dict[str, Exception]:
-        errors: dict[str, Exception] = {}
-
-        def insert(row: SandboxRow) -> None:
-            try:
-                store.add_sandbox(row)
-            except Exception as exc:
-                errors[row.owner_key_id + row.id] = exc
-
-        threads = [threading.Thread(target=insert, args=(row,), daemon=True) for row in rows]
-        with store._sandbox_writes:  # another write in progress: the inserts queue up behind it
-            for thread in threads:
-                thread.start()
-            deadline = time.monotonic() + 10
-            while len(store._queued) < len(rows) and time.monotonic() < deadline:
-                time.sleep(0.001)  # until every thread has queued its row (bounded)
-            queued = len(store._queued)
-            commits.clear()
-        for thread in threads:
-            thread.join(10)
-        assert queued == len(rows)
-        return errors
-
-    assert insert_together([_sandbox_row(f"g{i}", "a", t0 + timedelta(seconds=i)) for i in range(9)]) == {}
-    assert len(commits) == 1  # nine rows, one transaction
-    errors = insert_together([_sandbox_row("h1", "a", t0), _sandbox_row("g3", "b", t0), _sandbox_row("h2", "a", t0)])
-    assert list(errors) == ["bg3"] and isinstance(errors["bg3"], IntegrityError)
-    reopened = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    assert sorted(r.id for r in reopened.sandboxes(True)) == sorted(["h1", "h2", *(f"g{i}" for i in range(9))])
-    assert store.live_sandbox("g3").owner_key_id == "a"  # type: ignore[union-attr]
+    for name in ("p0", "p1"):
+        store.hold_sandbox(_sandbox_row(name, "a", t0))
+    assert store.end_sandbox("p1", "ended", "killed by request") is not None
+    assert store.write_held("p0") is not None and store.write_held("p1") is None and store.write_held("p0") is None
+    bad = _sandbox_row("bad", "b", t0)
+    bad.template = None  # type: ignore[assignment]  # NOT NULL in the database
+    store.hold_sandbox(bad)
+    with pytest.raises(IntegrityError):
+        store.write_held("bad")
+    assert store.live_sandbox("bad") is None and store.sandbox("bad") is None
+    assert {r.id: r.state for r in Store(url).sandboxes(False)} == {"p0": "starting", "p1": "ended"}
 
 
 def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_update_or_end(tmp_path: Path) -> None:
@@ -163,7 +146,7 @@ def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     for i, owner in enumerate(("a", "b", "a")):
         store.hold_sandbox(_sandbox_row(f"h{i}", owner, t0 + timedelta(seconds=i)))
-    store.add_sandbox(_sandbox_row("stored", "a", t0 + timedelta(seconds=5)))
+    _add(store, _sandbox_row("stored", "a", t0 + timedelta(seconds=5)))
     writes.clear()
     held = store.live_sandbox("h0")
     assert held is not None and held.state == "starting" and held.node == "local"  # defaults, as a stored row

@@ -70,17 +70,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class _Insert:
-    """A row waiting for a group commit, and how it went."""
-
-    __slots__ = ("done", "error", "row")
-
-    def __init__(self, row: SandboxRow) -> None:
-        self.row = row
-        self.done = False
-        self.error: Exception | None = None
-
-
 class Store:
     def __init__(self, url: str) -> None:
         kwargs: dict[str, Any] = {}
@@ -97,8 +86,9 @@ class Store:
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._sandbox_writes = threading.Lock()  # a write and its cache update are one step
-        self._queue_lock = threading.Lock()
-        self._queued: list[_Insert] = []  # inserts waiting for the next group commit
+        # A commit to a local SQLite file (WAL, no fsync but at checkpoints) is a short file write:
+        # the server makes a create's write on the event loop instead of a thread (`inline_writes`)
+        self.inline_writes = url.startswith("sqlite")
         self._updates: dict[tuple[str, ...], Update] = {}  # see `_update_statement`
         self._held: dict[str, SandboxRow] = {}  # see `hold_sandbox`
         live = select(SandboxRow).where(SandboxRow.state.in_(LIVE_STATES))
@@ -144,58 +134,33 @@ class Store:
                 self._live.pop(row.id, None)
         return row
 
-    def add_sandbox(self, row: SandboxRow) -> None:
-        """Insert `row`. Concurrent inserts are committed together (group commit): the thread that
-        gets the write lock writes every row queued until then in one transaction, and the threads
-        whose rows went with it return without a commit of their own. SQLite has one writer, so 50
-        creates at once (a burst served from the warm pool) otherwise wait for 50 commits in turn."""
-        mine = _Insert(row)
-        with self._queue_lock:
-            self._queued.append(mine)
-        with self._sandbox_writes:
-            if not mine.done:
-                with self._queue_lock:
-                    batch, self._queued = self._queued, []
-                self._insert(batch)
-        if mine.error is not None:
-            raise mine.error
-
-    def _insert(self, batch: list[_Insert]) -> None:
-        """Write `batch` in one transaction; if that fails, each row alone, so an error (a duplicate
-        id) reaches only the caller whose row caused it. Every entry is done afterwards. One Core
-        INSERT (executemany), not an ORM flush: ~0.3 ms of CPU for a row against ~0.7."""
-        if len(batch) > 1:
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(SandboxRow.__table__.insert(), [_columns(entry.row) for entry in batch])
-            except Exception:
-                pass  # each row alone, below
-            else:
-                for entry in batch:
-                    self._keep(entry.row)
-                    entry.done = True
-                return
-        for entry in batch:
-            self._insert_one(entry)
-
-    def _insert_one(self, entry: _Insert) -> None:
+    def _insert(self, row: SandboxRow) -> None:
+        """One Core INSERT, not an ORM flush: ~0.3 ms of CPU for a row against ~0.7. A row that could
+        not be written is not live."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(SandboxRow.__table__.insert(), [_columns(entry.row)])
-        except Exception as exc:
-            entry.error = exc
-        else:
-            self._keep(entry.row)
-        entry.done = True
+                conn.execute(SandboxRow.__table__.insert(), [_columns(row)])
+        except Exception:
+            self._live.pop(row.id, None)
+            raise
+        self._keep(row)
 
     def hold_sandbox(self, row: SandboxRow) -> None:
-        """A starting sandbox's record, kept in memory only (looked up and listed like any live one)
-        until its first update or its end writes it whole: a cold create writes once, not an insert
-        and then its ``running``. A record held when the server stops was never answered to anyone
-        (the sandbox is a leftover the next start's reconcile removes). Never blocks."""
+        """A new sandbox's record, kept in memory only (looked up and listed like any live one) until
+        ``write_held``, its first update or its end writes it whole: a cold create writes once, not
+        an insert and then its ``running``. A record held when the server stops was never answered
+        to anyone (the sandbox is a leftover the next start's reconcile removes). Never blocks."""
         _columns(row)  # its defaults set, as an insert sets them
         self._held[row.id] = row
         self._live[row.id] = row
+
+    def write_held(self, sandbox_id: str) -> SandboxRow | None:
+        """Write a held record as it is; None if it is not held (an update or its end wrote it)."""
+        with self._sandbox_writes:
+            held = self._held.pop(sandbox_id, None)
+            if held is not None:
+                self._insert(held)
+            return held
 
     def live_sandbox(self, sandbox_id: str) -> SandboxRow | None:
         """The row of a live sandbox from memory (None: not live, or unknown); never blocks."""
@@ -251,11 +216,7 @@ class Store:
                 row = _copy(held)
                 for name, value in fields.items():
                     setattr(row, name, value)
-                entry = _Insert(row)
-                self._insert_one(entry)
-                if entry.error is not None:
-                    self._live.pop(sandbox_id, None)
-                    raise entry.error
+                self._insert(row)
                 return row
             with self.engine.begin() as conn:
                 if conn.execute(query, {"_id": sandbox_id, **fields}).rowcount == 0:
