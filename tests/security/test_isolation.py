@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import platform
 import socket
 import time
 import uuid
@@ -10,7 +13,7 @@ from pathlib import Path
 import httpx
 from sandbox_probe import disk_mount
 
-from conftest import TEST_BACKEND, Server, corral_cgroups, mounts_under
+from conftest import TEST_BACKEND, Server, corral_cgroups, mounts_under, sandbox_processes
 
 GVISOR = TEST_BACKEND == "gvisor"  # where gVisor differs by design, each backend's side is asserted (docs/gvisor.md)
 
@@ -25,6 +28,46 @@ def test_host_files_are_invisible(run, sandbox: str) -> None:  # type: ignore[no
         assert "bookworm" in r.stdout
     finally:
         marker.unlink()
+
+
+_KCMP = {"x86_64": 312, "aarch64": 272}[platform.machine()]  # kcmp(2): the syscall's number
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _descriptors(pid: int) -> dict[int, str]:
+    found = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            found[int(fd.name)] = str(fd.readlink())
+    return found
+
+
+def _same_open_file(pid: int, fd: int, other_pid: int, other_fd: int) -> bool:
+    """kcmp(KCMP_FILE): the two descriptors are one open file (what inheriting one gives)."""
+    return _LIBC.syscall(_KCMP, pid, other_pid, 0, fd, other_fd) == 0
+
+
+def test_no_descriptor_of_the_server_reaches_a_sandbox(api: httpx.Client, server: Server, run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
+    """None of the server's open files (its database, its netlink and nftables sockets, pidfds of
+    other sandboxes' processes, pipes and logs) is held by a process of any of its sandboxes, seen
+    from the host (kcmp): a cold one, pooled ones and a command's process."""
+    run(sandbox, "sleep 60 >/dev/null 2>&1 &")
+    cold = api.post("/v1/sandboxes", json={"timeout": 60, "allow_out": ["10.0.0.0/8"]}).json()["id"]  # never pooled
+    try:
+        server_pid = server.process.pid
+        server_files = _descriptors(server_pid)
+        assert any(f.endswith("corral.db") for f in server_files.values()), server_files
+        pids = sandbox_processes(server.data_dir)
+        assert len(pids) >= 6  # two sandboxes' processes at least, and the pool's
+        for pid in pids:
+            with contextlib.suppress(FileNotFoundError):
+                held = _descriptors(pid)
+                leaked = [(fd, target) for fd, target in held.items()
+                          if any(_same_open_file(pid, fd, server_pid, mine) for mine in server_files)]
+                assert not leaked, f"sandbox process {pid} holds open files of the server: {leaked}"
+                assert held, "kcmp needs the descriptors to be readable"
+    finally:
+        api.delete(f"/v1/sandboxes/{cold}")
 
 
 def test_symlinks_and_dotdot_resolve_inside_the_sandbox(api: httpx.Client, run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
