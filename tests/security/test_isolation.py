@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 import socket
 import time
@@ -42,6 +43,12 @@ def _descriptors(pid: int) -> dict[int, str]:
     return found
 
 
+def _close_on_exec(pid: int, fd: int) -> bool:
+    info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+    flags = next(line for line in info if line.startswith("flags:"))
+    return bool(int(flags.split()[1], 8) & os.O_CLOEXEC)
+
+
 def _same_open_file(pid: int, fd: int, other_pid: int, other_fd: int) -> bool:
     """kcmp(KCMP_FILE): the two descriptors are one open file (what inheriting one gives)."""
     return _LIBC.syscall(_KCMP, pid, other_pid, 0, fd, other_fd) == 0
@@ -50,13 +57,16 @@ def _same_open_file(pid: int, fd: int, other_pid: int, other_fd: int) -> bool:
 def test_no_descriptor_of_the_server_reaches_a_sandbox(api: httpx.Client, server: Server, run, sandbox: str) -> None:  # type: ignore[no-untyped-def]
     """None of the server's open files (its database, its netlink and nftables sockets, pidfds of
     other sandboxes' processes, pipes and logs) is held by a process of any of its sandboxes, seen
-    from the host (kcmp): a cold one, pooled ones and a command's process."""
+    from the host (kcmp): a cold one, pooled ones and a command's process. And all of them are
+    close-on-exec, so a spawn that forgets to close them does not hand them on either."""
     run(sandbox, "sleep 60 >/dev/null 2>&1 &")
     cold = api.post("/v1/sandboxes", json={"timeout": 60, "allow_out": ["10.0.0.0/8"]}).json()["id"]  # never pooled
     try:
         server_pid = server.process.pid
         server_files = _descriptors(server_pid)
         assert any(f.endswith("corral.db") for f in server_files.values()), server_files
+        inheritable = {fd: f for fd, f in server_files.items() if fd > 2 and not _close_on_exec(server_pid, fd)}
+        assert inheritable == {}, "every descriptor of the server is close-on-exec: what it starts gets what it passes"
         pids = sandbox_processes(server.data_dir)
         assert len(pids) >= 6  # two sandboxes' processes at least, and the pool's
         for pid in pids:

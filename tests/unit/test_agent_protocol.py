@@ -21,7 +21,7 @@ from test_agent_harness import RunningAgent, agent, alive, collect, read_until, 
 
 import corral.agent
 from corral.agent.client import AgentClient, DonatedAgentClient, Donor
-from corral.agent.protocol import ERROR_KINDS, OPS, AgentError, AgentUnavailable
+from corral.agent.protocol import ERROR_KINDS, OPS, AgentError, AgentUnavailable, recv_fds
 from corral.agent.server import Agent
 
 __all__ = ["agent"]  # the fixture, imported from the harness
@@ -360,3 +360,25 @@ def test_a_pool_reuses_completed_connections_and_replaces_one_closed_meanwhile()
             assert pool.idle(client.socket_path) == 1 and pool.take(client.socket_path) is not reused
 
         run(main())
+
+
+def test_descriptors_received_are_close_on_exec() -> None:
+    """Descriptors passed to the agent, its zygote and spawner, or the host's zygote client arrive
+    close-on-exec: nothing a sandbox's process is handed leaks into the next program it starts."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    read_end, write_end = os.pipe()
+    try:
+        os.set_inheritable(read_end, True)
+        socket.send_fds(theirs, [b"take"], [read_end, write_end])
+        msg, fds = recv_fds(ours, 64, 4)
+        assert msg == b"take" and len(fds) == 2
+        assert [os.get_inheritable(fd) for fd in fds] == [False, False]
+        for fd in fds:
+            os.close(fd)
+        socket.send_fds(theirs, [b"none wanted"], [read_end])
+        assert recv_fds(ours, 64, 0) == (b"none wanted", [])  # the kernel drops what did not fit
+    finally:
+        for end in (ours, theirs):
+            end.close()
+        os.close(read_end)
+        os.close(write_end)

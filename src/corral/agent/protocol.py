@@ -110,6 +110,20 @@ _ERRNO_KINDS = {
 }
 
 
+
+def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """A message and the descriptors passed with it (up to ``maxfds``), close-on-exec. CPython 3.11's
+    ``socket.recv_fds`` drops its flags argument: MSG_CMSG_CLOEXEC given there was lost, and each
+    descriptor stayed inheritable by whatever the receiver started next."""
+    space = socket.CMSG_SPACE(maxfds * 4) if maxfds else 0
+    msg, ancdata, _, _ = sock.recvmsg(bufsize, space, socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+    return msg, fds
+
+
 class AgentError(Exception):
     """A failed operation, carrying one of `ERROR_KINDS` and a human-readable message."""
 

@@ -33,7 +33,7 @@ from . import files, libc, tools
 from .creds import FileRunner
 from .log import log, log_exception
 from .processes import Listener, Process, ProcessTable, Spec
-from .protocol import DATA, END, OPS, REUSABLE, VERSION, AgentError, Exit, Request, SyncChannel
+from .protocol import DATA, END, OPS, REUSABLE, VERSION, AgentError, Exit, Request, SyncChannel, recv_fds
 from .users import User, resolve_user
 from .watch import Watch
 from .workers import Workers
@@ -548,7 +548,7 @@ def _receive_donated(control: socket.socket, agent: Agent) -> bool:
     """Serve the connections one message on ``control`` carries (SCM_RIGHTS), each like an accepted
     one; False once the host closed ``control`` (the server is gone, so the sandbox should end too)."""
     try:
-        msg, fds, _, _ = socket.recv_fds(control, 64, 16, socket.MSG_CMSG_CLOEXEC)
+        msg, fds = recv_fds(control, 64, 16)
     except (BlockingIOError, InterruptedError):
         return True
     if not msg and not fds:

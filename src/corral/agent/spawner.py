@@ -31,6 +31,7 @@ import socket
 import subprocess
 
 from . import libc
+from .protocol import recv_fds
 from .workers import start_thread
 
 TYPE_CHECKING = False
@@ -196,7 +197,7 @@ def _serve(requests: socket.socket, events: socket.socket) -> None:
         poller.register(events, select.POLLOUT if pending else 0)
         for fd, event in poller.poll():
             if fd == requests.fileno():
-                message, fds, _, _ = socket.recv_fds(requests, MAX_MESSAGE, _FDS_MAX, socket.MSG_CMSG_CLOEXEC)
+                message, fds = recv_fds(requests, MAX_MESSAGE, _FDS_MAX)
                 if not message:
                     return  # the agent is done
                 requests.send(_start(message, fds, children))

@@ -36,6 +36,7 @@ import sys
 
 from . import libc
 from .log import log
+from .protocol import recv_fds
 from .server import serve_listening
 from .spawner import exited_children
 
@@ -94,7 +95,7 @@ def _serve(sock: socket.socket, program: bytes, caps: int) -> None:
                 _reap()
                 continue
             try:
-                msg, fds, _, _ = socket.recv_fds(sock, 256, 8, socket.MSG_CMSG_CLOEXEC)
+                msg, fds = recv_fds(sock, 256, 8)
             except InterruptedError:
                 continue
             if not msg:
@@ -180,7 +181,7 @@ def _receive(go: int, with_fd: bool = False) -> tuple[bytes, list[int]]:
         return b"", []
     channel = socket.socket(fileno=go)
     try:
-        msg, fds, _, _ = socket.recv_fds(channel, 16, 1 if with_fd else 0, socket.MSG_CMSG_CLOEXEC)
+        msg, fds = recv_fds(channel, 16, 1 if with_fd else 0)
     finally:
         channel.detach()  # stays fd ``go``
     return msg, fds

@@ -7,8 +7,10 @@ Thread-safe: calls are serialised by a lock (a libnftables context is not thread
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import threading
 
 _lock = threading.Lock()
@@ -38,13 +40,26 @@ def _context() -> tuple[ctypes.CDLL, int]:
         lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
         lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        before = _open_files()
         ctx = lib.nft_ctx_new(0)
         if not ctx:
             raise NftError("nft_ctx_new failed")
+        for fd, target in _open_files().items():  # its netlink socket, which it opens inheritable
+            if before.get(fd) != target:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(fd, False)
         lib.nft_ctx_buffer_output(ctx)
         lib.nft_ctx_buffer_error(ctx)
         _lib, _ctx = lib, ctx
     return _lib, _ctx
+
+
+def _open_files() -> dict[int, str]:
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
 
 
 def run(commands: str) -> str:

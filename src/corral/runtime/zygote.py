@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.agent.protocol import recv_fds
 from corral.runtime.cgroups_priv import Cgroups
 from corral.runtime.host import SET_SANDBOX_NOFILE, sandbox_nofile
 from corral.runtime.plan import AGENT_CAPS_MASK, AGENT_PKG, AgentRuntime, agent_binds, agent_env_args
@@ -199,7 +200,7 @@ def finish_agent(joiner: Joiner, init_pidfd: int, ready: io.FileIO, timeout: flo
 
 def _reply(joiner: Joiner, what: str) -> tuple[bytes, list[int]]:
     try:
-        msg, fds, _, _ = socket.recv_fds(joiner.go, 1024, 1, socket.MSG_CMSG_CLOEXEC)
+        msg, fds = recv_fds(joiner.go, 1024, 1)
     except OSError as exc:
         raise ZygoteError(f"{what}: {exc}") from exc
     return msg, fds
