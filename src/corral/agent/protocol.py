@@ -110,7 +110,6 @@ _ERRNO_KINDS = {
 }
 
 
-
 def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
     """A message and the descriptors passed with it (up to ``maxfds``), close-on-exec. CPython 3.11's
     ``socket.recv_fds`` drops its flags argument: MSG_CMSG_CLOEXEC given there was lost, and each
