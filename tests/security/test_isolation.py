@@ -44,7 +44,10 @@ def _descriptors(pid: int) -> dict[int, str]:
 
 
 def _close_on_exec(pid: int, fd: int) -> bool:
-    info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+    try:
+        info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines()
+    except FileNotFoundError:  # closed since the listing: nothing left to inherit
+        return True
     flags = next(line for line in info if line.startswith("flags:"))
     return bool(int(flags.split()[1], 8) & os.O_CLOEXEC)
 
