@@ -71,7 +71,7 @@ def _syscall(name: str, *args: object) -> int:
 
 def _mount_overlay_fsconfig(root: Path, lowers: list[Path], disk: Path) -> None:
     """Mount an overlay with any number of lower dirs (``lowerdir+``, Linux 6.8+)."""
-    fs = _syscall("fsopen", b"overlay", 0)
+    fs = _syscall("fsopen", b"overlay", FSOPEN_CLOEXEC)
     try:
         def set_string(key: str, value: str) -> None:
             _syscall("fsconfig", fs, FSCONFIG_SET_STRING, key.encode(), value.encode(), 0)
