@@ -21,7 +21,6 @@ import stat
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 from corral.agent import bundle
@@ -34,8 +33,11 @@ MAX_PYC = 4 << 20  # no stdlib module's bytecode comes near this
 _LIST = """
 import sys
 before = set(sys.modules)
-sys.path.insert(0, sys.argv[1])
-import {pkg}
+external, bootstrap = sys.modules["_frozen_importlib_external"], sys.modules["_frozen_importlib"]
+spec = external.spec_from_file_location(
+    "{pkg}", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
+package = sys.modules["{pkg}"] = bootstrap.module_from_spec(spec)
+spec.loader.exec_module(package)
 before.add("{pkg}")
 import {pkg}.server
 import json
@@ -78,15 +80,14 @@ def _build(runtime: AgentRuntime, agent_src: Path) -> str | None:
 
 def _imported(agent_src: Path) -> list[tuple[str, str, bool]]:
     """(name, file, is package) of the pure-Python modules the agent imports at start."""
-    with tempfile.TemporaryDirectory(prefix="corral-bundle-") as tmp:
-        (Path(tmp) / AGENT_PKG).symlink_to(agent_src)
-        out = subprocess.run(
-            [sys.executable, "-I", "-S", "-B", "-c", _LIST.format(pkg=AGENT_PKG), tmp],
-            capture_output=True, text=True, timeout=60, check=True, stdin=subprocess.DEVNULL,
-        ).stdout
-        # the agent's files as imported through the link, so they are told apart from the stdlib's
-        return [(name, str(Path(origin).relative_to(tmp)) if origin.startswith(tmp + "/") else origin, pkg)
-                for name, origin, pkg in json.loads(out)]
+    src = str(agent_src)
+    out = subprocess.run(  # the package loaded from its dir under the agent's name: no link or temp dir
+        [sys.executable, "-I", "-S", "-B", "-c", _LIST.format(pkg=AGENT_PKG), src],
+        capture_output=True, text=True, timeout=60, check=True, stdin=subprocess.DEVNULL,
+    ).stdout
+    # the agent's files as corral_agent/..., so they are told apart from the stdlib's
+    return [(name, f"{AGENT_PKG}/{origin[len(src) + 1:]}" if origin.startswith(src + "/") else origin, pkg)
+            for name, origin, pkg in json.loads(out)]
 
 
 def _collect(runtime: AgentRuntime, agent_src: Path, imported: list[tuple[str, str, bool]]) -> dict[str, bundle.Entry]:
