@@ -144,16 +144,11 @@ class SandboxService:
         if self.live_count() + self._creating >= self.settings.max_sandboxes:
             raise TooMany(f"this server runs at most {self.settings.max_sandboxes} sandboxes")
         timeout = self.settings.default_timeout if req.timeout is None else req.timeout
-        created = now()
-        row = SandboxRow(
-            id=spec.sandbox_id, template=req.template, state="starting", owner_key_id=principal.key_id,
-            node="local", created_at=created, expires_at=created + timedelta(seconds=timeout),
-            meta=dict(req.metadata), cpu=spec.cpu, memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
-        )
         pooled = self._from_pool(req, spec)
         if pooled is not None:
             return await self._claim_pooled(principal, req, replace(spec, sandbox_id=pooled), timeout)
-        self.store.hold_sandbox(row)  # written by its first update (running) or its end (failed, killed)
+        # written by its first update (running) or its end (failed, killed)
+        self.store.hold_sandbox(_new_row(principal, req, spec, "starting", timeout))
         self._creating += 1
         try:
             await self.backend.create(spec)
@@ -550,13 +545,7 @@ class SandboxService:
     async def _claim_pooled(self, principal: Principal, req: CreateRequest, spec: SandboxSpec,
                             timeout: int) -> SandboxRow:
         """Give a pooled sandbox its owner, record, environment, token and deadline."""
-        created = now()
-        expires = created + timedelta(seconds=timeout)
-        row = SandboxRow(
-            id=spec.sandbox_id, template=req.template, state="running", owner_key_id=principal.key_id,
-            node="local", created_at=created, expires_at=expires, meta=dict(req.metadata), cpu=spec.cpu,
-            memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
-        )
+        row = _new_row(principal, req, spec, "running", timeout)
         self.store.hold_sandbox(row)
         try:
             await self._answer_write(self.store.write_held, spec.sandbox_id)
@@ -570,8 +559,18 @@ class SandboxService:
         stale = await self.contexts.adopt_default(agent, spec.sandbox_id, WARM_LANGUAGE, self._envs[spec.sandbox_id])
         if stale is not None:  # its kernel cannot take the caller's envs: the first cell starts a new one
             self._background(self.contexts.stop(agent, stale))
-        self._schedule(spec.sandbox_id, expires)
+        self._schedule(spec.sandbox_id, row.expires_at)
         return row
+
+
+def _new_row(principal: Principal, req: CreateRequest, spec: SandboxSpec, state: str, timeout: int) -> SandboxRow:
+    """The record of a sandbox created now for ``principal``, its deadline ``timeout`` seconds away."""
+    created = now()
+    return SandboxRow(
+        id=spec.sandbox_id, template=req.template, state=state, owner_key_id=principal.key_id, node="local",
+        created_at=created, expires_at=created + timedelta(seconds=timeout), meta=dict(req.metadata), cpu=spec.cpu,
+        memory_mb=spec.memory_mb, disk_mb=spec.disk_mb,
+    )
 
 
 def describe(row: SandboxRow) -> dict[str, Any]:
