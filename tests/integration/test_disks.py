@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_data_dir, spare_dirs
+from corral.config import Settings
 from corral.runtime import mounts_priv
 from corral.runtime.spares import DiskSpares
 
@@ -60,6 +62,22 @@ def test_disks_are_separate_filesystems_with_their_own_uuid(sandboxes: Path) -> 
     assert os.stat(a / "disk.img").st_blocks * 512 < 8 << 20
 
 
+def test_a_disk_of_the_default_size_writes_little_to_the_host_now_and_later(sandboxes: Path) -> None:
+    cache = sandboxes.parent / mounts_priv.DISK_CACHE
+    cache.mkdir()
+    stale = cache / "ext4-2048m.img"  # an earlier release's image (other mkfs options)
+    stale.write_bytes(b"old")
+    d = new_disk(sandboxes, "a", size_mb=Settings().default_disk_mb)
+    assert not stale.exists()  # replaced by one of this release's options, not used
+    # only the filesystem's own metadata is copied: no blocks kept for growing it online
+    assert os.stat(d / "disk.img").st_blocks * 512 < 512 << 10
+    # every inode table is marked zeroed (its holes read as zeros): the kernel never writes them
+    dump = subprocess.run(["dumpe2fs", str(d / "disk.img")], capture_output=True, text=True).stdout
+    groups = [line for line in dump.splitlines() if re.match(r"Group \d+:", line)]
+    assert len(groups) == 16 and all("ITABLE_ZEROED" in g for g in groups), groups
+    assert "noinit_itable" in Path("/proc/self/mountinfo").read_text().split(str(d / "disk"))[1].splitlines()[0]
+
+
 def test_a_disk_is_full_at_its_size(sandboxes: Path) -> None:
     d = new_disk(sandboxes, "full", size_mb=64)
     with open(d / "disk" / "upper" / "big", "wb") as f, pytest.raises(OSError, match="No space"):
@@ -72,7 +90,7 @@ def test_a_disk_is_full_at_its_size(sandboxes: Path) -> None:
 
 def test_a_damaged_or_unverifiable_cached_image_is_rebuilt(sandboxes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     new_disk(sandboxes, "first")
-    cached = sandboxes.parent / mounts_priv.DISK_CACHE / "ext4-64m.img"
+    cached = mounts_priv.cached_image(sandboxes.parent / mounts_priv.DISK_CACHE, 64)
     assert blkid(cached, "TYPE") == "ext4"
     with open(cached, "rb+") as f:  # scribbled over in place, after this process checked its digest
         f.seek(1024)
@@ -102,7 +120,7 @@ def test_without_user_xattrs_the_image_is_trusted_by_its_builder_only(
 
     monkeypatch.setattr(os, "setxattr", unsupported)
     new_disk(sandboxes, "a")
-    cached = sandboxes.parent / mounts_priv.DISK_CACHE / "ext4-64m.img"
+    cached = mounts_priv.cached_image(sandboxes.parent / mounts_priv.DISK_CACHE, 64)
     built = cached.stat().st_ino
     new_disk(sandboxes, "b")
     assert cached.stat().st_ino == built  # this process built it: reused
