@@ -12,6 +12,7 @@ import itertools
 import os
 import secrets
 import stat
+import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -475,3 +476,56 @@ def test_modules_planted_in_the_sandbox_root_never_run_in_the_agent(api: httpx.C
     assert r.status_code == 200, r.text
     ran = run_command(api, sandbox, f"echo /tmp/*; test -e {marker} && echo hijacked || echo clean", user="root")
     assert ran.stdout.split() == ["/tmp/h", "clean"], ran.stdout
+
+
+NSS_MODULE = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((constructor)) static void mark(void) {
+    char comm[64] = {0}, path[160];
+    int fd = open("/proc/self/comm", O_RDONLY);
+    if (fd >= 0) { if (read(fd, comm, sizeof comm - 1) < 0) comm[0] = 0; close(fd); }
+    comm[strcspn(comm, "\n")] = 0;
+    snprintf(path, sizeof path, "/tmp/nss-marks/%d-%s", (int)getpid(), comm);
+    fd = open(path, O_WRONLY | O_CREAT, 0666);
+    if (fd >= 0) close(fd);
+}
+"""
+
+
+def test_an_nss_module_the_sandbox_names_never_loads_in_the_agent(
+    api: httpx.Client, sandbox: str, tmp_path: Path
+) -> None:
+    """Attack: sandbox root names a library of its own in `/etc/nsswitch.conf` (NSS loads
+    `libnss_<name>.so.2` into whoever looks a user up) and then makes the agent look users and
+    groups up: a changed `/etc/passwd`, a command and a file written as `user`, a listing that names
+    the owners of files. The agent reads passwd and group itself, so the library must never load in
+    it (it would leave a mark named by its pid). Twin: the library loads in the sandbox's own `id`."""
+    source = tmp_path / "nss.c"
+    source.write_text(NSS_MODULE)
+    library = tmp_path / "libnss_corralx.so.2"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    put(api, sandbox, "/tmp/libnss_corralx.so.2", library.read_bytes())
+    planted = run_command(api, sandbox, textwrap.dedent("""\
+        set -e
+        mkdir -m 1777 /tmp/nss-marks
+        for d in /lib/*-linux-gnu /usr/lib/*-linux-gnu; do cp /tmp/libnss_corralx.so.2 "$d/"; done
+        sed -i 's/^passwd:.*/passwd: corralx files/; s/^group:.*/group: corralx files/' /etc/nsswitch.conf
+        echo 'other:x:1234:1234::/tmp:/bin/sh' >> /etc/passwd
+        echo 'others:x:1234:user' >> /etc/group
+        chown 1234:1234 /tmp/nss-marks
+    """), user="root")
+    assert planted.exit_code == 0, planted.stderr
+    ran = run_command(api, sandbox, "id -G", user="user")  # the agent looks `user` up again
+    assert ran.exit_code == 0 and "1234" in ran.stdout.split(), ran.stdout  # group read from the new file
+    put(api, sandbox, "/home/user/note", "x", user="user")
+    listed = api.get(f"/v1/sandboxes/{sandbox}/files/list", params={"path": "/tmp", "user": "user"})
+    assert listed.status_code == 200, listed.text
+    owners = {e["name"]: (e["owner"], e["group"]) for e in listed.json()}
+    assert owners["nss-marks"] == ("other", "others")  # names from the sandbox's own files
+    twin = run_command(api, sandbox, "id other >/dev/null; ls /tmp/nss-marks", user="root")
+    marks = twin.stdout.split()
+    assert any(m.endswith("-id") for m in marks), marks  # the planted module works in the sandbox
+    assert not any(m.startswith(f"{AGENT}-") or "corral" in m for m in marks), marks

@@ -9,17 +9,17 @@ and shutil are not on the agent's start path).
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shutil
 import stat
 import tarfile
 
+from .accounts import Accounts
 from .protocol import AgentError, error_from_os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 SOURCE_ROOT = "/.corral/build/"
@@ -29,25 +29,28 @@ def owner_ids(chown: str | None) -> tuple[int, int]:
     """``user[:group]`` (names from the image's passwd/group, or numbers) → ids; default root."""
     if not chown:
         return 0, 0
+    accounts = Accounts()
     user, _, group = chown.partition(":")
-    uid = _id(user, lambda n: pwd.getpwnam(n).pw_uid, "user")
+    uid = _id(user, lambda n: getattr(accounts.user(n), "uid", None), "user")
     if group:
-        gid = _id(group, lambda n: grp.getgrnam(n).gr_gid, "group")
+        gid = _id(group, lambda n: getattr(accounts.group(n), "gid", None), "group")
     elif user.isascii() and user.isdigit():
         gid = uid
     else:
-        gid = pwd.getpwnam(user).pw_gid
+        entry = accounts.user(user)
+        assert entry is not None  # found by _id above
+        gid = entry.gid
     return uid, gid
 
 
-def _id(name: str, lookup: Any, what: str) -> int:
+def _id(name: str, lookup: Callable[[str], int | None], what: str) -> int:
     if name.isascii() and name.isdigit():  # not str.isdigit() alone: int() refuses "²"
         value = int(name)
     else:
-        try:
-            value = int(lookup(name))
-        except KeyError:
-            raise AgentError("not_found", f"--chown: no {what} named {name!r:.100} in the image") from None
+        found = lookup(name)
+        if found is None:
+            raise AgentError("not_found", f"--chown: no {what} named {name!r:.100} in the image")
+        value = found
     if not 0 <= value < 65536:
         raise AgentError("invalid", f"--chown: {what} id {value} is out of range 0..65535")
     return value

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import pwd
 
+from .accounts import GROUP, PASSWD, Account, Accounts
 from .protocol import AgentError, Frozen
 
 DEFAULT_UID = 1000  # the protocol's "user" when no passwd entry is named "user"
-ACCOUNT_FILES = ("/etc/passwd", "/etc/group")
+ACCOUNT_FILES = (PASSWD, GROUP)
 CACHED_USERS = 64
 
 
@@ -60,11 +60,11 @@ def _stamp(path: str) -> tuple[int, ...] | None:
 
 
 def _resolve(name: str) -> User:
-    entry = _lookup(name)
+    accounts = Accounts()
+    entry = _lookup(accounts, name)
     if entry is not None:
-        groups = _groups(entry.pw_name, entry.pw_gid)
-        home = entry.pw_dir or "/"
-        return User(entry.pw_name, entry.pw_uid, entry.pw_gid, home, entry.pw_shell or "/bin/sh", groups)
+        groups = accounts.group_ids(entry.name, entry.gid)
+        return User(entry.name, entry.uid, entry.gid, entry.home or "/", entry.shell or "/bin/sh", groups)
     if name == "root":
         return User("root", 0, 0, "/root", "/bin/sh", (0,))
     if name == "user":
@@ -75,24 +75,12 @@ def _resolve(name: str) -> User:
     raise AgentError("not_found", f"unknown user {name!r:.100}")
 
 
-def _lookup(name: str) -> pwd.struct_passwd | None:
+def _lookup(accounts: Accounts, name: str) -> Account | None:
     if not name or "\0" in name:
         raise AgentError("invalid", "user name must be a non-empty string")
-    candidates: list[str | int] = [name]
-    if name == "user":
-        candidates.append(DEFAULT_UID)
-    elif name.isascii() and name.isdigit():
-        candidates = [int(name)]
-    for candidate in candidates:
-        try:
-            return pwd.getpwnam(candidate) if isinstance(candidate, str) else pwd.getpwuid(candidate)
-        except (KeyError, OverflowError):
-            continue
-    return None
-
-
-def _groups(name: str, gid: int) -> tuple[int, ...]:
-    try:
-        return tuple(os.getgrouplist(name, gid))
-    except OSError:
-        return (gid,)
+    if name.isascii() and name.isdigit():
+        return accounts.user_by_id(int(name))
+    entry = accounts.user(name)
+    if entry is None and name == "user":
+        entry = accounts.user_by_id(DEFAULT_UID)
+    return entry
