@@ -3,7 +3,8 @@
 The files are parsed here, as runc and E2B's envd do, never through the C library's NSS: NSS
 follows the sandbox's ``/etc/nsswitch.conf``, which the sandbox's root may edit to load a library
 of its own into the agent. Lines that are not well-formed entries are skipped (NSS ``compat``
-lines, ``+``/``-``, included); the first entry of a name or id wins.
+lines, ``+``/``-``, included); the first entry of a name or id wins. Each look-up reads its file
+once and builds only the entry it returns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import os
 import stat
 
 from .protocol import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PASSWD, GROUP = "/etc/passwd", "/etc/group"
 MAX_FILE = 16 << 20  # bytes read of either file: a larger one is read in part, never all
@@ -41,65 +46,79 @@ class Group(Frozen):
         super().__init__(name, gid, members)
 
 
-def _fields(path: str, count: int) -> list[list[str]]:
-    """The lines of ``path`` with exactly ``count`` colon-separated fields (none if it is unreadable
-    or not a regular file: a FIFO planted there must not block the agent)."""
+def _read(path: str) -> bytes:
+    """The file's bytes; none if it is unreadable or not a regular file (a FIFO planted there
+    must not block the agent)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
-        return []
+        return b""
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return []
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE)
+            return b""
+        chunks, left = [], MAX_FILE
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
     except OSError:
-        return []
+        return b""
     finally:
         os.close(fd)
-    rows = []
-    for line in data.split(b"\n"):
+
+
+def _entries(path: str, count: int) -> Iterator[list[bytes]]:
+    """The lines of ``path`` with exactly ``count`` colon-separated fields and a plain name."""
+    for line in _read(path).split(b"\n"):
         parts = line.split(b":")
-        if len(parts) == count and parts[0] and parts[0][:1] not in (b"#", b"+", b"-"):
-            rows.append([os.fsdecode(p) for p in parts])
-    return rows
+        if len(parts) == count and parts[0] and parts[0][:1] not in b"#+-":
+            yield parts
 
 
-def _id(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() and int(text) < 1 << 32 else None
+def _id(field: bytes) -> int | None:
+    return int(field) if field.isdigit() and len(field) <= 10 and int(field) < 1 << 32 else None
 
 
-class Accounts:
-    """One reading of both files: look-ups by name and id."""
+def _account(parts: list[bytes]) -> Account | None:
+    name, _pw, uid, gid, _gecos, home, shell = parts
+    u, g = _id(uid), _id(gid)
+    if u is None or g is None:
+        return None
+    return Account(os.fsdecode(name), u, g, os.fsdecode(home), os.fsdecode(shell))
 
-    def __init__(self, passwd: str | None = None, group: str | None = None) -> None:
-        self.accounts: list[Account] = []
-        for name, _pw, uid, gid, _gecos, home, shell in _fields(passwd or PASSWD, 7):
-            u, g = _id(uid), _id(gid)
-            if u is not None and g is not None:
-                self.accounts.append(Account(name, u, g, home, shell))
-        self.groups: list[Group] = []
-        for name, _pw, gid, members in _fields(group or GROUP, 4):
-            g = _id(gid)
-            if g is not None:
-                self.groups.append(Group(name, g, tuple(m for m in members.split(",") if m)))
 
-    def user(self, name: str) -> Account | None:
-        return next((a for a in self.accounts if a.name == name), None)
+def _group(parts: list[bytes]) -> Group | None:
+    name, _pw, gid, members = parts
+    g = _id(gid)
+    if g is None:
+        return None
+    return Group(os.fsdecode(name), g, tuple(os.fsdecode(m) for m in members.split(b",") if m))
 
-    def user_by_id(self, uid: int) -> Account | None:
-        return next((a for a in self.accounts if a.uid == uid), None)
 
-    def group(self, name: str) -> Group | None:
-        return next((g for g in self.groups if g.name == name), None)
+def user(name: str, passwd: str | None = None) -> Account | None:
+    wanted = os.fsencode(name)
+    return next((a for p in _entries(passwd or PASSWD, 7) if p[0] == wanted and (a := _account(p))), None)
 
-    def group_by_id(self, gid: int) -> Group | None:
-        return next((g for g in self.groups if g.gid == gid), None)
 
-    def group_ids(self, name: str, gid: int) -> tuple[int, ...]:
-        """``gid`` first, then every group that lists ``name`` as a member (``getgrouplist``)."""
-        ids = [gid]
-        for g in self.groups:
-            if name in g.members and g.gid not in ids:
-                ids.append(g.gid)
-        return tuple(ids)
+def user_by_id(uid: int, passwd: str | None = None) -> Account | None:
+    return next((a for p in _entries(passwd or PASSWD, 7) if _id(p[2]) == uid and (a := _account(p))), None)
+
+
+def group(name: str, group: str | None = None) -> Group | None:
+    wanted = os.fsencode(name)
+    return next((g for p in _entries(group or GROUP, 4) if p[0] == wanted and (g := _group(p))), None)
+
+
+def group_by_id(gid: int, group: str | None = None) -> Group | None:
+    return next((g for p in _entries(group or GROUP, 4) if _id(p[2]) == gid and (g := _group(p))), None)
+
+
+def group_ids(name: str, gid: int, group: str | None = None) -> tuple[int, ...]:
+    """``gid`` first, then every group that lists ``name`` as a member (``getgrouplist``)."""
+    ids = [gid]
+    member = os.fsencode(name)
+    for _name, _pw, field, members in _entries(group or GROUP, 4):
+        g = _id(field)
+        if g is not None and g not in ids and member in members.split(b","):
+            ids.append(g)
+    return tuple(ids)

@@ -14,7 +14,7 @@ import shutil
 import stat
 import tarfile
 
-from .accounts import Accounts
+from . import accounts
 from .protocol import AgentError, error_from_os
 
 TYPE_CHECKING = False
@@ -29,7 +29,6 @@ def owner_ids(chown: str | None) -> tuple[int, int]:
     """``user[:group]`` (names from the image's passwd/group, or numbers) → ids; default root."""
     if not chown:
         return 0, 0
-    accounts = Accounts()
     user, _, group = chown.partition(":")
     uid = _id(user, lambda n: getattr(accounts.user(n), "uid", None), "user")
     if group:

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 
-from .accounts import Accounts
+from . import accounts
 from .protocol import AgentError, error_from_os
 
 TYPE_CHECKING = False
@@ -36,27 +36,21 @@ def os_errors(path: str) -> Iterator[None]:
 
 
 class _Names:
-    """uid/gid → name, from one reading of passwd and group per operation (they may change between calls)."""
+    """uid/gid → name, looked up once per operation (passwd may change under us between calls)."""
 
     def __init__(self) -> None:
-        self._accounts: Accounts | None = None
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
 
-    def _read(self) -> Accounts:
-        if self._accounts is None:
-            self._accounts = Accounts()
-        return self._accounts
-
     def user(self, uid: int) -> str:
         if uid not in self._users:
-            found = self._read().user_by_id(uid)
+            found = accounts.user_by_id(uid)
             self._users[uid] = found.name if found else str(uid)
         return self._users[uid]
 
     def group(self, gid: int) -> str:
         if gid not in self._groups:
-            found = self._read().group_by_id(gid)
+            found = accounts.group_by_id(gid)
             self._groups[gid] = found.name if found else str(gid)
         return self._groups[gid]
 

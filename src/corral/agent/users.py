@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .accounts import GROUP, PASSWD, Account, Accounts
+from . import accounts
+from .accounts import GROUP, PASSWD, Account
 from .protocol import AgentError, Frozen
 
 DEFAULT_UID = 1000  # the protocol's "user" when no passwd entry is named "user"
@@ -60,8 +61,7 @@ def _stamp(path: str) -> tuple[int, ...] | None:
 
 
 def _resolve(name: str) -> User:
-    accounts = Accounts()
-    entry = _lookup(accounts, name)
+    entry = _lookup(name)
     if entry is not None:
         groups = accounts.group_ids(entry.name, entry.gid)
         return User(entry.name, entry.uid, entry.gid, entry.home or "/", entry.shell or "/bin/sh", groups)
@@ -75,7 +75,7 @@ def _resolve(name: str) -> User:
     raise AgentError("not_found", f"unknown user {name!r:.100}")
 
 
-def _lookup(accounts: Accounts, name: str) -> Account | None:
+def _lookup(name: str) -> Account | None:
     if not name or "\0" in name:
         raise AgentError("invalid", "user name must be a non-empty string")
     if name.isascii() and name.isdigit():
