@@ -160,3 +160,41 @@ def test_spare_disks_are_made_ahead_taken_once_and_removed(sandboxes: Path) -> N
         assert spare_dirs(sandboxes.parent) == []
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize("planted", ["absolute symlink", "relative symlink", "file"])
+def test_a_templates_own_corral_entry_never_leads_the_hosts_mounts_out_of_the_root(
+    sandboxes: Path, planted: str
+) -> None:
+    """An image may carry ``/.corral`` as a symlink to a host path: the host (root) mounts the
+    runtime there and makes mount points, and must do both inside the sandbox's root (gVisor's
+    roots are mounted in the host's own namespace). Twin: the runtime is there, read-only."""
+    data = sandboxes.parent
+    victim, lower, source, root = data / "victim", data / "layer", data / "rt", data / "root"
+    for d in (victim, lower, source):
+        d.mkdir()
+    (victim / "keep").write_text("host")
+    (source / "tool").write_text("runtime")
+    link = lower / ".corral"
+    if planted == "absolute symlink":
+        link.symlink_to(victim)
+    elif planted == "relative symlink":
+        link.symlink_to("../victim")  # relative to the root, which is a sibling of victim
+    else:
+        link.write_text("not a dir")
+    disk = new_disk(sandboxes, "a")
+    try:
+        mounts_priv.mount_root(root, disk / "disk", [lower], [(source, "/.corral/rt")], ("/.corral/lib/corral_agent",))
+        assert os.listdir(victim) == ["keep"] and not os.path.ismount(victim)
+        assert (root / ".corral" / "rt" / "tool").read_text() == "runtime"
+        assert (root / ".corral" / "lib" / "corral_agent").is_dir()
+        with pytest.raises(OSError, match="Read-only"):
+            (root / ".corral" / "lib" / "shutil.py").write_text("planted")
+        assert os.path.lexists(link) and os.listdir(victim) == ["keep"]  # the template layer is unchanged
+        other = new_disk(sandboxes, "b")
+        with pytest.raises(mounts_priv.MountError, match=r"not under /\.corral/"):  # nowhere else, ever
+            mounts_priv.mount_root(data / "root2", other / "disk", [lower], [(source, "/etc")])
+    finally:
+        for path in (root, data / "root2"):
+            mounts_priv._umount(path)
+    assert mounts_priv.mounted_under(root) == []

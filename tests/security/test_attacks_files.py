@@ -476,6 +476,12 @@ def test_modules_planted_in_the_sandbox_root_never_run_in_the_agent(api: httpx.C
     assert r.status_code == 200, r.text
     ran = run_command(api, sandbox, f"echo /tmp/*; test -e {marker} && echo hijacked || echo clean", user="root")
     assert ran.stdout.split() == ["/tmp/h", "clean"], ran.stdout
+    # nor in the agent's own import dir (first on its sys.path): read-only for sandbox root
+    r = api.put(f"{base}", params={"path": "/.corral/lib/shutil.py", "user": "root"}, content=b"planted")
+    assert r.status_code >= 400, r.text
+    ran = run_command(api, sandbox, "for d in /.corral /.corral/lib; do touch $d/shutil.py || echo refused; done; "
+                      "mv /.corral /.c2 || echo refused", user="root")
+    assert ran.stdout.split() == ["refused"] * 3, ran.stdout + ran.stderr
 
 
 NSS_MODULE = r"""

@@ -46,7 +46,8 @@ def prepare(
     ``/etc/ld.so.preload`` of its own); returns the bundle dir and whether the fix-up is bound."""
     launch_priv.make_dir(plan, spare)
     d = plan.sandbox_dir
-    mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds())
+    # the stat fix-up's dir is bound by runsc, onto a mount point made here (/.corral is read-only)
+    mounts_priv.mount_root(plan.root, d / "disk", list(plan.layers), plan.ro_binds(), (gvisor_preload.INSIDE_DIR,))
     if preload is not None and gvisor_preload.template_has_own(plan.root):
         preload = None
     limits = Limits(memory_bytes=oci_spec.memory_limit_bytes(plan), pids=oci_spec.pids_limit(plan), cpu=plan.limits.cpu)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MNT_DETACH = 2
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 1, 2, 4, 32, 4096
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 
 
 class MountError(RuntimeError):
@@ -403,7 +403,13 @@ def mount_root(
     """Mount the sandbox's root overlay (read-only template layers under the writable disk) at
     ``root``, then bind each host dir of ``ro_binds`` read-only at its path inside it. The dirs of
     ``mount_points`` (paths inside) are made for binds bwrap makes later: as the sandbox's root it
-    could not create them in an image whose directories belong to someone else."""
+    could not create them in an image whose directories belong to someone else.
+
+    Every path inside is under ``/.corral`` (``RUNTIME_DIR``), a fresh read-only tmpfs of the host's
+    root mounted over whatever the template has there: an image's ``/.corral`` may be a symlink
+    (``-> /etc``), which this process, host root, would otherwise follow out of the root for its
+    ``mkdir`` and binds; and a sandbox's root can write nothing under it (no module for the agent's
+    lazy imports in ``/.corral/lib``)."""
     root.mkdir(mode=0o755)
     lower = ":".join(str(p) for p in lowers)
     options = f"lowerdir={lower},upperdir={disk}/upper,workdir={disk}/work,volatile"
@@ -411,13 +417,40 @@ def mount_root(
         _mount("overlay", root, "overlay", options)
     else:  # a deep template: mount(2) takes one page of options; the new mount API adds lowers one by one
         _mount_overlay_fsconfig(root, lowers, disk)
-    for inside in mount_points:
-        (root / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    runtime = _runtime_dir(root)
+    for inside in (*mount_points, *(inside for _, inside in ro_binds)):
+        (runtime / _under_runtime_dir(inside)).mkdir(parents=True, exist_ok=True)
+    _mount("", runtime, "", "", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for source, inside in ro_binds:
-        target = root / inside.lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
+        target = runtime / _under_runtime_dir(inside)
         _mount(str(source), target, "", "", MS_BIND)
         _mount("", target, "", "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+RUNTIME_DIR = "/.corral"  # the one dir of a sandbox's root the host mounts into
+
+
+def _under_runtime_dir(inside: str) -> str:
+    """``inside`` relative to ``RUNTIME_DIR``; anything else is refused (the host mounts nowhere else)."""
+    rel = os.path.relpath(os.path.normpath(inside), RUNTIME_DIR)
+    if not inside.startswith(RUNTIME_DIR + "/") or rel.startswith("..") or rel == ".":
+        raise MountError(f"mount point {inside!r} is not under {RUNTIME_DIR}/")
+    return rel
+
+
+def _runtime_dir(root: Path) -> Path:
+    """A fresh tmpfs at ``root/.corral``, made a plain directory first if the image has anything else there."""
+    path = root / RUNTIME_DIR.lstrip("/")
+    if os.path.islink(path) or (os.path.lexists(path) and not path.is_dir()):
+        path.unlink()  # in the overlay: a whiteout in this sandbox's upper, the template is unchanged
+    path.mkdir(mode=0o755, exist_ok=True)
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)  # certainly a directory now
+    try:
+        _mount("corral-runtime", Path(f"/proc/self/fd/{fd}"), "tmpfs", "mode=755,size=64k,nr_inodes=256",
+               MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    finally:
+        os.close(fd)
+    return path
 
 
 def mount_shared(where: Path, binds: list[tuple[Path, str]]) -> None:
