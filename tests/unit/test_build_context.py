@@ -343,3 +343,29 @@ def test_run_steps_key_by_their_command_and_build_args() -> None:
     assert cache_key("p", run, None, dict(run.build_args)) != cache_key("p", other, None, dict(other.build_args))
     assert cache_key("p", run, None, {}) == cache_key("p", other, None, {})
     assert cache_key("p", run, None, {}) != cache_key("p", instruction("RUN make all"), None, {})
+
+
+def test_dockerignore_is_read_only_as_a_plain_file_of_the_context(tmp_path: Path) -> None:
+    """A caller's context is uploaded: its ``.dockerignore`` must not make the server (root) read a
+    host file through a link, block on a FIFO, or read without bound."""
+    host = tmp_path / "host-secret"
+    host.write_text("root:$y$j9T$abc[def\n")  # a line that would come back in a pattern error
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / ".dockerignore").symlink_to(host)
+    with pytest.raises(ContextError, match="not a link") as err:
+        BuildContext.load(ctx)
+    assert "abc" not in str(err.value)
+    (ctx / ".dockerignore").unlink()
+    os.mkfifo(ctx / ".dockerignore")
+    with pytest.raises(ContextError, match="regular file"):
+        BuildContext.load(ctx)
+    (ctx / ".dockerignore").unlink()
+    (ctx / ".dockerignore").write_text("#\n" * (1 << 20))
+    with pytest.raises(ContextError, match="larger than"):
+        BuildContext.load(ctx)
+    (ctx / ".dockerignore").write_text("build\n")
+    assert BuildContext.load(ctx).ignored("build/x")
+    (ctx / ".dockerignore").unlink()
+    (ctx / ".dockerignore").mkdir()
+    assert not BuildContext.load(ctx).ignored("build/x")

@@ -102,6 +102,33 @@ class Entry:
     target: str | None = None  # a symlink's target, as written
 
 
+MAX_DOCKERIGNORE = 1 << 20  # bytes
+
+
+def _read_dockerignore(path: Path) -> str | None:
+    """The text of a context's ``.dockerignore`` (None: it has none). Uploaded by a caller, it is
+    read as a plain file of the context only: never through a symlink (that would read a file of
+    the host), a FIFO, or more than ``MAX_DOCKERIGNORE`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symlink
+        raise ContextError(".dockerignore", "must be a regular file of the context, not a link") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            return None  # a directory of that name: no ignore file (as before)
+        if not stat.S_ISREG(mode):
+            raise ContextError(".dockerignore", "must be a regular file of the context")
+        data = os.read(fd, MAX_DOCKERIGNORE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_DOCKERIGNORE:
+        raise ContextError(".dockerignore", f"is larger than {MAX_DOCKERIGNORE} bytes")
+    return data.decode("utf-8", "replace")
+
+
 class BuildContext:
     """The directory at ``root`` with ``dockerignore`` patterns (as from ``parse_dockerignore``)."""
 
@@ -122,8 +149,8 @@ class BuildContext:
     @classmethod
     def load(cls, root: Path) -> BuildContext:
         """The context at ``root`` with its ``.dockerignore``, if it has one."""
-        ignore = Path(root) / ".dockerignore"
-        return cls(root, parse_dockerignore(ignore.read_text()) if ignore.is_file() else ())
+        text = _read_dockerignore(Path(root) / ".dockerignore")
+        return cls(root, parse_dockerignore(text) if text is not None else ())
 
     def ignored(self, rel: str) -> bool:
         """Whether ``.dockerignore`` excludes ``rel`` (Docker's MatchesOrParentMatches)."""
