@@ -502,7 +502,13 @@ class BwrapBackend:
 
     async def connect_port(self, sandbox_id: str, port: int) -> socket.socket:
         live = self._require(sandbox_id)
-        sock = await asyncio.to_thread(netns_priv.connect_inside, live.init_pid, port)
+        if live.init_pidfd < 0:
+            raise RuntimeFailure(f"sandbox {sandbox_id} is not running on this node")
+        pidfd = os.dup(live.init_pidfd)  # its own: a destroy meanwhile closes the sandbox's
+        try:
+            sock = await asyncio.to_thread(netns_priv.connect_inside, pidfd, port)
+        finally:
+            os.close(pidfd)
         try:
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         except BaseException:

@@ -487,13 +487,16 @@ def enable_forwarding() -> None:
     _sysctl("net/ipv4/ip_forward", "1")
 
 
-def connect_inside(pid: int, port: int) -> socket.socket:
-    """A non-blocking TCP socket made in the sandbox's netns (for ``127.0.0.1:port`` there); the caller
-    connects it. Works for every network mode, ``none`` included, and needs no host route."""
+def connect_inside(pidfd: int, port: int) -> socket.socket:
+    """A non-blocking TCP socket made in the netns of the process ``pidfd`` is of (the sandbox's pid
+    1: a pidfd, not a pid, so a pid reused after it died never names another netns), for
+    ``127.0.0.1:port`` there; the caller connects it. Works for every network mode, ``none``
+    included, and needs no host route."""
 
     def make() -> socket.socket:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with entered(pidfd):  # setns takes a pidfd and enters that process's netns
+            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
-    sock = in_netns(pid, make)
+    sock = _NS.submit(make).result()
     sock.setblocking(False)
     return sock
