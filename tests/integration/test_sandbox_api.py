@@ -159,7 +159,7 @@ def test_a_sandbox_mounts_nothing_in_the_hosts_table(api: httpx.Client, server: 
     and the network's files are bound by bwrap inside the sandbox's (every mount on the host is
     copied by each later sandbox's new mount namespace and read by bwrap once per bind:
     docs/performance.md, "A mount namespace per sandbox"). gVisor's disk and root are on the host,
-    with the runtime bound in (runsc's gofer serves the root), on a read-only tmpfs at /.corral: 7."""
+    with the runtime bound in (runsc's gofer serves the root), on a read-only skeleton at /.corral: 7."""
     before = set(sandbox_mounts(server.data_dir))
     sid = api.post("/v1/sandboxes", json={"timeout": 60}).raise_for_status().json()["id"]
     try:

@@ -458,8 +458,9 @@ class BwrapBackend:
             found |= {p.name for p in self.mounts_dir.iterdir()}
         for base in (self.sandboxes_dir, self.mounts_dir):
             found |= {p.relative_to(base).parts[0] for p in mounts_priv.mounted_under(base)}
-        # spares and the shared runtime are no sandbox's (spares.py and mount_shared replace old ones)
-        stale = sorted(i for i in found - keep if not i.startswith(mounts_priv.SPARE_PREFIX) and i != SHARED_RUNTIME)
+        # spares, the shared runtime and the skeleton are no sandbox's (spares.py, mount_shared replace old ones)
+        own = (SHARED_RUNTIME, mounts_priv.SKELETON)
+        stale = sorted(i for i in found - keep if not i.startswith(mounts_priv.SPARE_PREFIX) and i not in own)
         for sandbox_id in stale:
             await self._teardown(sandbox_id)
         if self.network is not None:
@@ -473,6 +474,7 @@ class BwrapBackend:
             await self.destroy(sandbox_id)
         if self.shared_runtime is not None:
             await asyncio.to_thread(mounts_priv.unmount_shared, self.shared_runtime)
+        await asyncio.to_thread(mounts_priv.remove_skeleton, self.mounts_dir)
         with contextlib.suppress(OSError):
             self.mounts_dir.rmdir()  # only if empty: never leave this server's run dir behind
         await asyncio.to_thread(self.cgroups.close)

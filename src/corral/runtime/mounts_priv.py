@@ -405,11 +405,11 @@ def mount_root(
     ``mount_points`` (paths inside) are made for binds bwrap makes later: as the sandbox's root it
     could not create them in an image whose directories belong to someone else.
 
-    Every path inside is under ``/.corral`` (``RUNTIME_DIR``), a fresh read-only tmpfs of the host's
-    root mounted over whatever the template has there: an image's ``/.corral`` may be a symlink
-    (``-> /etc``), which this process, host root, would otherwise follow out of the root for its
-    ``mkdir`` and binds; and a sandbox's root can write nothing under it (no module for the agent's
-    lazy imports in ``/.corral/lib``)."""
+    Every path inside is under ``/.corral`` (``RUNTIME_DIR``): a read-only bind of the host's own
+    empty skeleton of it (``SKELETON``, beside the root) over whatever the template has there. An
+    image's ``/.corral`` may be a symlink (``-> /etc``), which this process, host root, would
+    otherwise follow out of the root for its ``mkdir`` and binds; and a sandbox's root can write
+    nothing under it (no module for the agent's lazy imports in ``/.corral/lib``)."""
     root.mkdir(mode=0o755)
     lower = ":".join(str(p) for p in lowers)
     options = f"lowerdir={lower},upperdir={disk}/upper,workdir={disk}/work,volatile"
@@ -417,10 +417,7 @@ def mount_root(
         _mount("overlay", root, "overlay", options)
     else:  # a deep template: mount(2) takes one page of options; the new mount API adds lowers one by one
         _mount_overlay_fsconfig(root, lowers, disk)
-    runtime = _runtime_dir(root)
-    for inside in (*mount_points, *(inside for _, inside in ro_binds)):
-        (runtime / _under_runtime_dir(inside)).mkdir(parents=True, exist_ok=True)
-    _mount("", runtime, "", "", MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    runtime = _runtime_dir(root, [_under_runtime_dir(inside) for inside in (*mount_points, *(i for _, i in ro_binds))])
     for source, inside in ro_binds:
         target = runtime / _under_runtime_dir(inside)
         _mount(str(source), target, "", "", MS_BIND)
@@ -428,6 +425,7 @@ def mount_root(
 
 
 RUNTIME_DIR = "/.corral"  # the one dir of a sandbox's root the host mounts into
+SKELETON = ".skeleton"  # beside the roots (the mounts dir): RUNTIME_DIR's empty dirs, the host's own
 
 
 def _under_runtime_dir(inside: str) -> str:
@@ -438,19 +436,31 @@ def _under_runtime_dir(inside: str) -> str:
     return rel
 
 
-def _runtime_dir(root: Path) -> Path:
-    """A fresh tmpfs at ``root/.corral``, made a plain directory first if the image has anything else there."""
+def _runtime_dir(root: Path, mount_points: list[str]) -> Path:
+    """``root/.corral`` made a plain directory (whatever the image has there) with the skeleton bound
+    read-only over it; the skeleton gets the ``mount_points`` (relative) it lacks. A bind of one
+    directory: 0.16 ms per sandbox, against 0.5-0.9 for a tmpfs of its own."""
+    skeleton = root.parent / SKELETON
+    skeleton.mkdir(mode=0o755, exist_ok=True)
+    for rel in mount_points:
+        (skeleton / rel).mkdir(mode=0o755, parents=True, exist_ok=True)
     path = root / RUNTIME_DIR.lstrip("/")
     if os.path.islink(path) or (os.path.lexists(path) and not path.is_dir()):
         path.unlink()  # in the overlay: a whiteout in this sandbox's upper, the template is unchanged
     path.mkdir(mode=0o755, exist_ok=True)
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)  # certainly a directory now
     try:
-        _mount("corral-runtime", Path(f"/proc/self/fd/{fd}"), "tmpfs", "mode=755,size=64k,nr_inodes=256",
-               MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _mount(str(skeleton), Path(f"/proc/self/fd/{fd}"), "", "", MS_BIND)
     finally:
         os.close(fd)
+    _mount("", path, "", "", MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     return path
+
+
+def remove_skeleton(mounts_dir: Path) -> None:
+    """Delete the skeleton (empty dirs only) when the server stops (binds of it keep their dirs)."""
+    with contextlib.suppress(OSError):
+        shutil.rmtree(mounts_dir / SKELETON)
 
 
 def mount_shared(where: Path, binds: list[tuple[Path, str]]) -> None:
