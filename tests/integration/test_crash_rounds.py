@@ -49,7 +49,7 @@ from conftest import (
 )
 from corral.config import Settings
 from corral.runtime.bwrap import SHARED_RUNTIME
-from corral.runtime.mounts_priv import SPARE_PREFIX
+from corral.runtime.mounts_priv import SKELETON, SPARE_PREFIX
 
 ROUNDS = 20
 LONG_ROUNDS = 100
@@ -370,9 +370,10 @@ def verify(server: Server, previous: Seen | None, history: History, pool: bool) 
     crashed = previous.left if previous else set()
 
     def stale(found: list[str]) -> list[str]:
-        # the new server's spare disks and shared runtime are its own (test_recovery checks that a
+        # the new server's spare disks, shared runtime and skeleton are its own (test_recovery checks that a
         # crashed server's spares are removed)
-        return [f for f in found if not is_server_mount(f) and f != SHARED_RUNTIME and not f.startswith(SPARE_PREFIX)
+        return [f for f in found if not is_server_mount(f) and f not in (SHARED_RUNTIME, SKELETON)
+                and not f.startswith(SPARE_PREFIX)
                 and (not pool or any(i in f for i in crashed))]
 
     def stale_pids() -> list[int]:
