@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from corral.api import (
+    NO_TELEMETRY,
     errors,
     routes_code,
     routes_commands,
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
             services.auth.store.close()
 
     app = FastAPI(
-        title="Corral", version=VERSION, lifespan=lifespan,
+        title="Corral", version=VERSION, lifespan=lifespan, telemetry=NO_TELEMETRY,
         description="Self-hosted sandboxes for untrusted code. Errors are JSON {code, message}.",
     )
     errors.install(app)

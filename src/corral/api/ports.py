@@ -20,6 +20,7 @@ import h11
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
+from corral.api import NO_TELEMETRY
 from corral.api.deps import SandboxCallerDep, ServicesDep
 from corral.service.errors import Unreachable
 
@@ -34,7 +35,7 @@ READ = 65536
 
 
 def create_ports_app() -> FastAPI:
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, telemetry=NO_TELEMETRY)
 
     @app.api_route("/{path:path}", methods=METHODS)
     async def proxy(request: Request, caller: SandboxCallerDep, svc: ServicesDep) -> Response:

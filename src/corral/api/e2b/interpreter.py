@@ -33,6 +33,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from corral.agent.client import AgentClient
+from corral.api import NO_TELEMETRY
 from corral.api.deps import Services, ServicesDep, sandbox_caller
 from corral.api.e2b import gone
 from corral.api.e2b.gone import SandboxGone
@@ -115,7 +116,8 @@ TargetDep = Annotated[Target, Depends(target)]
 
 
 def create_interpreter_app() -> FastAPI:
-    app = FastAPI(title="Corral code interpreter", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Corral code interpreter", openapi_url=None, docs_url=None, redoc_url=None,
+                  telemetry=NO_TELEMETRY)
 
     @app.exception_handler(PlainError)
     async def plain_error(_: Request, exc: PlainError) -> PlainTextResponse:

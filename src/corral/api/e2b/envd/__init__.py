@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request, Response
 
+from corral.api import NO_TELEMETRY
 from corral.api.deps import SandboxCaller, ServicesDep
 from corral.api.e2b import gone
 from corral.api.e2b.gone import SandboxGone
@@ -33,7 +34,8 @@ CallerDep = Annotated[SandboxCaller, Depends(caller)]
 
 def create_envd_app() -> FastAPI:
     state = State()  # watchers end with their sandboxes; the router sends sub-apps no lifespan events
-    app = FastAPI(title="Corral envd", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(title="Corral envd", openapi_url=None, docs_url=None, redoc_url=None,
+                  telemetry=NO_TELEMETRY)
 
     gone.install(app)
 
