@@ -85,7 +85,7 @@ def test_plug_gives_both_ends_their_address_routes_and_no_ipv6_and_unplug_remove
     assert [(r["dst"], r["protocol"], r["scope"], r.get("prefsrc")) for r in routes] == [
         (str(address), "static", "link", str(GATEWAY))
     ]
-    assert read(f"/proc/sys/net/ipv6/conf/{veth}/disable_ipv6") == "1"
+    assert read(f"/proc/sys/net/ipv6/conf/{veth}/addr_gen_mode") == "1"  # none: no fe80:: when it went up
 
     inside = {link["ifname"]: link for link in ip("addr", "show", ns=ns)}
     assert set(inside) == {"lo", "eth0"}

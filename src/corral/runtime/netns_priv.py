@@ -6,7 +6,8 @@ bubblewrap's start, ``entered``); a ``none`` sandbox's, and every sandbox's on a
 corral-tools, by bubblewrap; a gVisor sandbox's by ``new_netns``. One the server makes is held by an
 fd of it until the sandbox's processes live in it. Before the sandbox runs anything the server plugs a veth
 pair into it: the host end ``crl<instance><slot>`` carries the instance's
-gateway address, the sandbox end ``eth0`` the sandbox's /32; routes on both sides; IPv6 off.
+gateway address, the sandbox end ``eth0`` the sandbox's /32; routes on both sides; IPv6 off inside,
+no IPv6 address on the host end.
 
 Links, addresses and routes are made with rtnetlink messages packed here (``_Rtnl``), not with
 pyroute2's ``IPRoute``: each of its calls cost ~1 ms of Python (its socket core, message classes),
@@ -114,7 +115,8 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200
 NLM_F_CAPPED, NLM_F_ACK_TLVS, NLMSGERR_ATTR_MSG = 0x100, 0x200, 1
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 18, 20, 24
-IFLA_IFNAME, IFLA_LINK, IFLA_LINKINFO, IFLA_NET_NS_FD = 3, 5, 18, 28
+IFLA_IFNAME, IFLA_LINK, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_NET_NS_FD = 3, 5, 18, 26, 28
+IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE = 8, 1
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC = 1, 4, 5, 7
@@ -292,6 +294,14 @@ def _set_up(index: int) -> Message:
     return RTM_NEWLINK, 0, _link(index, IFF_UP, IFF_UP)
 
 
+def _no_ipv6_address(index: int) -> Message:
+    """No IPv6 address of its own once up (not even a link-local), set before it is: what the
+    ``disable_ipv6`` sysctl did for a host veth, in the same datagram, waiting for the rtnl lock
+    rather than spinning on it (the sysctl retries a trylock while namespaces are torn down)."""
+    mode = _attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE]))
+    return RTM_NEWLINK, 0, _link(index) + _attr(IFLA_AF_SPEC, _attr(socket.AF_INET6, mode))
+
+
 def _add_route(dst_len: int, scope: int, *attrs: bytes) -> Message:
     body = _RTMSG.pack(socket.AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope, RTN_UNICAST, 0)
     return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body + b"".join(attrs)
@@ -388,12 +398,13 @@ def plug(ns: NetNs, veth: str, gateway: ipaddress.IPv4Address, address: ipaddres
     """Create and configure the veth pair of the sandbox whose netns is ``ns``.
 
     The pair is made with its peer already in ``ns`` (``IFLA_NET_NS_FD``), named ``eth0`` there.
-    Host side: create, read the indexes of both ends, IPv6 off, then address, up and route in one
-    datagram; inside (one ``setns`` hop): IPv6 off and any port bindable, then address, up and both
-    routes in one datagram. ``prepared``: a namespace whose sysctls were set before ``eth0``
-    existed (a ``NetnsMaker``'s, whose ``lo`` is still down, or ``new_netns``'): ``lo`` goes up in
-    that datagram too and keeps ``::1``; otherwise (one bubblewrap made) IPv6 goes off for ``all``,
-    ``lo`` included. Thread-safe (callable from several worker threads at once)."""
+    Host side: create, read the indexes of both ends, then no IPv6 address (nftables drops IPv6 from
+    sandbox veths), address, up and route in one datagram; inside (one ``setns`` hop): IPv6 off and
+    any port bindable, then address, up and both routes in one datagram. ``prepared``: a namespace
+    whose sysctls were set before ``eth0`` existed (a ``NetnsMaker``'s, whose ``lo`` is still down,
+    or ``new_netns``'): ``lo`` goes up in that datagram too and keeps ``::1``; otherwise (one
+    bubblewrap made) IPv6 goes off for ``all``, ``lo`` included. Thread-safe (callable from several
+    worker threads at once)."""
     with _host.lend() as rtnl:
         inside = _plug_host(rtnl, ns, veth, gateway, address)
     in_netns(ns, lambda: _configure_inside(inside, gateway, address, prepared))
@@ -423,8 +434,8 @@ def _plug_host(
     if link is None or IFLA_LINK not in link[1]:
         raise NetSetupError(f"veth {veth} vanished after it was created")
     index = link[0]
-    _sysctl(f"net/ipv6/conf/{veth}/disable_ipv6", "1")
     rtnl.request(
+        _no_ipv6_address(index),
         _add_address(index, gateway),
         _set_up(index),
         _add_route(
