@@ -134,7 +134,7 @@ def _fork_joiner(
     if len(words) != 3 or words[0] != b"spawn" or len(fds) != 3:
         raise ValueError(f"expected 'spawn <dev> <ino>' with 3 fds, got {msg[:100]!r} with {len(fds)}")
     root = (int(words[1]), int(words[2]))
-    pid = os.fork()
+    pid = libc.fork_bare()  # the zygote has one thread
     if pid:
         return pid
     # The joiner. Nothing here may return into the zygote's loop.
@@ -164,7 +164,7 @@ def _join(listen: int, log_fd: int, go: int, *, root: tuple[int, int], program: 
         return 1  # the host gave up on this sandbox (its end closed) or sent something else
     init = pidfds[0]
     libc.setns(init, JOIN)  # all but the mount namespace, which bwrap may still be setting up
-    agent = os.fork()
+    agent = libc.fork_bare()  # so has the joiner
     if agent == 0:
         _become_agent(listen, log_fd, go, init, root, program, caps)  # never returns
     os.close(listen)
