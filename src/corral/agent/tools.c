@@ -228,9 +228,9 @@ static int launch(int argc, char **argv) {
     return 1;
 }
 
-/* /proc/sys/net is the calling process's network namespace's. */
-static void set_sysctl(const char *path, const char *value) {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
+/* PATH relative to NET, an fd of /proc/sys/net (the calling process's network namespace's). */
+static void set_sysctl(int net, const char *path, const char *value) {
+    int fd = openat(net, path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) die(path);
     size_t len = strlen(value);
     if (write(fd, value, len) != (ssize_t)len) die(path);
@@ -255,8 +255,13 @@ static int netns(int argc, char **argv) {
         if (unshare(CLONE_NEWNET) != 0) die("unshare(CLONE_NEWNET)");
         /* Before eth0 exists, so it takes IPv6 off from default: no write of all or eth0 (each retries
          * on the rtnl lock, spinning for milliseconds while other namespaces are torn down). */
-        set_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
-        set_sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
+        /* /proc/sys/net looked up once: every namespace's "net" dentry hangs under /proc/sys by that
+         * one name, so each lookup compares it with every live namespace's (in a locked loop). */
+        int net = open("/proc/sys/net", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (net < 0) die("/proc/sys/net");
+        set_sysctl(net, "ipv6/conf/default/disable_ipv6", "1");
+        set_sysctl(net, "ipv4/ip_unprivileged_port_start", "0");
+        close(net);
         if (write(1, ".", 1) != 1) die("write");
     }
 }
