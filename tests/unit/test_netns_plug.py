@@ -340,8 +340,9 @@ def test_spare_namespaces_are_made_ahead_claimed_once_and_released(
             assert spares.ready == 0
             for spare in (taken, other):
                 os.close(spare.fd)
-            await net.release("sbx1")
+            net.release("sbx1")
             await net.release_spare(other.att)
+            await net.unplugged()
             assert netns_priv.links(prefix) == []
         finally:
             await net.close()
@@ -360,11 +361,12 @@ def test_an_address_given_up_is_handed_out_again_last(tmp_path: Path) -> None:
             first = net.reserve("sbx-a", NetworkPolicy())
             second = net.reserve("sbx-b", NetworkPolicy())
             assert first is not None and second is not None and first.address != second.address
-            await net.release("sbx-a")
+            net.release("sbx-a")  # its slot is free again once its link is gone
+            await net.unplugged()
             third = net.reserve("sbx-c", NetworkPolicy())
             assert third is not None and third.address not in (first.address, second.address)
-            await net.release("sbx-b")
-            await net.release("sbx-c")
+            net.release("sbx-b")
+            net.release("sbx-c")
         finally:
             await net.close()
 

@@ -138,7 +138,9 @@ def test_a_release_during_a_policy_change_leaves_nothing_of_the_sandbox(tmp_path
             nft_priv.run(netrules.attach(net.names, att.slot, att.address, INTERNET))  # what plug loads
             change = asyncio.create_task(net.update("sbx", parse_policy(None, ["10.1.0.0/16"], None)))
             await asyncio.sleep(0)  # the change's batch is on its way
-            await asyncio.gather(net.release("sbx"), change)
+            net.release("sbx")  # its rules go once the change is done
+            await change
+            await net.unplugged()
             found = table(net.names)
             assert (found["chains"], set(found["sets"])) == (BASE_CHAINS, BASE_SETS)
             assert found["verdicts"] == {} and found["sandboxes"] == []

@@ -433,7 +433,7 @@ class BwrapBackend:
 
     async def _teardown(self, sandbox_id: str) -> None:
         if self.network is not None:
-            await self.network.release(sandbox_id)
+            self.network.release(sandbox_id)
         disk = self._disks.pop(sandbox_id, None)
 
         def teardown() -> None:

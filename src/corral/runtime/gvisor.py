@@ -178,7 +178,7 @@ class GvisorBackend(BwrapBackend):
 
     async def _teardown(self, sandbox_id: str) -> None:
         if self.network is not None:
-            await self.network.release(sandbox_id)
+            self.network.release(sandbox_id)
         await asyncio.to_thread(
             gvisor_priv.teardown, (self.sandboxes_dir / sandbox_id, self.mounts_dir / sandbox_id), sandbox_id,
             self.cgroups, self.state_root,

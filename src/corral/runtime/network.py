@@ -74,6 +74,7 @@ class Network:
         self._free: deque[int] = deque()
         self._by_id: dict[str, Attachment] = {}
         self._spares: dict[int, Attachment] = {}  # by slot: plugged into a namespace made ahead, no sandbox's yet
+        self._unplugging: set[asyncio.Task[None]] = set()  # released sandboxes' links and rules going
         self.forwarder = Forwarder(config.upstream, self._learn)
 
     # lifecycle
@@ -124,9 +125,10 @@ class Network:
 
     async def close(self) -> None:
         for sandbox_id in list(self._by_id):
-            await self.release(sandbox_id)
+            self.release(sandbox_id)
         for att in list(self._spares.values()):
             await self.release_spare(att)
+        await self.unplugged()
         self.forwarder.close()
         await asyncio.to_thread(self._close_host)
 
@@ -199,13 +201,30 @@ class Network:
             att.client.policy = policy
         await asyncio.to_thread(netns_priv.forget_connections, att.address)
 
-    async def release(self, sandbox_id: str) -> None:
+    def release(self, sandbox_id: str) -> None:
+        """Give up the sandbox's attachment (its processes are gone). Its link and rules are removed
+        in the background: deleting a veth waits for the kernel (~25 ms, an RCU grace period), which a
+        kill need not; the slot is free again once they are gone, ``close`` waits for them."""
         att = self._by_id.pop(sandbox_id, None)
         if att is None:
             return
         self.forwarder.clients.pop(str(att.address), None)
-        async with att.changing:
-            await asyncio.to_thread(self._unplug, att)
+        task = asyncio.get_running_loop().create_task(self._unplug_released(att))
+        self._unplugging.add(task)
+        task.add_done_callback(self._unplugging.discard)
+
+    async def unplugged(self) -> None:
+        """Wait until the links and rules of every sandbox released so far are gone."""
+        if self._unplugging:
+            await asyncio.wait(set(self._unplugging))
+
+    async def _unplug_released(self, att: Attachment) -> None:
+        try:
+            async with att.changing:
+                await asyncio.to_thread(self._unplug, att)
+        except Exception:  # its veth, if any is left, goes at the next start's reconcile
+            log.exception("removing the network of a released sandbox (%s) failed", att.veth)
+            return
         self._free.append(att.slot)
 
     def _unplug(self, att: Attachment) -> None:
