@@ -386,7 +386,9 @@ def main() -> None:
                           float(churn["rate"]), raw_rate, "raw primitive, 2 workers",  # type: ignore[arg-type]
                           ">= 50/s, 0 errors", lambda o, _r: o >= 50 and not errors,
                           note=f"{len(errors)} errors, {churn['pooled']}/{churn['creates']} pooled, create p50 "
-                               f"{float(churn['latency_p50'] or 0) * MS:.0f} ms",  # type: ignore[arg-type]
+                               f"{float(churn['latency_p50'] or 0) * MS:.0f} ms, kill p50 "  # type: ignore[arg-type]
+                               f"{float(churn['kill_p50'] or 0) * MS:.0f} ms, {churn['unkilled_at_end']} "  # type: ignore[arg-type]
+                               "left to kill when the creators stopped",
                           extra={k: v for k, v in churn.items() if k != "errors"} | {"errors": errors[:20]}))
 
     step(f"density: up to {args.density} idle sandboxes")

@@ -4,7 +4,9 @@ One server with the warm pool on and sized by demand (``CORRAL_POOL=base=<min>``
 ``CORRAL_POOL_MAX``). ``--creators`` callers (each its own connection, ``wire``) create
 (``POST /v1/sandboxes``) as fast as answers come and hand each id to ``--killers`` callers that
 delete it, for ``--seconds``; every non-2xx answer or transport error counts as an error. Then the
-loop drains (every created sandbox is deleted).
+loop drains (every created sandbox is deleted). Creates outrunning the killers show as the ids
+still queued for a kill when the creators stop (and, once the server's limit of live sandboxes is
+reached, as 429 errors).
 
 Baseline (same run): the raw primitive (overlay mount + ``bwrap … /bin/true`` + unmount) in a closed
 loop with 2 workers (one per core) for ``--baseline-seconds``.
@@ -45,6 +47,7 @@ def raw_rate(seconds: float, workers: int = 2) -> float:
 
 async def churn(url: str, key: str, seconds: float, creators: int, killers: int) -> dict[str, object]:
     latencies: list[float] = []
+    kill_latencies: list[float] = []
     errors: list[str] = []
     pooled = 0
     kills = 0
@@ -78,7 +81,9 @@ async def churn(url: str, key: str, seconds: float, creators: int, killers: int)
         try:
             while (sid := await queue.get()) is not None:
                 try:
+                    started = time.perf_counter()
                     status, data = await conn.request("DELETE", f"/v1/sandboxes/{sid}")
+                    kill_latencies.append(time.perf_counter() - started)
                 except (OSError, asyncio.IncompleteReadError) as exc:
                     errors.append(f"kill: {exc!r}")
                     conn = await wire.Conn.open(url, key)
@@ -94,12 +99,14 @@ async def churn(url: str, key: str, seconds: float, creators: int, killers: int)
     killing = [asyncio.create_task(killer()) for _ in range(killers)]
     await asyncio.gather(*(creator() for _ in range(creators)))
     elapsed = time.monotonic() - started
+    unkilled = queue.qsize()  # created but not yet being killed: the killers' backlog, if they fell behind
     for _ in killing:
         queue.put_nowait(None)
     await asyncio.gather(*killing)
     return {"creates": len(latencies), "seconds": elapsed, "rate": len(latencies) / elapsed, "kills": kills,
             "errors": errors, "pooled": pooled, "latency_p50": p50(latencies) if latencies else None,
-            "latency_p99": pct(latencies, 0.99) if latencies else None}
+            "latency_p99": pct(latencies, 0.99) if latencies else None,
+            "kill_p50": p50(kill_latencies) if kill_latencies else None, "unkilled_at_end": unkilled}
 
 
 def run(seconds: float, creators: int, killers: int, pool_min: int = 16, pool_max: int = 200) -> dict[str, object]:
