@@ -30,7 +30,7 @@ from sandbox_probe import (
     settled_pids,
 )
 
-from conftest import TEST_BACKEND, Server, run_command
+from conftest import TEST_BACKEND, Server, leftovers_of, run_command
 
 PROBES = r"""
 import ctypes, errno, json, os, socket, sys
@@ -410,7 +410,7 @@ def test_init_hijacked_by_root_cannot_fill_the_host_disk(api: httpx.Client, serv
         assert run_command(api, sid, "echo alive").stdout == "alive\n"
     finally:
         assert api.delete(f"/v1/sandboxes/{sid}").status_code == 204
-    assert not sandbox_dir(server, sid).exists()
+    assert leftovers_of(server, sid) == []
 
 
 def test_agent_memory_is_closed_to_sandbox_root(api: httpx.Client, sandbox: str) -> None:

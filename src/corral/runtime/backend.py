@@ -78,7 +78,14 @@ class Backend(Protocol):
         """Let a frozen sandbox's processes run again (resume)."""
         ...
 
-    async def destroy(self, sandbox_id: str) -> None: ...
+    async def destroy(self, sandbox_id: str) -> None:
+        """End the sandbox: returns once none of its processes runs; its network, disk, mounts and
+        cgroups may go after that, in the background (``torn_down``)."""
+        ...
+
+    async def torn_down(self) -> None:
+        """Wait until every sandbox destroyed so far is torn down."""
+        ...
 
     def default_env(self, spec: SandboxSpec) -> dict[str, str]:
         """Environment every process of this sandbox gets (e.g. the CA bundle of a networked one)."""

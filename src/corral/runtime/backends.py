@@ -76,6 +76,10 @@ class Backends:
         await self._of(sandbox_id).destroy(sandbox_id)
         self._where.pop(sandbox_id, None)
 
+    async def torn_down(self) -> None:
+        for backend in self.backends.values():
+            await backend.torn_down()
+
     def default_env(self, spec: SandboxSpec) -> dict[str, str]:
         return self.backends.get(spec.isolation or self.default, self.backends[self.default]).default_env(spec)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import compileall
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, fin
 
 READY_TIMEOUT = 20.0
 T = TypeVar("T")
+log = logging.getLogger("corral.bwrap")
 
 
 @dataclass
@@ -115,6 +117,7 @@ class BwrapBackend:
         # sandbox's own mount namespace, it is reached through this (``on_disk``).
         self._disks: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._teardowns: set[asyncio.Task[None]] = set()  # destroyed sandboxes' disks, cgroups, files going
         sandboxes_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         mounts_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         # Bound once rather than into every root: each mount in the host's namespace is copied by
@@ -400,8 +403,24 @@ class BwrapBackend:
         return live
 
     async def destroy(self, sandbox_id: str) -> None:
+        """Stop the sandbox: returns once none of its processes runs. Its network, disk, cgroups and
+        files then go in the background (``close`` waits for them; a crash leaves them to the next
+        start's ``reconcile``): a kill need not wait for the kernel's unmounts and deletions."""
         await self._stop(sandbox_id)
-        await self._teardown(sandbox_id)
+        task = asyncio.get_running_loop().create_task(self._teardown_logged(sandbox_id))
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
+
+    async def _teardown_logged(self, sandbox_id: str) -> None:
+        try:
+            await self._teardown(sandbox_id)
+        except Exception:
+            log.exception("tearing down sandbox %s failed; the next start's reconcile will retry", sandbox_id)
+
+    async def torn_down(self) -> None:
+        """Wait until every sandbox destroyed so far is torn down."""
+        if self._teardowns:
+            await asyncio.wait(set(self._teardowns))
 
     async def commit(self, sandbox_id: str, dest: Path) -> None:
         self._require(sandbox_id)
@@ -472,6 +491,7 @@ class BwrapBackend:
     async def close(self) -> None:
         for sandbox_id in list(self._live):
             await self.destroy(sandbox_id)
+        await self.torn_down()
         if self.shared_runtime is not None:
             await asyncio.to_thread(mounts_priv.unmount_shared, self.shared_runtime)
         await asyncio.to_thread(mounts_priv.remove_skeleton, self.mounts_dir)

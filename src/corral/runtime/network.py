@@ -201,17 +201,19 @@ class Network:
             att.client.policy = policy
         await asyncio.to_thread(netns_priv.forget_connections, att.address)
 
-    def release(self, sandbox_id: str) -> None:
+    def release(self, sandbox_id: str) -> asyncio.Task[None] | None:
         """Give up the sandbox's attachment (its processes are gone). Its link and rules are removed
-        in the background: deleting a veth waits for the kernel (~25 ms, an RCU grace period), which a
-        kill need not; the slot is free again once they are gone, ``close`` waits for them."""
+        in the background (the task returned, None if it had none): deleting a veth waits for the
+        kernel (~25 ms, an RCU grace period); the slot is free again once they are gone, ``close``
+        waits for them."""
         att = self._by_id.pop(sandbox_id, None)
         if att is None:
-            return
+            return None
         self.forwarder.clients.pop(str(att.address), None)
         task = asyncio.get_running_loop().create_task(self._unplug_released(att))
         self._unplugging.add(task)
         task.add_done_callback(self._unplugging.discard)
+        return task
 
     async def unplugged(self) -> None:
         """Wait until the links and rules of every sandbox released so far are gone."""
