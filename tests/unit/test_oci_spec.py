@@ -29,7 +29,9 @@ def test_root_is_the_premounted_overlay_and_ids_are_shifted_like_bwrap(launch: L
     shifted = [{"containerID": 0, "hostID": 1_000_000, "size": 65536}]
     assert config["linux"]["uidMappings"] == shifted and config["linux"]["gidMappings"] == shifted
     assert {n["type"] for n in config["linux"]["namespaces"]} == {"pid", "ipc", "uts", "mount", "network", "user"}
-    assert [m["destination"] for m in config["mounts"]] == ["/proc", "/dev", "/dev/pts", "/dev/shm"]
+    assert [m["destination"] for m in config["mounts"]] == ["/proc", "/dev", "/dev/pts", "/dev/shm", "/.corral"]
+    corral = config["mounts"][-1]  # a mount of the sentry's own: gVisor refuses to rename it
+    assert corral["source"] == "/run/corral/x/abc123/.corral" and {"rbind", "ro"} <= set(corral["options"])
     assert config["hostname"] == "abc123"
 
 

@@ -177,8 +177,7 @@ class GvisorBackend(BwrapBackend):
         self._preloaded.discard(sandbox_id)
 
     async def _teardown(self, sandbox_id: str) -> None:
-        # gVisor's veth goes before runsc's state and mounts: with the two at once, sandbox root's
-        # rename of /.corral succeeded in full test passes (docs/gvisor.md, "Open")
+        # gVisor's veth goes before runsc's state and mounts, in this background teardown as before
         unplug = self.network.release(sandbox_id) if self.network is not None else None
         if unplug is not None:
             await asyncio.shield(unplug)

@@ -12,6 +12,7 @@ from typing import Any
 
 from corral.runtime import gvisor_preload
 from corral.runtime.host import sandbox_nofile
+from corral.runtime.mounts_priv import RUNTIME_DIR
 from corral.runtime.plan import AGENT_CAPS, AGENT_LIB, RT_DIR, SANDBOX_PATH, LaunchPlan
 
 OCI_VERSION = "1.0.2"
@@ -90,6 +91,10 @@ def config(plan: LaunchPlan, netns: str | None = None, preload: gvisor_preload.P
              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
             {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
              "options": ["nosuid", "noexec", "nodev", "mode=1777"]},
+            # /.corral (the host's read-only skeleton with the runtime under it) as a mount of the
+            # sentry's own, so that gVisor refuses to rename or remove it itself (docs/gvisor.md, "Open")
+            {"destination": RUNTIME_DIR, "type": "bind", "source": str(plan.root / RUNTIME_DIR.lstrip("/")),
+             "options": ["rbind", "ro", "nosuid", "nodev"]},
             # networked: /etc/resolv.conf naming the gateway (bwrap's --ro-bind of the same file)
             *[{"destination": inside, "type": "bind", "source": str(src), "options": ["rbind", "ro"]}
               for src, inside in plan.net_files],
