@@ -94,18 +94,6 @@ def inotify_rm_watch(fd: int, wd: int) -> None:
     _lib().inotify_rm_watch(fd, wd)  # fails harmlessly when the kernel already dropped the watch
 
 
-_fork: Callable[[], int] | None = None
-
-
-def _bare_fork() -> int:
-    global _fork
-    if _fork is None:
-        fork = ctypes.PyDLL(None, use_errno=True).fork  # PyDLL: the GIL stays held
-        fork.restype = ctypes.c_int
-        _fork = fork
-    return int(_fork())
-
-
 def set_child_subreaper() -> bool:
     """Adopt orphaned descendants so that the agent reaps them (True if the kernel agreed)."""
     try:
@@ -137,6 +125,9 @@ def malloc_trim() -> None:
         _lib().malloc_trim(0)
 
 
+_fork: Callable[[], int] | None = None
+
+
 def fork_bare() -> int:
     """``fork(2)`` without CPython's after-fork work in the child (its locks and thread states made
     anew, the ``os.register_at_fork`` hooks: ~145 page faults and ~0.4 ms of CPU per fork of the
@@ -144,9 +135,14 @@ def fork_bare() -> int:
     through the call (``PyDLL``), so no other thread can hold a lock the child inherits; the child
     must not need those hooks (``random`` is not reseeded: nothing here uses it). Returns as
     ``os.fork``."""
+    global _fork
     if threading.active_count() != 1:
         raise RuntimeError("fork_bare() in a process with more than one thread")
-    pid: int = _bare_fork()
+    if _fork is None:
+        fork = ctypes.PyDLL(None, use_errno=True).fork  # PyDLL: the GIL stays held
+        fork.restype = ctypes.c_int
+        _fork = fork
+    pid = int(_fork())
     if pid < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"fork: {os.strerror(err)}")
