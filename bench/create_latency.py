@@ -1,7 +1,7 @@
 """Create → first output latency through the real HTTP API, next to the raw primitive.
 
-Baseline (same run, same machine): mount an overlay over the base template and run
-``bwrap --unshare-all ... /bin/true`` in it, then unmount. Ours: ``POST /v1/sandboxes`` followed by a
+Baseline (same run, same machine, its samples alternating with ours): mount an overlay over the base
+template and run ``bwrap --unshare-all ... /bin/true`` in it, then unmount. Ours: ``POST /v1/sandboxes`` followed by a
 command whose first stdout event ends the measurement (then the sandbox is killed, outside the timing).
 
     sudo .venv/bin/python bench/create_latency.py [--samples 40]
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -30,22 +31,41 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def raw_primitive(rootfs: Path, samples: int) -> list[float]:
-    times = []
-    for _ in range(samples):
-        work = Path(tempfile.mkdtemp(dir="/var/tmp"))
-        (work / "upper").mkdir()
-        (work / "work").mkdir()
-        (work / "root").mkdir()
+def raw_once(rootfs: Path) -> float:
+    """One raw primitive, in seconds: an overlay over ``rootfs`` mounted and ``bwrap ... /bin/true``
+    run in it (the unmount and the clean-up are not timed)."""
+    work = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        for name in ("upper", "work", "root"):
+            (work / name).mkdir()
         started = time.perf_counter()
         subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o",
              f"lowerdir={rootfs},upperdir={work}/upper,workdir={work}/work", str(work / "root")], check=True)
-        subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--bind",
-                        str(work / "root"), "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"], check=True)
-        times.append(time.perf_counter() - started)
-        subprocess.run(["umount", str(work / "root")], check=True)
+        try:
+            subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL", "--bind",
+                            str(work / "root"), "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"], check=True)
+            return time.perf_counter() - started
+        finally:
+            subprocess.run(["umount", str(work / "root")], check=True)
+    finally:
         shutil.rmtree(work)
+
+
+def raw_primitive(rootfs: Path, samples: int) -> list[float]:
+    return [raw_once(rootfs) for _ in range(samples)]
+
+
+def alternated(calls: dict[str, Callable[[], float]], samples: int, pause: float = 0.0) -> dict[str, list[float]]:
+    """Each call's own measurement (seconds), ``samples`` rounds of one call each in turn: a figure and
+    its baseline meet the same moments of a host whose speed drifts by tens of percent within an
+    hour (docs/performance.md), instead of one block of each. ``pause``: seconds before every call,
+    so that none runs beside the background work the one before left (a server's teardown)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(samples):
+        for name, call in calls.items():
+            time.sleep(pause)
+            times[name].append(call())
     return times
 
 
@@ -82,10 +102,13 @@ def main() -> None:
     data = make_data_dir()
     server = start_server(data)
     try:
+        rootfs = TEMPLATES / "base" / "rootfs"
         with server.client() as client:
             ours(client, 3)  # warm up imports and caches
-            measured = ours(client, args.samples)
-        baseline = raw_primitive(TEMPLATES / "base" / "rootfs", args.samples)
+            raw_once(rootfs)
+            times = alternated({"ours": lambda: to_output(client, {"template": "base"}),
+                                "raw": lambda: raw_once(rootfs)}, args.samples, pause=0.25)
+        measured, baseline = times["ours"], times["raw"]
     finally:
         server.stop()
         remove_data_dir(data)

@@ -4,8 +4,8 @@ Each figure is a small function returning ``Figure(ours, baseline, …)`` with i
 this run (docs/performance.md explains each). The blocks, in order:
 
 1. latency (server with the pool off): cold create → first output vs the raw bwrap + overlay + ``true``
-   (back to back, and with a pause between creates as one user's creates have);
-   ``commands.run("true")`` vs local ``subprocess.run("true")`` + one HTTP round trip (``/health``);
+   (their samples in turns, each after a pause; and each back to back);
+   ``commands.run("true")`` vs local ``subprocess.run("true")`` + one HTTP round trip (``/health``), in turns;
    a no-op authenticated call vs a bare uvicorn app's round trip; peers (raw ``runsc``, PyPI ``gvisor``,
    Corral's own gVisor backend);
    create latency vs concurrent creators (cold);
@@ -42,8 +42,8 @@ import density
 import httpx
 import throughput
 import wire
+from create_latency import alternated, raw_once, raw_primitive, to_output
 from create_latency import ours as create_to_output
-from create_latency import raw_primitive, to_output
 from curves import DOCS, concurrency, create_burst, plot_concurrency, plot_live
 from figures import TEMPLATES_ROOT, Figure, Server, load, p50, pct, save, server, table
 from peers import gvisor_pypi, runsc_create_exec
@@ -112,46 +112,59 @@ def bare_uvicorn(samples: int) -> list[float]:
 
 
 # block 1: latency, pool off
+IDLE_GAP = 0.25  # seconds before each sample of a cold create and of its baseline
+
+
 def cold_create(srv: Server, samples: int) -> Figure:
+    """Our create -> first output and the raw primitive in turns (the same moments of the host), each
+    after a pause: the server has finished the last sandbox's teardown and its spares' refill, as the
+    primitive's own clean-up ends before its next sample, and both start from an idle host, as one
+    user's create does (an idle vCPU here costs a wake-up: both are slower than in a busy loop)."""
     with srv.client() as client:
         create_to_output(client, 3)
-        ours = create_to_output(client, samples)
-    raw = raw_primitive(TEMPLATES_ROOT, samples)
+        raw_once(TEMPLATES_ROOT)
+        times = alternated({"ours": lambda: to_output(client, {"template": "base"}),
+                            "raw": lambda: raw_once(TEMPLATES_ROOT)}, samples, pause=IDLE_GAP)
+    ours, raw = times["ours"], times["raw"]
     return Figure("cold create -> first output, p50", "ms", p50(ours) * MS, p50(raw) * MS,
                   "raw bwrap+overlay+true", "ratio <= 2.5", lambda _o, r: r is not None and r <= 2.5,
+                  note=f"p99 {pct(ours, 0.99) * MS:.0f} vs {pct(raw, 0.99) * MS:.1f} ms; in turns, "
+                  f"{IDLE_GAP} s before each", extra={"ours": ours, "baseline": raw})
+
+
+def cold_create_back_to_back(srv: Server, samples: int) -> Figure:
+    """The same cold creates one right after another (a loop of create, command, kill: each meets the
+    previous one's teardown and refills), next to the raw primitive back to back."""
+    with srv.client() as client:
+        ours = create_to_output(client, samples)
+    raw = raw_primitive(TEMPLATES_ROOT, samples)
+    return Figure("cold create -> first output, back to back, p50", "ms", p50(ours) * MS,
+                  p50(raw) * MS, "raw bwrap+overlay+true, back to back", "report", None,
                   note=f"p99 {pct(ours, 0.99) * MS:.0f} vs {pct(raw, 0.99) * MS:.1f} ms",
                   extra={"ours": ours, "baseline": raw})
 
 
-IDLE_GAP = 0.25  # seconds between creates for the "idle server" figure
-
-
-def cold_create_idle(srv: Server, cold: Figure, samples: int) -> Figure:
-    """The same cold create one at a time on an otherwise idle server: what one user's create meets."""
-    with srv.client() as client:
-        ours = create_to_output(client, samples, pause=IDLE_GAP)
-    raw = cold.extra["baseline"]
-    assert isinstance(raw, list)
-    return Figure(f"cold create -> first output, {IDLE_GAP} s between creates, p50", "ms", p50(ours) * MS,
-                  p50(raw) * MS, "raw bwrap+overlay+true", "report", None,
-                  note=f"p99 {pct(ours, 0.99) * MS:.0f} ms", extra={"ours": ours})
-
-
 def run_true(srv: Server, samples: int) -> Figure:
+    """``commands.run("true")`` in turns with its baseline's two parts (the same moments of the host)."""
     sandbox = Sandbox.create(api_url=srv.url, api_key=srv.api_key, timeout=600)
     try:
-        for _ in range(10):
-            sandbox.commands.run("true")
-        ours = timed(lambda: sandbox.commands.run("true"), samples)
+        with httpx.Client(base_url=srv.url) as trip:
+            for _ in range(10):
+                sandbox.commands.run("true")
+                trip.get("/health").raise_for_status()
+            times = alternated({
+                "ours": lambda: timed(lambda: sandbox.commands.run("true"), 1)[0],
+                "local": lambda: timed(lambda: subprocess.run(["true"], check=True), 1)[0],
+                "trip": lambda: timed(lambda: trip.get("/health").raise_for_status(), 1)[0],
+            }, samples)
     finally:
         sandbox.kill()
-    local = timed(lambda: subprocess.run(["true"], check=True), samples)
-    trip = round_trips(srv.url, "/health", samples)
-    baseline = p50(local) + p50(trip)
+    ours, local, trip_times = times["ours"], times["local"], times["trip"]
+    baseline = p50(local) + p50(trip_times)
     return Figure('commands.run("true"), live sandbox, p50', "ms", p50(ours) * MS, baseline * MS,
                   "subprocess.run(true) + 1 HTTP trip", "ratio <= 1.5", lambda _o, r: r is not None and r <= 1.5,
-                  note=f"local true {p50(local) * MS:.2f} ms + /health {p50(trip) * MS:.2f} ms",
-                  extra={"ours": ours, "local": local, "trip": trip})
+                  note=f"local true {p50(local) * MS:.2f} ms + /health {p50(trip_times) * MS:.2f} ms; in turns",
+                  extra={"ours": ours, "local": local, "trip": trip_times})
 
 
 def api_overhead(srv: Server, samples: int) -> Figure:
@@ -353,7 +366,7 @@ def main() -> None:
     step("latency: cold create, commands.run, API overhead, peers, concurrency (pool off)")
     with server() as srv:
         cold = cold_create(srv, args.samples)
-        figures += [cold, cold_create_idle(srv, cold, args.samples), run_true(srv, args.samples * 3),
+        figures += [cold, cold_create_back_to_back(srv, args.samples), run_true(srv, args.samples * 3),
                     api_overhead(srv, args.samples * 10)]
         peer_figures, wrapper = peers(cold, max(4, args.samples // 4))
         gvisor_cold, gvisor_times = gvisor_backend(srv, cold, max(4, args.samples // 4))
