@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv docker-registry busybox-static gcc libc6-dev
+APT_PACKAGES := bubblewrap mmdebstrap iproute2 nftables e2fsprogs mount util-linux ca-certificates python3-venv docker-registry busybox-static gcc libc6-dev musl-tools
 STAMP := $(VENV)/.installed
 # gVisor's runsc, 2024 or newer (Debian 12's own is from 2022: ~70 ms slower to start a sandbox, no directfs);
 # on Debian 12 it comes from bookworm-backports, Debian's own repository for it (docs/gvisor.md).

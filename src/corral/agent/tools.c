@@ -1,7 +1,8 @@
 /*
  * corral-tools: the small static programs of a sandbox's start and of its commands, one binary.
- * Built static by the server (corral.runtime.static_tools) into the agent package's __pycache__,
- * named by this source's checksum (corral_agent.tools): it runs in any template, whatever its libc,
+ * Built static by the server (corral.runtime.static_tools, with musl where installed: its start-up
+ * is a few system calls, glibc's ~100 CPUID traps on a virtual machine) into the agent package's
+ * __pycache__, named by this source's checksum (corral_agent.tools): it runs in any template, whatever its libc,
  * and each use is one exec where a shell or a dynamically linked tool took two or three
  * (docs/performance.md, "Static tools").
  *
