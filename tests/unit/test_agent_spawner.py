@@ -1,21 +1,45 @@
-"""Spawners (agent/spawner.py): a user's commands after the first start from a child of the agent
-that holds only that user's ids; the commands see no difference, and a spawner that sandbox code of
-the same user kills or stops costs that code nothing but speed."""
+"""Spawners (agent/spawner.py): where corral-tools could not be built (no C compiler on the host), a
+user's commands after the first start from a child of the agent that holds only that user's ids; the
+commands see no difference, and a spawner that sandbox code of the same user kills or stops costs
+that code nothing but speed. With corral-tools, every command starts through its exec-as instead."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_agent_harness import RunningAgent, agent, collect, descendants, read_until, run, wait_until
+from test_agent_harness import RunningAgent, alive, collect, descendants, read_until, run, start_agent, wait_until
 from test_agent_processes import other_user
 
+import corral.agent
 from corral.agent.protocol import AgentError, Exit
 
-__all__ = ["agent"]  # the fixture, imported from the harness
+
+@pytest.fixture
+def agent() -> Iterator[RunningAgent]:
+    """An agent run from a copy of its package with no corral-tools built in it, as on a host without a
+    C compiler: only such an agent starts spawners."""
+    parent = Path(tempfile.mkdtemp(prefix="corral-untooled-", dir="/tmp"))
+    parent.chmod(0o755)  # the user's spawner, forked from the agent, may still import from it
+    package = parent / "corral_agent"
+    shutil.copytree(Path(corral.agent.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        with start_agent([sys.executable, "-I", str(package)]) as running:
+            yield running
+            family = descendants(running.process.pid)
+            running.process.send_signal(signal.SIGTERM)
+            assert running.process.wait(timeout=10) == 0
+            assert [pid for pid in family if alive(pid)] == [], "agent left processes behind"
+            assert "Traceback" not in running.log(), running.log()
+    finally:
+        shutil.rmtree(parent)
 
 
 def spawners(running: RunningAgent) -> list[int]:

@@ -486,9 +486,12 @@ def _parse_args(args: list[str]) -> tuple[bool, int] | None:
 def serve(sock: socket.socket, donated: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (or, with donated connections, the control socket's end), then
     kill and reap every process the agent started."""
+    # Spawners only where corral-tools is missing (Popen as another user would fork the agent): its
+    # exec-as, vforked, is cheaper than a spawner's round trip since it is built with musl, and a
+    # spawner's own fork slowed a sandbox's second command (docs/performance.md, "No spawners").
     # Under gVisor (the backend that donates connections) a process's /proc fds and environ stay
     # open to processes of its uid even when it is not dumpable: no spawner runs as `user` there.
-    agent = Agent(spawners=not donated, keep_idle=_keep_idle())
+    agent = Agent(spawners=not donated and TOOLS is None, keep_idle=_keep_idle())
     agent.processes.install()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
