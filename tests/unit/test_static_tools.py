@@ -234,9 +234,27 @@ def test_it_is_built_with_musl_whose_start_up_asks_the_cpu_nothing(helper: str) 
     """glibc's static start-up reads the CPU's cache sizes with ~100 CPUID instructions, each a trap
     to the hypervisor on a virtual machine (~0.65 ms per exec here); musl's does not. make serve
     installs musl-tools, so the server builds with it."""
-    assert static_tools.compiler() == shutil.which("musl-gcc"), "musl-gcc (Debian's musl-tools) is not installed"
+    assert static_tools.compilers()[0] == shutil.which("musl-gcc"), "musl-gcc (Debian's musl-tools) is not installed"
     program = Path(helper).read_bytes()
     assert b"glibc" not in program and b"GNU C Library" not in program
+
+
+def test_a_compiler_that_fails_gives_way_to_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "musl-gcc"
+    broken.write_text("#!/bin/sh\necho 'musl-gcc: broken install' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    real = shutil.which
+    monkeypatch.setattr(static_tools.shutil, "which", lambda name: str(broken) if name == "musl-gcc" else real(name))
+    package = tmp_path / "corral_agent"
+    package.mkdir()
+    (package / tools.SOURCE).write_bytes((AGENT_SRC / tools.SOURCE).read_bytes())
+    with caplog.at_level("WARNING"):
+        built = static_tools._build(package)
+    assert built is not None and os.access(built, os.X_OK)
+    assert "musl-gcc: broken install" in caplog.text and "trying the next compiler" in caplog.text
+    assert subprocess.run([str(built)], capture_output=True).returncode == 2  # its usage: it runs
 
 
 def _read_to_end(fd: int) -> bytes:

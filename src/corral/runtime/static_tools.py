@@ -59,17 +59,25 @@ def _build(agent_src: Path) -> Path | None:
 
 
 def _compile(source: Path, target: Path) -> None:
-    cc = compiler()
-    if cc is None:
+    """With the first of ``compilers()`` that builds it (a broken musl install falls back to gcc)."""
+    found = compilers()
+    if not found:
         raise OSError("no C compiler")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # a sandbox runs it as an unmapped owner's file: "other" may execute
-    compile_c(cc, source, target, CC_FLAGS, 0o755)
+    for cc in found:
+        try:
+            # a sandbox runs it as an unmapped owner's file: "other" may execute
+            compile_c(cc, source, target, CC_FLAGS, 0o755)
+            return
+        except (OSError, subprocess.SubprocessError) as exc:
+            if cc == found[-1]:
+                raise
+            log.warning("building corral-tools with %s failed (%s); trying the next compiler", cc, exc)
 
 
-def compiler() -> str | None:
-    """The C compiler corral-tools is built with: musl's where installed, else the system's."""
-    return next((path for name in COMPILERS if (path := shutil.which(name))), None)
+def compilers() -> list[str]:
+    """The C compilers found, in the order corral-tools is built with them: musl's first."""
+    return list(dict.fromkeys(path for name in COMPILERS if (path := shutil.which(name))))
 
 
 def compile_c(cc: str, source: Path, target: Path, flags: list[str], mode: int) -> None:
