@@ -72,15 +72,23 @@ def start_agent(
         shutil.rmtree(workdir)
 
 
-@pytest.fixture
-def agent() -> Iterator[RunningAgent]:
-    with start_agent() as running:
+@contextlib.contextmanager
+def checked_agent(command: list[str] | None = None) -> Iterator[RunningAgent]:
+    """``start_agent``, then a clean stop: SIGTERM ends it with 0, nothing it started survives, and
+    its log has no traceback."""
+    with start_agent(command) as running:
         yield running
         family = descendants(running.process.pid)
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=10) == 0
         assert [pid for pid in family if alive(pid)] == [], "agent left processes behind"
         assert "Traceback" not in running.log(), running.log()
+
+
+@pytest.fixture
+def agent() -> Iterator[RunningAgent]:
+    with checked_agent() as running:
+        yield running
 
 
 @pytest.fixture

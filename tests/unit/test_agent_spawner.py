@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_agent_harness import RunningAgent, alive, collect, descendants, read_until, run, start_agent, wait_until
+from test_agent_harness import RunningAgent, checked_agent, collect, descendants, read_until, run, wait_until
 from test_agent_processes import other_user
 
 import corral.agent
@@ -31,13 +31,8 @@ def agent() -> Iterator[RunningAgent]:
     package = parent / "corral_agent"
     shutil.copytree(Path(corral.agent.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
     try:
-        with start_agent([sys.executable, "-I", str(package)]) as running:
+        with checked_agent([sys.executable, "-I", str(package)]) as running:
             yield running
-            family = descendants(running.process.pid)
-            running.process.send_signal(signal.SIGTERM)
-            assert running.process.wait(timeout=10) == 0
-            assert [pid for pid in family if alive(pid)] == [], "agent left processes behind"
-            assert "Traceback" not in running.log(), running.log()
     finally:
         shutil.rmtree(parent)
 
