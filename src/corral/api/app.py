@@ -26,6 +26,7 @@ from corral.api.deps import Services
 from corral.api.e2b import control
 from corral.api.e2b.envd import create_envd_app
 from corral.api.e2b.interpreter import create_interpreter_app
+from corral.api.fastpath import FastPath
 from corral.api.ports import create_ports_app
 from corral.api.routing import ENVD_PORT, INTERPRETER_PORT, SandboxRouter
 from corral.config import VERSION, Settings
@@ -136,4 +137,4 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
     for sub_app in ports.values():
         errors.install(sub_app)
     errors.install(any_port)
-    return SandboxRouter(app, ports, settings.domain, any_port)
+    return SandboxRouter(app, ports, settings.domain, any_port, FastPath(app))

@@ -35,10 +35,15 @@ async def principal(
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    key = x_api_key
-    if not key and authorization and authorization.lower().startswith("bearer "):
-        key = authorization[7:]
+    key = api_key(x_api_key, authorization)
     return svc.auth.cached(key) or await asyncio.to_thread(svc.auth.check, key)
+
+
+def api_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The API key a request carries: ``X-API-Key``, else a bearer ``Authorization``."""
+    if not x_api_key and authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:]
+    return x_api_key
 
 
 async def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:

@@ -38,6 +38,11 @@ def install(app: FastAPI) -> None:
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(500, f"internal error: {type(exc).__name__}")
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        return unexpected(request.method, request.url.path, exc)
+
+
+def unexpected(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The answer to an exception nothing expected (logged with its traceback: call it while handling it)."""
+    log.exception("unhandled error on %s %s", method, path)
+    return error(500, f"internal error: {type(exc).__name__}")

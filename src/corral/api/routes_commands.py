@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from corral.api.deps import PrincipalDep, ServicesDep
+from corral.api.deps import PrincipalDep, Services, ServicesDep
 from corral.api.streaming import event_response
 from corral.service import commands
 from corral.service.agent_errors import translating
+from corral.service.auth import Principal
 from corral.service.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/commands", tags=["commands"])
@@ -42,6 +43,13 @@ class SignalBody(BaseModel):
 async def run(
     sandbox_id: str, body: RunBody, request: Request, svc: ServicesDep, who: PrincipalDep
 ) -> StreamingResponse:
+    return await run_command(svc, who, sandbox_id, body, request)
+
+
+async def run_command(
+    svc: Services, who: Principal, sandbox_id: str, body: RunBody, request: Request
+) -> StreamingResponse:
+    """The run route's work, also run by ``fastpath``."""
     agent = await svc.sandboxes.agent(who, sandbox_id)
     fields = body.model_dump()
     fields["user"] = body.user or svc.sandboxes.default_user(sandbox_id)

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from corral.api.deps import AdminDep, PrincipalDep, ServicesDep
+from corral.api.deps import AdminDep, PrincipalDep, Services, ServicesDep
 from corral.service import network
+from corral.service.auth import Principal
 from corral.service.errors import InvalidRequest
 from corral.service.sandboxes import CreateRequest, describe
 
@@ -45,6 +46,11 @@ class TimeoutBody(BaseModel):
 
 @router.post("", status_code=201)
 async def create(body: CreateBody, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return await create_sandbox(svc, who, body)
+
+
+async def create_sandbox(svc: Services, who: Principal, body: CreateBody) -> dict[str, Any]:
+    """The create route's work, also run by ``fastpath``."""
     fields = body.model_dump(exclude={"network", "allow_out", "deny_out"})
     policy = network.native(body.network, body.allow_out, body.deny_out)
     row = await svc.sandboxes.create(who, CreateRequest(**fields, network=policy))
