@@ -1,8 +1,9 @@
-"""The create and run calls taken ahead of FastAPI (``api/fastpath.py``) answer as the app's routes do.
+"""The calls taken ahead of the FastAPI apps (``api/fastpath.py``) answer as the apps' routes do.
 
 A key's first call goes through the app (the key is looked up, then cached); its next calls take
 the fast path. Requests the fast path leaves to the app — bodies that do not validate, other
-content types, uncached or revoked keys — get the app's answers.
+content types, uncached or revoked keys — get the app's answers. envd calls take it with the
+sandbox's access token, and go to the envd app with an API key.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def fresh_key(api: httpx.Client, server: Server) -> Iterator[httpx.Client]:
     api.delete(f"/v1/keys/{created['id']}")
 
 
-def _stable(answer: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in answer.items() if k not in VOLATILE}
+def _stable(answer: dict[str, object], volatile: set[str] = VOLATILE) -> dict[str, object]:
+    return {k: v for k, v in answer.items() if k not in volatile}
 
 
 def _events(
@@ -135,3 +136,48 @@ def test_keys_without_a_cached_check_or_revoked_are_refused(api: httpx.Client, s
         assert r.status_code == 401, r.text
         r = other.post("/v1/sandboxes/nosuchsandbox000000/commands", json={"cmd": "true"})
         assert r.status_code == 401, r.text
+
+
+def test_an_e2b_create_is_answered_alike_both_ways(fresh_key: httpx.Client) -> None:
+    key = {"X-API-KEY": fresh_key.headers["X-API-Key"]}
+    body = {"templateID": "base", "timeout": 30, "metadata": {"way": "e2b"}}
+    first = httpx.post(f"{fresh_key.base_url}/sandboxes", json=body, headers=key)  # the app's: not cached yet
+    second = httpx.post(f"{fresh_key.base_url}/v2/sandboxes", json=body, headers=key)  # the fast path
+    try:
+        for r in (first, second):
+            assert r.status_code == 201, r.text
+            assert r.headers["content-type"] == "application/json"
+        one, two = first.json(), second.json()
+        assert one.keys() == two.keys()
+        volatile = {"sandboxID", "envdAccessToken", "trafficAccessToken", "startedAt", "endAt", "clientID"}
+        assert _stable(one, volatile) == _stable(two, volatile)
+        bad = httpx.post(f"{fresh_key.base_url}/sandboxes", json={"timeout": "soon"}, headers=key)
+        assert bad.status_code == 422 and "timeout" in bad.json()["message"]
+    finally:
+        for r in (first, second):
+            if r.status_code == 201:
+                httpx.delete(f"{fresh_key.base_url}/sandboxes/{r.json()['sandboxID']}", headers=key)
+
+
+def test_envd_calls_are_answered_alike_both_ways(api: httpx.Client, server: Server) -> None:
+    created = api.post("/v1/sandboxes", json={"timeout": 60}).json()
+    routing = {"E2b-Sandbox-Id": created["id"], "E2b-Sandbox-Port": "49983"}
+    token = {**routing, "X-Access-Token": created["access_token"]}  # the fast path
+    key = {**routing, "X-API-Key": server.api_key}  # an API key allowed to use it: the envd app
+    calls = [
+        ("/filesystem.Filesystem/Stat", {"path": "/etc/hostname"}),
+        ("/filesystem.Filesystem/Stat", {"path": "/no/such/file"}),
+        ("/filesystem.Filesystem/ListDir", {"path": "/etc", "depth": 1}),
+        ("/process.Process/List", {}),
+        ("/process.Process/Nope", {}),
+    ]
+    try:
+        for path, body in calls:
+            fast = httpx.post(f"{server.url}{path}", json=body, headers=token)
+            slow = httpx.post(f"{server.url}{path}", json=body, headers=key)
+            assert (fast.status_code, fast.headers["content-type"]) == (slow.status_code, slow.headers["content-type"])
+            assert fast.json() == slow.json(), path
+        wrong = httpx.post(f"{server.url}/process.Process/List", json={}, headers={**routing, "X-Access-Token": "x"})
+        assert wrong.status_code == 401
+    finally:
+        api.delete(f"/v1/sandboxes/{created['id']}")

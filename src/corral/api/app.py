@@ -137,4 +137,4 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
     for sub_app in ports.values():
         errors.install(sub_app)
     errors.install(any_port)
-    return SandboxRouter(app, ports, settings.domain, any_port, FastPath(app))
+    return SandboxRouter(app, ports, settings.domain, any_port, FastPath(app, ports[ENVD_PORT]))

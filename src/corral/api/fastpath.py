@@ -1,14 +1,20 @@
-"""The two calls on a cold create's way, answered without FastAPI's request machinery.
+"""The calls on a create's and a command's way, answered without FastAPI's request machinery.
 
-``POST /v1/sandboxes`` and ``POST /v1/sandboxes/{id}/commands`` cost ~0.5 ms each on this host
-between the request's last byte and the route's first line when the server has been idle a moment
-(its middleware stack, routing over every route, dependency solving: docs/performance.md, "The
-create's two requests"). Here they run the routes' own functions (``create_sandbox``,
-``run_command``) straight from the ASGI call, in the plain case only: a server that has started, an
-API key its auth cache holds, a JSON body that validates. Anything else — a key to look up, a
-missing or bad field, another content type — goes on to the FastAPI route with the body replayed, so
-those answers come from the one place that gives them. Errors the routes' work raises are answered
-as the app's error handlers answer them (``errors``).
+From a request's last byte to its route's first line FastAPI takes ~0.5 ms on this host when the
+server has been idle a moment (its middleware stack, routing over every route, dependency solving:
+docs/performance.md, "The create's two requests"). The calls a create → first output goes through
+are taken here instead, running the routes' own functions:
+
+- ``POST /v1/sandboxes``, ``POST /v1/sandboxes/{id}/commands`` and E2B's ``POST /sandboxes`` (and
+  ``/v2/sandboxes``) when the server has started, the API key is in the auth cache and the body is
+  JSON that validates (read as FastAPI reads it: ``json.loads``, then the model). Anything else — a
+  key to look up, a bad or missing field, another content type — goes on to the app with the body
+  replayed, so those answers come from the one place that gives them; errors of the work itself are
+  answered as the app's error handlers answer them (``errors``).
+- envd's Connect calls (``POST /{service}/{method}`` on sandbox port 49983, the E2B SDKs' commands
+  and file operations) when they carry the sandbox's access token and it is not paused: the same
+  ``rpc.dispatch`` the envd app runs, which answers every outcome itself. Otherwise the envd app
+  (nothing was read).
 """
 
 from __future__ import annotations
@@ -16,14 +22,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from corral.api import errors
 from corral.api.deps import Services, api_key
+from corral.api.e2b import control
+from corral.api.e2b.envd import SERVICES, rpc
 from corral.api.routes_commands import RunBody, run_command
 from corral.api.routes_sandboxes import CreateBody, create_sandbox
 from corral.service.auth import Principal
@@ -33,29 +42,51 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Work = Callable[[Services, Principal, Any, "re.Match[str]", Request], Awaitable[Response]]
 
-_COMMANDS = re.compile(r"^/v1/sandboxes/([^/]+)/commands$")
-_JSON = re.compile(rb"^application/json\s*(;|$)", re.IGNORECASE)
+
+async def _create(svc: Services, who: Principal, body: CreateBody, _: re.Match[str], __: Request) -> Response:
+    return JSONResponse(await create_sandbox(svc, who, body), status_code=201)
+
+
+async def _run(svc: Services, who: Principal, body: RunBody, path: re.Match[str], request: Request) -> Response:
+    return await run_command(svc, who, path.group(1), body, request)
+
+
+async def _e2b_create(svc: Services, who: Principal, body: control.NewSandbox, _: re.Match[str],
+                      __: Request) -> Response:
+    return JSONResponse(await control.create_sandbox(svc, who, body), status_code=201)
+
+
+@dataclass(frozen=True)
+class _Route:
+    path: re.Pattern[str]
+    body: type[BaseModel]
+    work: Work
+
+
+ROUTES = (  # each the twin of a route of the main app, which it calls too
+    _Route(re.compile(r"/v1/sandboxes"), CreateBody, _create),
+    _Route(re.compile(r"/v1/sandboxes/([^/]+)/commands"), RunBody, _run),
+    _Route(re.compile(r"/(?:v2/)?sandboxes"), control.NewSandbox, _e2b_create),
+)
+_JSON = re.compile(r"application/json\s*(;|$)", re.IGNORECASE)
+_RPC = re.compile(r"/([^/]+)/([^/]+)")
 
 
 class FastPath:
-    """In front of the main app (``routing.SandboxRouter``): for a request it `takes`, `__call__`
-    either answers it or hands back the `receive` the app must use instead."""
+    """Ahead of the main app and the envd app (``routing.SandboxRouter`` asks it first)."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
+    def __init__(self, main: FastAPI, envd: FastAPI) -> None:
+        self.main = main
+        self.envd = envd
 
-    def takes(self, scope: Scope) -> bool:
-        """Cheap: a POST to one of the two paths."""
-        if scope["method"] != "POST":
-            return False
-        path = scope["path"]
-        return path == "/v1/sandboxes" or (path.endswith("/commands") and _COMMANDS.match(path) is not None)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
-        """None if answered here; else a `receive` for the app (it replays the body read here)."""
-        svc: Services | None = getattr(self.app.state, "services", None)
-        if svc is None:
+    async def main_call(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """A request for the main app: None if answered here; else the `receive` the app must use
+        (it replays a body read here)."""
+        taken = _route(scope)
+        svc: Services | None = getattr(self.main.state, "services", None)
+        if taken is None or svc is None:
             return receive
         who = _caller(svc, scope)
         if who is None or not _is_json(scope):
@@ -63,45 +94,71 @@ class FastPath:
         body = await _body(receive)
         if body is None:
             return None  # the client went away: nobody to answer
+        route, path = taken
         try:  # as FastAPI reads a body: json.loads, then the model validates the object
-            response = await _answer(svc, who, scope, receive, json.loads(body))
+            fields = route.body.model_validate(json.loads(body))
         except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             return _replaying(body, receive)
+        try:
+            response = await route.work(svc, who, fields, path, Request(scope, receive))
+        except ServiceError as exc:
+            response = errors.error(exc.status, exc.message)
+        except Exception as exc:
+            response = errors.unexpected(scope["method"], scope["path"], exc)
         await response(scope, receive, send)  # the body was read: it waits for a disconnect
         return None
 
+    async def envd_call(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """A request for a sandbox's envd (``scope["corral.sandbox"]`` set): whether it was answered
+        here (else it is the envd app's, untouched)."""
+        path = _RPC.fullmatch(scope["path"]) if scope["method"] == "POST" else None
+        method = SERVICES.get(path.group(1), {}).get(path.group(2)) if path is not None else None
+        svc: Services | None = getattr(self.envd.state, "services", None)
+        if method is None or svc is None or path is None:
+            return False
+        sandbox_id = scope["corral.sandbox"][0]
+        if not svc.sandboxes.check_access_token(sandbox_id, _access_token(scope)):
+            return False  # an API key, or no access: the app's `caller` answers
+        if svc.sandboxes.is_paused(sandbox_id):
+            return False
+        request = Request(scope, receive)
+        name = f"{path.group(1)}/{path.group(2)}"
+        response = await rpc.dispatch(request, method, name, sandbox_id, svc, self.envd.state.envd)
+        await response(scope, receive, send)
+        return True
 
-async def _answer(svc: Services, who: Principal, scope: Scope, receive: Receive, fields: object) -> Response:
-    """The route's answer; ValidationError (before any work) if ``fields`` do not make its body."""
-    sandbox = _COMMANDS.match(scope["path"])
-    if sandbox is None:
-        create = CreateBody.model_validate(fields)
-    else:
-        command = RunBody.model_validate(fields)
-    try:
-        if sandbox is None:
-            return JSONResponse(await create_sandbox(svc, who, create), status_code=201)
-        return await run_command(svc, who, sandbox.group(1), command, Request(scope, receive))
-    except ServiceError as exc:
-        return errors.error(exc.status, exc.message)
-    except Exception as exc:
-        return errors.unexpected(scope["method"], scope["path"], exc)
+
+def _route(scope: Scope) -> tuple[_Route, re.Match[str]] | None:
+    if scope["method"] != "POST":
+        return None
+    for route in ROUTES:
+        found = route.path.fullmatch(scope["path"])
+        if found is not None:
+            return route, found
+    return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header `name` (lower case), as the app's header parameters take it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _caller(svc: Services, scope: Scope) -> Principal | None:
     """The caller if its key was checked lately (the cache); None: the app's route checks it."""
-    found: dict[bytes, str] = {}
-    for name, value in scope["headers"]:  # the first of each, as the app's header parameters take
-        if name in (b"x-api-key", b"authorization") and name not in found:
-            found[name] = value.decode("latin-1")
-    return svc.auth.cached(api_key(found.get(b"x-api-key"), found.get(b"authorization")))
+    return svc.auth.cached(api_key(_header(scope, b"x-api-key"), _header(scope, b"authorization")))
+
+
+def _access_token(scope: Scope) -> str | None:
+    """As ``deps.sandbox_caller`` reads it."""
+    return _header(scope, b"x-access-token") or _header(scope, b"e2b-traffic-access-token")
 
 
 def _is_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return _JSON.match(value) is not None
-    return False
+    kind = _header(scope, b"content-type")
+    return kind is not None and _JSON.match(kind) is not None
 
 
 async def _body(receive: Receive) -> bytes | None:

@@ -68,7 +68,7 @@ class SandboxRouter:
         self.ports = ports
         self.domain = domain
         self.any_port = any_port
-        self.fast = fast  # the main app's two hot calls, taken ahead of it
+        self.fast = fast  # the calls on a create's and a command's way, taken ahead of the apps
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -85,10 +85,13 @@ class SandboxRouter:
                     await _json_error(send, 502, f"sandbox {target[0]}: port {target[1]} is not served")
                     return
                 scope["corral.sandbox"] = target
+                envd = target[1] == ENVD_PORT and scope["type"] == "http"
+                if envd and self.fast is not None and await self.fast.envd_call(scope, receive, send):
+                    return
                 await app(scope, receive, send)
                 return
-            if self.fast is not None and scope["type"] == "http" and self.fast.takes(scope):
-                passed_on = await self.fast(scope, receive, send)
+            if self.fast is not None and scope["type"] == "http":
+                passed_on = await self.fast.main_call(scope, receive, send)
                 if passed_on is None:
                     return
                 receive = passed_on

@@ -82,6 +82,11 @@ class Connect(BaseModel):
 @router.post("/sandboxes", status_code=201)
 @router.post("/v2/sandboxes", status_code=201)
 async def create(body: NewSandbox, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return await create_sandbox(svc, who, body)
+
+
+async def create_sandbox(svc: Services, who: Principal, body: NewSandbox) -> dict[str, Any]:
+    """The create route's work, also run by ``api.fastpath``."""
     if body.volume_mounts:
         raise NotSupported("volume mounts are not supported by Corral yet")
     policy = (body.network or NetworkConfig()).policy(body.allow_internet_access)

@@ -37,6 +37,7 @@ def create_envd_app() -> FastAPI:
     app = FastAPI(title="Corral envd", openapi_url=None, docs_url=None, redoc_url=None,
                   telemetry=NO_TELEMETRY)
 
+    app.state.envd = state  # for ``api.fastpath``
     gone.install(app)
 
     @app.get("/health")
