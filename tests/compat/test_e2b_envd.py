@@ -344,6 +344,8 @@ def test_signed_download_and_upload_urls(server: Server, sbx: Sandbox) -> None:
     with envd_client(server, sbx.sandbox_id) as anonymous:  # no token: the signature is the credential
         assert anonymous.get(url).text == "signed content"
         assert anonymous.get(url.replace("signature=v1_", "signature=v1_x")).status_code == 401
+        non_ascii = anonymous.get(url.replace("signature=v1_", "signature=v1_%C3%A9"))  # é
+        assert non_ascii.status_code == 401 and non_ascii.json()["code"] == 401
         assert anonymous.get(sbx.download_url("/home/user/other.txt")).status_code == 404
         reused = sbx.download_url("/home/user/shared.txt").replace("shared.txt", "hello.txt")
         assert anonymous.get(reused).status_code == 401  # a signature covers exactly one path

@@ -113,6 +113,30 @@ def test_errors_of_the_work_itself_are_the_apps_json_errors(api: httpx.Client, s
         assert r.json()["code"] == status and named in r.json()["message"], (path, body, r.text)
 
 
+def test_a_deeply_nested_body_gets_the_apps_error(api: httpx.Client, sandbox: str) -> None:
+    api.get("/v1/sandboxes").raise_for_status()
+    for path in ("/v1/sandboxes", f"/v1/sandboxes/{sandbox}/commands", "/sandboxes"):
+        for content in (b"[" * 100_000, b'{"metadata": ' + b"[" * 100_000):
+            r = api.post(path, content=content, headers={"Content-Type": "application/json"})
+            assert 400 <= r.status_code < 500 and r.json()["code"] == r.status_code, (path, r.text)
+
+
+def test_a_key_revoked_while_the_body_arrives_is_refused(api: httpx.Client, server: Server) -> None:
+    created = api.post("/v1/keys", json={"name": "revoked-mid-body"}).json()
+    live = len(api.get("/v1/sandboxes").json())
+    with server.client(created["key"]) as other:
+        assert other.get("/v1/sandboxes").status_code == 200  # checked, now cached
+
+        def body() -> Iterator[bytes]:
+            yield b'{"timeout": '
+            assert api.delete(f"/v1/keys/{created['id']}").status_code == 204  # the server has the headers
+            yield b"30}"
+
+        r = other.post("/v1/sandboxes", content=body(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 401, r.text
+    assert len(api.get("/v1/sandboxes").json()) == live  # nothing was created
+
+
 def test_a_body_in_several_chunks_is_read_whole(api: httpx.Client, sandbox: str) -> None:
     api.get("/v1/sandboxes").raise_for_status()
     parts = [b'{"cmd": "echo ', b'chunked", ', b'"timeout": 10}']
@@ -161,6 +185,7 @@ def test_an_e2b_create_is_answered_alike_both_ways(fresh_key: httpx.Client) -> N
 
 def test_envd_calls_are_answered_alike_both_ways(api: httpx.Client, server: Server) -> None:
     created = api.post("/v1/sandboxes", json={"timeout": 60}).json()
+    other = api.post("/v1/sandboxes", json={"timeout": 60}).json()
     routing = {"E2b-Sandbox-Id": created["id"], "E2b-Sandbox-Port": "49983"}
     token = {**routing, "X-Access-Token": created["access_token"]}  # the fast path
     key = {**routing, "X-API-Key": server.api_key}  # an API key allowed to use it: the envd app
@@ -177,7 +202,14 @@ def test_envd_calls_are_answered_alike_both_ways(api: httpx.Client, server: Serv
             slow = httpx.post(f"{server.url}{path}", json=body, headers=key)
             assert (fast.status_code, fast.headers["content-type"]) == (slow.status_code, slow.headers["content-type"])
             assert fast.json() == slow.json(), path
-        wrong = httpx.post(f"{server.url}/process.Process/List", json={}, headers={**routing, "X-Access-Token": "x"})
-        assert wrong.status_code == 401
+        for bad in ("x", "\xe9t\xe9".encode("latin-1"), other["access_token"]):  # any, non-ASCII, another's
+            wrong = httpx.post(f"{server.url}/process.Process/List", json={},
+                               headers={**routing, "X-Access-Token": bad})
+            assert wrong.status_code == 401 and wrong.json()["code"] == 401, (bad, wrong.text)
+        e2b = {"X-API-KEY": server.api_key}
+        assert httpx.post(f"{server.url}/sandboxes/{created['id']}/pause", headers=e2b).status_code == 204
+        paused = httpx.post(f"{server.url}/process.Process/List", json={}, headers=token)
+        assert paused.status_code == 502 and "paused" in paused.json()["message"]  # as E2B's edge answers
     finally:
         api.delete(f"/v1/sandboxes/{created['id']}")
+        api.delete(f"/v1/sandboxes/{other['id']}")

@@ -6,11 +6,13 @@ docs/performance.md, "The create's two requests"). The calls a create → first 
 are taken here instead, running the routes' own functions:
 
 - ``POST /v1/sandboxes``, ``POST /v1/sandboxes/{id}/commands`` and E2B's ``POST /sandboxes`` (and
-  ``/v2/sandboxes``) when the server has started, the API key is in the auth cache and the body is
-  JSON that validates (read as FastAPI reads it: ``json.loads``, then the model). Anything else — a
-  key to look up, a bad or missing field, another content type — goes on to the app with the body
-  replayed, so those answers come from the one place that gives them; errors of the work itself are
-  answered as the app's error handlers answer them (``errors``).
+  ``/v2/sandboxes``) when the server has started, the API key is in the auth cache (when the headers
+  arrive, and again once the body is in, when the app would judge it: a key revoked meanwhile is
+  refused) and the body is JSON that validates (read as FastAPI reads it: ``json.loads``, then the
+  model). Anything else — a key to look up, a bad, missing or too deeply nested body, another content
+  type — goes on to the app with the body replayed, so those answers come from the one place that
+  gives them; errors of the work itself are answered as the app's error handlers answer them
+  (``errors``).
 - envd's Connect calls (``POST /{service}/{method}`` on sandbox port 49983, the E2B SDKs' commands
   and file operations) when they carry the sandbox's access token and it is not paused: the same
   ``rpc.dispatch`` the envd app runs, which answers every outcome itself. Otherwise the envd app
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from corral.api import errors
@@ -88,16 +90,18 @@ class FastPath:
         svc: Services | None = getattr(self.main.state, "services", None)
         if taken is None or svc is None:
             return receive
-        who = _caller(svc, scope)
-        if who is None or not _is_json(scope):
+        if _caller(svc, scope) is None or not _is_json(scope):
             return receive
         body = await _body(receive)
         if body is None:
             return None  # the client went away: nobody to answer
+        who = _caller(svc, scope)  # again: as the app, judge the key once the body is in (a revoke meanwhile)
         route, path = taken
         try:  # as FastAPI reads a body: json.loads, then the model validates the object
             fields = route.body.model_validate(json.loads(body))
-        except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except Exception:  # not JSON, too deeply nested (RecursionError), or not the model: the app's answer
+            return _replaying(body, receive)
+        if who is None:
             return _replaying(body, receive)
         try:
             response = await route.work(svc, who, fields, path, Request(scope, receive))

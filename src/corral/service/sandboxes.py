@@ -355,7 +355,10 @@ class SandboxService:
 
     def check_access_token(self, sandbox_id: str, token: str | None) -> bool:
         expected = self._tokens.get(sandbox_id)
-        return bool(token) and expected is not None and secrets.compare_digest(expected, token or "")
+        if not token or expected is None:
+            return False
+        # as bytes: compare_digest refuses str with non-ASCII characters (a header is any latin-1 text)
+        return secrets.compare_digest(expected.encode(), token.encode())
 
     def envs(self, sandbox_id: str) -> dict[str, str]:
         return dict(self._envs.get(sandbox_id, {}))

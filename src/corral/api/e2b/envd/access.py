@@ -58,6 +58,8 @@ async def authorize(request: Request, services: Services, operation: str) -> str
     expiration = int(raw_expiration) if raw_expiration and digits else None
     if raw_expiration is None or expiration is not None:
         expected = signature(query.get("path", ""), operation, query.get("username", ""), token, expiration)
-        if secrets.compare_digest(expected, given) and (expiration is None or expiration >= time.time()):
+        # as bytes: compare_digest refuses str with non-ASCII characters (a query is any UTF-8 text)
+        matches = secrets.compare_digest(expected.encode(), given.encode(errors="replace"))
+        if matches and (expiration is None or expiration >= time.time()):
             return sandbox_id
     raise Unauthorized(f"sandbox {sandbox_id}: invalid or expired file URL signature")
