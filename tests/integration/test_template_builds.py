@@ -441,6 +441,32 @@ def test_server_killed_mid_build_leaves_no_template_and_a_consistent_cache() -> 
         remove_data_dir(data)
 
 
+def test_a_finished_builds_files_left_by_a_crash_are_removed_at_start() -> None:
+    """A crash between a build's final record and the removal of its working files left them: the
+    next start removes them (the record and the template stay)."""
+    data = make_data_dir()
+    server = start_server(data)
+    try:
+        with server.client() as api:
+            done = ready(api, "finished-then-crashed", "FROM base\nRUN echo kept > /kept\n")
+        server.stop(signal.SIGKILL)
+        files = data / "builds" / done["id"] / "files"
+        (files / "context").mkdir(parents=True)  # what the crash window leaves
+        (files / "context" / "big.bin").write_bytes(b"x" * 4096)
+        server = start_server(data)
+        assert not files.exists()
+        assert (data / "builds" / done["id"]).is_dir()  # its log stays
+        with server.client() as api:
+            assert api.get(f"/v1/builds/{done['id']}").json()["state"] == "ready"
+            sid = sandbox(api, "finished-then-crashed")
+            assert sh(api, sid, "cat /kept") == "kept\n"
+            kill(api, sid)
+    finally:
+        server.stop()
+        assert mounts_under(data) == [] and corral_cgroups(data) == [] and sandbox_processes(data) == []
+        remove_data_dir(data)
+
+
 def test_build_sandboxes_do_not_leak(srv: Server) -> None:
     sandboxes = srv.data_dir / "sandboxes"
     leftovers = [p for p in sandboxes.iterdir() if p not in spare_dirs(srv.data_dir)] if sandboxes.exists() else []

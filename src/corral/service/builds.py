@@ -4,7 +4,8 @@ A build is a store record (state ``building`` → ``ready`` | ``failed``) plus a
 ``<data>/builds/<id>/log.ndjson`` that callers can follow live. The template record is written only
 when every step succeeded (one transaction), so a failed or interrupted build never shows a
 half-built template; layers it finished stay in the cache. At start, builds a crash interrupted are
-marked failed and their temp layers removed. One build per template name at a time.
+marked failed and their temp layers removed, and no build's working files are kept. One build per
+template name at a time.
 """
 
 from __future__ import annotations
@@ -146,16 +147,21 @@ class BuildService:
         if interrupted or cleaned:
             log.warning("marked %d interrupted builds failed, removed %d partial layers", len(interrupted), cleaned)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for build_id in interrupted:
-            await asyncio.to_thread(shutil.rmtree, self.dir / build_id / "files", True)
-        await asyncio.to_thread(self._remove_unrecorded_dirs)
+        await asyncio.to_thread(self._remove_leftovers)
         self.templates.load(await asyncio.to_thread(self.store.templates))
 
-    def _remove_unrecorded_dirs(self) -> None:
-        """A crash while a context was unpacked, before the build's record was written, left its dir."""
+    def _remove_leftovers(self) -> None:
+        """What a crash left of builds: the dir of one whose context was being unpacked before its
+        record was written, and the working files of any other (no build runs yet, every record is
+        final by now: one that was interrupted, or one that crashed between its final record and
+        the removal of its files)."""
         for folder in self.dir.iterdir():
-            if folder.is_dir() and self.store.build(folder.name) is None:
+            if not folder.is_dir():
+                continue
+            if self.store.build(folder.name) is None:
                 shutil.rmtree(folder, ignore_errors=True)
+            else:
+                shutil.rmtree(folder / "files", ignore_errors=True)
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):
