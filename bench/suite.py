@@ -4,7 +4,8 @@ Each figure is a small function returning ``Figure(ours, baseline, …)`` with i
 this run (docs/performance.md explains each). The blocks, in order:
 
 1. latency (server with the pool off): cold create → first output vs the raw bwrap + overlay + ``true``
-   (their samples in turns, each after a pause; and each back to back);
+   (their samples in turns, each after a pause; and each back to back; and through the official E2B
+   SDK, reported next to it);
    ``commands.run("true")`` vs local ``subprocess.run("true")`` + one HTTP round trip (``/health``), in turns;
    a no-op authenticated call vs a bare uvicorn app's round trip; peers (raw ``runsc``, PyPI ``gvisor``,
    Corral's own gVisor backend);
@@ -130,6 +131,32 @@ def cold_create(srv: Server, samples: int) -> Figure:
                   "raw bwrap+overlay+true", "ratio <= 2.5", lambda _o, r: r is not None and r <= 2.5,
                   note=f"p99 {pct(ours, 0.99) * MS:.0f} vs {pct(raw, 0.99) * MS:.1f} ms; in turns, "
                   f"{IDLE_GAP} s before each", extra={"ours": ours, "baseline": raw})
+
+
+def e2b_cold_create(srv: Server, cold: Figure, samples: int) -> Figure:
+    """The official E2B SDK as its users start (pool off): ``Sandbox.create()``, then
+    ``commands.run("echo ready")`` until its first output, each after the same pause as the cold
+    create above; next to that figure (our own client on the native API)."""
+    from e2b import Sandbox as E2BSandbox
+
+    options = {"api_key": srv.api_key, "api_url": srv.url, "sandbox_url": srv.url}
+
+    def once() -> float:
+        started = time.perf_counter()
+        sandbox = E2BSandbox.create(timeout=60, **options)
+        first: list[float] = []
+        sandbox.commands.run("echo ready", on_stdout=lambda _: first.append(time.perf_counter()))
+        sandbox.kill()
+        return first[0] - started
+
+    once()  # warms the SDK's client and the server's E2B routes
+    times = []
+    for _ in range(samples):
+        time.sleep(IDLE_GAP)
+        times.append(once())
+    return Figure("E2B SDK Sandbox.create() -> first output of commands.run, cold, p50", "ms", p50(times) * MS,
+                  cold.ours, "our client on the native API (above)", "report", None,
+                  note=f"p99 {pct(times, 0.99) * MS:.0f} ms; {IDLE_GAP} s before each", extra={"ours": times})
 
 
 def cold_create_back_to_back(srv: Server, samples: int) -> Figure:
@@ -366,8 +393,8 @@ def main() -> None:
     step("latency: cold create, commands.run, API overhead, peers, concurrency (pool off)")
     with server() as srv:
         cold = cold_create(srv, args.samples)
-        figures += [cold, cold_create_back_to_back(srv, args.samples), run_true(srv, args.samples * 3),
-                    api_overhead(srv, args.samples * 10)]
+        figures += [cold, e2b_cold_create(srv, cold, args.samples), cold_create_back_to_back(srv, args.samples),
+                    run_true(srv, args.samples * 3), api_overhead(srv, args.samples * 10)]
         peer_figures, wrapper = peers(cold, max(4, args.samples // 4))
         gvisor_cold, gvisor_times = gvisor_backend(srv, cold, max(4, args.samples // 4))
         figures += [*peer_figures, gvisor_cold]
