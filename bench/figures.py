@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import TEMPLATES, Server, make_data_dir, remove_data_dir, start_server
+from conftest import TEMPLATES, Server, corral_cgroups, make_data_dir, remove_data_dir, start_server
+from corral.config import Settings
+from corral.runtime.cgroups_priv import detect
 
 TEMPLATES_ROOT = TEMPLATES / "base" / "rootfs"  # the base template's root, shared by every baseline
 
@@ -97,7 +99,23 @@ def server(**env: str) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+        _remove_leftover_cgroups(data)
         remove_data_dir(data)
+
+
+def _remove_leftover_cgroups(data: Path) -> None:
+    """Sandbox cgroups a stopped server left (a restart on its data dir would remove them; this one's
+    dir goes): removed, and said on stderr — a server should leave none (the tests assert it)."""
+    left = corral_cgroups(data)
+    if not left:
+        return
+    ids = sorted({Path(path).name for path in left})
+    print(f"bench: the server left the cgroups of {len(ids)} sandbox(es) after its stop, removed now: "
+          f"{ids[:5]} ({len(left)} groups)", file=sys.stderr, flush=True)
+    cgroups = detect(instance=Settings(data_dir=data).instance)
+    for sandbox_id in ids:
+        cgroups.remove(sandbox_id)
+    cgroups.close()
 
 
 def load() -> str:
