@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -310,6 +311,40 @@ def test_destroy_and_commit_leave_nothing_behind(node: Node) -> None:
             await b.freeze("conf-commit")
 
     node.run(body)
+
+
+def test_a_teardown_that_meets_a_busy_cgroup_is_tried_again() -> None:
+    """A sandbox's cgroup can stay busy past the removal's own wait (its last process still exiting
+    under load: a burst of kills, each exit unmounting a disk). The first removal here fails as the
+    kernel's EBUSY would; the teardown is tried again in the background and leaves nothing."""
+    data = make_data_dir()
+    try:
+        node = Node("bwrap", data)
+        tries: list[str] = []
+
+        async def body(b: Backend) -> None:
+            assert isinstance(b, BwrapBackend)
+            remove = b.cgroups.remove
+
+            def busy_once(sandbox_id: str) -> None:
+                tries.append(sandbox_id)
+                if len(tries) == 1:
+                    raise OSError(errno.EBUSY, "Device or resource busy")
+                remove(sandbox_id)
+
+            b.cgroups.remove = busy_once  # type: ignore[method-assign]
+            await b.create(spec("conf-busy"))
+            await collect(b.agent("conf-busy"), "sleep 300 & echo started")
+            await b.destroy("conf-busy")
+            await b.torn_down()
+            assert tries == ["conf-busy", "conf-busy"]
+            assert not [c for c in corral_cgroups(data) if "conf-busy" in c]
+            assert not (node.settings.sandboxes_dir / "conf-busy").exists()
+
+        node.run(body)
+        assert mounts_under(data) == [] and corral_cgroups(data) == [] and node_processes(data) == []
+    finally:
+        remove_data_dir(data)
 
 
 def test_a_dead_runtime_is_reported() -> None:

@@ -35,6 +35,7 @@ from corral.runtime.spares import DiskSpares
 from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, finish_agent, place_joiner, request_joiner
 
 READY_TIMEOUT = 20.0
+TEARDOWN_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds before each further try of a sandbox's teardown
 T = TypeVar("T")
 log = logging.getLogger("corral.bwrap")
 
@@ -412,10 +413,18 @@ class BwrapBackend:
         task.add_done_callback(self._teardowns.discard)
 
     async def _teardown_logged(self, sandbox_id: str) -> None:
-        try:
-            await self._teardown(sandbox_id)
-        except Exception:
-            log.exception("tearing down sandbox %s failed; the next start's reconcile will retry", sandbox_id)
+        """``_teardown``, tried again after ``TEARDOWN_RETRIES`` if it fails: a cgroup stays busy
+        while its last process is still exiting, which under load (a burst of kills, each exit
+        unmounting its sandbox's disk) outlasts the removal's own wait."""
+        for delay in (0.0, *TEARDOWN_RETRIES):
+            await asyncio.sleep(delay)
+            try:
+                await self._teardown(sandbox_id)
+                return
+            except Exception as exc:
+                failure = exc
+        log.error("tearing down sandbox %s failed; the next start's reconcile will retry", sandbox_id,
+                  exc_info=failure)
 
     async def torn_down(self) -> None:
         """Wait until every sandbox destroyed so far is torn down."""

@@ -246,9 +246,13 @@ def admit(plan: LaunchPlan, spawned: Spawned, plug: Callable[[int], None] | None
 
 
 def teardown(sandbox_dir: Path, root: Path, sandbox_id: str, cgroups: Cgroups) -> None:
-    """Kill all processes, remove cgroups, unmount and delete the sandbox's files. Idempotent."""
-    cgroups.remove(sandbox_id)
-    mounts_priv.destroy(sandbox_dir, root)
+    """Kill all processes, remove cgroups, unmount and delete the sandbox's files. Idempotent. A
+    cgroup still busy (its last process exiting) does not keep the files: both are tried, then the
+    first failure is raised."""
+    try:
+        cgroups.remove(sandbox_id)
+    finally:
+        mounts_priv.destroy(sandbox_dir, root)
 
 
 def kill_strays(id_offset: int, mounts_dir: Path) -> list[int]:
