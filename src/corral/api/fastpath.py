@@ -96,12 +96,12 @@ class FastPath:
         if body is None:
             return None  # the client went away: nobody to answer
         who = _caller(svc, scope)  # again: as the app, judge the key once the body is in (a revoke meanwhile)
+        if who is None:
+            return _replaying(body, receive)
         route, path = taken
         try:  # as FastAPI reads a body: json.loads, then the model validates the object
             fields = route.body.model_validate(json.loads(body))
         except Exception:  # not JSON, too deeply nested (RecursionError), or not the model: the app's answer
-            return _replaying(body, receive)
-        if who is None:
             return _replaying(body, receive)
         try:
             response = await route.work(svc, who, fields, path, Request(scope, receive))
@@ -116,15 +116,17 @@ class FastPath:
         """A request for a sandbox's envd (``scope["corral.sandbox"]`` set): whether it was answered
         here (else it is the envd app's, untouched)."""
         path = _RPC.fullmatch(scope["path"]) if scope["method"] == "POST" else None
-        method = SERVICES.get(path.group(1), {}).get(path.group(2)) if path is not None else None
+        if path is None:
+            return False
+        method = SERVICES.get(path.group(1), {}).get(path.group(2))
         svc: Services | None = getattr(self.envd.state, "services", None)
-        if method is None or svc is None or path is None:
+        if method is None or svc is None:
             return False
         sandbox_id = scope["corral.sandbox"][0]
         if not svc.sandboxes.check_access_token(sandbox_id, _access_token(scope)):
             return False  # an API key, or no access: the app's `caller` answers
         if svc.sandboxes.is_paused(sandbox_id):
-            return False
+            return False  # the app's `caller` answers 502, as E2B's edge does
         request = Request(scope, receive)
         name = f"{path.group(1)}/{path.group(2)}"
         response = await rpc.dispatch(request, method, name, sandbox_id, svc, self.envd.state.envd)
