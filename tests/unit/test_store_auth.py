@@ -127,7 +127,26 @@ def test_a_held_record_is_written_once_and_a_row_that_cannot_be_is_not_live(tmp_
     with pytest.raises(IntegrityError):
         store.write_held("bad")
     assert store.live_sandbox("bad") is None and store.sandbox("bad") is None
-    assert {r.id: r.state for r in Store(url).sandboxes(False)} == {"p0": "starting", "p1": "ended"}
+    _add(store, _sandbox_row("p2", "a", t0))  # the refused row's transaction did not stay open
+    assert {r.id: r.state for r in Store(url).sandboxes(False)} == {"p0": "starting", "p1": "ended", "p2": "starting"}
+
+
+def test_a_written_record_is_stored_as_sqlalchemy_core_stores_it(tmp_path: Path) -> None:
+    """On SQLite the store writes a new record on a DBAPI connection of its own; the stored values
+    (times, JSON, defaults) are byte for byte what a Core INSERT of the same row stores."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = Store(url)
+    t0 = datetime(2026, 1, 1, 12, 30, 5, 123456, tzinfo=UTC)
+    ours, core = _sandbox_row("ours", "a", t0), _sandbox_row("core", "a", t0)
+    for row in (ours, core):
+        row.meta, row.node = {"k": "v", "ü": [1, None]}, None  # type: ignore[assignment]  # node: its default
+    _add(store, ours)
+    values = {attr.columns[0].name: getattr(core, attr.key) for attr in SandboxRow.__mapper__.column_attrs}
+    with store.engine.begin() as conn:
+        conn.execute(SandboxRow.__table__.insert(), [{**values, "node": "local"}])
+    with store.engine.connect() as conn:
+        stored = {r[0]: r[1:] for r in conn.exec_driver_sql("SELECT * FROM sandboxes ORDER BY id")}
+    assert stored["ours"] == stored["core"] and "2026-01-01 12:30:05.123456" in stored["ours"]
 
 
 def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_update_or_end(tmp_path: Path) -> None:
@@ -157,7 +176,7 @@ def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_
     running = store.update_sandbox("h0", state="running", expires_at=t0 + timedelta(hours=1))
     failed = store.end_sandbox("h1", "failed", "could not start")
     killed = store.end_sandbox("h2", "ended", "killed by request")
-    assert writes == ["INSERT"] * 3  # one write each
+    assert writes == []  # one write each: the row whole (on SQLite's own connection, not through Core), no UPDATE
     assert running is not None and running.state == "running" and store.live_sandbox("h0") is running
     assert failed is not None and (failed.state, failed.end_reason) == ("failed", "could not start")
     assert killed is not None and store.live_sandbox("h2") is None
