@@ -94,7 +94,11 @@ def save(figures: list[Figure], path: Path, context: dict[str, object]) -> None:
 def server(**env: str) -> Iterator[Server]:
     """A fresh Corral server (own data dir, pool off unless ``CORRAL_POOL`` is given); removed after."""
     data = make_data_dir()
-    srv = start_server(data, **env)
+    try:
+        srv = start_server(data, **env)
+    except BaseException:  # its log was printed in the failure
+        remove_data_dir(data)
+        raise
     try:
         yield srv
     finally:
