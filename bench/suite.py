@@ -367,6 +367,16 @@ def warm_pool(srv: Server, n: int, rounds: int) -> tuple[list[Figure], dict[int,
     return figures, curve
 
 
+def machine() -> str:
+    """The host as the figures depend on it: CPU model, cores, memory (the same suite drew a raw
+    primitive twice as slow on one kind of host as on another)."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=30)
@@ -383,7 +393,7 @@ def main() -> None:
     started = time.monotonic()
     context: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "load_before": load(),
-        "kernel": platform.release(), "python": platform.python_version(),
+        "kernel": platform.release(), "python": platform.python_version(), "machine": machine(),
     }
     figures: list[Figure] = []
 
@@ -471,7 +481,8 @@ def main() -> None:
     save(figures, Path(args.json), context)
     print()
     print(f"Corral benchmark suite, {context['date']}, load before {context['load_before']}, "
-          f"after {context['load_after']}, {context['seconds']} s")
+          f"after {context['load_after']}, {context['seconds']} s; {context['machine']}, kernel {context['kernel']}, "
+          f"Python {context['python']}")
     print(table(figures))
     for f in figures:
         if f.note:
