@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from conftest import (
 from corral.agent.client import AgentClient
 from corral.agent.protocol import AgentError, AgentUnavailable, Exit, Output
 from corral.config import Settings
+from corral.runtime import launch_priv
 from corral.runtime.backend import Backend, RuntimeFailure, SandboxSpec
 from corral.runtime.backends import Backends
 from corral.runtime.bwrap import BwrapBackend
@@ -340,6 +342,47 @@ def test_a_teardown_that_meets_a_busy_cgroup_is_tried_again() -> None:
             assert tries == ["conf-busy", "conf-busy"]
             assert not [c for c in corral_cgroups(data) if "conf-busy" in c]
             assert not (node.settings.sandboxes_dir / "conf-busy").exists()
+
+        node.run(body)
+        assert mounts_under(data) == [] and corral_cgroups(data) == [] and node_processes(data) == []
+    finally:
+        remove_data_dir(data)
+
+
+def test_a_create_cancelled_while_its_host_work_runs_waits_for_it_and_leaves_nothing() -> None:
+    """A create cancelled while a thread prepares its sandbox (a server stopping during a pool
+    refill) does not return before that thread ends: a clean-up run alongside it would miss what it
+    makes afterwards (its cgroups stayed on the host). Then everything it made is gone."""
+    data = make_data_dir()
+    try:
+        node = Node("bwrap", data)
+
+        async def body(b: Backend) -> None:
+            assert isinstance(b, BwrapBackend)
+            loop = asyncio.get_running_loop()
+            started, gate = asyncio.Event(), threading.Event()
+            prepare = launch_priv.prepare
+
+            def held_prepare(*args: object, **kwargs: object) -> object:
+                loop.call_soon_threadsafe(started.set)
+                gate.wait()
+                return prepare(*args, **kwargs)  # type: ignore[arg-type]
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(launch_priv, "prepare", held_prepare)
+                create = asyncio.create_task(b.create(spec("conf-cancel")))
+                await started.wait()
+                create.cancel()
+                done, _ = await asyncio.wait({create}, timeout=0.5)
+                if done:  # returned early: its teardown first, then the thread's cgroups and files
+                    await b.torn_down()
+                gate.set()
+                assert not done, "a cancelled create returned while its prepare still ran"
+                with pytest.raises(asyncio.CancelledError):
+                    await create
+            await b.torn_down()
+            assert not [c for c in corral_cgroups(data) if "conf-cancel" in c]
+            assert not (node.settings.sandboxes_dir / "conf-cancel").exists()
 
         node.run(body)
         assert mounts_under(data) == [] and corral_cgroups(data) == [] and node_processes(data) == []

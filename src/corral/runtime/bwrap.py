@@ -32,6 +32,7 @@ from corral.runtime.network import Network
 from corral.runtime.plan import LOG_NAME, AgentRuntime, LaunchPlan, agent_binds, plan
 from corral.runtime.seccomp import build_filter
 from corral.runtime.spares import DiskSpares
+from corral.runtime.threads import to_the_end
 from corral.runtime.zygote import AgentProcess, Joiner, Zygote, ZygoteError, finish_agent, place_joiner, request_joiner
 
 READY_TIMEOUT = 20.0
@@ -151,7 +152,12 @@ class BwrapBackend:
                 att = None  # plugged already
             else:
                 att = net.reserve(spec.sandbox_id, spec.network) if net else None
-            prepared = await asyncio.to_thread(launch_priv.prepare, p, self.cgroups, spare)
+            def drop(made: launch_priv.Prepared) -> None:  # cancelled meanwhile: as below, then destroy's
+                made.listener.close()
+                made.release()
+                self._disks[spec.sandbox_id] = made.disk
+
+            prepared = await to_the_end(launch_priv.prepare, p, self.cgroups, spare, undo=drop)
             prepared.netns, netns = netns, -1
             self._disks[spec.sandbox_id] = prepared.disk
             loop = asyncio.get_running_loop()
@@ -227,7 +233,7 @@ class BwrapBackend:
             return spare.fd
         att = self.network.reserve(spec.sandbox_id, spec.network)
         assert att is not None
-        return await asyncio.to_thread(netspares.make, self.network, att, self.netns_maker)
+        return await to_the_end(netspares.make, self.network, att, self.netns_maker, undo=os.close)
 
     async def _drop_spare(self, spare: mounts_priv.Spare | None) -> None:
         """A spare a failed create took but never used (cancelled before its prepare ran)."""

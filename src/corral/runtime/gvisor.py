@@ -14,6 +14,8 @@ import errno
 import os
 import shutil
 import socket
+import subprocess
+from functools import partial
 from pathlib import Path
 
 from corral.agent.client import AgentClient, DonatedAgentClient, Donor
@@ -25,6 +27,7 @@ from corral.runtime.cgroups_priv import Cgroups, CgroupUnavailable
 from corral.runtime.network import Network
 from corral.runtime.plan import AgentRuntime, plan
 from corral.runtime.spares import DiskSpares
+from corral.runtime.threads import to_the_end
 
 SYNC_TIMEOUT = 30.0
 
@@ -85,15 +88,16 @@ class GvisorBackend(BwrapBackend):
                 # this fd holds it until the sentry lives in it.
                 att = net.reserve(spec.sandbox_id, spec.network)
                 assert att is not None
-                netns_fd = await asyncio.to_thread(netns_priv.new_netns)
+                # each host step to its end even if the create is cancelled meanwhile (runtime/threads.py)
+                netns_fd = await to_the_end(netns_priv.new_netns, undo=os.close)
                 netns = f"/proc/{os.getpid()}/fd/{netns_fd}"
-                await asyncio.to_thread(net.plug, att, netns, prepared=True)
+                await to_the_end(partial(net.plug, att, netns, prepared=True))
             fixup = await self._fixup()
-            bundle, preloaded = await asyncio.to_thread(gvisor_priv.prepare, p, self.cgroups, netns, spare, fixup)
+            bundle, preloaded = await to_the_end(gvisor_priv.prepare, p, self.cgroups, netns, spare, fixup)
             if preloaded:
                 self._preloaded.add(spec.sandbox_id)
-            process, control = await asyncio.to_thread(
-                gvisor_priv.spawn, p, bundle, self.state_root, self.cgroups, networked
+            process, control = await to_the_end(
+                gvisor_priv.spawn, p, bundle, self.state_root, self.cgroups, networked, undo=_stop_runsc,
             )
             self._donors[spec.sandbox_id] = Donor(control)
             loop = asyncio.get_running_loop()
@@ -202,3 +206,11 @@ class GvisorBackend(BwrapBackend):
             with contextlib.suppress(Exception):
                 await self._fixup_task  # a build still running would write after the removal
             await asyncio.to_thread(gvisor_preload.remove, self.fixup_dir)
+
+
+def _stop_runsc(started: tuple[subprocess.Popen[bytes], socket.socket]) -> None:
+    """The runsc of a create cancelled while it started: killed, its control socket closed (its
+    sentry and gofer go with the sandbox's cgroups in the teardown; Python reaps the process)."""
+    process, control = started
+    control.close()
+    process.kill()

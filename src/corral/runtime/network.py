@@ -28,6 +28,7 @@ from corral.config import Settings
 from corral.runtime import netns_priv, netrules, nft_priv
 from corral.runtime.dnsforward import Client, Forwarder, upstream_from_resolv_conf
 from corral.runtime.netpolicy import INTERNET, NetworkPolicy, OperatorRanges
+from corral.runtime.threads import to_the_end
 
 log = logging.getLogger("corral.network")
 LOCK_DIR = Path("/run/corral-net")
@@ -171,8 +172,8 @@ class Network:
         att.sandbox_id, att.client = sandbox_id, Client(sandbox_id, att.slot, policy)
         self._by_id[sandbox_id] = att
         self.forwarder.clients[str(att.address)] = att.client
-        if change:
-            await asyncio.to_thread(nft_priv.run, change)
+        if change:  # to its end even if cancelled: a late change must not land after the release
+            await to_the_end(nft_priv.run, change)
 
     async def release_spare(self, att: Attachment) -> None:
         """A spare never claimed: its link, rules and address go."""
