@@ -127,7 +127,7 @@ def test_a_held_record_is_written_once_and_a_row_that_cannot_be_is_not_live(tmp_
     with pytest.raises(IntegrityError):
         store.write_held("bad")
     assert store.live_sandbox("bad") is None and store.sandbox("bad") is None
-    _add(store, _sandbox_row("p2", "a", t0))  # the refused row's transaction did not stay open
+    _add(Store(url), _sandbox_row("p2", "a", t0))  # another connection writes: the refused row's transaction is over
     assert {r.id: r.state for r in Store(url).sandboxes(False)} == {"p0": "starting", "p1": "ended", "p2": "starting"}
 
 
@@ -161,7 +161,10 @@ def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_
         if statement.lstrip().startswith(("INSERT", "UPDATE")):
             writes.append(statement.split()[0])
 
-    event.listen(store.engine, "before_cursor_execute", note)
+    event.listen(store.engine, "before_cursor_execute", note)  # Core's statements
+    own = store._sqlite_insert
+    assert own is not None  # and the INSERTs on the store's own SQLite connection
+    own._conn.driver_connection.set_trace_callback(lambda sql: note(None, None, sql))
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     for i, owner in enumerate(("a", "b", "a")):
         store.hold_sandbox(_sandbox_row(f"h{i}", owner, t0 + timedelta(seconds=i)))
@@ -176,7 +179,7 @@ def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_
     running = store.update_sandbox("h0", state="running", expires_at=t0 + timedelta(hours=1))
     failed = store.end_sandbox("h1", "failed", "could not start")
     killed = store.end_sandbox("h2", "ended", "killed by request")
-    assert writes == []  # one write each: the row whole (on SQLite's own connection, not through Core), no UPDATE
+    assert writes == ["INSERT"] * 3  # one write each: the row whole, no UPDATE
     assert running is not None and running.state == "running" and store.live_sandbox("h0") is running
     assert failed is not None and (failed.state, failed.end_reason) == ("failed", "could not start")
     assert killed is not None and store.live_sandbox("h2") is None

@@ -278,15 +278,11 @@ class BwrapBackend:
         """Run a blocking launch step in a thread. A create cancelled meanwhile lets the step finish
         first (it owns fds and processes the cleanup needs; pid 1 is killed so that nothing waits
         for it), releases what the step returned and then stops."""
-        job = asyncio.ensure_future(asyncio.to_thread(step, *args))
-        try:
-            return await asyncio.shield(job)
-        except asyncio.CancelledError:
-            self._kill_init(live)
-            await asyncio.wait({job})
-            if not job.cancelled() and job.exception() is None and isinstance(job.result(), AgentProcess):
-                os.close(job.result().pidfd)
-            raise
+        def undo(result: object) -> None:
+            if isinstance(result, AgentProcess):
+                os.close(result.pidfd)
+
+        return await to_the_end(step, *args, undo=undo, on_cancel=partial(self._kill_init, live))
 
     def _kill_init(self, live: _Live) -> None:
         """SIGKILL the sandbox's pid 1 (its pid namespace, and with it every process inside, ends)."""

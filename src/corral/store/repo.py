@@ -9,6 +9,7 @@ CPU). Ended rows are read from the database; the cache never holds more than the
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,7 +88,8 @@ class _SqliteInsert:
             cursor.execute(self._sql, params)
             self._conn.commit()
         except BaseException as exc:
-            self._conn.rollback()
+            with contextlib.suppress(Exception):  # a rollback that fails too must not hide why
+                self._conn.rollback()
             if isinstance(exc, self._errors):  # as Core raises it: sqlalchemy.exc.IntegrityError, ...
                 raise DBAPIError.instance(self._sql, params, exc, self._errors) from exc
             raise
