@@ -371,3 +371,22 @@ def test_an_address_given_up_is_handed_out_again_last(tmp_path: Path) -> None:
             await net.close()
 
     asyncio.run(body())
+
+
+def test_a_netns_maker_that_never_answers_fails_the_make_instead_of_hanging_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create waits for its network namespace to the end (a cancelled one too: runtime/threads.py),
+    so a helper that stops answering must not hold it, nor a server's stop, for ever: the make fails
+    after ``MAKE_TIMEOUT`` and the helper is gone; the next make starts a new one."""
+    stuck = tmp_path / "stuck-tools"
+    stuck.write_text("#!/bin/sh\nexec sleep 600\n")
+    stuck.chmod(0o755)
+    monkeypatch.setattr(netns_priv, "MAKE_TIMEOUT", 0.2)
+    maker = netns_priv.NetnsMaker(str(stuck), SANDBOX_UID)
+    try:
+        with pytest.raises(netns_priv.NetSetupError, match=r"no answer within 0\.2 s"):
+            maker.make()
+        assert maker._proc is None  # killed and reaped
+    finally:
+        maker.close()

@@ -28,6 +28,7 @@ import ctypes.util
 import errno
 import ipaddress
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -333,6 +334,9 @@ def new_netns() -> int:
     return _NS.submit(job).result()
 
 
+MAKE_TIMEOUT = 30.0  # seconds for one network namespace (a loaded host's netns clean-up can take ~1 s)
+
+
 class NetnsMaker:
     """``corral-tools netns``: one process of the sandbox uid, in a user namespace of its own, that makes
     a network namespace (owned by that user namespace, with ``lo`` down and nothing else) each time it is
@@ -357,14 +361,22 @@ class NetnsMaker:
             assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
             try:
                 proc.stdin.write(b"n")
-                made = proc.stdout.read(1) == b"."
+                waiting = select.poll()  # not select(): the server's fds go far past 1024
+                waiting.register(proc.stdout.fileno(), select.POLLIN)
+                answered = bool(waiting.poll(MAKE_TIMEOUT * 1000))
+                made = answered and proc.stdout.read(1) == b"."
             except BrokenPipeError:
-                made = False
+                made = answered = False
             if made:
                 return os.open(f"/proc/{proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            stuck = not answered and proc.poll() is None
+            if stuck:  # a create (and a server's stop waiting for it) must not wait for ever
+                proc.kill()
             proc.stdin.close()
             why = proc.stderr.read().decode(errors="replace").strip()
             self._stop()
+            if stuck:
+                why = f"no answer within {MAKE_TIMEOUT:g} s"
             raise NetSetupError(f"making a network namespace failed: {why or f'corral-tools exited {proc.returncode}'}")
 
     def close(self) -> None:
