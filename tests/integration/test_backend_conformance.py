@@ -319,72 +319,74 @@ def test_a_teardown_that_meets_a_busy_cgroup_is_tried_again() -> None:
     """A sandbox's cgroup can stay busy past the removal's own wait (its last process still exiting
     under load: a burst of kills, each exit unmounting a disk). The first removal here fails as the
     kernel's EBUSY would; the teardown is tried again in the background and leaves nothing."""
-    data = make_data_dir()
-    try:
-        node = Node("bwrap", data)
-        tries: list[str] = []
+    tries: list[str] = []
 
-        async def body(b: Backend) -> None:
-            assert isinstance(b, BwrapBackend)
-            remove = b.cgroups.remove
+    async def body(b: BwrapBackend, node: Node) -> None:
+        remove = b.cgroups.remove
 
-            def busy_once(sandbox_id: str) -> None:
-                tries.append(sandbox_id)
-                if len(tries) == 1:
-                    raise OSError(errno.EBUSY, "Device or resource busy")
-                remove(sandbox_id)
+        def busy_once(sandbox_id: str) -> None:
+            tries.append(sandbox_id)
+            if len(tries) == 1:
+                raise OSError(errno.EBUSY, "Device or resource busy")
+            remove(sandbox_id)
 
-            b.cgroups.remove = busy_once  # type: ignore[method-assign]
-            await b.create(spec("conf-busy"))
-            await collect(b.agent("conf-busy"), "sleep 300 & echo started")
-            await b.destroy("conf-busy")
-            await b.torn_down()
-            assert tries == ["conf-busy", "conf-busy"]
-            assert not [c for c in corral_cgroups(data) if "conf-busy" in c]
-            assert not (node.settings.sandboxes_dir / "conf-busy").exists()
+        b.cgroups.remove = busy_once  # type: ignore[method-assign]
+        await b.create(spec("conf-busy"))
+        await collect(b.agent("conf-busy"), "sleep 300 & echo started")
+        await b.destroy("conf-busy")
+        await b.torn_down()
+        assert tries == ["conf-busy", "conf-busy"]
+        assert not [c for c in corral_cgroups(node.data) if "conf-busy" in c]
+        assert not (node.settings.sandboxes_dir / "conf-busy").exists()
 
-        node.run(body)
-        assert mounts_under(data) == [] and corral_cgroups(data) == [] and node_processes(data) == []
-    finally:
-        remove_data_dir(data)
+    on_a_bwrap_node_of_its_own(body)
 
 
 def test_a_create_cancelled_while_its_host_work_runs_waits_for_it_and_leaves_nothing() -> None:
     """A create cancelled while a thread prepares its sandbox (a server stopping during a pool
     refill) does not return before that thread ends: a clean-up run alongside it would miss what it
     makes afterwards (its cgroups stayed on the host). Then everything it made is gone."""
+    async def body(b: BwrapBackend, node: Node) -> None:
+        loop = asyncio.get_running_loop()
+        started, gate = asyncio.Event(), threading.Event()
+        prepare = launch_priv.prepare
+
+        def held_prepare(*args: object, **kwargs: object) -> object:
+            loop.call_soon_threadsafe(started.set)
+            gate.wait()
+            return prepare(*args, **kwargs)  # type: ignore[arg-type]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(launch_priv, "prepare", held_prepare)
+            create = asyncio.create_task(b.create(spec("conf-cancel")))
+            await started.wait()
+            create.cancel()
+            done, _ = await asyncio.wait({create}, timeout=0.5)
+            if done:  # returned early: its teardown first, then the thread's cgroups and files
+                await b.torn_down()
+            gate.set()
+            assert not done, "a cancelled create returned while its prepare still ran"
+            with pytest.raises(asyncio.CancelledError):
+                await create
+        await b.torn_down()
+        assert not [c for c in corral_cgroups(node.data) if "conf-cancel" in c]
+        assert not (node.settings.sandboxes_dir / "conf-cancel").exists()
+
+    on_a_bwrap_node_of_its_own(body)
+
+
+def on_a_bwrap_node_of_its_own(body: Callable[[BwrapBackend, Node], Awaitable[None]]) -> None:
+    """``body`` on a bwrap backend with a data dir of its own; after the backend's close nothing of
+    it is left on the host (mounts, cgroups, processes)."""
     data = make_data_dir()
     try:
         node = Node("bwrap", data)
 
-        async def body(b: Backend) -> None:
+        async def run(b: Backend) -> None:
             assert isinstance(b, BwrapBackend)
-            loop = asyncio.get_running_loop()
-            started, gate = asyncio.Event(), threading.Event()
-            prepare = launch_priv.prepare
+            await body(b, node)
 
-            def held_prepare(*args: object, **kwargs: object) -> object:
-                loop.call_soon_threadsafe(started.set)
-                gate.wait()
-                return prepare(*args, **kwargs)  # type: ignore[arg-type]
-
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(launch_priv, "prepare", held_prepare)
-                create = asyncio.create_task(b.create(spec("conf-cancel")))
-                await started.wait()
-                create.cancel()
-                done, _ = await asyncio.wait({create}, timeout=0.5)
-                if done:  # returned early: its teardown first, then the thread's cgroups and files
-                    await b.torn_down()
-                gate.set()
-                assert not done, "a cancelled create returned while its prepare still ran"
-                with pytest.raises(asyncio.CancelledError):
-                    await create
-            await b.torn_down()
-            assert not [c for c in corral_cgroups(data) if "conf-cancel" in c]
-            assert not (node.settings.sandboxes_dir / "conf-cancel").exists()
-
-        node.run(body)
+        node.run(run)
         assert mounts_under(data) == [] and corral_cgroups(data) == [] and node_processes(data) == []
     finally:
         remove_data_dir(data)

@@ -68,8 +68,8 @@ class _SqliteInsert:
     """A sandbox row's INSERT run straight on one DBAPI connection of a local SQLite file: SQLAlchemy's
     own statement and its columns' own bind processors (the stored values are the same as through
     Core), without Core's execution and transaction machinery around them: ~35 µs of CPU for a row
-    against ~110, on the way of every create's answer (docs/performance.md, "The create's record,
-    past SQLAlchemy's machinery"). The caller serialises calls (``Store._sandbox_writes``)."""
+    against ~110, on the way of every create's answer (docs/performance.md, "Pooled bursts"). The
+    caller serialises calls (``Store._sandbox_writes``)."""
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
