@@ -24,6 +24,7 @@ from corral.api import (
 )
 from corral.api.deps import Services
 from corral.api.e2b import control
+from corral.api.e2b import templates as e2b_templates
 from corral.api.e2b.envd import create_envd_app
 from corral.api.e2b.interpreter import create_interpreter_app
 from corral.api.fastpath import FastPath
@@ -38,6 +39,7 @@ from corral.runtime.network import start_network
 from corral.runtime.plan import AgentRuntime
 from corral.service.auth import Auth
 from corral.service.builds import BuildService
+from corral.service.e2b_templates import E2BTemplates
 from corral.service.errors import Unavailable
 from corral.service.sandboxes import SandboxService
 from corral.service.templates import BASE, Templates
@@ -87,7 +89,9 @@ async def build_services(settings: Settings) -> Services:
     builds = BuildService(settings, store, backend, templates, layers)
     await builds.start()  # before the sandboxes' reconcile: templates loaded, interrupted builds closed
     await service.start()
-    return Services(settings=settings, auth=auth, sandboxes=service, builds=builds)
+    e2b_builds = E2BTemplates(settings.data_dir, builds, templates)
+    await asyncio.to_thread(e2b_builds.prune)
+    return Services(settings=settings, auth=auth, sandboxes=service, builds=builds, e2b_templates=e2b_builds)
 
 
 def create_app(settings: Settings | None = None) -> SandboxRouter:
@@ -133,6 +137,7 @@ def create_app(settings: Settings | None = None) -> SandboxRouter:
     for module in (routes_sandboxes, routes_commands, routes_files, routes_code, routes_keys, routes_templates):
         app.include_router(module.router)
     app.include_router(routes_sandboxes.pool_router)
+    app.include_router(e2b_templates.router)  # ahead of control's catch-all 501s for the rest of /templates
     app.include_router(control.router)
     for sub_app in ports.values():
         errors.install(sub_app)

@@ -11,6 +11,7 @@ from fastapi import Depends, Header, Request
 from corral.config import Settings
 from corral.service.auth import Auth, Principal
 from corral.service.builds import BuildService
+from corral.service.e2b_templates import E2BTemplates
 from corral.service.errors import Forbidden, NotFound, Unauthorized, Unavailable, Unreachable
 from corral.service.sandboxes import SandboxService
 
@@ -21,6 +22,7 @@ class Services:
     auth: Auth
     sandboxes: SandboxService
     builds: BuildService
+    e2b_templates: E2BTemplates
 
 
 async def services(request: Request) -> Services:  # async: a plain def would hop to a worker thread

@@ -61,6 +61,20 @@ class BuildRequest:
     isolation: str | None = None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A build given as instructions rather than a Dockerfile's text (the E2B SDK's ``Template``).
+    ``dockerfile`` is used as it is (no re-parse: values are literal); the request's ``dockerfile``
+    text is only its display, one line per instruction. ``archives`` are tars unpacked, in order, into
+    one build context; ``build_id`` is the id announced before the build was started; ``extra`` goes
+    into the build record's options."""
+
+    dockerfile: Dockerfile
+    archives: tuple[Path, ...] = ()
+    build_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 class BuildLog:
     """A build's events: appended to its file, followed by any number of readers."""
 
@@ -171,7 +185,8 @@ class BuildService:
                 await task
 
     # submitting
-    def validate(self, req: BuildRequest, principal: Principal) -> tuple[Dockerfile, BuildOptions]:
+    def validate(self, req: BuildRequest, principal: Principal,
+                 plan: Plan | None = None) -> tuple[Dockerfile, BuildOptions]:
         if not NAME.match(req.name):
             raise InvalidRequest(f"name: {req.name!r} is not a valid template name (lowercase letters, digits, "
                                  "'.', '_', '-'; at most 63)")
@@ -181,12 +196,15 @@ class BuildService:
                  *req.build_args, *req.build_args.values()]
         if not all(is_unicode(t) for t in texts):
             raise InvalidRequest("build: a field holds text that is not valid Unicode (a lone surrogate)")
-        if not req.dockerfile.strip():
+        if plan is not None:
+            dockerfile = plan.dockerfile
+        elif not req.dockerfile.strip():
             raise InvalidRequest("dockerfile: the Dockerfile is empty (it needs at least FROM)")
-        try:
-            dockerfile = parse(req.dockerfile, req.build_args)
-        except DockerfileError as exc:
-            raise InvalidRequest(str(exc)) from None
+        else:
+            try:
+                dockerfile = parse(req.dockerfile, req.build_args)
+            except DockerfileError as exc:
+                raise InvalidRequest(str(exc)) from None
         base = dockerfile.base.base
         if base.kind == "builtin" or base.kind == "template":
             if base.name == req.name:
@@ -215,25 +233,35 @@ class BuildService:
         return dockerfile, BuildOptions(cpu=cpu, memory_mb=memory, disk_mb=disk, no_cache=req.no_cache,
                                         timeout=float(timeout))
 
-    async def submit(self, principal: Principal, req: BuildRequest, context: BinaryIO | None) -> BuildRow:
+    async def submit(self, principal: Principal, req: BuildRequest, context: BinaryIO | None,
+                     plan: Plan | None = None) -> BuildRow:
         """Check the request, unpack the context and start the build; returns its record at once."""
-        dockerfile, options = self.validate(req, principal)
+        dockerfile, options = self.validate(req, principal, plan)
         existing = self.templates.get(req.name) if req.name in self.templates.names() else None
         if existing is not None and not principal.admin and existing.owner_key_id != principal.key_id:
             raise Conflict(f"the template name {req.name!r} is taken by another API key")
         if req.name in self._running:
             raise Conflict(f"template {req.name!r} is already being built (build {self._running[req.name]}); "
                            "wait for it to finish")
-        build_id = random_id()
+        build_id = plan.build_id if plan is not None and plan.build_id else random_id()
         self._running[req.name] = build_id
         try:
             folder = self.dir / build_id
             files = folder / "files"
             await asyncio.to_thread(_make_dirs, folder, files, self.settings.subid_base)
-            if context is not None:
+            context_given = False
+            if plan is not None and plan.archives:
+                try:
+                    await asyncio.to_thread(self._unpack_archives, plan.archives, files / "context")
+                    context_given = True
+                except (UploadError, OSError) as exc:
+                    await asyncio.to_thread(shutil.rmtree, folder, True)
+                    raise InvalidRequest(f"files: {exc}") from None
+            elif context is not None:
                 try:
                     await asyncio.to_thread(unpack_context, context, files / "context", self.settings.subid_base,
                                             MAX_CONTEXT_BYTES)
+                    context_given = True
                 except UploadError as exc:
                     await asyncio.to_thread(shutil.rmtree, folder, True)
                     raise InvalidRequest(f"context: {exc}") from None
@@ -243,7 +271,7 @@ class BuildService:
                 options={"build_args": req.build_args, "cpu": options.cpu, "memory_mb": options.memory_mb,
                          "disk_mb": options.disk_mb, "no_cache": options.no_cache, "timeout": options.timeout,
                          "start_cmd": req.start_cmd, "ready_cmd": req.ready_cmd, "ready_port": req.ready_port,
-                         "public": req.public, "isolation": req.isolation},
+                         "public": req.public, "isolation": req.isolation, **(plan.extra if plan else {})},
             )
             await asyncio.to_thread(self.store.add_build, row)
         except BaseException:
@@ -255,7 +283,7 @@ class BuildService:
             blog.emit({"type": "log", "step": None, "stream": "system", "text": f"warning: {warning}\n",
                        "ts": now().timestamp()})
         task = asyncio.get_running_loop().create_task(
-            self._run(row, req, dockerfile, options, principal, files, context is not None))
+            self._run(row, req, dockerfile, options, principal, files, context_given, plan is not None))
         self._tasks[build_id] = task
         return row
 
@@ -300,7 +328,7 @@ class BuildService:
     # the build itself
     async def _run(
         self, row: BuildRow, req: BuildRequest, dockerfile: Dockerfile, options: BuildOptions,
-        principal: Principal, files: Path, has_context: bool,
+        principal: Principal, files: Path, has_context: bool, planned: bool = False,
     ) -> None:
         blog = self._logs[row.id]
         steps: list[StepState] = []
@@ -309,7 +337,8 @@ class BuildService:
         try:
             base = await self._base(dockerfile.base.base, blog, principal)
             env = dict(base.config.env) or {"PATH": DEFAULT_PATH}
-            dockerfile = parse(req.dockerfile, req.build_args, base_env=lambda _: env)
+            if not planned:
+                dockerfile = parse(req.dockerfile, req.build_args, base_env=lambda _: env)
             lines = req.dockerfile.split("\n")
             steps = [StepState(i, s.line, _text(lines, s.line)) for i, s in enumerate(dockerfile.steps)]
             await asyncio.to_thread(self.store.update_build, row.id, steps=[s.to_json() for s in steps])
@@ -368,6 +397,11 @@ class BuildService:
                 blog.close()
                 self._logs.pop(row.id, None)
                 self._tasks.pop(row.id, None)
+
+    def _unpack_archives(self, archives: tuple[Path, ...], dest: Path) -> None:
+        for archive in archives:
+            with open(archive, "rb") as f:
+                unpack_context(f, dest, self.settings.subid_base, MAX_CONTEXT_BYTES, merge=True)
 
     async def _base(self, ref: BaseRef, blog: BuildLog, principal: Principal) -> BaseImage:
         if ref.kind in ("builtin", "template"):

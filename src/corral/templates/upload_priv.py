@@ -25,9 +25,11 @@ class UploadError(ValueError):
     """The context archive can't be used; the message says why."""
 
 
-def unpack_context(archive: BinaryIO, dest: Path, owner: int, max_bytes: int, max_entries: int = 100_000) -> int:
-    """Unpack the tar in ``archive`` (seekable) into the new directory ``dest``; returns the entry count."""
-    dest.mkdir(mode=0o755)
+def unpack_context(archive: BinaryIO, dest: Path, owner: int, max_bytes: int, max_entries: int = 100_000,
+                   merge: bool = False) -> int:
+    """Unpack the tar in ``archive`` (seekable) into the new directory ``dest`` (with ``merge``, into
+    ``dest`` as an earlier unpack left it: an entry replaces what was there); returns the entry count."""
+    dest.mkdir(mode=0o755, exist_ok=merge)
     try:
         with tarfile.open(fileobj=archive, mode="r:*") as tar:
             members = _members(tar, max_bytes, max_entries)

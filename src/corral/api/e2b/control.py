@@ -222,7 +222,6 @@ _UNSUPPORTED: list[tuple[str, list[str], str]] = [
     ("/templates/{rest:path}", ["GET", "POST", "PATCH", "DELETE"], "the templates API"),
     ("/v2/templates", ["GET", "POST"], "the templates API"),
     ("/v2/templates/{rest:path}", ["GET", "POST", "PATCH", "DELETE"], "the templates API"),
-    ("/v3/templates", ["POST"], "template builds"),
     ("/default-templates", ["GET"], "the templates API"),
     ("/volumes", ["GET", "POST"], "volumes"),
     ("/volumes/{rest:path}", ["GET", "POST", "PUT", "PATCH", "DELETE"], "volumes"),

@@ -1,0 +1,70 @@
+"""E2B template builds at ``E2B_API_URL``: what the SDKs' ``Template.build()`` calls.
+
+``POST /v3/templates`` announces a build; ``GET /templates/{id}/files/{hash}`` says whether a COPY's
+files are here, else gives an upload link (``PUT /e2b-uploads/{token}``, which the SDK calls without
+its API key: the token is the credential); ``POST /v2/templates/{id}/builds/{buildID}`` starts it;
+``GET /templates/{id}/builds/{buildID}/status`` is polled for the state and log entries;
+``GET /templates/aliases/{alias}`` answers ``Template.exists()``. The work is in
+``corral.service.e2b_templates``; the rest of E2B's templates API answers 501 (``control``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from corral.api.deps import PrincipalDep, ServicesDep
+from corral.service.errors import InvalidRequest
+
+router = APIRouter(tags=["e2b"], include_in_schema=False)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body: not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body: must be a JSON object")
+    return body
+
+
+@router.get("/templates/aliases/{alias}")
+async def alias(alias: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return svc.e2b_templates.alias(who, alias)
+
+
+@router.post("/v3/templates", status_code=202)
+async def request_build(request: Request, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    return svc.e2b_templates.request(who, await _json(request))
+
+
+@router.get("/templates/{template_id}/files/{files_hash}", status_code=201)
+async def file_link(template_id: str, files_hash: str, request: Request, svc: ServicesDep,
+                    who: PrincipalDep) -> dict[str, Any]:
+    return svc.e2b_templates.file_link(who, template_id, files_hash, str(request.base_url))
+
+
+@router.put("/e2b-uploads/{token}")
+async def upload(token: str, request: Request, svc: ServicesDep) -> Response:
+    length = request.headers.get("content-length")
+    await svc.e2b_templates.receive(token, int(length) if length and length.isdigit() else None, request.stream())
+    return Response(status_code=200)
+
+
+@router.post("/v2/templates/{template_id}/builds/{build_id}", status_code=202)
+async def start_build(template_id: str, build_id: str, request: Request, svc: ServicesDep,
+                      who: PrincipalDep) -> Response:
+    await svc.e2b_templates.start(who, template_id, build_id, await _json(request))
+    return Response(status_code=202)
+
+
+@router.get("/templates/{template_id}/builds/{build_id}/status")
+async def build_status(
+    template_id: str, build_id: str, svc: ServicesDep, who: PrincipalDep,
+    logs_offset: Annotated[int, Query(alias="logsOffset", ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+) -> dict[str, Any]:
+    return await svc.e2b_templates.status(who, template_id, build_id, logs_offset, limit)

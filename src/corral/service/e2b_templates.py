@@ -1,0 +1,436 @@
+"""E2B template builds (the SDK's ``Template.build()``) on Corral's own builder.
+
+The SDK's flow: ``POST /v3/templates`` names the template and gets a build id; for each ``COPY`` it
+asks whether the files (by the hash the SDK computed) are already here and, if not, uploads a tar of
+them to the URL we answer; ``POST /v2/templates/{id}/builds/{buildID}`` sends the steps; then it polls
+the build's status with its log entries. Here a template's E2B ``templateID`` is its Corral name, the
+steps become builder instructions (``plan``), the uploaded tars become the build context, and the
+build is an ordinary Corral build (same cache, records, logs and sandboxes).
+
+Uploads are kept per API key (a caller could send any tar under any hash: one key's files never
+serve another's build); an upload URL holds a one-time random token, since the SDK sends no API
+key with the upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from corral.service.auth import Principal
+from corral.service.builds import MAX_CONTEXT_BYTES, BuildRequest, BuildService, Plan
+from corral.service.e2b_models import TEMPLATE_ALIASES
+from corral.service.errors import Forbidden, InvalidRequest, NotFound, TooLarge, TooMany
+from corral.service.templates import NAME, Templates
+from corral.store.models import BuildRow
+from corral.templates.bases import base_of
+from corral.templates.instructions import (
+    Copy,
+    Dockerfile,
+    DockerfileError,
+    Env,
+    From,
+    Instruction,
+    Run,
+    User,
+    Workdir,
+)
+
+FILES_HASH = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+UPLOAD_SECONDS = 3600  # an upload link's life (the SDK's own upload timeout is one hour)
+REQUEST_SECONDS = 3600  # a requested build that was never started is forgotten after this
+E2B_USER, E2B_HOME = "user", "/home/user"  # where an E2B build's steps start (its base step's defaults)
+E2B_IMAGES = {"e2bdev/base": "base", "e2bdev/code-interpreter": "code-interpreter"}
+MAX_LOG_ENTRIES = 100  # per status answer, as E2B's API
+MAX_PENDING = 100  # announced builds and open upload links per key
+KEEP_UPLOADS_DAYS = 7  # an upload not used by a build for this long is removed at the server's start
+
+
+@dataclass
+class Requested:
+    """A build announced by ``POST /v3/templates`` and not started yet."""
+
+    template: str
+    build_id: str
+    key_id: str
+    cpu: float | None
+    memory_mb: int | None
+    at: float
+
+
+@dataclass
+class UploadLink:
+    key_id: str
+    files_hash: str
+    expires: float
+
+
+@dataclass(frozen=True)
+class Translated:
+    """The E2B steps as a Corral build: the instructions, their display (one line each), the
+    archives the COPY steps need, and the E2B step each build step came from (``"base"``, ``"1"``…)."""
+
+    dockerfile: Dockerfile
+    text: str
+    hashes: tuple[str, ...]
+    origin: tuple[str, ...]
+    no_cache: bool
+
+
+def translate(body: dict[str, Any]) -> Translated:
+    """``TemplateBuildStartV2`` → builder instructions; raises InvalidRequest naming the bad step.
+
+    As E2B builds do, the steps start as ``user`` in ``/home/user``; a RUN's own user holds for that
+    step only; RUN is ``/bin/bash -c`` (E2B runs steps through bash); ENV values are literal."""
+    if body.get("fromImageRegistry"):
+        raise InvalidRequest("fromImageRegistry: registry credentials are not supported by Corral; "
+                             "use a public image or a template")
+    image, template = body.get("fromImage"), body.get("fromTemplate")
+    if bool(image) == bool(template):
+        raise InvalidRequest("give one of fromImage and fromTemplate")
+    lines: list[str] = []
+    steps: list[Instruction] = []
+    origin: list[str] = []
+    hashes: list[str] = []
+
+    def add(kind: type[Instruction], text: str, step: str, **fields: Any) -> None:
+        lines.append(text.replace("\r", "\\r").replace("\n", "\\n"))
+        steps.append(kind(line=len(lines), **fields))
+        origin.append(step)
+
+    source = _text(template, "fromTemplate") if template else _text(image, "fromImage")
+    if template:
+        bare = source.removesuffix(":default").removesuffix(":latest")
+        name = TEMPLATE_ALIASES.get(bare, bare)
+    else:
+        name = E2B_IMAGES.get(source.removesuffix(":latest"), source)
+    try:
+        base = base_of(name)
+    except DockerfileError as exc:
+        raise InvalidRequest(f"{'fromTemplate' if template else 'fromImage'}: {exc.message}") from None
+    if template and base.kind == "oci":
+        raise InvalidRequest(f"fromTemplate: {source!r} is not a template name")
+    add(From, f"FROM {name}", "base", image=name, base=base)
+    add(User, f"USER {E2B_USER}", "base", user=E2B_USER)
+    add(Workdir, f"WORKDIR {E2B_HOME}", "base", path=E2B_HOME)
+    user = E2B_USER
+    raw_steps = body.get("steps") or []
+    if not isinstance(raw_steps, list):
+        raise InvalidRequest("steps: must be a list")
+    no_cache = bool(body.get("force"))
+    for number, raw in enumerate(raw_steps, 1):
+        where = f"steps[{number - 1}]"
+        if not isinstance(raw, dict):
+            raise InvalidRequest(f"{where}: must be an object")
+        kind = str(raw.get("type", "")).upper()
+        args = raw.get("args") or []
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise InvalidRequest(f"{where}: args must be a list of strings")
+        no_cache = no_cache or bool(raw.get("force"))
+        step = str(number)
+        if kind == "RUN":
+            if not args or not args[0].strip():
+                raise InvalidRequest(f"{where}: RUN needs a command")
+            as_user = args[1] if len(args) > 1 and args[1] else user
+            if as_user != user:
+                add(User, f"USER {as_user}", step, user=as_user)
+            add(Run, f"RUN {args[0]}", step, command=("/bin/bash", "-c", args[0]), shell_form=False)
+            if as_user != user:
+                add(User, f"USER {user}", step, user=user)
+        elif kind == "COPY":
+            if len(args) < 2 or not args[0] or not args[1]:
+                raise InvalidRequest(f"{where}: COPY needs a source and a destination")
+            files_hash = raw.get("filesHash")
+            if not isinstance(files_hash, str) or not FILES_HASH.match(files_hash):
+                raise InvalidRequest(f"{where}: COPY needs the filesHash of its uploaded files")
+            owner = args[2] if len(args) > 2 and args[2] else None
+            mode = _mode(args[3], where) if len(args) > 3 and args[3] else None
+            add(Copy, f"COPY {args[0]} {args[1]}", step, sources=(args[0],), dest=args[1], chown=owner, chmod=mode)
+            hashes.append(files_hash)
+        elif kind == "ENV":
+            if not args or len(args) % 2:
+                raise InvalidRequest(f"{where}: ENV needs name and value pairs")
+            pairs = tuple(zip(args[::2], args[1::2], strict=True))
+            for key, _ in pairs:
+                if not key or "=" in key or "\0" in key:
+                    raise InvalidRequest(f"{where}: {key!r} is not a valid variable name")
+            add(Env, "ENV " + " ".join(f"{k}={v}" for k, v in pairs), step, pairs=pairs)
+        elif kind == "WORKDIR":
+            if len(args) != 1 or not args[0]:
+                raise InvalidRequest(f"{where}: WORKDIR needs one path")
+            add(Workdir, f"WORKDIR {args[0]}", step, path=args[0])
+        elif kind == "USER":
+            if len(args) != 1 or not args[0]:
+                raise InvalidRequest(f"{where}: USER needs one user")
+            user = args[0]
+            add(User, f"USER {user}", step, user=user)
+        else:
+            raise InvalidRequest(f"{where}: the step type {kind or '(none)'!r} is not supported "
+                                 "(RUN, COPY, ENV, WORKDIR, USER)")
+    return Translated(Dockerfile(tuple(steps)), "\n".join(lines) + "\n", tuple(hashes), tuple(origin[1:]), no_cache)
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{field}: must be a non-empty string")
+    return value.strip()
+
+
+def _mode(text: str, where: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise InvalidRequest(f"{where}: COPY mode {text!r} is not an octal number") from None
+    if not 0 <= mode <= 0o7777:
+        raise InvalidRequest(f"{where}: COPY mode {text!r} is out of range")
+    return mode
+
+
+def _ts(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def log_entries(events: list[dict[str, Any]], origin: list[str]) -> list[dict[str, Any]]:
+    """A build's log events as E2B ``BuildLogEntry`` objects: one per output line, a line per step
+    started, and the outcome."""
+    entries: list[dict[str, Any]] = []
+
+    def step_of(index: object) -> str | None:
+        return origin[index] if isinstance(index, int) and 0 <= index < len(origin) else None
+
+    def add(ts: float, level: str, message: str, step: str | None) -> None:
+        entry: dict[str, Any] = {"timestamp": _ts(ts), "level": level, "message": message}
+        if step is not None:
+            entry["step"] = step
+        entries.append(entry)
+
+    for event in events:
+        ts = float(event.get("ts") or time.time())
+        kind = event.get("type")
+        if kind == "log":
+            text = str(event.get("text", ""))
+            level = "error" if event.get("stream") == "system" and text.startswith("error:") else "info"
+            for line in text.splitlines():
+                add(ts, level, e2b_words(line, origin) if level == "error" else line, step_of(event.get("step")))
+        elif kind == "step" and event.get("state") in ("running", "cached", "failed"):
+            state = {"running": "", "cached": "CACHED ", "failed": "FAILED "}[event["state"]]
+            add(ts, "error" if state == "FAILED " else "info",
+                f"{state}[{event.get('index', 0) + 1}/{len(origin)}] {event.get('instruction', '')}",
+                step_of(event.get("index")))
+    return entries
+
+
+class E2BTemplates:
+    def __init__(self, data_dir: Path, builds: BuildService, templates: Templates) -> None:
+        self.dir = data_dir / "e2b-files"
+        self.builds = builds
+        self.templates = templates
+        self._requested: dict[str, Requested] = {}  # build id → the announced build
+        self._links: dict[str, UploadLink] = {}  # token → what it may upload
+
+    def prune(self) -> int:
+        """Remove uploads no build used for ``KEEP_UPLOADS_DAYS`` and any partial one (at start)."""
+        removed = 0
+        horizon = time.time() - KEEP_UPLOADS_DAYS * 86400
+        for path in self.dir.glob("*/*") if self.dir.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if path.name.startswith(".") or path.stat().st_mtime < horizon:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    # names
+    def alias(self, principal: Principal, alias: str) -> dict[str, Any]:
+        """``GET /templates/aliases/{alias}``: 200 if the caller sees it, 403 if another key owns it."""
+        name = TEMPLATE_ALIASES.get(alias, alias)
+        if not NAME.match(name) or name not in self.templates.names():
+            raise NotFound(f"template {alias!r} does not exist")
+        info = self.templates.get(name)
+        if not self.templates.visible(info, principal):
+            raise Forbidden(f"template {alias!r} belongs to another API key")
+        return {"templateID": alias, "public": info.builtin or info.public}
+
+    def request(self, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v3/templates``: announce a build of ``name`` (or the older ``alias``)."""
+        self._expire()
+        raw = body.get("name") or body.get("alias")
+        name = _text(raw, "name")
+        tags = body.get("tags") or []
+        if ":" in name:
+            name, _, tag = name.partition(":")
+            tags = [*tags, tag]
+        if not isinstance(tags, list) or any(t not in ("default", "latest") for t in tags):
+            raise InvalidRequest("tags: template tags are not supported by Corral (a template has one build)")
+        if "/" in name or not NAME.match(name):
+            raise InvalidRequest(f"name: {name!r} is not a valid template name (lowercase letters, digits, "
+                                 "'.', '_', '-'; at most 63; no namespace)")
+        if name in TEMPLATE_ALIASES or name in self.templates.directories():
+            raise InvalidRequest(f"name: {name!r} is a built-in template and can't be rebuilt")
+        if name in self.templates.names():
+            info = self.templates.get(name)
+            if not principal.admin and info.owner_key_id != principal.key_id:
+                raise Forbidden(f"the template name {name!r} is taken by another API key")
+        cpu, memory = body.get("cpuCount"), body.get("memoryMB")
+        for value, field in ((cpu, "cpuCount"), (memory, "memoryMB")):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InvalidRequest(f"{field}: must be a positive integer")
+        if sum(r.key_id == principal.key_id for r in self._requested.values()) >= MAX_PENDING:
+            raise TooMany(f"this key has {MAX_PENDING} template builds requested and not started; start or "
+                          "let them expire (an hour)")
+        cores = os.cpu_count() or 1
+        build_id = secrets.token_hex(10)
+        self._requested[build_id] = Requested(
+            template=name, build_id=build_id, key_id=principal.key_id,
+            cpu=float(min(cpu, cores)) if cpu is not None else None, memory_mb=memory, at=time.monotonic(),
+        )
+        return {"templateID": name, "buildID": build_id, "names": [name], "aliases": [name],
+                "tags": ["default"], "public": False}
+
+    # files
+    def _files(self, principal: Principal) -> Path:
+        return self.dir / re.sub(r"[^A-Za-z0-9_-]", "_", principal.key_id)
+
+    def file_link(self, principal: Principal, template_id: str, files_hash: str, base_url: str) -> dict[str, Any]:
+        """``GET /templates/{id}/files/{hash}``: present, or a link to upload the tar to."""
+        self._expire()
+        if not FILES_HASH.match(files_hash):
+            raise InvalidRequest(f"hash: {files_hash!r} is not a files hash")
+        self._own_request(principal, template_id)
+        if (self._files(principal) / files_hash).is_file():
+            return {"present": True}
+        if sum(link.key_id == principal.key_id for link in self._links.values()) >= MAX_PENDING:
+            raise TooMany(f"this key has {MAX_PENDING} upload links open; use them or let them expire (an hour)")
+        token = secrets.token_urlsafe(32)
+        self._links[token] = UploadLink(principal.key_id, files_hash, time.monotonic() + UPLOAD_SECONDS)
+        return {"present": False, "url": f"{base_url.rstrip('/')}/e2b-uploads/{token}"}
+
+    async def receive(self, token: str, length: int | None, body: AsyncIterator[bytes]) -> None:
+        """The upload behind a link: written aside, then renamed into place (a cut upload leaves nothing)."""
+        self._expire()
+        link = self._links.pop(token, None)
+        if link is None:
+            raise NotFound("this upload link is unknown, used or expired")
+        if length is not None and length > MAX_CONTEXT_BYTES:
+            raise TooLarge(f"the upload is larger than {MAX_CONTEXT_BYTES >> 20} MiB")
+        folder = self.dir / re.sub(r"[^A-Za-z0-9_-]", "_", link.key_id)
+        await asyncio.to_thread(folder.mkdir, 0o700, True, True)
+        partial = folder / f".{link.files_hash}.{secrets.token_hex(4)}"
+        out = await asyncio.to_thread(open, partial, "wb")
+        try:
+            size = 0
+            with out:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > MAX_CONTEXT_BYTES:
+                        raise TooLarge(f"the upload is larger than {MAX_CONTEXT_BYTES >> 20} MiB")
+                    await asyncio.to_thread(out.write, chunk)
+            await asyncio.to_thread(os.replace, partial, folder / link.files_hash)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, partial)
+
+    # builds
+    def _own_request(self, principal: Principal, template_id: str) -> Requested | None:
+        """The caller's announced, unstarted build of ``template_id``, if any; NotFound if the template
+        is neither announced by the caller nor one it can see."""
+        for req in self._requested.values():
+            if req.template == template_id and (req.key_id == principal.key_id or principal.admin):
+                return req
+        self.templates.for_caller(template_id, principal)
+        return None
+
+    async def start(self, principal: Principal, template_id: str, build_id: str, body: dict[str, Any]) -> None:
+        """``POST /v2/templates/{id}/builds/{buildID}``: translate the steps and start the build."""
+        req = self._requested.get(build_id)
+        if req is None or req.template != template_id or (req.key_id != principal.key_id and not principal.admin):
+            raise NotFound(f"build {build_id} of template {template_id!r} was not requested (POST /v3/templates)")
+        plan = translate(body)
+        folder = self._files(principal)
+        archives = []
+        for files_hash in plan.hashes:
+            path = folder / files_hash
+            if not path.is_file():
+                raise InvalidRequest(f"the files of hash {files_hash} were not uploaded "
+                                     f"(GET /templates/{template_id}/files/{files_hash} first)")
+            archives.append(path)
+            os.utime(path)  # in use: kept another KEEP_UPLOADS_DAYS
+        start_cmd, ready_cmd = body.get("startCmd"), body.get("readyCmd")
+        for value, field in ((start_cmd, "startCmd"), (ready_cmd, "readyCmd")):
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequest(f"{field}: must be a string")
+        request = BuildRequest(
+            name=req.template, dockerfile=plan.text, cpu=req.cpu, memory_mb=req.memory_mb,
+            no_cache=plan.no_cache, start_cmd=start_cmd or None, ready_cmd=ready_cmd or None,
+        )
+        await self.builds.submit(principal, request, None, Plan(
+            plan.dockerfile, tuple(archives), build_id, {"e2b_steps": list(plan.origin)}))
+        self._requested.pop(build_id, None)
+
+    async def status(self, principal: Principal, template_id: str, build_id: str,
+                     offset: int, limit: int) -> dict[str, Any]:
+        """``GET /templates/{id}/builds/{buildID}/status``: its state and log entries from ``offset``."""
+        out: dict[str, Any] = {"templateID": template_id, "buildID": build_id, "logs": [], "logEntries": []}
+        req = self._requested.get(build_id)
+        if req is not None and req.template == template_id and (req.key_id == principal.key_id or principal.admin):
+            return {**out, "status": "waiting"}
+        try:
+            row = await self.builds.get(principal, build_id)
+        except NotFound:
+            raise NotFound(f"build {build_id} of template {template_id!r} not found") from None
+        if row.template != template_id:
+            raise NotFound(f"build {build_id} of template {template_id!r} not found")
+        origin = list((row.options or {}).get("e2b_steps") or [])
+        entries = log_entries(await self._events(principal, row), origin)
+        status = {"building": "building", "ready": "ready"}.get(row.state, "error")
+        start = max(offset, 0)
+        out.update(status=status, logEntries=entries[start:start + max(1, min(limit, MAX_LOG_ENTRIES))])
+        if status == "error":
+            out["reason"] = _reason(row, origin, entries)
+        return out
+
+    async def _events(self, principal: Principal, row: BuildRow) -> list[dict[str, Any]]:
+        return [event async for event in await self.builds.events(principal, row.id, follow=False)]
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for token, link in list(self._links.items()):
+            if link.expires < now:
+                self._links.pop(token, None)
+        for build_id, req in list(self._requested.items()):
+            if req.at + REQUEST_SECONDS < now:
+                self._requested.pop(build_id, None)
+
+
+def e2b_words(text: str, origin: list[str]) -> str:
+    """The builder's "line N" (of the steps' display text, whose line 1 is FROM) as the E2B step."""
+    def step(match: re.Match[str]) -> str:
+        index = int(match.group(2)) - 2
+        where = origin[index] if 0 <= index < len(origin) else None
+        return f"{match.group(1)}step {where}" if where and where != "base" else match.group(0)
+
+    return re.sub(r"(\(|at )line (\d+)", step, text)
+
+
+def _reason(row: BuildRow, origin: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    reason: dict[str, Any] = {"message": e2b_words(row.error or "the build failed", origin),
+                              "logEntries": entries[-20:]}
+    detail = row.error_detail or {}
+    index = detail.get("step") if isinstance(detail, dict) else None
+    if isinstance(index, int) and 0 <= index < len(origin):
+        reason["step"] = origin[index]
+    elif index is None:
+        reason["step"] = "base" if not any(s.get("state") not in (None, "pending") for s in row.steps or []) \
+            else "finalize"
+    tail = detail.get("output_tail") if isinstance(detail, dict) else None
+    if tail:
+        reason["message"] = f"{reason['message']}\n{tail}"
+    return reason

@@ -1,0 +1,102 @@
+"""E2B template steps → builder instructions, build events → E2B log entries, and the upload store."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.service.e2b_templates import KEEP_UPLOADS_DAYS, E2BTemplates, e2b_words, log_entries, translate
+from corral.service.errors import InvalidRequest
+from corral.templates.bases import BaseRef
+from corral.templates.instructions import Copy, Env, From, Run, User, Workdir
+
+
+def test_steps_start_as_user_in_home_and_a_runs_own_user_holds_for_that_step_only() -> None:
+    plan = translate({"fromImage": "e2bdev/base:latest", "force": False, "steps": [
+        {"type": "RUN", "args": ["apt-get update", "root"]},
+        {"type": "RUN", "args": ["echo $HOME\nls"]},
+        {"type": "COPY", "args": ["src/*.py", "app/", "user:user", "0755"], "filesHash": "h" * 64},
+        {"type": "ENV", "args": ["A", "1 $B", "C", ""]},
+        {"type": "USER", "args": ["root"]},
+        {"type": "WORKDIR", "args": ["/srv"]},
+    ]})
+    first, *steps = plan.dockerfile.instructions
+    assert first == From(line=1, image="base", base=BaseRef("builtin", "base"))
+    assert steps == [
+        User(line=2, user="user"), Workdir(line=3, path="/home/user"),
+        User(line=4, user="root"), Run(line=5, command=("/bin/bash", "-c", "apt-get update"), shell_form=False),
+        User(line=6, user="user"),
+        Run(line=7, command=("/bin/bash", "-c", "echo $HOME\nls"), shell_form=False),
+        Copy(line=8, sources=("src/*.py",), dest="app/", chown="user:user", chmod=0o755),
+        Env(line=9, pairs=(("A", "1 $B"), ("C", ""))),
+        User(line=10, user="root"), Workdir(line=11, path="/srv"),
+    ]
+    assert plan.origin == ("base", "base", "1", "1", "1", "2", "3", "4", "5", "6")
+    assert plan.hashes == ("h" * 64,) and not plan.no_cache
+    lines = plan.text.splitlines()
+    assert len(lines) == 11 and lines[0] == "FROM base" and lines[6] == "RUN echo $HOME\\nls"  # one line each
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ({"fromTemplate": "code-interpreter-v1"}, BaseRef("builtin", "code-interpreter")),
+    ({"fromTemplate": "my-app:default"}, BaseRef("template", "my-app")),
+    ({"fromImage": "python:3.11"}, BaseRef("builtin", "base")),
+    ({"fromImage": "e2bdev/code-interpreter"}, BaseRef("builtin", "code-interpreter")),
+    ({"fromImage": "localhost:5000/team/tool:1"}, BaseRef("oci", "localhost:5000/team/tool:1")),
+])
+def test_bases(source: dict[str, str], expected: BaseRef) -> None:
+    assert translate(source).dockerfile.base.base == expected
+
+
+def test_a_forced_step_or_template_rebuilds_without_the_cache() -> None:
+    assert translate({"fromTemplate": "base", "steps": [{"type": "RUN", "args": ["x"], "force": True}]}).no_cache
+    assert translate({"fromTemplate": "base", "force": True}).no_cache
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"fromTemplate": "docker.io/library/debian:12"}, "not a template name"),
+    ({"fromImage": "ubuntu:24.04"}, "not available"),
+    ({}, "one of fromImage and fromTemplate"),
+    ({"fromTemplate": "base", "steps": [{"type": "RUN", "args": ["x", 3]}]}, "list of strings"),
+    ({"fromTemplate": "base", "steps": [{"type": "COPY", "args": ["a", "/b"]}]}, "filesHash"),
+    ({"fromTemplate": "base", "steps": [{"type": "COPY", "args": ["a", "/b"], "filesHash": "../../etc"}]}, "filesHash"),
+    ({"fromTemplate": "base", "steps": [{"type": "ENV", "args": ["A=B", "c"]}]}, "variable name"),
+    ({"fromTemplate": "base", "steps": [{"type": "WORKDIR", "args": []}]}, "one path"),
+    ({"fromTemplate": "base", "steps": [None]}, "object"),
+])
+def test_bad_steps_are_refused_naming_what_is_wrong(body: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        translate(body)
+
+
+def test_log_entries_are_lines_with_their_e2b_step() -> None:
+    origin = ["base", "base", "1"]
+    events = [
+        {"type": "step", "ts": 1.0, "index": 2, "instruction": "RUN make", "state": "running"},
+        {"type": "log", "ts": 2.0, "step": 2, "stream": "stdout", "text": "a\nb\n"},
+        {"type": "step", "ts": 3.0, "index": 2, "instruction": "RUN make", "state": "failed"},
+        {"type": "log", "ts": 4.0, "step": None, "stream": "system", "text": "error: RUN failed (line 4)\n"},
+        {"type": "status", "ts": 5.0, "state": "failed"},
+    ]
+    entries = log_entries(events, origin)
+    assert [(e["level"], e["message"], e.get("step")) for e in entries] == [
+        ("info", "[3/3] RUN make", "1"), ("info", "a", "1"), ("info", "b", "1"),
+        ("error", "FAILED [3/3] RUN make", "1"), ("error", "error: RUN failed (step 1)", None),
+    ]
+    assert entries[0]["timestamp"] == "1970-01-01T00:00:01Z"
+    assert e2b_words("timed out (at line 3)", origin) == "timed out (at line 3)"  # the base's own steps
+
+
+def test_prune_removes_old_and_partial_uploads_only(tmp_path: Path) -> None:
+    store = E2BTemplates(tmp_path, None, None)  # type: ignore[arg-type]  # prune needs neither
+    folder = tmp_path / "e2b-files" / "key1"
+    folder.mkdir(parents=True)
+    for name in ("fresh", "old", ".partial.ab12"):
+        (folder / name).write_bytes(b"x")
+    old = time.time() - (KEEP_UPLOADS_DAYS + 1) * 86400
+    os.utime(folder / "old", (old, old))
+    assert store.prune() == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["fresh"]
