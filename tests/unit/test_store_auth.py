@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from corral.service.auth import KEY_PATTERN, Auth, hash_key, new_key
 from corral.service.errors import InvalidRequest, NotFound, Unauthorized
@@ -147,6 +147,26 @@ def test_a_written_record_is_stored_as_sqlalchemy_core_stores_it(tmp_path: Path)
     with store.engine.connect() as conn:
         stored = {r[0]: r[1:] for r in conn.exec_driver_sql("SELECT * FROM sandboxes ORDER BY id")}
     assert stored["ours"] == stored["core"] and "2026-01-01 12:30:05.123456" in stored["ours"]
+
+
+def test_the_stores_own_insert_fails_as_core_does_and_recovers_from_a_lost_connection(tmp_path: Path) -> None:
+    """The SQLite INSERT on the store's own connection raises Core's exceptions (a value its column
+    refuses: StatementError), and after its connection is lost the next write takes a new one."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    store = Store(url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    bad = _sandbox_row("bad", "a", t0)
+    bad.created_at = "yesterday"  # type: ignore[assignment]  # not a datetime
+    with pytest.raises(StatementError, match="SQLite DateTime type only accepts"):
+        _add(store, bad)
+    own = store._sqlite_insert
+    assert own is not None
+    own._conn.driver_connection.close()  # the connection is gone under the store
+    with pytest.raises(DBAPIError) as lost:
+        _add(store, _sandbox_row("first", "a", t0))
+    assert lost.value.connection_invalidated
+    _add(store, _sandbox_row("second", "a", t0))
+    assert [r.id for r in Store(url).sandboxes(False)] == ["second"]
 
 
 def test_a_held_starting_record_is_live_in_memory_and_written_once_by_its_first_update_or_end(tmp_path: Path) -> None:

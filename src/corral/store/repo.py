@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Update, bindparam, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.store.models import ApiKeyRow, Base, BuildRow, SandboxRow, TemplateRow
@@ -78,26 +78,43 @@ class _SqliteInsert:
         self._sql = compiled.string
         self._binds = [(name, columns[name].type.dialect_impl(dialect).bind_processor(dialect))
                        for name in compiled.positiontup or ()]
-        self._conn = engine.raw_connection()
+        self._engine = engine
+        self._conn: Any = engine.raw_connection()  # None after a disconnect: the next call takes a new one
         self._errors = dialect.loaded_dbapi.Error
 
     def __call__(self, values: dict[str, Any]) -> None:
-        params = [values.get(name) if bind is None else bind(values.get(name)) for name, bind in self._binds]
-        cursor = self._conn.cursor()
         try:
+            params = [values.get(name) if bind is None else bind(values.get(name)) for name, bind in self._binds]
+        except Exception as exc:  # a value its column's type refuses: as Core raises it
+            raise StatementError(f"({type(exc).__module__}.{type(exc).__name__}) {exc}", self._sql, values,
+                                 exc) from exc
+        if self._conn is None:
+            self._conn = self._engine.raw_connection()
+        conn = self._conn
+        cursor = None
+        try:
+            cursor = conn.cursor()
             cursor.execute(self._sql, params)
-            self._conn.commit()
+            conn.commit()
         except BaseException as exc:
             with contextlib.suppress(Exception):  # a rollback that fails too must not hide why
-                self._conn.rollback()
+                conn.rollback()
             if isinstance(exc, self._errors):  # as Core raises it: sqlalchemy.exc.IntegrityError, ...
-                raise DBAPIError.instance(self._sql, params, exc, self._errors) from exc
+                gone = self._engine.dialect.is_disconnect(exc, conn.dbapi_connection, cursor)
+                if gone:  # as Core does: this connection is dropped, the next write opens another
+                    self._conn = None
+                    with contextlib.suppress(Exception):
+                        conn.invalidate(exc)
+                raise DBAPIError.instance(self._sql, params, exc, self._errors, connection_invalidated=gone) from exc
             raise
         finally:
-            cursor.close()
+            if cursor is not None:
+                with contextlib.suppress(Exception):  # a closed connection's cursor refuses even its close
+                    cursor.close()
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
