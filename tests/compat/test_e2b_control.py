@@ -307,11 +307,12 @@ def test_unsupported_features_answer_501(e2b_env: Server, sbx: Sandbox) -> None:
     with pytest.raises(SandboxException, match=r"501.*not supported by Corral yet"):
         sbx.create_snapshot()
     headers = {"X-API-KEY": e2b_env.api_key}
-    for method, path in [("POST", f"/sandboxes/{sbx.sandbox_id}/fork"), ("GET", "/templates"),
-                         ("GET", "/volumes"), ("DELETE", "/templates/base"), ("POST", "/templates/tags")]:
+    for method, path in [("POST", f"/sandboxes/{sbx.sandbox_id}/fork"), ("POST", "/templates"),
+                         ("GET", "/volumes"), ("GET", "/templates/base"), ("POST", "/templates/tags"),
+                         ("DELETE", "/templates/tags")]:
         r = httpx.request(method, e2b_env.url + path, headers=headers, json={})
         assert r.status_code == 501 and r.json() == {"code": 501, "message": r.json()["message"]}
-    assert httpx.get(e2b_env.url + "/templates").status_code == 401  # the key is checked first
+    assert httpx.post(e2b_env.url + "/templates").status_code == 401  # the key is checked first
 
 
 def test_v1_paths_of_older_sdks(e2b_env: Server) -> None:

@@ -168,6 +168,8 @@ def test_upload_links_are_single_use_per_key_and_the_build_needs_its_files(e2b_e
     with httpx.Client(base_url=e2b_env.url, headers={"X-API-KEY": created}) as other:
         assert other.get(f"/templates/aliases/{name}").status_code == 403  # exists, another key's
         assert other.get(f"/templates/{name}/builds/{build_id}/status").status_code == 404
+        assert name not in {t["templateID"] for t in other.get("/templates").json()}
+        assert other.delete(f"/templates/{name}").status_code == 404
     sandbox = Sandbox.create(name, timeout=30)
     try:
         assert sandbox.files.read("/home/user/hello.txt") == "hi\n"
@@ -208,8 +210,25 @@ def test_bad_build_requests_get_clear_errors(api: httpx.Client, body: dict[str, 
     assert answer.status_code == 400 and message in answer.json()["message"], answer.text
 
 
+def test_templates_are_listed_and_deleted_as_e2b_lists_and_deletes_them(e2b_env: Server, api: httpx.Client) -> None:
+    name = unique("sdk-del")
+    Template.build(Template().from_template("base").set_envs({"A": "1"}), name, memory_mb=640)
+    listed = {t["templateID"]: t for t in api.get("/templates").json()}
+    assert listed[name]["memoryMB"] == 640 and listed[name]["public"] is False and not listed[name]["isDefault"]
+    assert listed["base"]["isDefault"] and listed["code-interpreter-v1"]["isDefault"]
+    assert api.delete("/templates/base").status_code == 409  # built in
+    sandbox = Sandbox.create(name, timeout=30)
+    try:
+        assert api.delete(f"/templates/{name}").status_code == 409  # in use
+    finally:
+        sandbox.kill()
+    assert Sandbox.delete_snapshot(name) is True  # E2B's snapshots are templates: the same DELETE
+    assert Sandbox.delete_snapshot(name) is False and not Template.exists(name)
+
+
 def test_builds_need_the_key(e2b_env: Server) -> None:
-    for method, path in [("POST", "/v3/templates"), ("GET", "/templates/aliases/base"),
+    for method, path in [("POST", "/v3/templates"), ("GET", "/templates/aliases/base"), ("GET", "/templates"),
+                         ("DELETE", "/templates/x"),
                          ("GET", "/templates/x/files/" + "a" * 64), ("POST", "/v2/templates/x/builds/b"),
                          ("GET", "/templates/x/builds/b/status")]:
         answer = httpx.request(method, e2b_env.url + path, json={"name": "x"})

@@ -28,9 +28,9 @@ from typing import Any
 
 from corral.service.auth import Principal
 from corral.service.builds import MAX_CONTEXT_BYTES, BuildRequest, BuildService, Plan
-from corral.service.e2b_models import TEMPLATE_ALIASES
+from corral.service.e2b_models import ENVD_VERSION, TEMPLATE_ALIASES, template_alias
 from corral.service.errors import Forbidden, InvalidRequest, NotFound, TooLarge, TooMany
-from corral.service.templates import NAME, Templates
+from corral.service.templates import NAME, TemplateInfo, Templates
 from corral.store.models import BuildRow
 from corral.templates.bases import base_of
 from corral.templates.instructions import (
@@ -248,6 +248,17 @@ class E2BTemplates:
                     removed += 1
         return removed
 
+    # templates
+    def listed(self, principal: Principal, cpu: float, memory_mb: int, disk_mb: int) -> list[dict[str, Any]]:
+        """``GET /templates``: the templates this key sees, as E2B's ``Template`` objects."""
+        return [_template(info, cpu, memory_mb, disk_mb) for info in self.templates.all()
+                if self.templates.visible(info, principal)]
+
+    async def delete(self, principal: Principal, template_id: str) -> None:
+        """``DELETE /templates/{id}`` (also the SDKs' ``delete_snapshot``): as ``corral template delete``."""
+        bare = template_id.removesuffix(":default").removesuffix(":latest")
+        await self.builds.delete_template(principal, TEMPLATE_ALIASES.get(bare, bare))
+
     # names
     def alias(self, principal: Principal, alias: str) -> dict[str, Any]:
         """``GET /templates/aliases/{alias}``: 200 if the caller sees it, 403 if another key owns it."""
@@ -408,6 +419,23 @@ class E2BTemplates:
         for build_id, req in list(self._requested.items()):
             if req.at + REQUEST_SECONDS < now:
                 self._requested.pop(build_id, None)
+
+
+def _template(info: TemplateInfo, cpu: float, memory_mb: int, disk_mb: int) -> dict[str, Any]:
+    name = template_alias(info.name) or info.name
+    created = _iso(info.created_at) if info.created_at else _ts(0)
+    return {
+        "templateID": name, "buildID": info.build_id or "", "cpuCount": max(1, round(info.config.cpu or cpu)),
+        "memoryMB": info.config.memory_mb or memory_mb, "diskSizeMB": disk_mb, "public": info.builtin or info.public,
+        "aliases": [name], "names": [name], "createdAt": created,
+        "updatedAt": _iso(info.updated_at) if info.updated_at else created, "createdBy": None,
+        "lastSpawnedAt": None, "spawnCount": 0, "buildCount": 1 if info.build_id else 0, "envdVersion": ENVD_VERSION,
+        "buildStatus": "ready", "isDefault": info.builtin,
+    }
+
+
+def _iso(when: datetime) -> str:
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
 
 
 def e2b_words(text: str, origin: list[str]) -> str:

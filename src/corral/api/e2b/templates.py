@@ -4,8 +4,9 @@
 files are here, else gives an upload link (``PUT /e2b-uploads/{token}``, which the SDK calls without
 its API key: the token is the credential); ``POST /v2/templates/{id}/builds/{buildID}`` starts it;
 ``GET /templates/{id}/builds/{buildID}/status`` is polled for the state and log entries;
-``GET /templates/aliases/{alias}`` answers ``Template.exists()``. The work is in
-``corral.service.e2b_templates``; the rest of E2B's templates API answers 501 (``control``).
+``GET /templates/aliases/{alias}`` answers ``Template.exists()``; ``GET /templates`` lists, ``DELETE
+/templates/{id}`` deletes (the SDKs' ``delete_snapshot`` too: E2B's snapshots are templates). The work
+is in ``corral.service.e2b_templates``; the rest of E2B's templates API answers 501 (``control``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from corral.api.deps import PrincipalDep, ServicesDep
-from corral.service.errors import InvalidRequest
+from corral.service.errors import InvalidRequest, ServiceError
 
 router = APIRouter(tags=["e2b"], include_in_schema=False)
+
+
+class NotSupported(ServiceError):
+    status = 501
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -68,3 +73,20 @@ async def build_status(
     limit: Annotated[int, Query(ge=1, le=100)] = 100,
 ) -> dict[str, Any]:
     return await svc.e2b_templates.status(who, template_id, build_id, logs_offset, limit)
+
+
+@router.get("/templates")
+async def list_templates(svc: ServicesDep, who: PrincipalDep) -> list[dict[str, Any]]:
+    settings = svc.settings
+    return svc.e2b_templates.listed(who, settings.default_cpu, settings.default_memory_mb, settings.default_disk_mb)
+
+
+@router.api_route("/templates/tags", methods=["POST", "DELETE"])
+async def tags(who: PrincipalDep) -> Response:
+    raise NotSupported("template tags are not supported by Corral (a template has one build)")
+
+
+@router.delete("/templates/{template_id}", status_code=204)
+async def delete_template(template_id: str, svc: ServicesDep, who: PrincipalDep) -> Response:
+    await svc.e2b_templates.delete(who, template_id)
+    return Response(status_code=204)
