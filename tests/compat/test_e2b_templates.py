@@ -7,6 +7,7 @@ rebuild, a failing step, ``Template.exists()``, and the upload links and bad req
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import secrets
@@ -113,20 +114,42 @@ def test_a_background_build_reports_its_status_and_its_options_reach_the_templat
     assert status.status == TemplateBuildStatus.READY and status.log_entries and status.reason is None
     assert Template.get_build_status(info, logs_offset=len(status.log_entries)).log_entries == []
     config = api.get(f"/v1/templates/{name}").json()["config"]
-    assert config["memory_mb"] == 768 and config["cpu"] == os.cpu_count()  # at most this host's cores
+    assert config["memory_mb"] == 768 and config["cpu"] == min(64, os.cpu_count() or 1)  # at most the host's cores
     logs: list[LogEntry] = []
     Template.build(template, name, skip_cache=True, on_build_logs=logs.append)
     assert not any(e.message.startswith("CACHED") for e in logs) and any("RUN echo bg" in e.message for e in logs)
 
 
-def test_upload_links_are_single_use_per_key_and_the_build_needs_its_files(e2b_env: Server, api: httpx.Client) -> None:
-    name = unique("up")
-    requested = api.post("/v3/templates", json={"name": name})
-    assert requested.status_code == 202, requested.text
-    build_id = requested.json()["buildID"]
-    assert requested.json()["templateID"] == name
+def requested(api: httpx.Client, name: str) -> str:
+    answer = api.post("/v3/templates", json={"name": name})
+    assert answer.status_code == 202 and answer.json()["templateID"] == name, answer.text
+    return answer.json()["buildID"]
+
+
+def upload(api: httpx.Client, name: str, files: dict[str, bytes] | bytes) -> str:
+    """Upload a tar of ``files`` (or raw bytes) for a build of ``name`` as the SDK does; its hash."""
     files_hash = secrets.token_hex(32)
-    copy = {"type": "COPY", "args": ["hello.txt", "/home/user/", "", ""], "filesHash": files_hash}
+    link = api.get(f"/templates/{name}/files/{files_hash}")
+    assert link.status_code == 201 and link.json()["present"] is False, link.text
+    body = files if isinstance(files, bytes) else tar_of(files)
+    assert httpx.put(link.json()["url"], content=body).status_code == 200  # no API key: the link is the credential
+    return files_hash
+
+
+def finished(api: httpx.Client, name: str, build_id: str, offset: int = 0) -> dict[str, object]:
+    api.get(f"/v1/builds/{build_id}/logs", params={"follow": True}).raise_for_status()  # ends with the build
+    return api.get(f"/templates/{name}/builds/{build_id}/status", params={"logsOffset": offset}).json()
+
+
+def copy_step(source: str, files_hash: str) -> dict[str, object]:
+    return {"type": "COPY", "args": [source, "/home/user/", "", ""], "filesHash": files_hash}
+
+
+def test_upload_links_are_signed_per_key_and_the_build_needs_its_files(e2b_env: Server, api: httpx.Client) -> None:
+    name = unique("up")
+    build_id = requested(api, name)
+    files_hash = secrets.token_hex(32)
+    copy = copy_step("hello.txt", files_hash)
     missing = api.post(f"/v2/templates/{name}/builds/{build_id}", json={"fromTemplate": "base", "steps": [copy]})
     assert missing.status_code == 400 and "were not uploaded" in missing.json()["message"]
 
@@ -134,37 +157,36 @@ def test_upload_links_are_single_use_per_key_and_the_build_needs_its_files(e2b_e
     assert link.status_code == 201 and link.json()["present"] is False
     url = link.json()["url"]
     body = tar_of({"hello.txt": b"hi\n"})
-    assert httpx.put(url, content=body).status_code == 200  # no API key: the link is the credential
-    assert httpx.put(url, content=body).status_code == 404  # used
-    assert httpx.put(url.rsplit("/", 1)[0] + "/forged", content=body).status_code == 404
-    assert api.get(f"/templates/{name}/files/{files_hash}").json() == {"present": True}
+    assert httpx.put(url, content=body).status_code == 200
+    assert httpx.put(url, content=body).status_code == 200  # again (the SDK's force_upload): replaced
+    base, expires, signature = url.rsplit("/", 2)
+    assert httpx.put(f"{base}/{int(expires) + 3600}/{signature}", content=body).status_code == 404  # longer life
+    assert httpx.put(f"{base}/{expires}/{'0' * 64}", content=body).status_code == 404
+    other_hash_url = url.replace(files_hash, secrets.token_hex(32))
+    assert httpx.put(other_hash_url, content=body).status_code == 404  # a link is for one hash
+    assert api.get(f"/templates/{name}/files/{files_hash}").json()["present"] is True
 
     created = api.post("/v1/keys", json={"name": unique("other")}).json()["key"]
     with httpx.Client(base_url=e2b_env.url, headers={"X-API-KEY": created}) as other:
         other_name = unique("up-other")
-        assert other.post("/v3/templates", json={"name": other_name}).status_code == 202
+        other_build = requested(other, other_name)
         # another key's uploads never serve this one (a hash is only the SDK's claim about a tar)
         assert other.get(f"/templates/{other_name}/files/{files_hash}").json()["present"] is False
+        stolen = other.post(f"/v2/templates/{other_name}/builds/{other_build}",
+                            json={"fromTemplate": "base", "steps": [copy]})
+        assert stolen.status_code == 400 and "were not uploaded" in stolen.json()["message"]
         assert other.get(f"/templates/{name}/files/{files_hash}").status_code == 404  # not its build
         assert other.post(f"/v2/templates/{name}/builds/{build_id}", json={"fromTemplate": "base"}).status_code == 404
         assert other.get(f"/templates/aliases/{name}").status_code == 404  # not built yet
 
-    garbage_hash = secrets.token_hex(32)
-    assert httpx.put(api.get(f"/templates/{name}/files/{garbage_hash}").json()["url"], content=b"not a tar").is_success
-    garbage = {**copy, "filesHash": garbage_hash}
-    refused = api.post(f"/v2/templates/{name}/builds/{build_id}", json={"fromTemplate": "base", "steps": [garbage]})
-    assert refused.status_code == 400 and "not a readable tar" in refused.json()["message"], refused.text
-
     started = api.post(f"/v2/templates/{name}/builds/{build_id}", json={"fromTemplate": "base", "steps": [copy]})
     assert started.status_code == 202, started.text
     assert api.post(f"/v2/templates/{name}/builds/{build_id}", json={"fromTemplate": "base"}).status_code == 404
-    api.get(f"/v1/builds/{build_id}/logs", params={"follow": True}).raise_for_status()  # ends with the build
-    status = api.get(f"/templates/{name}/builds/{build_id}/status", params={"logsOffset": 0}).json()
+    status = finished(api, name, build_id)
     assert status["status"] == "ready", status
-    assert all({"timestamp", "level", "message"} <= set(e) for e in status["logEntries"])
-    offset = len(status["logEntries"])
-    assert api.get(f"/templates/{name}/builds/{build_id}/status", params={"logsOffset": offset}).json()[
-        "logEntries"] == []
+    entries = status["logEntries"]
+    assert isinstance(entries, list) and all({"timestamp", "level", "message"} <= set(e) for e in entries)
+    assert finished(api, name, build_id, offset=len(entries))["logEntries"] == []
     with httpx.Client(base_url=e2b_env.url, headers={"X-API-KEY": created}) as other:
         assert other.get(f"/templates/aliases/{name}").status_code == 403  # exists, another key's
         assert other.get(f"/templates/{name}/builds/{build_id}/status").status_code == 404
@@ -175,6 +197,59 @@ def test_upload_links_are_single_use_per_key_and_the_build_needs_its_files(e2b_e
         assert sandbox.files.read("/home/user/hello.txt") == "hi\n"
     finally:
         sandbox.kill()
+
+
+def test_an_upload_past_the_limit_is_refused_before_its_body(api: httpx.Client) -> None:
+    name = unique("big")
+    requested(api, name)
+    url = httpx.URL(api.get(f"/templates/{name}/files/{secrets.token_hex(32)}").json()["url"])
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=30)
+    try:
+        conn.putrequest("PUT", url.raw_path.decode())
+        conn.putheader("Content-Length", str(3 << 30))  # 3 GiB announced, nothing sent
+        conn.endheaders()
+        answer = conn.getresponse()
+        assert answer.status == 413 and b"larger than" in answer.read()
+    finally:
+        conn.close()
+
+
+def test_broken_files_and_failing_steps_are_reported_with_their_e2b_step(api: httpx.Client) -> None:
+    name = unique("broken")
+    build_id = requested(api, name)
+    garbage = upload(api, name, b"\xfd7zXZ\x00" + b"not xz at all" * 50)  # an xz header, then garbage
+    assert api.post(f"/v2/templates/{name}/builds/{build_id}",
+                    json={"fromTemplate": "base", "steps": [copy_step("a.txt", garbage)]}).status_code == 202
+    status = finished(api, name, build_id)
+    assert status["status"] == "error" and "not a readable tar" in status["reason"]["message"], status
+
+    build_id = requested(api, name)  # the same name again; the first build's files are gone
+    files = upload(api, name, {"a.txt": b"a\n"})
+    steps = [{"type": "RUN", "args": ["seq 1 250"]}, copy_step("no-such-file", files)]
+    assert api.post(f"/v2/templates/{name}/builds/{build_id}",
+                    json={"fromTemplate": "base", "steps": steps}).status_code == 202
+    status = finished(api, name, build_id)
+    reason = status["reason"]
+    assert status["status"] == "error" and reason["step"] == "2" and "step 2" in reason["message"], status
+    assert len(status["logEntries"]) == 100  # a page
+    page2 = finished(api, name, build_id, offset=100)["logEntries"]
+    page3 = finished(api, name, build_id, offset=200)["logEntries"]
+    lines = [e["message"] for e in status["logEntries"] + page2 + page3]
+    assert [str(n) for n in range(1, 251)] == [m for m in lines if m.isdigit()]
+    assert all(e.get("step") == "1" for e in status["logEntries"] if e["message"].isdigit())
+
+
+def test_a_failing_run_as_its_own_user_names_its_step_and_a_forced_step_rebuilds_from_there(e2b_env: Server) -> None:
+    name = unique("sdk-user")
+    with pytest.raises(BuildException, match=r"exit code 5 \(step 2\)"):
+        Template.build(Template().from_template("base").run_cmd("true").run_cmd("exit 5", user="root"), name)
+    first = Template().from_template("base").run_cmd("echo one")
+    Template.build(first.run_cmd("echo two"), name)
+    logs: list[LogEntry] = []
+    Template.build(Template().from_template("base").run_cmd("echo one").skip_cache().run_cmd("echo two"), name,
+                   on_build_logs=logs.append)
+    cached = [e.message for e in logs if e.message.startswith("CACHED ")]
+    assert any("RUN echo one" in m for m in cached) and not any("RUN echo two" in m for m in cached), cached
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -208,6 +283,18 @@ def test_bad_build_steps_get_clear_errors(api: httpx.Client, body: dict[str, obj
 def test_bad_build_requests_get_clear_errors(api: httpx.Client, body: dict[str, object], message: str) -> None:
     answer = api.post("/v3/templates", json=body)
     assert answer.status_code == 400 and message in answer.json()["message"], answer.text
+
+
+@pytest.mark.parametrize(("raw", "status", "message"), [
+    (b'{"name": "a", "cpuCount": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),  # past int's digit limit
+    (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),  # nesting past the recursion limit
+    (b'{"name": "a:default", "tags": 5}', 400, "tags"),
+    (b"[1, 2]", 400, "JSON object"),
+    (b'{"name": "' + b"a" * (5 << 20) + b'"}', 413, "larger than"),
+])
+def test_hostile_request_bodies_get_clear_errors(api: httpx.Client, raw: bytes, status: int, message: str) -> None:
+    answer = api.post("/v3/templates", content=raw, headers={"Content-Type": "application/json"})
+    assert answer.status_code == status and message in answer.json()["message"], answer.text[:300]
 
 
 def test_templates_are_listed_and_deleted_as_e2b_lists_and_deletes_them(e2b_env: Server, api: httpx.Client) -> None:

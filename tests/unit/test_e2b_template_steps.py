@@ -51,8 +51,13 @@ def test_bases(source: dict[str, str], expected: BaseRef) -> None:
     assert translate(source).dockerfile.base.base == expected
 
 
-def test_a_forced_step_or_template_rebuilds_without_the_cache() -> None:
-    assert translate({"fromTemplate": "base", "steps": [{"type": "RUN", "args": ["x"], "force": True}]}).no_cache
+def test_a_forced_step_rebuilds_from_its_first_build_step_and_a_forced_template_all() -> None:
+    run = {"type": "RUN", "args": ["a"]}
+    plan = translate({"fromTemplate": "base", "steps": [run, {"type": "RUN", "args": ["b", "root"], "force": True},
+                                                         {**run, "force": True}]})
+    assert (plan.force_from, plan.no_cache) == (3, False)  # USER user, WORKDIR, RUN a, then step 2's USER root
+    assert plan.origin[3] == "2"
+    assert translate({"fromTemplate": "base", "steps": [{**run, "force": "false"}]}).force_from is None
     assert translate({"fromTemplate": "base", "force": True}).no_cache
 
 
@@ -88,6 +93,9 @@ def test_log_entries_are_lines_with_their_e2b_step() -> None:
     ]
     assert entries[0]["timestamp"] == "1970-01-01T00:00:01Z"
     assert e2b_words("timed out (at line 3)", origin) == "timed out (at line 3)"  # the base's own steps
+    assert e2b_words("line 4: COPY a: no such file", origin) == "step 1: COPY a: no such file"
+    warning = {"type": "log", "ts": 1.0, "step": None, "stream": "system", "text": "warning: ARG unused\n"}
+    assert [e["level"] for e in log_entries([warning], origin)] == ["warn"]
 
 
 def test_prune_removes_old_and_partial_uploads_only(tmp_path: Path) -> None:

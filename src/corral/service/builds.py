@@ -38,7 +38,7 @@ from corral.templates.dockerfile import parse
 from corral.templates.instructions import Dockerfile, DockerfileError
 from corral.templates.layers import LayerStore
 from corral.templates.model import TemplateConfig
-from corral.templates.upload_priv import UploadError, unpack_context
+from corral.templates.upload_priv import UploadError, unpack_archives, unpack_context
 
 log = logging.getLogger("corral.builds")
 MAX_CONTEXT_BYTES = 2 << 30
@@ -59,6 +59,7 @@ class BuildRequest:
     ready_port: int | None = None
     public: bool = False
     isolation: str | None = None
+    force_from: int | None = None  # rebuild this step (0-based, after FROM) and every later one
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ async def read_log(path: Path, live: BuildLog | None) -> AsyncIterator[dict[str,
     while True:
         waiter = asyncio.ensure_future(live.wait()) if live is not None and not live.closed else None
         try:
-            chunk = await asyncio.to_thread(_read_from, path, offset)
+            chunk = await asyncio.to_thread(read_from, path, offset)
             offset += len(chunk)
             pending += chunk
             *lines, pending = pending.split(b"\n")
@@ -131,7 +132,8 @@ async def read_log(path: Path, live: BuildLog | None) -> AsyncIterator[dict[str,
                 waiter.cancel()
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+def read_from(path: Path, offset: int) -> bytes:
+    """Up to 1 MiB of a build log from ``offset`` (nothing if it is not there)."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -231,7 +233,7 @@ class BuildService:
             if not k or "=" in k or "\0" in k or "\0" in v:
                 raise InvalidRequest(f"build_args: invalid build arg {k!r}")
         return dockerfile, BuildOptions(cpu=cpu, memory_mb=memory, disk_mb=disk, no_cache=req.no_cache,
-                                        timeout=float(timeout))
+                                        timeout=float(timeout), force_from=req.force_from)
 
     async def submit(self, principal: Principal, req: BuildRequest, context: BinaryIO | None,
                      plan: Plan | None = None) -> BuildRow:
@@ -245,25 +247,17 @@ class BuildService:
                            "wait for it to finish")
         build_id = plan.build_id if plan is not None and plan.build_id else random_id()
         self._running[req.name] = build_id
+        folder = self.dir / build_id
+        files = folder / "files"
+        made = False
         try:
-            folder = self.dir / build_id
-            files = folder / "files"
             await asyncio.to_thread(_make_dirs, folder, files, self.settings.subid_base)
-            context_given = False
-            if plan is not None and plan.archives:
-                try:
-                    await asyncio.to_thread(self._unpack_archives, plan.archives, files / "context")
-                    context_given = True
-                except (UploadError, OSError) as exc:
-                    await asyncio.to_thread(shutil.rmtree, folder, True)
-                    raise InvalidRequest(f"files: {exc}") from None
-            elif context is not None:
+            made = True
+            if context is not None:
                 try:
                     await asyncio.to_thread(unpack_context, context, files / "context", self.settings.subid_base,
                                             MAX_CONTEXT_BYTES)
-                    context_given = True
                 except UploadError as exc:
-                    await asyncio.to_thread(shutil.rmtree, folder, True)
                     raise InvalidRequest(f"context: {exc}") from None
             row = BuildRow(
                 id=build_id, template=req.name, state="building", owner_key_id=principal.key_id, created_at=now(),
@@ -276,6 +270,8 @@ class BuildService:
             await asyncio.to_thread(self.store.add_build, row)
         except BaseException:
             self._running.pop(req.name, None)
+            if made:  # nothing of a refused build stays (its id may be tried again: an E2B build's is fixed)
+                await asyncio.to_thread(shutil.rmtree, folder, True)
             raise
         blog = BuildLog(folder / "log.ndjson")
         self._logs[build_id] = blog
@@ -283,7 +279,7 @@ class BuildService:
             blog.emit({"type": "log", "step": None, "stream": "system", "text": f"warning: {warning}\n",
                        "ts": now().timestamp()})
         task = asyncio.get_running_loop().create_task(
-            self._run(row, req, dockerfile, options, principal, files, context_given, plan is not None))
+            self._run(row, req, dockerfile, options, principal, files, context is not None, plan))
         self._tasks[build_id] = task
         return row
 
@@ -302,6 +298,13 @@ class BuildService:
         await self.get(principal, build_id)
         live = self._logs.get(build_id) if follow else None
         return read_log(self.dir / build_id / "log.ndjson", live)
+
+    def log_path(self, build_id: str) -> Path:
+        return self.dir / build_id / "log.ndjson"
+
+    def running(self, build_id: str) -> bool:
+        """Whether the build's log may still grow (its record can say ``ready`` a moment earlier)."""
+        return build_id in self._logs
 
     async def wait(self, build_id: str) -> None:
         task = self._tasks.get(build_id)
@@ -328,7 +331,7 @@ class BuildService:
     # the build itself
     async def _run(
         self, row: BuildRow, req: BuildRequest, dockerfile: Dockerfile, options: BuildOptions,
-        principal: Principal, files: Path, has_context: bool, planned: bool = False,
+        principal: Principal, files: Path, has_context: bool, plan: Plan | None = None,
     ) -> None:
         blog = self._logs[row.id]
         steps: list[StepState] = []
@@ -337,8 +340,12 @@ class BuildService:
         try:
             base = await self._base(dockerfile.base.base, blog, principal)
             env = dict(base.config.env) or {"PATH": DEFAULT_PATH}
-            if not planned:
+            if plan is None:
                 dockerfile = parse(req.dockerfile, req.build_args, base_env=lambda _: env)
+            elif plan.archives:  # here, not in the request: many big archives may take a while
+                await asyncio.to_thread(unpack_archives, list(plan.archives), files / "context",
+                                        self.settings.subid_base, MAX_CONTEXT_BYTES)
+                has_context = True
             lines = req.dockerfile.split("\n")
             steps = [StepState(i, s.line, _text(lines, s.line)) for i, s in enumerate(dockerfile.steps)]
             await asyncio.to_thread(self.store.update_build, row.id, steps=[s.to_json() for s in steps])
@@ -369,6 +376,8 @@ class BuildService:
                       "exit_code": exc.step.exit_code if exc.step else None, "output_tail": exc.output_tail}
         except (DockerfileError, ContextError) as exc:
             error = str(exc)
+        except UploadError as exc:
+            error = f"files: {exc}"
         except (NotFound, InvalidRequest, Unavailable) as exc:
             error = exc.message
         except asyncio.CancelledError:
@@ -397,11 +406,6 @@ class BuildService:
                 blog.close()
                 self._logs.pop(row.id, None)
                 self._tasks.pop(row.id, None)
-
-    def _unpack_archives(self, archives: tuple[Path, ...], dest: Path) -> None:
-        for archive in archives:
-            with open(archive, "rb") as f:
-                unpack_context(f, dest, self.settings.subid_base, MAX_CONTEXT_BYTES, merge=True)
 
     async def _base(self, ref: BaseRef, blog: BuildLog, principal: Principal) -> BaseImage:
         if ref.kind in ("builtin", "template"):

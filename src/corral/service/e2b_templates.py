@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import os
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from corral.service.auth import Principal
-from corral.service.builds import MAX_CONTEXT_BYTES, BuildRequest, BuildService, Plan
+from corral.service.builds import MAX_CONTEXT_BYTES, BuildRequest, BuildService, Plan, read_from
 from corral.service.e2b_models import ENVD_VERSION, TEMPLATE_ALIASES, template_alias
 from corral.service.errors import Forbidden, InvalidRequest, NotFound, TooLarge, TooMany
 from corral.service.templates import NAME, TemplateInfo, Templates
@@ -51,7 +55,11 @@ REQUEST_SECONDS = 3600  # a requested build that was never started is forgotten 
 E2B_USER, E2B_HOME = "user", "/home/user"  # where an E2B build's steps start (its base step's defaults)
 E2B_IMAGES = {"e2bdev/base": "base", "e2bdev/code-interpreter": "code-interpreter"}
 MAX_LOG_ENTRIES = 100  # per status answer, as E2B's API
-MAX_PENDING = 100  # announced builds and open upload links per key
+MAX_PENDING = 100  # announced builds per key
+MAX_STEPS = 1000
+KEY_UPLOAD_BYTES = 4 * MAX_CONTEXT_BYTES  # the files one key keeps uploaded (in flight ones counted)
+PRUNE_SECONDS = 3600  # how often uploads are pruned while serving
+MAX_KEPT_ENTRIES = 20_000  # log entries a status keeps per build; past them only errors and steps
 KEEP_UPLOADS_DAYS = 7  # an upload not used by a build for this long is removed at the server's start
 
 
@@ -67,13 +75,6 @@ class Requested:
     at: float
 
 
-@dataclass
-class UploadLink:
-    key_id: str
-    files_hash: str
-    expires: float
-
-
 @dataclass(frozen=True)
 class Translated:
     """The E2B steps as a Corral build: the instructions, their display (one line each), the
@@ -83,7 +84,8 @@ class Translated:
     text: str
     hashes: tuple[str, ...]
     origin: tuple[str, ...]
-    no_cache: bool
+    no_cache: bool  # the whole template is forced
+    force_from: int | None  # else the first build step a forced E2B step made (it and the later ones run)
 
 
 def translate(body: dict[str, Any]) -> Translated:
@@ -126,7 +128,10 @@ def translate(body: dict[str, Any]) -> Translated:
     raw_steps = body.get("steps") or []
     if not isinstance(raw_steps, list):
         raise InvalidRequest("steps: must be a list")
-    no_cache = bool(body.get("force"))
+    if len(raw_steps) > MAX_STEPS:
+        raise InvalidRequest(f"steps: at most {MAX_STEPS} steps")
+    no_cache = body.get("force") is True
+    force_from: int | None = None
     for number, raw in enumerate(raw_steps, 1):
         where = f"steps[{number - 1}]"
         if not isinstance(raw, dict):
@@ -135,7 +140,8 @@ def translate(body: dict[str, Any]) -> Translated:
         args = raw.get("args") or []
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise InvalidRequest(f"{where}: args must be a list of strings")
-        no_cache = no_cache or bool(raw.get("force"))
+        if raw.get("force") is True and force_from is None:
+            force_from = len(steps) - 1  # the next build step's index (steps[0] is FROM)
         step = str(number)
         if kind == "RUN":
             if not args or not args[0].strip():
@@ -176,7 +182,8 @@ def translate(body: dict[str, Any]) -> Translated:
         else:
             raise InvalidRequest(f"{where}: the step type {kind or '(none)'!r} is not supported "
                                  "(RUN, COPY, ENV, WORKDIR, USER)")
-    return Translated(Dockerfile(tuple(steps)), "\n".join(lines) + "\n", tuple(hashes), tuple(origin[1:]), no_cache)
+    return Translated(Dockerfile(tuple(steps)), "\n".join(lines) + "\n", tuple(dict.fromkeys(hashes)),
+                      tuple(origin[1:]), no_cache, force_from)
 
 
 def _text(value: object, field: str) -> str:
@@ -199,34 +206,94 @@ def _ts(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
+def _level(event: dict[str, Any], text: str) -> str:
+    if event.get("stream") == "system" and text.startswith("error:"):
+        return "error"
+    if event.get("stream") == "system" and text.startswith("warning:"):
+        return "warn"
+    return "info"
+
+
+def entries_of(event: dict[str, Any], origin: list[str]) -> list[dict[str, Any]]:
+    """One build log event as E2B ``BuildLogEntry`` objects: a line of output each, a line for a step
+    that starts, is taken from the cache or fails (``step``: the SDK's step number)."""
+    ts = _ts(float(event.get("ts") or time.time()))
+    index = event.get("index") if event.get("type") == "step" else event.get("step")
+    step = origin[index] if isinstance(index, int) and 0 <= index < len(origin) else None
+    out: list[dict[str, Any]] = []
+
+    def add(level: str, message: str) -> None:
+        out.append({"timestamp": ts, "level": level, "message": message, **({"step": step} if step else {})})
+
+    if event.get("type") == "log":
+        text = str(event.get("text", ""))
+        level = _level(event, text)
+        for line in text.splitlines():
+            add(level, e2b_words(line, origin) if level != "info" else line)
+    elif event.get("type") == "step" and event.get("state") in ("running", "cached", "failed"):
+        mark = {"running": "", "cached": "CACHED ", "failed": "FAILED "}[event["state"]]
+        add("error" if mark == "FAILED " else "info",
+            f"{mark}[{int(event.get('index') or 0) + 1}/{len(origin)}] {event.get('instruction', '')}")
+    return out
+
+
 def log_entries(events: list[dict[str, Any]], origin: list[str]) -> list[dict[str, Any]]:
-    """A build's log events as E2B ``BuildLogEntry`` objects: one per output line, a line per step
-    started, and the outcome."""
-    entries: list[dict[str, Any]] = []
+    return [entry for event in events for entry in entries_of(event, origin)]
 
-    def step_of(index: object) -> str | None:
-        return origin[index] if isinstance(index, int) and 0 <= index < len(origin) else None
 
-    def add(ts: float, level: str, message: str, step: str | None) -> None:
-        entry: dict[str, Any] = {"timestamp": _ts(ts), "level": level, "message": message}
-        if step is not None:
-            entry["step"] = step
-        entries.append(entry)
+def e2b_words(text: str, origin: list[str]) -> str:
+    """The builder's "line N" (of the steps' display text, whose line 1 is FROM) as the E2B step."""
+    def step(match: re.Match[str]) -> str:
+        index = int(match.group(1)) - 2
+        where = origin[index] if 0 <= index < len(origin) else None
+        return f"step {where}" if where and where != "base" else match.group(0)
 
-    for event in events:
-        ts = float(event.get("ts") or time.time())
-        kind = event.get("type")
-        if kind == "log":
-            text = str(event.get("text", ""))
-            level = "error" if event.get("stream") == "system" and text.startswith("error:") else "info"
-            for line in text.splitlines():
-                add(ts, level, e2b_words(line, origin) if level == "error" else line, step_of(event.get("step")))
-        elif kind == "step" and event.get("state") in ("running", "cached", "failed"):
-            state = {"running": "", "cached": "CACHED ", "failed": "FAILED "}[event["state"]]
-            add(ts, "error" if state == "FAILED " else "info",
-                f"{state}[{event.get('index', 0) + 1}/{len(origin)}] {event.get('instruction', '')}",
-                step_of(event.get("index")))
-    return entries
+    return re.sub(r"\bline (\d+)\b", step, text)
+
+
+def _template(info: TemplateInfo, cpu: float, memory_mb: int, disk_mb: int) -> dict[str, Any]:
+    name = template_alias(info.name) or info.name
+    created = _iso(info.created_at) if info.created_at else _ts(0)
+    return {
+        "templateID": name, "buildID": info.build_id or "", "cpuCount": max(1, round(info.config.cpu or cpu)),
+        "memoryMB": info.config.memory_mb or memory_mb, "diskSizeMB": disk_mb, "public": info.builtin or info.public,
+        "aliases": [name], "names": [name], "createdAt": created,
+        "updatedAt": _iso(info.updated_at) if info.updated_at else created, "createdBy": None,
+        "lastSpawnedAt": None, "spawnCount": 0, "buildCount": 1 if info.build_id else 0, "envdVersion": ENVD_VERSION,
+        "buildStatus": "ready", "isDefault": info.builtin,
+    }
+
+
+def _iso(when: datetime) -> str:
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _Log:
+    """A build's log as E2B entries, converted once as the log grows (polls read from ``entries``)."""
+
+    origin: list[str]
+    read: int = 0  # bytes of log.ndjson converted
+    pending: bytes = b""
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    dropped: int = 0  # output lines past MAX_KEPT_ENTRIES
+    used: float = 0.0
+
+    def feed(self, chunk: bytes) -> None:
+        self.read += len(chunk)
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            for entry in entries_of(event, self.origin):
+                if len(self.entries) < MAX_KEPT_ENTRIES or entry["level"] == "error":
+                    self.entries.append(entry)
+                else:
+                    self.dropped += 1
 
 
 class E2BTemplates:
@@ -235,15 +302,19 @@ class E2BTemplates:
         self.builds = builds
         self.templates = templates
         self._requested: dict[str, Requested] = {}  # build id → the announced build
-        self._links: dict[str, UploadLink] = {}  # token → what it may upload
+        self._secret = secrets.token_bytes(32)  # signs upload links (they die with the server)
+        self._in_flight: dict[str, int] = {}  # key id → bytes of uploads being received
+        self._logs: dict[str, _Log] = {}  # build id → its converted log (the most recently polled)
+        self._pruned = time.monotonic()
 
     def prune(self) -> int:
-        """Remove uploads no build used for ``KEEP_UPLOADS_DAYS`` and any partial one (at start)."""
+        """Remove uploads no build used for ``KEEP_UPLOADS_DAYS`` and any partial one not being written."""
         removed = 0
         horizon = time.time() - KEEP_UPLOADS_DAYS * 86400
         for path in self.dir.glob("*/*") if self.dir.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
-                if path.name.startswith(".") or path.stat().st_mtime < horizon:
+                partial = path.name.startswith(".")
+                if (partial and path.parent.name not in self._in_flight) or path.stat().st_mtime < horizon:
                     path.unlink()
                     removed += 1
         return removed
@@ -276,10 +347,12 @@ class E2BTemplates:
         raw = body.get("name") or body.get("alias")
         name = _text(raw, "name")
         tags = body.get("tags") or []
+        if not isinstance(tags, list):
+            raise InvalidRequest("tags: must be a list of strings")
         if ":" in name:
             name, _, tag = name.partition(":")
             tags = [*tags, tag]
-        if not isinstance(tags, list) or any(t not in ("default", "latest") for t in tags):
+        if any(t not in ("default", "latest") for t in tags):
             raise InvalidRequest("tags: template tags are not supported by Corral (a template has one build)")
         if "/" in name or not NAME.match(name):
             raise InvalidRequest(f"name: {name!r} is not a valid template name (lowercase letters, digits, "
@@ -291,9 +364,9 @@ class E2BTemplates:
             if not principal.admin and info.owner_key_id != principal.key_id:
                 raise Forbidden(f"the template name {name!r} is taken by another API key")
         cpu, memory = body.get("cpuCount"), body.get("memoryMB")
-        for value, field in ((cpu, "cpuCount"), (memory, "memoryMB")):
+        for value, field_name in ((cpu, "cpuCount"), (memory, "memoryMB")):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise InvalidRequest(f"{field}: must be a positive integer")
+                raise InvalidRequest(f"{field_name}: must be a positive integer")
         if sum(r.key_id == principal.key_id for r in self._requested.values()) >= MAX_PENDING:
             raise TooMany(f"this key has {MAX_PENDING} template builds requested and not started; start or "
                           "let them expire (an hour)")
@@ -307,80 +380,94 @@ class E2BTemplates:
                 "tags": ["default"], "public": False}
 
     # files
-    def _files(self, principal: Principal) -> Path:
-        return self.dir / re.sub(r"[^A-Za-z0-9_-]", "_", principal.key_id)
+    def _folder(self, key_id: str) -> Path:
+        return self.dir / re.sub(r"[^A-Za-z0-9_-]", "_", key_id)
+
+    def _signature(self, key_id: str, files_hash: str, expires: int) -> str:
+        message = f"{key_id}\0{files_hash}\0{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def file_link(self, principal: Principal, template_id: str, files_hash: str, base_url: str) -> dict[str, Any]:
-        """``GET /templates/{id}/files/{hash}``: present, or a link to upload the tar to."""
+        """``GET /templates/{id}/files/{hash}``: whether this key's files of that hash are here, and a
+        link to upload them (always given: the SDK's ``force_upload`` sends them again)."""
         self._expire()
         if not FILES_HASH.match(files_hash):
             raise InvalidRequest(f"hash: {files_hash!r} is not a files hash")
         self._own_request(principal, template_id)
-        if (self._files(principal) / files_hash).is_file():
-            return {"present": True}
-        if sum(link.key_id == principal.key_id for link in self._links.values()) >= MAX_PENDING:
-            raise TooMany(f"this key has {MAX_PENDING} upload links open; use them or let them expire (an hour)")
-        token = secrets.token_urlsafe(32)
-        self._links[token] = UploadLink(principal.key_id, files_hash, time.monotonic() + UPLOAD_SECONDS)
-        return {"present": False, "url": f"{base_url.rstrip('/')}/e2b-uploads/{token}"}
+        expires = int(time.time()) + UPLOAD_SECONDS
+        key = principal.key_id
+        url = (f"{base_url.rstrip('/')}/e2b-uploads/{quote(key, safe='')}/{files_hash}/{expires}/"
+               f"{self._signature(key, files_hash, expires)}")
+        return {"present": (self._folder(key) / files_hash).is_file(), "url": url}
 
-    async def receive(self, token: str, length: int | None, body: AsyncIterator[bytes]) -> None:
+    async def receive(self, key_id: str, files_hash: str, expires: int, signature: str, length: int | None,
+                      body: AsyncIterator[bytes]) -> None:
         """The upload behind a link: written aside, then renamed into place (a cut upload leaves nothing)."""
-        self._expire()
-        link = self._links.pop(token, None)
-        if link is None:
-            raise NotFound("this upload link is unknown, used or expired")
+        if not FILES_HASH.match(files_hash) or not hmac.compare_digest(
+                signature, self._signature(key_id, files_hash, expires)):
+            raise NotFound("this upload link is not one this server gave")
+        if expires < time.time():
+            raise NotFound("this upload link has expired: ask for the files' link again")
         if length is not None and length > MAX_CONTEXT_BYTES:
             raise TooLarge(f"the upload is larger than {MAX_CONTEXT_BYTES >> 20} MiB")
-        folder = self.dir / re.sub(r"[^A-Za-z0-9_-]", "_", link.key_id)
+        if time.monotonic() - self._pruned > PRUNE_SECONDS:
+            self._pruned = time.monotonic()
+            await asyncio.to_thread(self.prune)
+        folder = self._folder(key_id)
         await asyncio.to_thread(folder.mkdir, 0o700, True, True)
-        partial = folder / f".{link.files_hash}.{secrets.token_hex(4)}"
-        out = await asyncio.to_thread(open, partial, "wb")
+        stored = await asyncio.to_thread(_bytes_in, folder)
+        partial = folder / f".{files_hash}.{secrets.token_hex(4)}"
+        size = 0
+        self._in_flight.setdefault(key_id, 0)
         try:
-            size = 0
-            with out:
+            with await asyncio.to_thread(open, partial, "wb") as out:
                 async for chunk in body:
                     size += len(chunk)
+                    self._in_flight[key_id] += len(chunk)
                     if size > MAX_CONTEXT_BYTES:
                         raise TooLarge(f"the upload is larger than {MAX_CONTEXT_BYTES >> 20} MiB")
+                    if stored + self._in_flight[key_id] > KEY_UPLOAD_BYTES:
+                        raise TooLarge(f"this key's uploaded files would pass {KEY_UPLOAD_BYTES >> 30} GiB; "
+                                       f"they are removed {KEEP_UPLOADS_DAYS} days after their last build")
                     await asyncio.to_thread(out.write, chunk)
-            await asyncio.to_thread(os.replace, partial, folder / link.files_hash)
+            await asyncio.to_thread(os.replace, partial, folder / files_hash)
         finally:
+            self._in_flight[key_id] -= size
+            if self._in_flight[key_id] <= 0:
+                self._in_flight.pop(key_id, None)
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, partial)
 
     # builds
-    def _own_request(self, principal: Principal, template_id: str) -> Requested | None:
-        """The caller's announced, unstarted build of ``template_id``, if any; NotFound if the template
-        is neither announced by the caller nor one it can see."""
-        for req in self._requested.values():
-            if req.template == template_id and (req.key_id == principal.key_id or principal.admin):
-                return req
+    def _own_request(self, principal: Principal, template_id: str) -> None:
+        """NotFound unless the caller announced a build of ``template_id`` or can see that template."""
+        if any(r.template == template_id and r.key_id == principal.key_id for r in self._requested.values()):
+            return
         self.templates.for_caller(template_id, principal)
-        return None
 
     async def start(self, principal: Principal, template_id: str, build_id: str, body: dict[str, Any]) -> None:
         """``POST /v2/templates/{id}/builds/{buildID}``: translate the steps and start the build."""
         req = self._requested.get(build_id)
-        if req is None or req.template != template_id or (req.key_id != principal.key_id and not principal.admin):
+        if req is None or req.template != template_id or req.key_id != principal.key_id:
             raise NotFound(f"build {build_id} of template {template_id!r} was not requested (POST /v3/templates)")
         plan = translate(body)
-        folder = self._files(principal)
+        folder = self._folder(principal.key_id)
         archives = []
         for files_hash in plan.hashes:
             path = folder / files_hash
             if not path.is_file():
                 raise InvalidRequest(f"the files of hash {files_hash} were not uploaded "
                                      f"(GET /templates/{template_id}/files/{files_hash} first)")
-            archives.append(path)
             os.utime(path)  # in use: kept another KEEP_UPLOADS_DAYS
+            archives.append(path)
         start_cmd, ready_cmd = body.get("startCmd"), body.get("readyCmd")
-        for value, field in ((start_cmd, "startCmd"), (ready_cmd, "readyCmd")):
+        for value, field_name in ((start_cmd, "startCmd"), (ready_cmd, "readyCmd")):
             if value is not None and not isinstance(value, str):
-                raise InvalidRequest(f"{field}: must be a string")
+                raise InvalidRequest(f"{field_name}: must be a string")
         request = BuildRequest(
             name=req.template, dockerfile=plan.text, cpu=req.cpu, memory_mb=req.memory_mb,
-            no_cache=plan.no_cache, start_cmd=start_cmd or None, ready_cmd=ready_cmd or None,
+            no_cache=plan.no_cache, force_from=plan.force_from, start_cmd=start_cmd or None,
+            ready_cmd=ready_cmd or None,
         )
         await self.builds.submit(principal, request, None, Plan(
             plan.dockerfile, tuple(archives), build_id, {"e2b_steps": list(plan.origin)}))
@@ -391,7 +478,7 @@ class E2BTemplates:
         """``GET /templates/{id}/builds/{buildID}/status``: its state and log entries from ``offset``."""
         out: dict[str, Any] = {"templateID": template_id, "buildID": build_id, "logs": [], "logEntries": []}
         req = self._requested.get(build_id)
-        if req is not None and req.template == template_id and (req.key_id == principal.key_id or principal.admin):
+        if req is not None and req.template == template_id and req.key_id == principal.key_id:
             return {**out, "status": "waiting"}
         try:
             row = await self.builds.get(principal, build_id)
@@ -399,53 +486,38 @@ class E2BTemplates:
             raise NotFound(f"build {build_id} of template {template_id!r} not found") from None
         if row.template != template_id:
             raise NotFound(f"build {build_id} of template {template_id!r} not found")
-        origin = list((row.options or {}).get("e2b_steps") or [])
-        entries = log_entries(await self._events(principal, row), origin)
-        status = {"building": "building", "ready": "ready"}.get(row.state, "error")
+        live = self.builds.running(build_id)  # until its log is closed: the last lines may still come
+        log = await self._read(row)
+        status = "building" if live else {"building": "building", "ready": "ready"}.get(row.state, "error")
         start = max(offset, 0)
-        out.update(status=status, logEntries=entries[start:start + max(1, min(limit, MAX_LOG_ENTRIES))])
+        out.update(status=status, logEntries=log.entries[start:start + max(1, min(limit, MAX_LOG_ENTRIES))])
         if status == "error":
-            out["reason"] = _reason(row, origin, entries)
+            out["reason"] = _reason(row, log.origin, log.entries)
         return out
 
-    async def _events(self, principal: Principal, row: BuildRow) -> list[dict[str, Any]]:
-        return [event async for event in await self.builds.events(principal, row.id, follow=False)]
+    async def _read(self, row: BuildRow) -> _Log:
+        log = self._logs.pop(row.id, None) or _Log(list((row.options or {}).get("e2b_steps") or []))
+        self._logs[row.id] = log  # most recently polled last
+        while len(self._logs) > 64:
+            self._logs.pop(next(iter(self._logs)))
+        path = self.builds.log_path(row.id)
+        while chunk := await asyncio.to_thread(read_from, path, log.read):
+            log.feed(chunk)
+        return log
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for token, link in list(self._links.items()):
-            if link.expires < now:
-                self._links.pop(token, None)
         for build_id, req in list(self._requested.items()):
             if req.at + REQUEST_SECONDS < now:
                 self._requested.pop(build_id, None)
 
 
-def _template(info: TemplateInfo, cpu: float, memory_mb: int, disk_mb: int) -> dict[str, Any]:
-    name = template_alias(info.name) or info.name
-    created = _iso(info.created_at) if info.created_at else _ts(0)
-    return {
-        "templateID": name, "buildID": info.build_id or "", "cpuCount": max(1, round(info.config.cpu or cpu)),
-        "memoryMB": info.config.memory_mb or memory_mb, "diskSizeMB": disk_mb, "public": info.builtin or info.public,
-        "aliases": [name], "names": [name], "createdAt": created,
-        "updatedAt": _iso(info.updated_at) if info.updated_at else created, "createdBy": None,
-        "lastSpawnedAt": None, "spawnCount": 0, "buildCount": 1 if info.build_id else 0, "envdVersion": ENVD_VERSION,
-        "buildStatus": "ready", "isDefault": info.builtin,
-    }
-
-
-def _iso(when: datetime) -> str:
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
-
-
-def e2b_words(text: str, origin: list[str]) -> str:
-    """The builder's "line N" (of the steps' display text, whose line 1 is FROM) as the E2B step."""
-    def step(match: re.Match[str]) -> str:
-        index = int(match.group(2)) - 2
-        where = origin[index] if 0 <= index < len(origin) else None
-        return f"{match.group(1)}step {where}" if where and where != "base" else match.group(0)
-
-    return re.sub(r"(\(|at )line (\d+)", step, text)
+def _bytes_in(folder: Path) -> int:
+    total = 0
+    for entry in os.scandir(folder):
+        with contextlib.suppress(FileNotFoundError):
+            total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _reason(row: BuildRow, origin: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:

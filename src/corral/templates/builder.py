@@ -70,6 +70,7 @@ class BuildOptions:
     no_cache: bool = False
     timeout: float = 1800.0
     network: str = "internet"
+    force_from: int | None = None  # steps from this index on run whatever the cache holds (E2B's per-step force)
 
 
 @dataclass
@@ -205,7 +206,9 @@ class Builder:
         self, key: str, image: _Image, step: Instruction | None, state: StepState,
         action: Callable[[AgentClient, Instruction | None, _Image, str], Awaitable[None]],
     ) -> bool:
-        hit = self.layers.has(key) and not self.options.no_cache
+        force_from = self.options.force_from
+        forced = self.options.no_cache or (force_from is not None and state.index >= force_from)
+        hit = self.layers.has(key) and not forced
         if hit:
             self._log(state, "system", f"cached layer {key_hex(key)[:12]}")
         else:
@@ -213,7 +216,7 @@ class Builder:
                 await self._in_sandbox(image, step, state, dest, action)
 
             about = {"instruction": state.text, "line": state.line}
-            if self.options.no_cache and self.layers.has(key):
+            if forced and self.layers.has(key):
                 self.layers.remove(key)
             await self.layers.make(key, produce, about)
         image.layers.insert(0, self.layers.fs(key))

@@ -17,6 +17,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,34 +26,72 @@ class UploadError(ValueError):
     """The context archive can't be used; the message says why."""
 
 
-def unpack_context(archive: BinaryIO, dest: Path, owner: int, max_bytes: int, max_entries: int = 100_000,
-                   merge: bool = False) -> int:
-    """Unpack the tar in ``archive`` (seekable) into the new directory ``dest`` (with ``merge``, into
-    ``dest`` as an earlier unpack left it: an entry replaces what was there); returns the entry count."""
-    dest.mkdir(mode=0o755, exist_ok=merge)
+@dataclass
+class Budget:
+    """What the archives being unpacked may still add: bytes (unpacked) and entries."""
+
+    max_bytes: int
+    max_entries: int
+    bytes: int = 0
+    entries: int = 0
+
+
+def unpack_context(archive: BinaryIO, dest: Path, owner: int, max_bytes: int, max_entries: int = 100_000) -> int:
+    """Unpack the tar in ``archive`` (seekable) into the new directory ``dest``; returns the entry count."""
+    dest.mkdir(mode=0o755)
+    count = _unpack_into(archive, dest, Budget(max_bytes, max_entries))
+    _own(dest, owner)
+    return count
+
+
+def unpack_archives(paths: list[Path], dest: Path, owner: int, max_bytes: int, max_entries: int = 100_000) -> int:
+    """Unpack the tars at ``paths``, in order, into the new directory ``dest`` (an entry replaces what an
+    earlier archive put there; nothing goes through an earlier archive's symlink); the caps hold for
+    all of them together. Returns the entry count."""
+    dest.mkdir(mode=0o755)
+    budget = Budget(max_bytes, max_entries)
+    count = 0
+    for path in paths:
+        with open(path, "rb") as archive:
+            count += _unpack_into(archive, dest, budget)
+    _own(dest, owner)
+    return count
+
+
+def _unpack_into(archive: BinaryIO, dest: Path, budget: Budget) -> int:
     try:
         with tarfile.open(fileobj=archive, mode="r:*") as tar:
-            members = _members(tar, max_bytes, max_entries)
+            members = _members(tar, budget)
             for member in members:
                 _unpack(tar, member, dest)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except UploadError:
+        raise
+    except OSError as exc:
+        if exc.errno is None:  # bz2's "Invalid data stream" and the like
+            raise UploadError(f"the build context is not a readable tar archive: {exc}") from None
+        raise UploadError(f"the build context could not be unpacked here: {exc.strerror}") from None
+    except Exception as exc:  # tarfile's errors, and its decompressors' (zlib, lzma) on a corrupt stream
         raise UploadError(f"the build context is not a readable tar archive: {exc}") from None
+    return len(members)
+
+
+def _own(dest: Path, owner: int) -> None:
     os.lchown(dest, owner, owner)
     for dirpath, dirnames, filenames in os.walk(dest):
         for name in dirnames + filenames:
             os.lchown(os.path.join(dirpath, name), owner, owner)
-    return len(members)
 
 
-def _members(tar: tarfile.TarFile, max_bytes: int, max_entries: int) -> list[tarfile.TarInfo]:
-    members, total = [], 0
+def _members(tar: tarfile.TarFile, budget: Budget) -> list[tarfile.TarInfo]:
+    members = []
     for member in tar:
         members.append(member)
-        total += max(member.size, 0)
-        if len(members) > max_entries:
-            raise UploadError(f"the build context has more than {max_entries} entries")
-        if total > max_bytes:
-            raise UploadError(f"the build context is larger than {max_bytes >> 20} MiB unpacked")
+        budget.entries += 1
+        budget.bytes += max(member.size, 0)
+        if budget.entries > budget.max_entries:
+            raise UploadError(f"the build context has more than {budget.max_entries} entries")
+        if budget.bytes > budget.max_bytes:
+            raise UploadError(f"the build context is larger than {budget.max_bytes >> 20} MiB unpacked")
         _name(member.name)
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             raise UploadError(f"refused entry {member.name!r}: only files, directories and links can be sent")

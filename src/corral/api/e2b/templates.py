@@ -1,8 +1,8 @@
 """E2B template builds at ``E2B_API_URL``: what the SDKs' ``Template.build()`` calls.
 
 ``POST /v3/templates`` announces a build; ``GET /templates/{id}/files/{hash}`` says whether a COPY's
-files are here, else gives an upload link (``PUT /e2b-uploads/{token}``, which the SDK calls without
-its API key: the token is the credential); ``POST /v2/templates/{id}/builds/{buildID}`` starts it;
+files are here and gives a signed upload link (``PUT /e2b-uploads/…``, which the SDK calls without
+its API key: the signature is the credential); ``POST /v2/templates/{id}/builds/{buildID}`` starts it;
 ``GET /templates/{id}/builds/{buildID}/status`` is polled for the state and log entries;
 ``GET /templates/aliases/{alias}`` answers ``Template.exists()``; ``GET /templates`` lists, ``DELETE
 /templates/{id}`` deletes (the SDKs' ``delete_snapshot`` too: E2B's snapshots are templates). The work
@@ -17,9 +17,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from corral.api.deps import PrincipalDep, ServicesDep
-from corral.service.errors import InvalidRequest, ServiceError
+from corral.service.errors import InvalidRequest, ServiceError, TooLarge
 
 router = APIRouter(tags=["e2b"], include_in_schema=False)
+MAX_BODY = 4 << 20  # a build's steps (1,000 at most) with their commands
 
 
 class NotSupported(ServiceError):
@@ -27,9 +28,17 @@ class NotSupported(ServiceError):
 
 
 async def _json(request: Request) -> dict[str, Any]:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        raise TooLarge(f"the request body is larger than {MAX_BODY >> 10} KiB")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise TooLarge(f"the request body is larger than {MAX_BODY >> 10} KiB")
     try:
-        body = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a number of too many digits, deep nesting
         raise InvalidRequest(f"body: not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body: must be a JSON object")
@@ -52,10 +61,13 @@ async def file_link(template_id: str, files_hash: str, request: Request, svc: Se
     return svc.e2b_templates.file_link(who, template_id, files_hash, str(request.base_url))
 
 
-@router.put("/e2b-uploads/{token}")
-async def upload(token: str, request: Request, svc: ServicesDep) -> Response:
+@router.put("/e2b-uploads/{key_id}/{files_hash}/{expires}/{signature}")
+async def upload(key_id: str, files_hash: str, expires: int, signature: str, request: Request,
+                 svc: ServicesDep) -> Response:
+    """No API key: the SDKs send none with the upload; the signed link is the credential."""
     length = request.headers.get("content-length")
-    await svc.e2b_templates.receive(token, int(length) if length and length.isdigit() else None, request.stream())
+    await svc.e2b_templates.receive(key_id, files_hash, expires, signature,
+                                    int(length) if length and length.isdigit() else None, request.stream())
     return Response(status_code=200)
 
 
