@@ -157,7 +157,7 @@ def test_upload_links_are_signed_per_key_and_the_build_needs_its_files(e2b_env: 
     assert link.status_code == 201 and link.json()["present"] is False
     url = link.json()["url"]
     body = tar_of({"hello.txt": b"hi\n"})
-    assert httpx.put(url, content=body).status_code == 200
+    assert httpx.put(url, content=tar_of({"hello.txt": b"first\n"})).status_code == 200
     assert httpx.put(url, content=body).status_code == 200  # again (the SDK's force_upload): replaced
     base, expires, signature = url.rsplit("/", 2)
     assert httpx.put(f"{base}/{int(expires) + 3600}/{signature}", content=body).status_code == 404  # longer life
@@ -223,9 +223,9 @@ def test_broken_files_and_failing_steps_are_reported_with_their_e2b_step(api: ht
     status = finished(api, name, build_id)
     assert status["status"] == "error" and "not a readable tar" in status["reason"]["message"], status
 
-    build_id = requested(api, name)  # the same name again; the first build's files are gone
+    build_id = requested(api, name)  # the same name again: a failed build leaves no template
     files = upload(api, name, {"a.txt": b"a\n"})
-    steps = [{"type": "RUN", "args": ["seq 1 250"]}, copy_step("no-such-file", files)]
+    steps = [{"type": "RUN", "args": [f"seq 1 250  # {name}"]}, copy_step("no-such-file", files)]  # not cached
     assert api.post(f"/v2/templates/{name}/builds/{build_id}",
                     json={"fromTemplate": "base", "steps": steps}).status_code == 202
     status = finished(api, name, build_id)

@@ -221,8 +221,19 @@ def test_rebuild_hits_the_cache_and_a_changed_line_rebuilds_from_there(api: http
     changed = ready(api, "cached", "FROM base\n" + "\n".join(steps) + "\n")
     assert [s["state"] for s in changed["steps"]] == ["cached", "done", "done"]
     assert read_built(api, "cached", "/three.txt") != stamp  # the steps after the change ran again
-    forced = ready(api, "cached", "FROM base\n" + "\n".join(steps) + "\n", no_cache=True)
-    assert [s["state"] for s in forced["steps"]] == ["done", "done", "done"]
+    before = read_built(api, "cached", "/three.txt")
+    live = sandbox(api, "cached")  # runs on the layers the forced build below makes again
+    try:
+        forced = ready(api, "cached", "FROM base\n" + "\n".join(steps) + "\n", no_cache=True)
+        assert [s["state"] for s in forced["steps"]] == ["done", "done", "done"]
+        assert sh(api, live, "cat /one.txt /three.txt") == "one\n" + before  # its layers were left alone
+    finally:
+        kill(api, live)
+    refreshed = read_built(api, "cached", "/three.txt")
+    assert refreshed != before
+    later = ready(api, "cached", "FROM base\n" + "\n".join(steps) + "\n")  # without no_cache again
+    assert [s["state"] for s in later["steps"]] == ["cached", "cached", "cached"]
+    assert read_built(api, "cached", "/three.txt") == refreshed  # the forced build's layers are the cache now
     sid = sandbox(api, "cached")
     try:
         assert sh(api, sid, "cat /one.txt /two.txt") == "one\nTWO\n"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from corral.service import e2b_templates
 from corral.service.e2b_templates import KEEP_UPLOADS_DAYS, E2BTemplates, e2b_words, log_entries, translate
-from corral.service.errors import InvalidRequest
+from corral.service.errors import InvalidRequest, TooLarge
 from corral.templates.bases import BaseRef
 from corral.templates.instructions import Copy, Env, From, Run, User, Workdir
 
@@ -108,3 +113,55 @@ def test_prune_removes_old_and_partial_uploads_only(tmp_path: Path) -> None:
     os.utime(folder / "old", (old, old))
     assert store.prune() == 2
     assert sorted(p.name for p in folder.iterdir()) == ["fresh"]
+
+
+def _link(store: E2BTemplates, key: str, files_hash: str) -> tuple[str, str, int, str]:
+    expires = int(time.time()) + 60
+    return key, files_hash, expires, store._signature(key, files_hash, expires)
+
+
+async def _chunks(count: int, gate: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    if gate is not None:
+        await gate.wait()
+    for _ in range(count):
+        await asyncio.sleep(0)  # let the other uploads run between chunks
+        yield b"x" * 4096
+
+
+def test_concurrent_uploads_of_one_key_stay_within_its_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(e2b_templates, "KEY_UPLOAD_BYTES", 48 << 10)
+    store = E2BTemplates(tmp_path, None, None)  # type: ignore[arg-type]  # uploads need neither
+
+    async def run() -> list[BaseException | None]:
+        gate = asyncio.Event()
+        late = asyncio.create_task(store.receive(*_link(store, "k1", "late-file"), None, _chunks(2, gate)))
+        await asyncio.sleep(0)
+        results = await asyncio.gather(
+            *(store.receive(*_link(store, "k1", f"file-{i:04d}"), None, _chunks(5)) for i in range(3)),
+            return_exceptions=True)
+        gate.set()  # the upload that waited for its first byte while the others ended
+        return [*results, *(await asyncio.gather(late, return_exceptions=True))]
+
+    results = asyncio.run(run())
+    assert sum(isinstance(r, TooLarge) for r in results) >= 1 and not any(
+        r is not None and not isinstance(r, TooLarge) for r in results), results
+    folder = tmp_path / "e2b-files" / "k1"
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 48 << 10
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no partial file left
+    assert store._uploads == {}
+
+
+def test_concurrent_status_polls_convert_each_log_line_once(tmp_path: Path) -> None:
+    log_file = tmp_path / "log.ndjson"
+    events = [{"type": "log", "ts": 1.0, "step": 0, "stream": "stdout", "text": f"line {i}\n"} for i in range(5)]
+    log_file.write_text("".join(json.dumps(e) + "\n" for e in events))
+    store = E2BTemplates(tmp_path, SimpleNamespace(log_path=lambda _: log_file), None)  # type: ignore[arg-type]
+    row = SimpleNamespace(id="b1", options={"e2b_steps": ["1"]})
+
+    async def polls() -> None:
+        await asyncio.gather(*(store._read(row) for _ in range(4)))  # type: ignore[arg-type]
+
+    asyncio.run(polls())
+    log = store._logs["b1"]
+    assert [e["message"] for e in log.entries] == [f"line {i}" for i in range(5)]
+    assert log.read == log_file.stat().st_size

@@ -251,8 +251,9 @@ class BuildService:
         files = folder / "files"
         made = False
         try:
-            await asyncio.to_thread(_make_dirs, folder, files, self.settings.subid_base)
+            await asyncio.to_thread(folder.mkdir, 0o700, True)  # not exist_ok: never another build's folder
             made = True
+            await asyncio.to_thread(_make_files_dir, files, self.settings.subid_base)
             if context is not None:
                 try:
                     await asyncio.to_thread(unpack_context, context, files / "context", self.settings.subid_base,
@@ -265,7 +266,8 @@ class BuildService:
                 options={"build_args": req.build_args, "cpu": options.cpu, "memory_mb": options.memory_mb,
                          "disk_mb": options.disk_mb, "no_cache": options.no_cache, "timeout": options.timeout,
                          "start_cmd": req.start_cmd, "ready_cmd": req.ready_cmd, "ready_port": req.ready_port,
-                         "public": req.public, "isolation": req.isolation, **(plan.extra if plan else {})},
+                         "public": req.public, "isolation": req.isolation, "force_from": req.force_from,
+                         **(plan.extra if plan else {})},
             )
             await asyncio.to_thread(self.store.add_build, row)
         except BaseException:
@@ -434,8 +436,7 @@ class BuildService:
         return BaseImage(layers=tuple(pulled.layers), refs=refs, key=f"oci:{pulled.manifest_digest}", config=config)
 
 
-def _make_dirs(folder: Path, files: Path, owner: int) -> None:
-    folder.mkdir(mode=0o700, parents=True)
+def _make_files_dir(files: Path, owner: int) -> None:
     files.mkdir(mode=0o755)
     os.chown(files, owner, owner)
 

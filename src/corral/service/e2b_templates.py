@@ -50,6 +50,7 @@ from corral.templates.instructions import (
 )
 
 FILES_HASH = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
 UPLOAD_SECONDS = 3600  # an upload link's life (the SDK's own upload timeout is one hour)
 REQUEST_SECONDS = 3600  # a requested build that was never started is forgotten after this
 E2B_USER, E2B_HOME = "user", "/home/user"  # where an E2B build's steps start (its base step's defaults)
@@ -59,7 +60,11 @@ MAX_PENDING = 100  # announced builds per key
 MAX_STEPS = 1000
 KEY_UPLOAD_BYTES = 4 * MAX_CONTEXT_BYTES  # the files one key keeps uploaded (in flight ones counted)
 PRUNE_SECONDS = 3600  # how often uploads are pruned while serving
-MAX_KEPT_ENTRIES = 20_000  # log entries a status keeps per build; past them only errors and steps
+MAX_MESSAGE = 2048  # characters of one log entry
+MAX_KEPT_BYTES = 4 << 20  # of log entries a status keeps per build; past them only errors
+MAX_LOGS = 16  # builds whose converted log is kept (the most recently polled)
+MAX_FILES = 10_000  # uploads a key keeps
+BLOCK = 4096  # a stored upload counts whole blocks
 KEEP_UPLOADS_DAYS = 7  # an upload not used by a build for this long is removed at the server's start
 
 
@@ -270,14 +275,17 @@ def _iso(when: datetime) -> str:
 
 @dataclass
 class _Log:
-    """A build's log as E2B entries, converted once as the log grows (polls read from ``entries``)."""
+    """A build's log as E2B entries, converted once as the log grows (polls read from ``entries``).
+    Bounded: messages are cut at ``MAX_MESSAGE`` bytes, and past ``MAX_KEPT_BYTES`` of them only
+    errors are kept (``corral template logs`` has everything)."""
 
     origin: list[str]
     read: int = 0  # bytes of log.ndjson converted
     pending: bytes = b""
     entries: list[dict[str, Any]] = field(default_factory=list)
-    dropped: int = 0  # output lines past MAX_KEPT_ENTRIES
-    used: float = 0.0
+    kept: int = 0  # bytes of the messages in ``entries``
+    dropped: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reader at a time: ``read`` moves on
 
     def feed(self, chunk: bytes) -> None:
         self.read += len(chunk)
@@ -290,10 +298,30 @@ class _Log:
             except ValueError:
                 continue
             for entry in entries_of(event, self.origin):
-                if len(self.entries) < MAX_KEPT_ENTRIES or entry["level"] == "error":
+                message = entry["message"]
+                if len(message) > MAX_MESSAGE:
+                    entry["message"] = message = message[:MAX_MESSAGE] + " …"
+                if self.kept + len(message) <= MAX_KEPT_BYTES or entry["level"] == "error":
                     self.entries.append(entry)
+                    self.kept += len(message)
                 else:
                     self.dropped += 1
+
+    def catch_up(self, path: Path) -> None:
+        """Convert what the log gained since the last call (in a worker thread, under ``lock``)."""
+        while chunk := read_from(path, self.read):
+            self.feed(chunk)
+
+
+@dataclass
+class _KeyUploads:
+    """One key's uploads: the bytes its stored files take (scanned once, then kept up to date) and
+    those being received."""
+
+    stored: int
+    files: int
+    receiving: int = 0  # uploads open
+    in_flight: int = 0  # their bytes so far
 
 
 class E2BTemplates:
@@ -303,7 +331,7 @@ class E2BTemplates:
         self.templates = templates
         self._requested: dict[str, Requested] = {}  # build id → the announced build
         self._secret = secrets.token_bytes(32)  # signs upload links (they die with the server)
-        self._in_flight: dict[str, int] = {}  # key id → bytes of uploads being received
+        self._uploads: dict[str, _KeyUploads] = {}  # key id → its uploads (while any is being received)
         self._logs: dict[str, _Log] = {}  # build id → its converted log (the most recently polled)
         self._pruned = time.monotonic()
 
@@ -314,7 +342,7 @@ class E2BTemplates:
         for path in self.dir.glob("*/*") if self.dir.is_dir() else ():
             with contextlib.suppress(FileNotFoundError):
                 partial = path.name.startswith(".")
-                if (partial and path.parent.name not in self._in_flight) or path.stat().st_mtime < horizon:
+                if (partial and path.parent.name not in self._uploads) or path.stat().st_mtime < horizon:
                     path.unlink()
                     removed += 1
         return removed
@@ -398,43 +426,60 @@ class E2BTemplates:
         key = principal.key_id
         url = (f"{base_url.rstrip('/')}/e2b-uploads/{quote(key, safe='')}/{files_hash}/{expires}/"
                f"{self._signature(key, files_hash, expires)}")
-        return {"present": (self._folder(key) / files_hash).is_file(), "url": url}
+        stored = self._folder(key) / files_hash
+        present = stored.is_file()
+        if present:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(stored)  # about to be used: not pruned before the build starts
+        return {"present": present, "url": url}
 
     async def receive(self, key_id: str, files_hash: str, expires: int, signature: str, length: int | None,
                       body: AsyncIterator[bytes]) -> None:
-        """The upload behind a link: written aside, then renamed into place (a cut upload leaves nothing)."""
-        if not FILES_HASH.match(files_hash) or not hmac.compare_digest(
+        """The upload behind a link: written aside, then renamed into place (a cut upload leaves nothing).
+        A key's stored and incoming files together stay within ``KEY_UPLOAD_BYTES`` and ``MAX_FILES``."""
+        if not FILES_HASH.match(files_hash) or not SIGNATURE.match(signature) or not hmac.compare_digest(
                 signature, self._signature(key_id, files_hash, expires)):
             raise NotFound("this upload link is not one this server gave")
         if expires < time.time():
             raise NotFound("this upload link has expired: ask for the files' link again")
         if length is not None and length > MAX_CONTEXT_BYTES:
             raise TooLarge(f"the upload is larger than {MAX_CONTEXT_BYTES >> 20} MiB")
-        if time.monotonic() - self._pruned > PRUNE_SECONDS:
+        if time.monotonic() - self._pruned > PRUNE_SECONDS and not self._uploads:
             self._pruned = time.monotonic()
             await asyncio.to_thread(self.prune)
         folder = self._folder(key_id)
-        await asyncio.to_thread(folder.mkdir, 0o700, True, True)
-        stored = await asyncio.to_thread(_bytes_in, folder)
+        uploads = self._uploads.get(key_id)
+        if uploads is None:
+            await asyncio.to_thread(folder.mkdir, 0o700, True, True)
+            stored, files = await asyncio.to_thread(_usage, folder)
+            uploads = self._uploads.setdefault(key_id, _KeyUploads(stored, files))
+        if uploads.files >= MAX_FILES:
+            raise TooMany(f"this key keeps {MAX_FILES} uploads; they are removed {KEEP_UPLOADS_DAYS} days after "
+                          "their last build")
         partial = folder / f".{files_hash}.{secrets.token_hex(4)}"
+        final = folder / files_hash
         size = 0
-        self._in_flight.setdefault(key_id, 0)
+        uploads.receiving += 1
         try:
             with await asyncio.to_thread(open, partial, "wb") as out:
                 async for chunk in body:
                     size += len(chunk)
-                    self._in_flight[key_id] += len(chunk)
+                    uploads.in_flight += len(chunk)
                     if size > MAX_CONTEXT_BYTES:
                         raise TooLarge(f"the upload is larger than {MAX_CONTEXT_BYTES >> 20} MiB")
-                    if stored + self._in_flight[key_id] > KEY_UPLOAD_BYTES:
+                    if uploads.stored + uploads.in_flight > KEY_UPLOAD_BYTES:
                         raise TooLarge(f"this key's uploaded files would pass {KEY_UPLOAD_BYTES >> 30} GiB; "
                                        f"they are removed {KEEP_UPLOADS_DAYS} days after their last build")
                     await asyncio.to_thread(out.write, chunk)
-            await asyncio.to_thread(os.replace, partial, folder / files_hash)
+            replaced = await asyncio.to_thread(_blocks_of, final)
+            await asyncio.to_thread(os.replace, partial, final)
+            uploads.stored += _blocks(size) - replaced
+            uploads.files += replaced == 0
         finally:
-            self._in_flight[key_id] -= size
-            if self._in_flight[key_id] <= 0:
-                self._in_flight.pop(key_id, None)
+            uploads.in_flight -= size
+            uploads.receiving -= 1
+            if uploads.receiving == 0:  # rescanned by the next upload: prune may have removed files
+                self._uploads.pop(key_id, None)
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, partial)
 
@@ -498,11 +543,10 @@ class E2BTemplates:
     async def _read(self, row: BuildRow) -> _Log:
         log = self._logs.pop(row.id, None) or _Log(list((row.options or {}).get("e2b_steps") or []))
         self._logs[row.id] = log  # most recently polled last
-        while len(self._logs) > 64:
+        while len(self._logs) > MAX_LOGS:
             self._logs.pop(next(iter(self._logs)))
-        path = self.builds.log_path(row.id)
-        while chunk := await asyncio.to_thread(read_from, path, log.read):
-            log.feed(chunk)
+        async with log.lock:
+            await asyncio.to_thread(log.catch_up, self.builds.log_path(row.id))
         return log
 
     def _expire(self) -> None:
@@ -512,12 +556,27 @@ class E2BTemplates:
                 self._requested.pop(build_id, None)
 
 
-def _bytes_in(folder: Path) -> int:
-    total = 0
+def _blocks(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def _blocks_of(path: Path) -> int:
+    try:
+        return _blocks(path.stat().st_size)
+    except FileNotFoundError:
+        return 0
+
+
+def _usage(folder: Path) -> tuple[int, int]:
+    """The bytes (whole blocks) and count of a key's stored uploads (partial ones are counted in flight)."""
+    total = count = 0
     for entry in os.scandir(folder):
+        if entry.name.startswith("."):
+            continue
         with contextlib.suppress(FileNotFoundError):
-            total += entry.stat(follow_symlinks=False).st_size
-    return total
+            total += _blocks(entry.stat(follow_symlinks=False).st_size)
+            count += 1
+    return total, count
 
 
 def _reason(row: BuildRow, origin: list[str], entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -208,7 +208,13 @@ class Builder:
     ) -> bool:
         force_from = self.options.force_from
         forced = self.options.no_cache or (force_from is not None and state.index >= force_from)
-        hit = self.layers.has(key) and not forced
+        # A forced step makes a new layer under a key of its own and points its cache key at it: the
+        # layer it replaces may be mounted by running sandboxes and named by other templates (keys
+        # are shared), so it is never changed or removed here.
+        rebuilt = _derived_key(key, {"rebuilt": secrets.token_hex(16)}) if forced else None
+        if rebuilt is None:
+            key = self.layers.current(key)
+        hit = rebuilt is None and self.layers.has(key)
         if hit:
             self._log(state, "system", f"cached layer {key_hex(key)[:12]}")
         else:
@@ -216,9 +222,10 @@ class Builder:
                 await self._in_sandbox(image, step, state, dest, action)
 
             about = {"instruction": state.text, "line": state.line}
-            if forced and self.layers.has(key):
-                self.layers.remove(key)
-            await self.layers.make(key, produce, about)
+            await self.layers.make(rebuilt or key, produce, about)
+            if rebuilt is not None:
+                self.layers.point(key, rebuilt)
+                key = rebuilt
         image.layers.insert(0, self.layers.fs(key))
         image.refs.insert(0, f"layer:{key_hex(key)}")
         image.key = key

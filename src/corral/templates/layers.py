@@ -5,6 +5,8 @@ devices, opaque dirs) and ``layer.json``. ``<hex>`` is the step's cache key (``t
 A layer appears atomically: it is made in ``.tmp-*`` and renamed into place, so a crash mid-step leaves
 only a temp dir, which ``clean()`` removes at start. Layers are never changed after that; sandboxes
 mount them read-only as overlay lower dirs, shared by every sandbox of every template that uses them.
+A step rebuilt on purpose (``--no-cache``, E2B's ``skip_cache``) becomes a new layer under a key of its
+own, which ``<hex>.latest`` names for later builds of the same step (``current``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from corral.store.repo import now
 
 TMP_PREFIX = ".tmp-"
+LATEST = ".latest"  # <hex>.latest: the key of the newest forced rebuild of that step
 
 
 def key_hex(key: str) -> str:
@@ -63,6 +66,23 @@ class LayerStore:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self.fs(key)
 
+    def current(self, key: str) -> str:
+        """The layer that stands for cache key ``key``: the newest forced rebuild of it (``point``) if
+        there is one, else ``key`` itself."""
+        with contextlib.suppress(OSError, ValueError):
+            newer = (self.root / f"{key_hex(key)}{LATEST}").read_text().strip()
+            key_hex(newer)
+            if self.has(newer):
+                return newer
+        return key
+
+    def point(self, key: str, newer: str) -> None:
+        """Let ``newer`` (a forced rebuild of ``key``'s step) stand for ``key`` from now on."""
+        key_hex(newer)
+        tmp = self.root / f"{TMP_PREFIX}{secrets.token_hex(8)}{LATEST}"
+        tmp.write_text(newer + "\n")
+        os.replace(tmp, self.root / f"{key_hex(key)}{LATEST}")
+
     def size(self, key: str) -> int:
         with contextlib.suppress(OSError, ValueError):
             return int(json.loads((self.dir(key) / "layer.json").read_text())["bytes"])
@@ -74,15 +94,11 @@ class LayerStore:
             return 0
         stale = [p for p in self.root.iterdir() if p.name.startswith(TMP_PREFIX)]
         for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return len(stale)
-
-    def remove(self, key: str) -> None:
-        path = self.dir(key)
-        if path.exists():
-            doomed = self.root / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-            os.rename(path, doomed)  # gone from view at once; deleted after
-            shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _size(root: Path) -> int:

@@ -52,7 +52,11 @@ def unpack_archives(paths: list[Path], dest: Path, owner: int, max_bytes: int, m
     budget = Budget(max_bytes, max_entries)
     count = 0
     for path in paths:
-        with open(path, "rb") as archive:
+        try:
+            archive = open(path, "rb")  # noqa: SIM115 - closed below; an open that fails is the caller's to hear
+        except OSError as exc:
+            raise UploadError(f"an uploaded archive can't be read ({exc.strerror}): upload the files again") from None
+        with archive:
             count += _unpack_into(archive, dest, budget)
     _own(dest, owner)
     return count
