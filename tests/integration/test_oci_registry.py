@@ -510,3 +510,34 @@ def test_template_from_a_registry_image(image: Image) -> None:
     finally:
         server.stop()
         remove_data_dir(data)
+
+
+def test_e2b_sdk_builds_on_a_registry_image(image: Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The E2B SDK's ``Template.build()`` from an image on the loopback registry: the steps run as
+    ``user``, which the build makes first as E2B's base step does (the image has none), in ``sh`` (the
+    image has no bash); a sandbox of the template runs as that user in its home."""
+    from e2b import Sandbox as E2BSandbox
+    from e2b import Template
+
+    from conftest import make_data_dir, remove_data_dir, start_server
+
+    data = make_data_dir()
+    server = start_server(data)
+    try:
+        for name, value in {"E2B_API_URL": server.url, "E2B_SANDBOX_URL": server.url,
+                            "E2B_API_KEY": server.api_key}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("E2B_DOMAIN", raising=False)
+        template = (Template().from_image(image.ref)
+                    .run_cmd("echo built > /home/user/built && id -un > /home/user/who")
+                    .run_cmd("id -u > /opt/app/by", user="root"))  # the image names no root
+        Template.build(template, "e2b-from-registry")
+        sandbox = E2BSandbox.create("e2b-from-registry", timeout=60)
+        try:
+            ran = sandbox.commands.run("cat /home/user/built /home/user/who /opt/app/by; pwd; id -un")
+            assert ran.stdout == "built\nuser\n0\n/home/user\nuser\n", ran
+        finally:
+            sandbox.kill()
+    finally:
+        server.stop()
+        remove_data_dir(data)

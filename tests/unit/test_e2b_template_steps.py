@@ -13,7 +13,14 @@ from types import SimpleNamespace
 import pytest
 
 from corral.service import e2b_templates
-from corral.service.e2b_templates import KEEP_UPLOADS_DAYS, E2BTemplates, e2b_words, log_entries, translate
+from corral.service.e2b_templates import (
+    IN_BASH,
+    KEEP_UPLOADS_DAYS,
+    E2BTemplates,
+    e2b_words,
+    log_entries,
+    translate,
+)
 from corral.service.errors import InvalidRequest, TooLarge
 from corral.templates.bases import BaseRef
 from corral.templates.instructions import Copy, Env, From, Run, User, Workdir
@@ -32,9 +39,10 @@ def test_steps_start_as_user_in_home_and_a_runs_own_user_holds_for_that_step_onl
     assert first == From(line=1, image="base", base=BaseRef("builtin", "base"))
     assert steps == [
         User(line=2, user="user"), Workdir(line=3, path="/home/user"),
-        User(line=4, user="root"), Run(line=5, command=("/bin/bash", "-c", "apt-get update"), shell_form=False),
+        User(line=4, user="root"),
+        Run(line=5, command=("/bin/sh", "-c", IN_BASH, "sh", "apt-get update"), shell_form=False),
         User(line=6, user="user"),
-        Run(line=7, command=("/bin/bash", "-c", "echo $HOME\nls"), shell_form=False),
+        Run(line=7, command=("/bin/sh", "-c", IN_BASH, "sh", "echo $HOME\nls"), shell_form=False),
         Copy(line=8, sources=("src/*.py",), dest="app/", chown="user:user", chmod=0o755),
         Env(line=9, pairs=(("A", "1 $B"), ("C", ""))),
         User(line=10, user="root"), Workdir(line=11, path="/srv"),
@@ -54,6 +62,13 @@ def test_steps_start_as_user_in_home_and_a_runs_own_user_holds_for_that_step_onl
 ])
 def test_bases(source: dict[str, str], expected: BaseRef) -> None:
     assert translate(source).dockerfile.base.base == expected
+
+
+def test_an_image_of_its_own_first_gets_the_user_the_steps_run_as() -> None:
+    steps = translate({"fromImage": "localhost:5000/team/tool:1"}).dockerfile.steps
+    assert [type(s).__name__ for s in steps] == ["User", "Run", "User", "Workdir"]
+    assert steps[0] == User(line=2, user="root") and steps[2] == User(line=4, user="user")
+    assert [type(s).__name__ for s in translate({"fromImage": "python:3.11"}).dockerfile.steps] == ["User", "Workdir"]
 
 
 def test_a_forced_step_rebuilds_from_its_first_build_step_and_a_forced_template_all() -> None:

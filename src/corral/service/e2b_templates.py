@@ -55,6 +55,25 @@ UPLOAD_SECONDS = 3600  # an upload link's life (the SDK's own upload timeout is 
 REQUEST_SECONDS = 3600  # a requested build that was never started is forgotten after this
 E2B_USER, E2B_HOME = "user", "/home/user"  # where an E2B build's steps start (its base step's defaults)
 E2B_IMAGES = {"e2bdev/base": "base", "e2bdev/code-interpreter": "code-interpreter"}
+# A RUN's command ($1) runs in bash as E2B's do, or in sh where the image has no bash (busybox, alpine)
+IN_BASH = 'if [ -x /bin/bash ]; then exec /bin/bash -c "$1"; fi; exec /bin/sh -c "$1"'
+ADD_USER = f"""
+id -u {E2B_USER} >/dev/null 2>&1 && exit 0
+shell=/bin/sh; [ -x /bin/bash ] && shell=/bin/bash
+if command -v useradd >/dev/null 2>&1; then exec useradd --create-home --shell "$shell" {E2B_USER}; fi
+if command -v adduser >/dev/null 2>&1; then exec adduser -D -s "$shell" {E2B_USER}; fi
+# neither (a bare busybox): the entries by hand, with the shell's builtins
+[ -f /etc/passwd ] && while IFS=: read -r name _; do [ "$name" = {E2B_USER} ] && exit 0; done < /etc/passwd
+uid=1000
+while [ -f /etc/passwd ]; do
+  taken=; while IFS=: read -r _ _ id _; do [ "$id" = "$uid" ] && taken=1; done < /etc/passwd
+  [ -z "$taken" ] && break; uid=$((uid + 1))
+done
+echo "{E2B_USER}:x:$uid:$uid::{E2B_HOME}:$shell" >> /etc/passwd
+echo "{E2B_USER}:x:$uid:" >> /etc/group
+tool() {{ if command -v "$1" >/dev/null 2>&1; then "$@"; else busybox "$@"; fi; }}
+tool mkdir -p {E2B_HOME} && tool chown "$uid:$uid" {E2B_HOME}
+"""
 MAX_LOG_ENTRIES = 100  # per status answer, as E2B's API
 MAX_PENDING = 100  # announced builds per key
 MAX_STEPS = 1000
@@ -96,8 +115,9 @@ class Translated:
 def translate(body: dict[str, Any]) -> Translated:
     """``TemplateBuildStartV2`` → builder instructions; raises InvalidRequest naming the bad step.
 
-    As E2B builds do, the steps start as ``user`` in ``/home/user``; a RUN's own user holds for that
-    step only; RUN is ``/bin/bash -c`` (E2B runs steps through bash); ENV values are literal."""
+    As E2B builds do, the steps start as ``user`` in ``/home/user`` (made first in an image that has no
+    such user); a RUN's own user holds for that step only; RUN is ``bash -c`` (E2B runs steps through
+    bash; ``sh -c`` in an image without bash); ENV values are literal."""
     if body.get("fromImageRegistry"):
         raise InvalidRequest("fromImageRegistry: registry credentials are not supported by Corral; "
                              "use a public image or a template")
@@ -127,6 +147,10 @@ def translate(body: dict[str, Any]) -> Translated:
     if template and base.kind == "oci":
         raise InvalidRequest(f"fromTemplate: {source!r} is not a template name")
     add(From, f"FROM {name}", "base", image=name, base=base)
+    if base.kind == "oci":  # as E2B's base step: an image of its own gets the user the steps run as
+        add(User, "USER root", "base", user="root")
+        add(Run, f"RUN (make the user {E2B_USER!r} unless the image has one)", "base",
+            command=("/bin/sh", "-c", ADD_USER), shell_form=False)
     add(User, f"USER {E2B_USER}", "base", user=E2B_USER)
     add(Workdir, f"WORKDIR {E2B_HOME}", "base", path=E2B_HOME)
     user = E2B_USER
@@ -154,7 +178,7 @@ def translate(body: dict[str, Any]) -> Translated:
             as_user = args[1] if len(args) > 1 and args[1] else user
             if as_user != user:
                 add(User, f"USER {as_user}", step, user=as_user)
-            add(Run, f"RUN {args[0]}", step, command=("/bin/bash", "-c", args[0]), shell_form=False)
+            add(Run, f"RUN {args[0]}", step, command=("/bin/sh", "-c", IN_BASH, "sh", args[0]), shell_form=False)
             if as_user != user:
                 add(User, f"USER {user}", step, user=user)
         elif kind == "COPY":
