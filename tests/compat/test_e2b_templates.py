@@ -92,6 +92,20 @@ def test_a_template_built_with_the_sdk_runs_each_step_and_starts_sandboxes(e2b_e
     assert Template.exists(name) and Template.exists("base") and not Template.exists(unique("nope"))
 
 
+def test_e2bs_base_image_pattern_works_node_and_npm_included(e2b_env: Server) -> None:
+    """E2B's documented ``FROM e2bdev/base`` + ``RUN npm …``: our base has node and npm too."""
+    name = unique("sdk-npm")
+    template = Template().from_image("e2bdev/base").run_cmd("mkdir -p /home/user/code && cd /home/user/code && "
+                                                            "npm init -y >/dev/null && node -e 'console.log(6*7)'")
+    Template.build(template, name)
+    sandbox = Sandbox.create(name, timeout=30)
+    try:
+        assert sandbox.files.exists("/home/user/code/package.json")
+        assert sandbox.commands.run("npm --version").exit_code == 0
+    finally:
+        sandbox.kill()
+
+
 def test_a_failing_step_raises_build_exception_naming_the_step_and_its_output(e2b_env: Server) -> None:
     template = Template().from_template("base").run_cmd("true").run_cmd("echo the-reason >&2; exit 3")
     name = unique("sdk-bad")

@@ -76,7 +76,8 @@ class Recipe:
         return [*hooks, _CLEANUP_HOOK]
 
 
-BASE = Recipe("base", BASE_PACKAGES)
+# npm too, as E2B's base image has it (`FROM e2bdev/base` + `RUN npm i …` is their documented pattern)
+BASE = Recipe("base", (*BASE_PACKAGES, "npm"))
 CODE_INTERPRETER = Recipe(
     "code-interpreter",
     (
