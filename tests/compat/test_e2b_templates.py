@@ -114,8 +114,8 @@ def test_a_failing_step_raises_build_exception_naming_the_step_and_its_output(e2
     message = str(caught.value)
     assert "exit code 3 (step 2)" in message and "the-reason" in message
     assert not Template.exists(name)  # a failed build leaves no template
-    with pytest.raises(BuildException, match="not available"):
-        Template.build(Template().from_image("ubuntu:24.04").run_cmd("true"), unique("sdk-ubuntu"))
+    with pytest.raises(BuildException, match="invalid image"):
+        Template.build(Template().from_image("Ubuntu:24.04").run_cmd("true"), unique("sdk-bad-image"))
 
 
 def test_a_background_build_reports_its_status_and_its_options_reach_the_template(

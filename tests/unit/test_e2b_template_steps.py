@@ -14,7 +14,6 @@ import pytest
 
 from corral.service import e2b_templates
 from corral.service.e2b_templates import (
-    IN_BASH,
     KEEP_UPLOADS_DAYS,
     E2BTemplates,
     e2b_words,
@@ -40,9 +39,9 @@ def test_steps_start_as_user_in_home_and_a_runs_own_user_holds_for_that_step_onl
     assert steps == [
         User(line=2, user="user"), Workdir(line=3, path="/home/user"),
         User(line=4, user="root"),
-        Run(line=5, command=("/bin/sh", "-c", IN_BASH, "sh", "apt-get update"), shell_form=False),
+        Run(line=5, command=("/bin/bash", "-c", "apt-get update"), shell_form=False, sh_without_bash=True),
         User(line=6, user="user"),
-        Run(line=7, command=("/bin/sh", "-c", IN_BASH, "sh", "echo $HOME\nls"), shell_form=False),
+        Run(line=7, command=("/bin/bash", "-c", "echo $HOME\nls"), shell_form=False, sh_without_bash=True),
         Copy(line=8, sources=("src/*.py",), dest="app/", chown="user:user", chmod=0o755),
         Env(line=9, pairs=(("A", "1 $B"), ("C", ""))),
         User(line=10, user="root"), Workdir(line=11, path="/srv"),
@@ -59,6 +58,9 @@ def test_steps_start_as_user_in_home_and_a_runs_own_user_holds_for_that_step_onl
     ({"fromImage": "python:3.11"}, BaseRef("builtin", "base")),
     ({"fromImage": "e2bdev/code-interpreter"}, BaseRef("builtin", "code-interpreter")),
     ({"fromImage": "localhost:5000/team/tool:1"}, BaseRef("oci", "localhost:5000/team/tool:1")),
+    ({"fromImage": "node:20"}, BaseRef("oci", "docker.io/library/node:20")),  # from_node_image(): Docker Hub
+    ({"fromImage": "alpine"}, BaseRef("oci", "docker.io/library/alpine:latest")),  # an image, never a template
+    ({"fromImage": "debian:stable"}, BaseRef("oci", "docker.io/library/debian:stable")),
 ])
 def test_bases(source: dict[str, str], expected: BaseRef) -> None:
     assert translate(source).dockerfile.base.base == expected
@@ -83,7 +85,7 @@ def test_a_forced_step_rebuilds_from_its_first_build_step_and_a_forced_template_
 
 @pytest.mark.parametrize(("body", "message"), [
     ({"fromTemplate": "docker.io/library/debian:12"}, "not a template name"),
-    ({"fromImage": "ubuntu:24.04"}, "not available"),
+    ({"fromImage": "Ubuntu:24.04"}, "invalid image"),
     ({}, "one of fromImage and fromTemplate"),
     ({"fromTemplate": "base", "steps": [{"type": "RUN", "args": ["x", 3]}]}, "list of strings"),
     ({"fromTemplate": "base", "steps": [{"type": "COPY", "args": ["a", "/b"]}]}, "filesHash"),

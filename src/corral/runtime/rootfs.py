@@ -77,7 +77,7 @@ class Recipe:
 
 
 # npm too, as E2B's base image has it (`FROM e2bdev/base` + `RUN npm i …` is their documented pattern)
-BASE = Recipe("base", (*BASE_PACKAGES, "npm"))
+BASE = Recipe("base", (*BASE_PACKAGES, "npm"), minutes=2)
 CODE_INTERPRETER = Recipe(
     "code-interpreter",
     (

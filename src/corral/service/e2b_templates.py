@@ -4,12 +4,12 @@ The SDK's flow: ``POST /v3/templates`` names the template and gets a build id; f
 asks whether the files (by the hash the SDK computed) are already here and, if not, uploads a tar of
 them to the URL we answer; ``POST /v2/templates/{id}/builds/{buildID}`` sends the steps; then it polls
 the build's status with its log entries. Here a template's E2B ``templateID`` is its Corral name, the
-steps become builder instructions (``plan``), the uploaded tars become the build context, and the
-build is an ordinary Corral build (same cache, records, logs and sandboxes).
+steps become builder instructions (``translate``), the uploaded tars become the build context, and
+the build is an ordinary Corral build (same cache, records, logs and sandboxes).
 
 Uploads are kept per API key (a caller could send any tar under any hash: one key's files never
-serve another's build); an upload URL holds a one-time random token, since the SDK sends no API
-key with the upload.
+serve another's build); an upload link is signed (HMAC with the server's secret, an hour), since the
+SDK sends no API key with the upload.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from corral.service.e2b_models import ENVD_VERSION, TEMPLATE_ALIASES, template_a
 from corral.service.errors import Forbidden, InvalidRequest, NotFound, TooLarge, TooMany
 from corral.service.templates import NAME, TemplateInfo, Templates
 from corral.store.models import BuildRow
-from corral.templates.bases import base_of
+from corral.templates.bases import BaseRef, base_of
 from corral.templates.instructions import (
     Copy,
     Dockerfile,
@@ -55,24 +55,36 @@ UPLOAD_SECONDS = 3600  # an upload link's life (the SDK's own upload timeout is 
 REQUEST_SECONDS = 3600  # a requested build that was never started is forgotten after this
 E2B_USER, E2B_HOME = "user", "/home/user"  # where an E2B build's steps start (its base step's defaults)
 E2B_IMAGES = {"e2bdev/base": "base", "e2bdev/code-interpreter": "code-interpreter"}
-# A RUN's command ($1) runs in bash as E2B's do, or in sh where the image has no bash (busybox, alpine)
-IN_BASH = 'if [ -x /bin/bash ]; then exec /bin/bash -c "$1"; fi; exec /bin/sh -c "$1"'
 ADD_USER = f"""
+set -e
 id -u {E2B_USER} >/dev/null 2>&1 && exit 0
 shell=/bin/sh; [ -x /bin/bash ] && shell=/bin/bash
 if command -v useradd >/dev/null 2>&1; then exec useradd --create-home --shell "$shell" {E2B_USER}; fi
 if command -v adduser >/dev/null 2>&1; then exec adduser -D -s "$shell" {E2B_USER}; fi
 # neither (a bare busybox): the entries by hand, with the shell's builtins
-[ -f /etc/passwd ] && while IFS=: read -r name _; do [ "$name" = {E2B_USER} ] && exit 0; done < /etc/passwd
+has() {{  # whether field $2 (1 or 3) of a line of file $1 is $3
+  [ -f "$1" ] || return 1
+  while IFS=: read -r f1 f2 f3 rest || [ -n "$f1" ]; do
+    if [ "$2" = 1 ]; then v=$f1; else v=$f3; fi
+    [ "$v" = "$3" ] && return 0
+  done < "$1"
+  return 1
+}}
+ends_line() {{  # a last line without its newline gets one
+  [ -s "$1" ] || return 0
+  partial=
+  while IFS= read -r line || {{ [ -n "$line" ] && partial=1; }}; do :; done < "$1"
+  if [ -n "$partial" ]; then echo >> "$1"; fi
+}}
+has /etc/passwd 1 {E2B_USER} && exit 0
 uid=1000
-while [ -f /etc/passwd ]; do
-  taken=; while IFS=: read -r _ _ id _; do [ "$id" = "$uid" ] && taken=1; done < /etc/passwd
-  [ -z "$taken" ] && break; uid=$((uid + 1))
-done
+while has /etc/passwd 3 $uid || has /etc/group 3 $uid; do uid=$((uid + 1)); done
+ends_line /etc/passwd
 echo "{E2B_USER}:x:$uid:$uid::{E2B_HOME}:$shell" >> /etc/passwd
-echo "{E2B_USER}:x:$uid:" >> /etc/group
+if ! has /etc/group 1 {E2B_USER}; then ends_line /etc/group; echo "{E2B_USER}:x:$uid:" >> /etc/group; fi
 tool() {{ if command -v "$1" >/dev/null 2>&1; then "$@"; else busybox "$@"; fi; }}
-tool mkdir -p {E2B_HOME} && tool chown "$uid:$uid" {E2B_HOME}
+tool mkdir -p {E2B_HOME}
+tool chown "$uid:$uid" {E2B_HOME}
 """
 MAX_LOG_ENTRIES = 100  # per status answer, as E2B's API
 MAX_PENDING = 100  # announced builds per key
@@ -84,7 +96,7 @@ MAX_KEPT_BYTES = 4 << 20  # of log entries a status keeps per build; past them o
 MAX_LOGS = 16  # builds whose converted log is kept (the most recently polled)
 MAX_FILES = 10_000  # uploads a key keeps
 BLOCK = 4096  # a stored upload counts whole blocks
-KEEP_UPLOADS_DAYS = 7  # an upload not used by a build for this long is removed at the server's start
+KEEP_UPLOADS_DAYS = 7  # an upload no build used for this long is removed (at start; then by uploads)
 
 
 @dataclass
@@ -141,7 +153,7 @@ def translate(body: dict[str, Any]) -> Translated:
     else:
         name = E2B_IMAGES.get(source.removesuffix(":latest"), source)
     try:
-        base = base_of(name)
+        base = base_of(name) if template else _image(name)
     except DockerfileError as exc:
         raise InvalidRequest(f"{'fromTemplate' if template else 'fromImage'}: {exc.message}") from None
     if template and base.kind == "oci":
@@ -178,7 +190,8 @@ def translate(body: dict[str, Any]) -> Translated:
             as_user = args[1] if len(args) > 1 and args[1] else user
             if as_user != user:
                 add(User, f"USER {as_user}", step, user=as_user)
-            add(Run, f"RUN {args[0]}", step, command=("/bin/sh", "-c", IN_BASH, "sh", args[0]), shell_form=False)
+            add(Run, f"RUN {args[0]}", step, command=("/bin/bash", "-c", args[0]), shell_form=False,
+                sh_without_bash=True)
             if as_user != user:
                 add(User, f"USER {user}", step, user=user)
         elif kind == "COPY":
@@ -213,6 +226,19 @@ def translate(body: dict[str, Any]) -> Translated:
                                  "(RUN, COPY, ENV, WORKDIR, USER)")
     return Translated(Dockerfile(tuple(steps)), "\n".join(lines) + "\n", tuple(dict.fromkeys(hashes)),
                       tuple(origin[1:]), no_cache, force_from)
+
+
+def _image(name: str) -> BaseRef:
+    """E2B's ``fromImage``, a Docker image: one of Corral's bases where the Dockerfile FROM maps it
+    there (``python:3.11``, ``debian:bookworm``), else pulled, a bare name from Docker Hub as Docker
+    reads it (``node:20``, ``alpine``: the SDK's ``from_node_image()`` and the like)."""
+    try:
+        base = base_of(name)
+    except DockerfileError:
+        base = None
+    if base is not None and base.kind != "template":
+        return base
+    return base_of(name if "/" in name else f"docker.io/library/{name}")
 
 
 def _text(value: object, field: str) -> str:

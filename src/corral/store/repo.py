@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Update, bindparam, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from corral.store.models import ApiKeyRow, Base, BuildRow, SandboxRow, TemplateRow
@@ -85,9 +85,8 @@ class _SqliteInsert:
     def __call__(self, values: dict[str, Any]) -> None:
         try:
             params = [values.get(name) if bind is None else bind(values.get(name)) for name, bind in self._binds]
-        except Exception as exc:  # a value its column's type refuses: as Core raises it
-            raise StatementError(f"({type(exc).__module__}.{type(exc).__name__}) {exc}", self._sql, values,
-                                 exc) from exc
+        except Exception as exc:  # a value its column's type refuses: as Core raises it (a StatementError)
+            raise DBAPIError.instance(self._sql, values, exc, self._errors) from exc
         if self._conn is None:
             self._conn = self._engine.raw_connection()
         conn = self._conn

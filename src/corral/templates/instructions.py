@@ -81,6 +81,8 @@ class Run(Instruction):
     shell_form: bool
     heredocs: tuple[Heredoc, ...] = ()
     build_args: tuple[tuple[str, str], ...] = field(default=(), metadata={"key": False})
+    # an exec-form ``/bin/bash -c CMD`` that runs ``/bin/sh -c CMD`` in an image without bash (E2B's RUN)
+    sh_without_bash: bool = field(default=False, metadata={"key": False})
 
     @property
     def script(self) -> str | None:

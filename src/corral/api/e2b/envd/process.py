@@ -150,7 +150,7 @@ async def start(call: Call, message: Message) -> AsyncIterator[Message]:
             # the SDKs' `/bin/bash -l -c CMD` in a template without bash (an image such as busybox or
             # alpine): POSIX sh, as the native API and the templates' RUN steps fall back
             if not (exc.kind == "not_found" and exc.message.endswith(": /bin/bash") and req.cmd == "/bin/bash"
-                    and len(req.args) >= 2 and req.args[-2] == "-c"):
+                    and req.args[:-1] in (["-l", "-c"], ["-c"])):
                 raise
             stream = await run(["/bin/sh", "-c", req.args[-1]])
     except AgentError as exc:
