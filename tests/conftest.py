@@ -257,6 +257,18 @@ def server() -> Iterator[Server]:
     remove_data_dir(data)
 
 
+@pytest.fixture
+def e2b_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    """Point the official E2B SDK at the session's server, as a user would (environment variables):
+    plain HTTP, header routing, the server's key."""
+    monkeypatch.setenv("E2B_API_URL", server.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", server.url)
+    monkeypatch.setenv("E2B_API_KEY", server.api_key)
+    monkeypatch.delenv("E2B_DOMAIN", raising=False)
+    monkeypatch.delenv("E2B_DEBUG", raising=False)
+    return server
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     """The test-made outside world (tests/netlab.py): fake public, metadata and private hosts."""

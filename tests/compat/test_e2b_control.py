@@ -42,17 +42,6 @@ from corral.config import Settings
 
 
 @pytest.fixture
-def e2b_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
-    """Point the SDK at the test server: plain HTTP, header routing, the server's key."""
-    monkeypatch.setenv("E2B_API_URL", server.url)
-    monkeypatch.setenv("E2B_SANDBOX_URL", server.url)
-    monkeypatch.setenv("E2B_API_KEY", server.api_key)
-    monkeypatch.delenv("E2B_DOMAIN", raising=False)
-    monkeypatch.delenv("E2B_DEBUG", raising=False)
-    return server
-
-
-@pytest.fixture
 def sbx(e2b_env: Server) -> Iterator[Sandbox]:
     sandbox = Sandbox.create(timeout=120)
     yield sandbox

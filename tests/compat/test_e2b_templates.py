@@ -23,15 +23,6 @@ from conftest import Server
 
 
 @pytest.fixture
-def e2b_env(server: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
-    monkeypatch.setenv("E2B_API_URL", server.url)
-    monkeypatch.setenv("E2B_SANDBOX_URL", server.url)
-    monkeypatch.setenv("E2B_API_KEY", server.api_key)
-    monkeypatch.delenv("E2B_DOMAIN", raising=False)
-    return server
-
-
-@pytest.fixture
 def api(e2b_env: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=e2b_env.url, headers={"X-API-KEY": e2b_env.api_key}, timeout=60) as client:
         yield client

@@ -272,6 +272,17 @@ class AgentClient:
         chan, reply = await self._open(request)
         return ProcessStream(chan, _field(reply, "pid", int), self._completed)
 
+    async def exec_shell(self, cmd: list[str], **options: Any) -> ProcessStream:
+        """``exec`` of a ``/bin/bash [-l] -c CMD``; in a sandbox without bash (an image such as busybox or
+        alpine), ``/bin/sh -c CMD``. Any other command, or any other failure, as ``exec``."""
+        try:
+            return await self.exec(cmd, **options)
+        except AgentError as exc:
+            if not (cmd[:1] == ["/bin/bash"] and cmd[1:-1] in (["-l", "-c"], ["-c"])
+                    and exc.kind == "not_found" and exc.message.endswith(": /bin/bash")):
+                raise
+            return await self.exec(["/bin/sh", "-c", cmd[-1]], **options)
+
     async def attach(self, pid: int) -> ProcessStream:
         """Follow a process's output from now on; a finished one yields just its exit."""
         chan, reply = await self._open({"op": "attach", "pid": pid})

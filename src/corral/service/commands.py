@@ -19,7 +19,6 @@ from corral.service.agent_errors import translate
 from corral.service.errors import InvalidRequest
 
 SHELL = ("/bin/bash", "-l", "-c")
-FALLBACK_SHELL = ("/bin/sh", "-c")
 
 
 @dataclass(frozen=True)
@@ -55,19 +54,10 @@ async def start(
     if "\0" in req.cmd:
         raise InvalidRequest("cmd: must not contain NUL bytes")
     try:
-        try:
-            return await agent.exec(
-                [*SHELL, req.cmd], env={**sandbox_envs, **req.envs}, cwd=req.cwd, user=req.user,
-                stdin=req.stdin, tag=req.tag, timeout=req.timeout,
-            )
-        except AgentError as exc:
-            if exc.kind != "not_found" or not exc.message.endswith(f": {SHELL[0]}"):
-                raise
-            # a template without bash (an image such as busybox or alpine): POSIX sh, as RUN uses
-            return await agent.exec(
-                [*FALLBACK_SHELL, req.cmd], env={**sandbox_envs, **req.envs}, cwd=req.cwd, user=req.user,
-                stdin=req.stdin, tag=req.tag, timeout=req.timeout,
-            )
+        return await agent.exec_shell(  # POSIX sh in a template without bash
+            [*SHELL, req.cmd], env={**sandbox_envs, **req.envs}, cwd=req.cwd, user=req.user,
+            stdin=req.stdin, tag=req.tag, timeout=req.timeout,
+        )
     except AgentError as exc:
         if exc.kind in ("not_found", "not_dir", "permission"):  # a bad cwd, user or shell: the request's fault
             raise InvalidRequest(f"sandbox {sandbox_id}: cannot start the command: {exc.message}") from exc

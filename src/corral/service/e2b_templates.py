@@ -36,6 +36,7 @@ from corral.service.e2b_models import ENVD_VERSION, TEMPLATE_ALIASES, template_a
 from corral.service.errors import Forbidden, InvalidRequest, NotFound, TooLarge, TooMany
 from corral.service.templates import NAME, TemplateInfo, Templates
 from corral.store.models import BuildRow
+from corral.store.repo import iso
 from corral.templates.bases import BaseRef, base_of
 from corral.templates.instructions import (
     Copy,
@@ -104,7 +105,6 @@ class Requested:
     """A build announced by ``POST /v3/templates`` and not started yet."""
 
     template: str
-    build_id: str
     key_id: str
     cpu: float | None
     memory_mb: int | None
@@ -308,19 +308,15 @@ def e2b_words(text: str, origin: list[str]) -> str:
 
 def _template(info: TemplateInfo, cpu: float, memory_mb: int, disk_mb: int) -> dict[str, Any]:
     name = template_alias(info.name) or info.name
-    created = _iso(info.created_at) if info.created_at else _ts(0)
+    created = iso(info.created_at) or _ts(0)
     return {
         "templateID": name, "buildID": info.build_id or "", "cpuCount": max(1, round(info.config.cpu or cpu)),
         "memoryMB": info.config.memory_mb or memory_mb, "diskSizeMB": disk_mb, "public": info.builtin or info.public,
         "aliases": [name], "names": [name], "createdAt": created,
-        "updatedAt": _iso(info.updated_at) if info.updated_at else created, "createdBy": None,
+        "updatedAt": iso(info.updated_at) or created, "createdBy": None,
         "lastSpawnedAt": None, "spawnCount": 0, "buildCount": 1 if info.build_id else 0, "envdVersion": ENVD_VERSION,
         "buildStatus": "ready", "isDefault": info.builtin,
     }
-
-
-def _iso(when: datetime) -> str:
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -451,7 +447,7 @@ class E2BTemplates:
         cores = os.cpu_count() or 1
         build_id = secrets.token_hex(10)
         self._requested[build_id] = Requested(
-            template=name, build_id=build_id, key_id=principal.key_id,
+            template=name, key_id=principal.key_id,
             cpu=float(min(cpu, cores)) if cpu is not None else None, memory_mb=memory, at=time.monotonic(),
         )
         return {"templateID": name, "buildID": build_id, "names": [name], "aliases": [name],

@@ -291,13 +291,8 @@ class Builder:
         else:
             argv = ["/bin/sh", "-c", script]
         tail: deque[str] = deque(maxlen=TAIL_LINES)
-        run_as = {"env": env, "cwd": image.config.workdir, "user": _user_name(image.config.user)}
-        try:
-            stream = await agent.exec(argv, **run_as)
-        except AgentError as exc:
-            if not (step.sh_without_bash and exc.kind == "not_found" and exc.message.endswith(": /bin/bash")):
-                raise
-            stream = await agent.exec(["/bin/sh", "-c", argv[-1]], **run_as)
+        start = agent.exec_shell if step.sh_without_bash else agent.exec  # E2B steps: sh without bash
+        stream = await start(argv, env=env, cwd=image.config.workdir, user=_user_name(image.config.user))
         code = -1
         async with stream:
             async for event in stream:

@@ -133,26 +133,14 @@ async def _events(stream: ProcessStream, pty: bool, deadline_kills: bool) -> Asy
 async def start(call: Call, message: Message) -> AsyncIterator[Message]:
     req = StartCommand.from_json(message)
     envs = {**await global_envs(call), **req.envs}
-
-    async def run(argv: list[str]) -> ProcessStream:
-        return await call.agent.exec(
-            argv, env=envs,
+    try:
+        stream = await call.agent.exec_shell(  # the SDKs' /bin/bash -l -c CMD: sh -c CMD without bash
+            [req.cmd, *req.args], env=envs,
             cwd=call.services.sandboxes.default_cwd(call.sandbox_id) if req.cwd is None else home_relative(req.cwd),
             user=call.user, stdin=req.stdin and req.pty is None,
             pty=None if req.pty is None else {"cols": req.pty[0], "rows": req.pty[1]},
             tag=req.tag, timeout=call.timeout or 0,
         )
-
-    try:
-        try:
-            stream = await run([req.cmd, *req.args])
-        except AgentError as exc:
-            # the SDKs' `/bin/bash -l -c CMD` in a template without bash (an image such as busybox or
-            # alpine): POSIX sh, as the native API and the templates' RUN steps fall back
-            if not (exc.kind == "not_found" and exc.message.endswith(": /bin/bash") and req.cmd == "/bin/bash"
-                    and req.args[:-1] in (["-l", "-c"], ["-c"])):
-                raise
-            stream = await run(["/bin/sh", "-c", req.args[-1]])
     except AgentError as exc:
         if exc.kind in ("not_found", "not_dir", "permission") and not exc.message.startswith("unknown user"):
             raise ConnectError("invalid_argument", f"sandbox {call.sandbox_id}: cannot start: {exc.message}") from exc
